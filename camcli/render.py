@@ -1,0 +1,70 @@
+"""Colormap, blend, caption and image encoding for overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from camcli.cam import normalize_maps, upsample_to
+from camcli.errors import CamcliError
+from camcli.files import atomic_write
+
+COLORMAPS = {
+    name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
+}
+
+
+def colormap_id(name: str) -> int:
+    """OpenCV colormap constant for a name such as ``jet`` or ``turbo``."""
+    try:
+        return COLORMAPS[name.lower()]
+    except KeyError:
+        raise CamcliError(f"unknown colormap {name!r}; choose one of {', '.join(sorted(COLORMAPS))}") from None
+
+
+def render_overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend a class activation map over an image.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB image.
+        cam: (h, w) map at any resolution, raw or normalized; it is min-max normalized
+            and bilinearly upsampled to (H, W).
+        alpha: weight of the heatmap in the blend, in [0, 1].
+        colormap: OpenCV colormap name.
+
+    Returns:
+        (H, W, 3) uint8 RGB overlay, the same size as ``image_rgb``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(f"image_rgb must be (H, W, 3) uint8, got {image_rgb.dtype} {image_rgb.shape}")
+    h, w = image_rgb.shape[:2]
+    heat = upsample_to(normalize_maps(torch.as_tensor(np.asarray(cam, dtype=np.float32))), (h, w))
+    heat_u8 = (heat.clamp_(0, 1) * 255).round().to(torch.uint8).numpy()
+    colored = cv2.cvtColor(cv2.applyColorMap(heat_u8, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(colored, alpha, image_rgb, 1.0 - alpha, 0.0)
+
+
+def draw_caption(image_rgb: np.ndarray, text: str) -> np.ndarray:
+    """Write ``text`` in the top-left corner on a dark band, scaled to the image width."""
+    out = image_rgb.copy()
+    h, w = out.shape[:2]
+    scale = max(0.3, min(1.2, w / 640))
+    thickness = max(1, round(scale * 2))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(2, round(4 * scale))
+    cv2.rectangle(out, (0, 0), (min(w, tw + 2 * pad), min(h, th + base + 2 * pad)), (0, 0, 0), thickness=-1)
+    cv2.putText(out, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out
+
+
+def write_image(path: Path, image_rgb: np.ndarray) -> None:
+    """Encode an RGB image in the format of ``path``'s extension and write it atomically."""
+    ok, encoded = cv2.imencode(Path(path).suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise CamcliError(f"cannot encode an image as {Path(path).suffix}")
+    atomic_write(Path(path), encoded.tobytes())

@@ -1,0 +1,200 @@
+"""Fitting the GAP + linear head on a frozen backbone.
+
+The backbone is frozen and in eval mode and training uses no random augmentation, so
+each image's pooled features never change: they are extracted once, and every epoch
+runs on them. That makes ten epochs cost about one forward pass over the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from camcli import __version__
+from camcli.backbones import Backbone, backbone_state, build_backbone
+from camcli.checkpoint import FORMAT_VERSION, save_checkpoint
+from camcli.config import TrainConfig
+from camcli.data import Preprocess, load_image_folder
+from camcli.engine import image_batches, resolve_device
+from camcli.errors import CamcliError
+from camcli.files import atomic_write
+
+Progress = Callable[[str, int, int], None]
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+@dataclass
+class TrainResult:
+    """Where a run was saved and how it did.
+
+    Attributes:
+        run_dir: the run's folder (best.pt, last.pt, metrics.csv, config.yaml).
+        history: one dict per epoch with METRIC_COLUMNS.
+        best: the history row of the best epoch (by val accuracy, then val loss).
+        class_names: the classes in index order.
+        num_train, num_val: the split sizes.
+    """
+
+    run_dir: Path
+    history: list[dict]
+    best: dict
+    class_names: list[str]
+    num_train: int
+    num_val: int
+
+
+def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
+    """The first of ``base/exp``, ``base/exp2``, ... that does not exist yet."""
+    candidate, n = base / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = base / f"{name}{n}"
+    return candidate
+
+
+def pooled_features(
+    features: nn.Module, paths: list[Path], preprocess: Preprocess, device: torch.device,
+    batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
+) -> torch.Tensor:
+    """Global-average-pooled backbone features of each image.
+
+    Returns:
+        (N, C) float32 tensor on the CPU, in the order of ``paths``.
+    """
+    out = []
+    done = 0
+    with torch.inference_mode():
+        for x, _, _ in image_batches(paths, preprocess, batch_size, workers, device):
+            out.append(features(x).float().mean(dim=(2, 3)).cpu())
+            done += len(x)
+            if progress:
+                progress(stage, done, len(paths))
+    return torch.cat(out)
+
+
+def train_one_epoch(
+    head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+    batch_size: int, generator: torch.Generator,
+) -> tuple[float, float]:
+    """One pass over (N, C) pooled features in a seeded random order; returns (mean loss, accuracy)."""
+    head.train()
+    order = torch.randperm(len(labels), generator=generator)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = head(features[idx])
+        loss = F.cross_entropy(logits, labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == labels[idx]).sum())
+    return total_loss / len(labels), correct / len(labels)
+
+
+def evaluate(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, predicted class per sample) of the head on (N, C) pooled features."""
+    head.eval()
+    with torch.inference_mode():
+        logits = head(features)
+        loss = F.cross_entropy(logits, labels)
+        preds = logits.argmax(1)
+    return float(loss), float((preds == labels).float().mean()), preds
+
+
+def make_checkpoint(
+    backbone: Backbone, head: nn.Linear, class_names: list[str], preprocess: Preprocess,
+    config: TrainConfig, metrics: dict, stored_backbone: dict,
+) -> dict:
+    """The plain-dict checkpoint (see README, "Checkpoint format")."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "camcli_version": __version__,
+        "arch": backbone.arch,
+        "class_names": list(class_names),
+        "img_size": preprocess.img_size,
+        "preprocess": preprocess.to_dict(),
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+        "config": config.to_dict(),
+        "metrics": dict(metrics),
+        "backbone": stored_backbone,
+        "head": {"weight": head.weight.detach().cpu().clone(), "bias": head.bias.detach().cpu().clone()},
+    }
+
+
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """The run folder: ``--out`` (an existing run there needs ``exist_ok``) or the next ``runs/train/expN``."""
+    if config.out is None:
+        return next_run_dir()
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CamcliError(f"--out {run_dir} is a file, not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not config.exist_ok:
+        raise CamcliError(f"--out {run_dir} already holds files; choose another folder or pass --exist-ok")
+    return run_dir
+
+
+def fit(
+    config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None
+) -> TrainResult:
+    """Train a head on ``config.data`` and save the run (best.pt, last.pt, metrics.csv, config.yaml)."""
+    config.validate()
+    train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed)
+    run_dir = prepare_run_dir(config)
+    device = resolve_device(config.device)
+    backbone = build_backbone(config.arch, config.weights)
+    backbone.features.to(device)
+    preprocess = Preprocess(config.img_size, backbone.mean, backbone.std)
+
+    def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = pooled_features(
+            backbone.features, [p for p, _ in samples], preprocess, device,
+            config.batch_size, config.workers, progress, stage,
+        )
+        return feats, torch.tensor([y for _, y in samples], dtype=torch.long)
+
+    train_x, train_y = extract(train_set, "train features")
+    val_x, val_y = extract(val_set, "val features")
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    head = nn.Linear(backbone.num_features, len(class_names))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    stored_backbone = backbone_state(backbone)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    history: list[dict] = []
+    best: dict | None = None
+    for epoch in range(1, config.epochs + 1):
+        train_loss, train_acc = train_one_epoch(head, train_x, train_y, optimizer, config.batch_size, generator)
+        val_loss, val_acc, _ = evaluate(head, val_x, val_y)
+        row = dict(zip(METRIC_COLUMNS, (epoch, train_loss, train_acc, val_loss, val_acc)))
+        history.append(row)
+        checkpoint = make_checkpoint(backbone, head, class_names, preprocess, config, row, stored_backbone)
+        if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
+            best = row
+            save_checkpoint(checkpoint, run_dir / "best.pt")
+        save_checkpoint(checkpoint, run_dir / "last.pt")
+        _write_metrics(run_dir / "metrics.csv", history)
+        if on_epoch:
+            on_epoch(row)
+    return TrainResult(run_dir, history, best, class_names, len(train_set), len(val_set))
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(path, buffer.getvalue())
