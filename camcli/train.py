@@ -151,6 +151,7 @@ def fit(
     train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed)
     run_dir = prepare_run_dir(config)
     device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
     backbone.features.to(device)
     preprocess = Preprocess(config.img_size, backbone.mean, backbone.std)

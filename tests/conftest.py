@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny image folders made in tmp_path, and one real run on sample_data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = ROOT / "sample_data"
+
+
+def write_image(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def make_image_folder(root: Path, classes=("red", "blue"), per_class: int = 6, size=(40, 56), seed: int = 0) -> Path:
+    """A flat ImageFolder whose classes differ by color, with non-square images."""
+    rng = np.random.default_rng(seed)
+    colors = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
+    for name in classes:
+        for i in range(per_class):
+            noise = rng.integers(0, 40, size=(*size, 3))
+            rgb = np.clip(np.array(colors[name]) + noise, 0, 255).astype(np.uint8)
+            write_image(root / name / f"{name}_{i}.png", rgb)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> Path:
+    """A real training run on sample_data with the offline default backbone (3 epochs)."""
+    from camcli.config import resolve_train_config
+    from camcli.train import fit
+
+    out = tmp_path_factory.mktemp("sample_run") / "run"
+    fit(resolve_train_config(data=str(SAMPLE_DATA), epochs=3, out=str(out), workers=0))
+    return out

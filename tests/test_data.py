@@ -1,0 +1,101 @@
+"""Finding images, decoding, the one preprocessing, and ImageFolder splits."""
+
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camcli.data import MANIFEST_NAME, Preprocess, find_images, load_image_folder, read_image
+from camcli.errors import CamcliError
+from conftest import make_image_folder, write_image
+
+
+def test_find_images_walks_folders_and_skips_dot_files_and_outputs(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    root = tmp_path / "pics"
+    for rel in ["a.jpg", "b.PNG", "sub/c.jpeg", ".hidden.jpg", ".dotdir/d.jpg", "notes.txt", "mine_cam.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_image(root / rel, rgb) if rel.endswith(("jpg", "PNG", "jpeg")) else (root / rel).write_text("x")
+    (root / MANIFEST_NAME).write_text(json.dumps({"files": {"mine_cam.jpg": {"size": 1, "mtime_ns": 1}}}))
+    found = find_images([root])
+    assert [str(i.relative) for i in found] == ["pics/a.jpg", "pics/b.PNG", "pics/sub/c.jpeg"]
+
+
+def test_find_images_reads_paths_from_stdin_and_skips_a_folder(tmp_path):
+    a = write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    write_image(tmp_path / "out" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    assert [i.path for i in find_images(["-"], stdin=io.StringIO(f"{a}\n\n"))] == [a]
+    assert [i.path.name for i in find_images([tmp_path], skip=[tmp_path / "out"])] == ["a.png"]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p / "missing", "input not found"),
+    (lambda p: p, "no images found"),
+])
+def test_find_images_errors(tmp_path, make, message):
+    with pytest.raises(CamcliError, match=message):
+        find_images([make(tmp_path)])
+
+
+def test_read_image_applies_exif_orientation_and_returns_rgb(tmp_path):
+    array = np.zeros((20, 40, 3), np.uint8)
+    array[:, :20] = (255, 0, 0)  # left half red
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    rgb = read_image(path)
+    assert rgb.shape == (40, 20, 3)
+    assert rgb[2, 10, 0] > 200 and rgb[2, 10, 2] < 60  # red ends up on top, in RGB order
+    assert rgb[-3, 10, 0] < 60
+
+
+def test_read_image_rejects_non_image_bytes(tmp_path):
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(b"not an image")
+    with pytest.raises(CamcliError, match="cannot decode"):
+        read_image(path)
+
+
+def test_preprocess_matches_a_manual_computation():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(30, 50, 3), dtype=np.uint8)
+    pre = Preprocess(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
+    out = pre(rgb)
+    resized = cv2.resize(rgb, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    expected = (resized - np.array([0.5, 0.4, 0.3], np.float32)) / np.array([0.2, 0.25, 0.5], np.float32)
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert Preprocess.from_dict(pre.to_dict()) == pre
+
+
+def test_train_val_layout(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", per_class=3)
+    make_image_folder(tmp_path / "d" / "val", per_class=2)
+    train, val, classes = load_image_folder(tmp_path / "d", 0.2, 0)
+    assert classes == ["blue", "red"] and len(train) == 6 and len(val) == 4
+    assert all("/val/" in str(p) for p, _ in val)
+
+
+def test_flat_split_is_stratified_seeded_and_disjoint(tiny_folder):
+    train, val, classes = load_image_folder(tiny_folder, 0.34, seed=1)
+    assert sorted(y for _, y in val) == [0, 0, 1, 1]
+    assert not {p for p, _ in train} & {p for p, _ in val}
+    assert load_image_folder(tiny_folder, 0.34, seed=1) == (train, val, classes)
+    assert any(load_image_folder(tiny_folder, 0.34, seed=s)[1] != val for s in range(2, 8))
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: make_image_folder(p, classes=("red",)), "at least two class folders"),
+    (lambda p: (make_image_folder(p), (p / "empty").mkdir()), "holds no images"),
+])
+def test_bad_datasets(tmp_path, setup, message):
+    setup(tmp_path / "d")
+    with pytest.raises(CamcliError, match=message):
+        load_image_folder(tmp_path / "d", 0.2, 0)

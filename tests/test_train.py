@@ -1,0 +1,97 @@
+"""Training the head: determinism, frozen backbone, run folders, checkpoint contents."""
+
+import csv
+
+import pytest
+import torch
+import yaml
+
+from camcli.backbones import build_backbone
+from camcli.checkpoint import load_checkpoint
+from camcli.config import resolve_train_config
+from camcli.errors import CamcliError
+from camcli.train import fit, next_run_dir
+
+SMALL = dict(arch="resnet18", weights="none", img_size=32, epochs=3, batch_size=4, workers=0)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool, torch.Tensor)
+
+
+def test_same_seed_same_head_and_a_complete_run_folder(tiny_folder, tmp_path):
+    a = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "a"), **SMALL))
+    b = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), **SMALL))
+    ca, cb = load_checkpoint(a.run_dir / "last.pt"), load_checkpoint(b.run_dir / "last.pt")
+    assert torch.equal(ca["head"]["weight"], cb["head"]["weight"])
+    assert sorted(p.name for p in a.run_dir.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv"]
+    rows = list(csv.DictReader(open(a.run_dir / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
+    assert yaml.safe_load((a.run_dir / "config.yaml").read_text())["epochs"] == 3
+    best = load_checkpoint(a.run_dir / "best.pt")
+    assert best["metrics"]["val_acc"] == max(float(r["val_acc"]) for r in rows)
+
+
+def test_checkpoint_is_a_plain_self_contained_dict(tiny_folder, tmp_path):
+    run = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "r"), **SMALL))
+    ckpt = torch.load(run.run_dir / "best.pt", weights_only=True)
+    assert _plain(ckpt)
+    for key in ("format_version", "camcli_version", "arch", "class_names", "img_size", "preprocess",
+                "mean", "std", "config", "metrics", "backbone", "head"):
+        assert key in ckpt
+    assert ckpt["class_names"] == ["blue", "red"] and ckpt["head"]["weight"].shape == (2, 512)
+    assert "state_dict" in ckpt["backbone"]  # a random-init backbone is stored in full
+
+
+def test_backbone_statistics_do_not_move(tiny_folder, tmp_path, monkeypatch):
+    seen = {}
+    import camcli.train as train_module
+
+    real_build = train_module.build_backbone
+
+    def spy(*args, **kwargs):
+        backbone = real_build(*args, **kwargs)
+        seen["backbone"] = backbone
+        seen["before"] = {k: v.clone() for k, v in backbone.features.state_dict().items()}
+        return backbone
+
+    monkeypatch.setattr(train_module, "build_backbone", spy)
+    fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "r"), **SMALL))
+    after = seen["backbone"].features.state_dict()
+    assert all(torch.equal(seen["before"][k], after[k]) for k in after)
+    assert not seen["backbone"].features.training
+
+
+def test_runs_are_numbered_and_out_is_protected(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = fit(resolve_train_config(data=str(tiny_folder), **{**SMALL, "epochs": 1}))
+    second = fit(resolve_train_config(data=str(tiny_folder), **{**SMALL, "epochs": 1}))
+    assert (str(first.run_dir), str(second.run_dir)) == ("runs/train/exp", "runs/train/exp2")
+    assert next_run_dir() == next_run_dir().parent / "exp3"
+    with pytest.raises(CamcliError, match="--exist-ok"):
+        fit(resolve_train_config(data=str(tiny_folder), out="runs/train/exp", **SMALL))
+    fit(resolve_train_config(data=str(tiny_folder), out="runs/train/exp", exist_ok=True, **SMALL))
+
+
+def test_default_backbone_head_matches_logistic_regression(sample_run):
+    """Within 3 points of scikit-learn on the same frozen pooled features and split."""
+    from sklearn.linear_model import LogisticRegression
+
+    from camcli.data import Preprocess, load_image_folder
+    from camcli.train import pooled_features
+    from conftest import SAMPLE_DATA
+
+    train, val, _ = load_image_folder(SAMPLE_DATA, 0.2, 0)
+    backbone = build_backbone()
+    pre = Preprocess(224, backbone.mean, backbone.std)
+    cpu = torch.device("cpu")
+    xtr = pooled_features(backbone.features, [p for p, _ in train], pre, cpu, 32, 0).numpy()
+    xva = pooled_features(backbone.features, [p for p, _ in val], pre, cpu, 32, 0).numpy()
+    reference = LogisticRegression(max_iter=5000).fit(xtr, [y for _, y in train]).score(xva, [y for _, y in val])
+    ours = load_checkpoint(sample_run / "best.pt")["metrics"]["val_acc"]
+    assert ours >= reference - 0.03 - 1e-6
