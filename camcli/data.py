@@ -28,15 +28,15 @@ class Preprocess:
     """The one preprocessing shared by train, predict and overlay (recorded in checkpoints).
 
     Decode with OpenCV (EXIF orientation applied), convert BGR to RGB, resize the whole
-    image to ``img_size x img_size`` (no crop; INTER_AREA when shrinking, INTER_LINEAR
-    when enlarging), scale to [0, 1], then ``(x - mean) / std``.
+    image to ``img_size x img_size`` (no crop; INTER_AREA when either side shrinks,
+    INTER_LINEAR when both sides grow or stay), scale to [0, 1], then ``(x - mean) / std``.
     """
 
     img_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "squash"
-    interpolation: str = "area_when_shrinking_else_linear"
+    interpolation: str = "area_if_a_side_shrinks_else_linear"
     color: str = "rgb"
     exif_orientation: bool = True
 
@@ -57,7 +57,7 @@ class Preprocess:
         """Turn an RGB uint8 (H, W, 3) image into a float32 (3, img_size, img_size) tensor."""
         h, w = image_rgb.shape[:2]
         size = self.img_size
-        shrinking = size * size < h * w
+        shrinking = h > size or w > size
         resized = cv2.resize(
             image_rgb, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         )

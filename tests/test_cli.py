@@ -1,0 +1,202 @@
+"""The commands end to end: exit codes, files written, numbers checked independently."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from camcli.backbones import lite0_weights_path
+from camcli.cli import app
+from conftest import SAMPLE_DATA, make_image_folder, write_image
+
+runner = CliRunner()
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def run(*args: str, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference_lite0():
+    """EfficientNet-Lite0 built straight from timm and the packaged file, without camcli."""
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    packaged = torch.load(lite0_weights_path(), weights_only=True)
+    model.load_state_dict(dict(zip(model.state_dict().keys(), packaged.values())))
+    return model.eval()
+
+
+def _reference_features(model, path: Path) -> np.ndarray:
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    shrink = max(rgb.shape[:2]) > 224
+    small = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    small = small.astype(np.float32) / 255
+    x = torch.from_numpy(((small - 0.5) / 0.5).transpose(2, 0, 1))[None]
+    with torch.no_grad():
+        return model.forward_features(x)[0].double().numpy()  # (C, h, w)
+
+
+def test_predict_probabilities_and_raw_maps_match_an_independent_computation(sample_run, reference_lite0, tmp_path):
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    weight, bias = ckpt["head"]["weight"].double().numpy(), ckpt["head"]["bias"].double().numpy()
+    images = sorted((SAMPLE_DATA / "val" / "cat").glob("*.jpg"))[:3] + sorted((SAMPLE_DATA / "val" / "coffee").glob("*.jpg"))[:2]
+    result = run("predict", *images, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    out = tmp_path / "ov"
+    result = run("overlay", *images, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--save-raw",
+                 "--format", "json", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    overlay_rows = json.loads(result.stdout)
+    for path, row, orow in zip(images, rows, overlay_rows):
+        feats = _reference_features(reference_lite0, path)
+        logits = weight @ feats.mean(axis=(1, 2)) + bias
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        preds = row["predictions"]
+        assert sorted(p["index"] for p in preds) == list(range(len(probs)))
+        np.testing.assert_allclose([p["prob"] for p in preds], probs[[p["index"] for p in preds]], rtol=1e-4, atol=1e-6)
+        assert [p["prob"] for p in preds] == sorted((p["prob"] for p in preds), reverse=True)
+        assert preds[0]["index"] == int(np.argmax(probs))
+        assert [p["label"] for p in preds] == [ckpt["class_names"][p["index"]] for p in preds]
+        top = preds[0]["index"]
+        raw = np.load(out / f"{path.stem}_cam.npy")
+        assert raw.dtype == np.float32 and raw.shape == feats.shape[1:]
+        np.testing.assert_allclose(raw, np.einsum("c,chw->hw", weight[top], feats), rtol=1e-4, atol=1e-4)
+        assert orow["predictions"][0]["index"] == top
+        assert sorted(orow["outputs"]) == sorted([str(out / f"{path.stem}_cam.jpg"), str(out / f"{path.stem}_cam.npy")])
+
+
+def test_pretrained_default_ranks_a_cat_first_offline():
+    result = run("predict", SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", "--format", "json", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["predictions"][0]["index"] in CAT_CLASSES and len(row["predictions"]) == 3
+
+
+def test_overlay_next_to_inputs_sizes_exif_inputs_untouched_and_reruns(sample_run, tmp_path):
+    data = tmp_path / "photos"
+    shutil.copytree(SAMPLE_DATA / "val" / "cat", data)
+    rotated = Image.open(data / "cat_00.jpg")
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(data / "turned.jpg", exif=exif)  # displayed transposed
+    write_image(data / "wide.png", np.full((30, 90, 3), 90, np.uint8))
+    before = _tree_digest(data)
+    ckpt = sample_run / "best.pt"
+    result = run("overlay", data, "--checkpoint", ckpt, "--format", "jsonl", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == len(before)
+    for row in rows:
+        source, (output,) = Path(row["path"]), row["outputs"]
+        assert Path(output) == source.with_name(f"{source.stem}_cam{source.suffix}")
+        width, height = ImageOps.exif_transpose(Image.open(source)).size
+        assert cv2.imread(output).shape[:2] == (height, width)
+    assert cv2.imread(str(data / "turned_cam.jpg")).shape[:2] == cv2.imread(str(data / "cat_00_cam.jpg")).shape[1::-1]
+    assert {k: v for k, v in _tree_digest(data).items() if k in before} == before
+
+    # a re-run takes none of its outputs as inputs and may replace its own outputs
+    again = run("overlay", data, "--checkpoint", ckpt, "--format", "jsonl", "--workers", "0")
+    assert again.exit_code == 0, again.output
+    assert len(again.stdout.splitlines()) == len(before)
+
+    # a file camcli did not write is never overwritten without --overwrite
+    foreign = data / "wide_cam.png"
+    foreign.write_bytes(b"mine")
+    refused = run("overlay", data, "--checkpoint", ckpt, "--workers", "0")
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr
+    assert foreign.read_bytes() == b"mine"
+    forced = run("overlay", data, "--checkpoint", ckpt, "--workers", "0", "--overwrite", "--format", "csv")
+    assert forced.exit_code == 0 and cv2.imread(str(foreign)).shape == (30, 90, 3)
+
+
+def test_out_dir_mirrors_inputs_classes_and_colliding_stems(sample_run, tmp_path):
+    data = tmp_path / "in"
+    rgb = cv2.cvtColor(cv2.imread(str(SAMPLE_DATA / "val" / "cat" / "cat_01.jpg")), cv2.COLOR_BGR2RGB)
+    write_image(data / "a.jpg", rgb)
+    write_image(data / "a.png", rgb)
+    write_image(data / "sub" / "b.png", rgb)
+    out = tmp_path / "out"
+    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--class", "cat",
+                 "--class-index", "2", "--save-raw", "--format", "json", "--workers", "0", "--no-caption")
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert written == sorted(
+        f"in/{stem}_cam_{label}{ext}"
+        for stem, src_ext in [("a_jpg", ".jpg"), ("a_png", ".png"), ("sub/b", ".png")]
+        for label in ("cat", "coffee")
+        for ext in (src_ext, ".npy")
+    )
+    bad = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--class", "dog", "--out-dir", out)
+    assert bad.exit_code == 2 and "unknown class 'dog'" in bad.stderr
+
+
+def test_vgg16_random_init_train_then_predict(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=4)
+    run_dir = tmp_path / "run"
+    result = run("train", data, "--arch", "vgg16", "--weights", "none", "--img-size", "32", "--epochs", "2",
+                 "--batch-size", "4", "--workers", "0", "--out", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"Results saved to {run_dir}"
+    predicted = run("predict", data, "--checkpoint", run_dir / "best.pt", "--format", "csv", "--top-k", "9")
+    assert predicted.exit_code == 0, predicted.output
+    lines = predicted.stdout.splitlines()
+    assert lines[0] == "path,rank,label,index,prob,outputs" and len(lines) == 1 + 8 * 2  # top-k capped at K=2
+    no_head = run("predict", data, "--arch", "vgg16", "--weights", "none")
+    assert no_head.exit_code == 2 and "camcli train" in no_head.stderr
+
+
+def test_train_with_a_config_file_and_flag_override(tmp_path, tiny_folder):
+    config = tmp_path / "c.yaml"
+    config.write_text("arch: resnet18\nweights: none\nimg_size: 32\nepochs: 5\nworkers: 0\n")
+    result = run("train", tiny_folder, "--config", config, "--epochs", "1", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "epoch   1/1" in result.stderr
+    assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["predict", "nowhere.jpg"], "input not found"),
+    (["train", "nowhere"], "dataset folder not found"),
+    (["train", "{single}"], "at least two class folders"),
+    (["predict", "{data}", "--arch", "resnet5000"], "unknown arch"),
+    (["predict", "{data}", "--format", "xml"], "--format must be one of"),
+    (["overlay", "{data}", "--checkpoint", "{data}/red/red_0.png"], "not a loadable camcli checkpoint"),
+    (["train", "{data}", "--epochs", "0"], "epochs must be at least 1"),
+])
+def test_user_mistakes_are_one_line_errors(tmp_path, args, message):
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    single = make_image_folder(tmp_path / "s", classes=("red",))
+    args = [a.format(data=data, single=single) for a in args]
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_console_script_closed_stdout_and_version(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=20, size=(8, 8))
+    camcli = [sys.executable, "-m", "camcli"]
+    version = subprocess.run([*camcli, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("camcli ")
+    pipe = subprocess.run(
+        f"{' '.join(camcli)} predict {data} --img-size 64 --batch-size 1 --workers 0 --format jsonl | head -n 1",
+        shell=True, capture_output=True, text=True,
+    )
+    assert pipe.stderr == ""
+    assert len(pipe.stdout.splitlines()) == 1 and json.loads(pipe.stdout)["path"].endswith("blue_0.png")
