@@ -175,7 +175,13 @@ def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], over
 
 
 def _print_table(rows: Iterator[dict], overlay: bool, output: Optional[Path]) -> int:
-    table = Table("path", "top-1", "prob", "others", *(["outputs"] if overlay else []))
+    table = Table()
+    table.add_column("path", overflow="fold", ratio=3)
+    table.add_column("top-1", overflow="fold", ratio=1)
+    table.add_column("prob", justify="right", no_wrap=True)
+    table.add_column("others", overflow="fold", ratio=2)
+    if overlay:
+        table.add_column("outputs", overflow="fold", ratio=3)
     count = 0
     for row in rows:
         first, *others = row["predictions"]

