@@ -40,6 +40,7 @@ class Backbone:
         features: module mapping (N, 3, H, W) images to (N, C, h, w) pre-pooling maps,
             including whatever the model applies before its pool (densenet's final ReLU).
         num_features: C.
+        stride: the output stride (input side / feature-map side), e.g. 32.
         mean, std: per-channel normalization of RGB values in [0, 1].
         head: the model's own pretrained GAP + linear classifier, if it has one.
         head_problem: why there is no usable pretrained head (None when there is one).
@@ -51,6 +52,7 @@ class Backbone:
     arch: str
     features: nn.Module
     num_features: int
+    stride: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     head: nn.Linear | None = None
@@ -236,7 +238,7 @@ def _from_timm(arch: str, model: nn.Module, weights: str) -> Backbone:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(cfg.get("std", IMAGENET_STD))
-    num_features = _probe_channels(_TimmFeatures(model), arch)
+    num_features, stride = _probe_features(_TimmFeatures(model), arch)
     classifier = model.get_classifier()
     head, problem = None, None
     if not isinstance(classifier, nn.Linear):
@@ -258,11 +260,11 @@ def _from_timm(arch: str, model: nn.Module, weights: str) -> Backbone:
     names = None
     if head is not None and weights == "imagenet":
         names = imagenet_class_names() if head.out_features == 1000 else [f"class_{i}" for i in range(head.out_features)]
-    return Backbone(arch, _TimmFeatures(model), num_features, mean, std, head, problem, names)
+    return Backbone(arch, _TimmFeatures(model), num_features, stride, mean, std, head, problem, names)
 
 
-def _probe_channels(features: nn.Module, arch: str) -> int:
-    """C of the (N, C, h, w) feature map; refuses models whose features are not 4-D."""
+def _probe_features(features: nn.Module, arch: str) -> tuple[int, int]:
+    """C and the output stride of the (N, C, h, w) feature map; refuses models whose features are not 4-D."""
     with torch.no_grad():
         try:
             out = features(torch.zeros(1, 3, 128, 128))
@@ -270,7 +272,7 @@ def _probe_channels(features: nn.Module, arch: str) -> int:
             raise CamcliError(f"{arch} does not produce a convolutional feature map for CAM: {str(exc).splitlines()[0]}") from exc
     if out.ndim != 4:
         raise CamcliError(f"{arch} produces {out.ndim}-D features {tuple(out.shape)}, not a (N, C, h, w) map: CAM needs a CNN")
-    return int(out.shape[1])
+    return int(out.shape[1]), max(1, round(128 / out.shape[-1]))
 
 
 def _torchvision(arch: str, weights: str) -> Backbone:
@@ -295,7 +297,7 @@ def _torchvision(arch: str, weights: str) -> Backbone:
     model.eval()
     features, head, problem = _torchvision_parts(arch, model)
     return Backbone(
-        arch, features, _probe_channels(features, arch), IMAGENET_MEAN, IMAGENET_STD,
+        arch, features, *_probe_features(features, arch), IMAGENET_MEAN, IMAGENET_STD,
         head, problem, names if head is not None else None,
     )
 

@@ -11,18 +11,49 @@ import torch
 import torch.nn.functional as F
 
 
-def pooled_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+Size = tuple[int, int]
+
+
+def valid_mask(sizes: list[Size], height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """(N, 1, height, width) float mask: 1 inside each map's valid top-left (h_i, w_i) region."""
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    hs = torch.tensor([h for h, _ in sizes], device=device).view(-1, 1, 1)
+    ws = torch.tensor([w for _, w in sizes], device=device).view(-1, 1, 1)
+    return ((rows < hs) & (cols < ws)).unsqueeze(1).float()
+
+
+def global_average_pool(features: torch.Tensor, sizes: list[Size] | None = None) -> torch.Tensor:
+    """Mean of each channel over each map's valid region.
+
+    Args:
+        features: (N, C, h, w) maps, image i valid in its top-left ``sizes[i]`` region
+            (zeros elsewhere); ``sizes=None`` means every map is valid everywhere.
+
+    Returns:
+        (N, C) pooled features.
+    """
+    if sizes is None or all(tuple(s) == tuple(features.shape[-2:]) for s in sizes):
+        return features.mean(dim=(2, 3))
+    mask = valid_mask(sizes, *features.shape[-2:], device=features.device)
+    return (features * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3))
+
+
+def pooled_logits(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sizes: list[Size] | None = None
+) -> torch.Tensor:
     """Logits of a GAP + linear head.
 
     Args:
-        features: (N, C, h, w) feature maps.
+        features: (N, C, h, w) feature maps, valid regions as in :func:`global_average_pool`.
         weight: (K, C) head weight.
         bias: (K,) head bias.
+        sizes: each map's valid (h_i, w_i), or None.
 
     Returns:
         (N, K) logits.
     """
-    return F.linear(features.mean(dim=(2, 3)), weight, bias)
+    return F.linear(global_average_pool(features, sizes), weight, bias)
 
 
 def class_maps(

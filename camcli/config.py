@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from camcli.backbones import DEFAULT_ARCH
+from camcli.data import DEFAULT_RESIZE, RESIZE_MODES
 from camcli.errors import CamcliError
 
 
@@ -30,6 +31,7 @@ class TrainConfig:
     lr: float = 0.01
     weight_decay: float = 0.0001
     img_size: int = 224
+    resize: str = DEFAULT_RESIZE
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -49,6 +51,7 @@ class TrainConfig:
             (self.img_size >= 32, f"img_size must be at least 32, got {self.img_size}"),
             (0 < self.val_split < 1, f"val_split must be between 0 and 1, got {self.val_split}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
             (self.data is not None, "no dataset given: camcli train DATA"),
         ]
         for ok, message in checks:

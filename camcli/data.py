@@ -23,22 +23,38 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 MANIFEST_NAME = ".camcli-outputs.json"
 
 
+RESIZE_MODES = ("squash", "keep-aspect")
+DEFAULT_RESIZE = "keep-aspect"  # see README, "Localization": better maps, same accuracy
+MAX_ASPECT = 4.0  # keep-aspect: a longer side beyond 4x the shorter is squashed to 4x
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """The one preprocessing shared by train, predict and overlay (recorded in checkpoints).
+    """The one preprocessing shared by train, predict, overlay and evaluate (recorded in checkpoints).
 
     Decode with OpenCV (EXIF orientation applied), convert BGR to RGB, resize the whole
-    image to ``img_size x img_size`` (no crop; INTER_AREA when either side shrinks,
+    image (no crop, so maps map back exactly; INTER_AREA when either side shrinks,
     INTER_LINEAR when both sides grow or stay), scale to [0, 1], then ``(x - mean) / std``.
+
+    The size depends on ``resize``: ``squash`` gives ``img_size x img_size``;
+    ``keep-aspect`` makes the shorter side ``img_size`` and the longer keep the aspect ratio
+    (at most ``MAX_ASPECT`` times the shorter), both rounded to a multiple of ``stride``.
     """
 
     img_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "squash"
+    stride: int = 32
     interpolation: str = "area_if_a_side_shrinks_else_linear"
     color: str = "rgb"
     exif_orientation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise CamcliError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.img_size < 1:
+            raise CamcliError(f"--img-size must be positive, got {self.img_size}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,18 +64,27 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        pre = cls(**{**known, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
-        if pre.resize != "squash":
-            raise CamcliError(f"unsupported preprocessing resize mode {pre.resize!r}: upgrade camcli")
-        return pre
+        return cls(**{**known, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the model input for an image of the given size."""
+        if self.resize == "squash":
+            return self.img_size, self.img_size
+        scale = self.img_size / min(height, width)
+        cap = MAX_ASPECT * self.img_size
+
+        def side(n: int) -> int:
+            return max(self.stride, round(min(n * scale, cap) / self.stride) * self.stride)
+
+        return side(height), side(width)
 
     def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
-        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, img_size, img_size) tensor."""
+        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, h, w) tensor (see ``output_size``)."""
         h, w = image_rgb.shape[:2]
-        size = self.img_size
-        shrinking = h > size or w > size
+        out_h, out_w = self.output_size(h, w)
+        shrinking = h > out_h or w > out_w
         resized = cv2.resize(
-            image_rgb, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+            image_rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         )
         x = torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
@@ -236,6 +261,6 @@ class ImageDataset(Dataset):
 
 
 def collate(batch: list[tuple[torch.Tensor, int, np.ndarray | None]]):
-    """Stack tensors; keep positions and original images as lists."""
+    """Keep tensors (their shapes may differ), positions and original images as lists."""
     tensors, positions, originals = zip(*batch)
-    return torch.stack(tensors), list(positions), list(originals)
+    return list(tensors), list(positions), list(originals)

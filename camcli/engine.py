@@ -7,7 +7,7 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from camcli import cam
 from camcli.backbones import DEFAULT_ARCH, build_backbone, restore_backbone
 from camcli.checkpoint import load_checkpoint
-from camcli.data import ImageDataset, Preprocess, collate
+from camcli.data import DEFAULT_RESIZE, ImageDataset, Preprocess, collate
 from camcli.errors import CamcliError
 
 Image = Path | str | np.ndarray
@@ -48,21 +48,24 @@ class Batch:
     Attributes:
         positions: index of each image in the input sequence.
         logits: (B, K) on the CPU.
-        features: (B, C, h, w) on the model's device.
+        features: (B, C, h, w) on the model's device; image i is valid in its top-left
+            ``sizes[i]`` region and zero elsewhere (keep-aspect batches mix shapes).
+        sizes: each image's feature-map (h_i, w_i).
         originals: the decoded RGB images when asked for, else Nones.
     """
 
     positions: list[int]
     logits: torch.Tensor
     features: torch.Tensor
+    sizes: list[tuple[int, int]]
     originals: list[np.ndarray | None]
 
 
 def image_batches(
     images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device,
     keep_images: bool = False,
-) -> Iterator[tuple[torch.Tensor, list[int], list[np.ndarray | None]]]:
-    """Decode and preprocess images in ``workers`` processes; yield (tensor on device, positions, originals)."""
+) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None]]]:
+    """Decode and preprocess images in ``workers`` processes; yield (tensors, positions, originals)."""
     if batch_size < 1:
         raise CamcliError(f"--batch-size must be at least 1, got {batch_size}")
     if workers < 0:
@@ -71,8 +74,43 @@ def image_batches(
         ImageDataset(images, preprocess, keep_images), batch_size=batch_size, shuffle=False,
         num_workers=min(workers, len(images)), collate_fn=collate, pin_memory=device.type == "cuda",
     )
-    for tensor, positions, originals in loader:
-        yield tensor.to(device, non_blocking=True), positions, originals
+    yield from loader
+
+
+def extract_features(
+    features: nn.Module, tensors: list[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Run the backbone on images of possibly different shapes.
+
+    Images of one shape run together; the results are packed top-left into one
+    zero-padded tensor. (Padding the *inputs* instead would change every feature whose
+    receptive field reaches the padding, so an image would not get the features it gets
+    when run alone.)
+
+    Args:
+        features: module mapping (N, 3, H, W) to (N, C, h, w).
+        tensors: (3, H_i, W_i) preprocessed images.
+
+    Returns:
+        ((N, C, h_max, w_max) float32 features on ``device``, each image's (h_i, w_i)).
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    outputs: list[torch.Tensor | None] = [None] * len(tensors)
+    with torch.inference_mode():
+        for members in groups.values():
+            x = torch.stack([tensors[i] for i in members]).to(device, non_blocking=True)
+            for i, f in zip(members, features(x).float()):
+                outputs[i] = f
+    sizes = [tuple(f.shape[-2:]) for f in outputs]
+    if len(groups) == 1:
+        return torch.stack(outputs), sizes
+    h_max, w_max = max(h for h, _ in sizes), max(w for _, w in sizes)
+    packed = outputs[0].new_zeros(len(outputs), outputs[0].shape[0], h_max, w_max)
+    for i, (f, (h, w)) in enumerate(zip(outputs, sizes)):
+        packed[i, :, :h, :w] = f
+    return packed, sizes
 
 
 class CamModel:
@@ -104,21 +142,59 @@ class CamModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, S, S) preprocessed images -> ((N, K) logits, (N, C, h, w) features)."""
+    def forward(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
+
+        See :func:`extract_features` for how images of different shapes are packed.
+        """
+        feats, sizes = extract_features(self.features, tensors, self.device)
         with torch.inference_mode():
-            feats = self.features(x.to(self.device)).float()
-            return cam.pooled_logits(feats, self.weight, self.bias), feats
+            return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
     def batches(
         self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False
     ) -> Iterator[Batch]:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time."""
-        for x, positions, originals in image_batches(
+        for tensors, positions, originals in image_batches(
             images, self.preprocess, batch_size, workers, self.device, keep_images
         ):
-            logits, feats = self.forward(x)
-            yield Batch(positions, logits.cpu(), feats, originals)
+            logits, feats, sizes = self.forward(tensors)
+            yield Batch(positions, logits.cpu(), feats, sizes, originals)
+
+    def batch_maps(self, batch: Batch, classes: torch.Tensor, cam_sizes: Sequence[int] = ()) -> list[np.ndarray]:
+        """Class activation maps for each image of a batch.
+
+        Args:
+            batch: from :meth:`batches` (with ``keep_images=True`` when ``cam_sizes`` is given).
+            classes: (B, J) class indices to map per image.
+            cam_sizes: input sizes (``img_size`` values, same resize mode) to compute the maps
+                at; empty means the ranking pass's own features.
+
+        Returns:
+            per image a float32 (J, h, w) array. From the ranking pass or one cam size: the raw
+            maps. From several cam sizes: the mean of the min-max normalized maps, each
+            upsampled to the largest one's resolution.
+        """
+        classes = classes.to(self.device)
+        if not cam_sizes:
+            return _crop(cam.class_maps(batch.features, self.weight, classes), batch.sizes)
+        if any(o is None for o in batch.originals):
+            raise ValueError("cam_sizes needs batches made with keep_images=True")
+        per_scale = []
+        for size in cam_sizes:
+            pre = replace(self.preprocess, img_size=size)
+            feats, sizes = extract_features(self.features, [pre(o) for o in batch.originals], self.device)
+            with torch.inference_mode():
+                per_scale.append(_crop(cam.class_maps(feats, self.weight, classes), sizes))
+        if len(per_scale) == 1:
+            return per_scale[0]
+        fused = []
+        for maps in zip(*per_scale):
+            h = max(m.shape[-2] for m in maps)
+            w = max(m.shape[-1] for m in maps)
+            stack = [cam.upsample_to(cam.normalize_maps(torch.from_numpy(m))[None], (h, w))[0] for m in maps]
+            fused.append(torch.stack(stack).mean(dim=0).numpy())
+        return fused
 
     def class_index(self, name: str) -> int:
         """Index of a class name; raises CamcliError listing close names when absent."""
@@ -171,15 +247,28 @@ class CamModel:
             if bad:
                 raise CamcliError(f"class index {bad[0]} out of range 0..{self.num_classes - 1}")
             chosen = torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
-        out = []
+        out: list[np.ndarray] = []
         for batch in self.batches(images, batch_size):
-            idx = None if chosen is None else chosen.expand(len(batch.positions), -1)
-            out.append(cam.class_maps(batch.features, self.weight, idx).cpu().numpy())
-        return np.concatenate(out).astype(np.float32, copy=False)
+            if chosen is None:
+                out += _crop(cam.class_maps(batch.features, self.weight), batch.sizes)
+            else:
+                out += self.batch_maps(batch, chosen.expand(len(batch.positions), -1))
+        if len({m.shape for m in out}) > 1:
+            raise CamcliError("maps of keep-aspect images of different shapes cannot form one array: pass one image at a time")
+        return np.stack(out).astype(np.float32, copy=False)
 
 
-def model_from_checkpoint(ckpt: dict, device: str = "auto") -> CamModel:
-    """Build a CamModel from a loaded checkpoint dict (see checkpoint.py)."""
+def _crop(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Each image's valid (J, h_i, w_i) region of packed (N, J, h, w) maps, as float32 arrays."""
+    maps = maps.float().cpu()
+    return [maps[i, :, :h, :w].numpy() for i, (h, w) in enumerate(sizes)]
+
+
+def model_from_checkpoint(
+    ckpt: dict, device: str = "auto", img_size: int | None = None, resize: str | None = None
+) -> CamModel:
+    """Build a CamModel from a loaded checkpoint dict (see checkpoint.py); ``img_size`` and
+    ``resize`` override the recorded preprocessing when given."""
     backbone = restore_backbone(ckpt["arch"], ckpt["backbone"])
     weight, bias = ckpt["head"]["weight"], ckpt["head"]["bias"]
     if weight.shape[1] != backbone.num_features:
@@ -189,10 +278,15 @@ def model_from_checkpoint(ckpt: dict, device: str = "auto") -> CamModel:
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": weight, "bias": bias})
     preprocess = Preprocess.from_dict(ckpt["preprocess"])
+    overrides = {k: v for k, v in (("img_size", img_size), ("resize", resize)) if v is not None}
+    preprocess = replace(preprocess, stride=backbone.stride, **overrides)
     return CamModel(ckpt["arch"], backbone.features, head, ckpt["class_names"], preprocess, device, ckpt)
 
 
-def load(checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet", img_size: int = 224) -> CamModel:
+def load(
+    checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet",
+    img_size: int | None = None, resize: str | None = None,
+) -> CamModel:
     """Load a trained checkpoint, or a backbone with its own pretrained GAP + linear head.
 
     Args:
@@ -200,14 +294,15 @@ def load(checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", we
             ``resnet50``, ``timm:NAME``) whose pretrained ImageNet head is used.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         weights: for an arch: ``imagenet`` or a state dict path.
-        img_size: for an arch: the square input size.
+        img_size: input size (the shorter side with keep-aspect); default: the checkpoint's, or 224.
+        resize: ``squash`` or ``keep-aspect``; default: the checkpoint's, or keep-aspect.
 
     Raises:
         CamcliError: unreadable checkpoint, or an arch without a GAP + linear head.
     """
     source = Path(checkpoint_or_arch)
     if source.suffix in (".pt", ".pth") or source.is_file():
-        return model_from_checkpoint(load_checkpoint(source), device)
+        return model_from_checkpoint(load_checkpoint(source), device, img_size, resize)
     arch = str(checkpoint_or_arch)
     if weights == "none":
         raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
@@ -216,5 +311,5 @@ def load(checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", we
         raise CamcliError(f"{backbone.head_problem}, so it has no class maps of its own: train a head with `camcli train DATA --arch {arch}` and pass --checkpoint")
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
-    preprocess = Preprocess(img_size, backbone.mean, backbone.std)
+    preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)
     return CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, device)

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camcli import cam
 from camcli.data import MANIFEST_NAME, ImageInput, read_manifest
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
@@ -51,9 +50,11 @@ class OverlayOptions:
         alpha: heatmap weight in the blend.
         colormap: OpenCV colormap name.
         caption: draw "label prob" in the corner.
-        save_raw: also write the raw float32 (h, w) map as ``.npy``.
+        save_raw: also write the float32 (h, w) map as ``.npy`` (raw, or fused for several cam sizes).
         out_dir: mirror outputs under this folder instead of writing next to inputs.
         overwrite: replace files at output paths that camcli did not write.
+        cam_sizes: compute the maps at these input sizes (fused when several) instead of
+            from the ranking pass; see :meth:`CamModel.batch_maps`.
     """
 
     classes: Sequence[str] = ()
@@ -64,6 +65,7 @@ class OverlayOptions:
     save_raw: bool = False
     out_dir: Path | None = None
     overwrite: bool = False
+    cam_sizes: Sequence[int] = ()
 
 
 def safe_label(label: str) -> str:
@@ -161,7 +163,7 @@ def overlay_rows(
             classes = torch.tensor(
                 [chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long, device=batch.features.device
             )
-            maps = cam.class_maps(batch.features, model.weight, classes).cpu().numpy()
+            maps = model.batch_maps(batch, classes, options.cam_sizes)
             for b, pos in enumerate(batch.positions):
                 outputs = _write_overlays(
                     batch.originals[b], maps[b], classes[b].tolist(), probs[b], model.class_names, plans[pos], options

@@ -23,7 +23,8 @@ from camcli.backbones import Backbone, backbone_state, build_backbone
 from camcli.checkpoint import FORMAT_VERSION, save_checkpoint
 from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
-from camcli.engine import image_batches, resolve_device
+from camcli.cam import global_average_pool
+from camcli.engine import extract_features, image_batches, resolve_device
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
 
@@ -71,12 +72,12 @@ def pooled_features(
     """
     out = []
     done = 0
-    with torch.inference_mode():
-        for x, _, _ in image_batches(paths, preprocess, batch_size, workers, device):
-            out.append(features(x).float().mean(dim=(2, 3)).cpu())
-            done += len(x)
-            if progress:
-                progress(stage, done, len(paths))
+    for tensors, _, _ in image_batches(paths, preprocess, batch_size, workers, device):
+        feats, sizes = extract_features(features, tensors, device)
+        out.append(global_average_pool(feats, sizes).cpu())
+        done += len(tensors)
+        if progress:
+            progress(stage, done, len(paths))
     return torch.cat(out)
 
 
@@ -154,7 +155,7 @@ def fit(
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
     backbone.features.to(device)
-    preprocess = Preprocess(config.img_size, backbone.mean, backbone.std)
+    preprocess = Preprocess(config.img_size, backbone.mean, backbone.std, config.resize, backbone.stride)
 
     def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         feats = pooled_features(

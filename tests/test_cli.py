@@ -41,9 +41,12 @@ def reference_lite0():
 
 
 def _reference_features(model, path: Path) -> np.ndarray:
+    """keep-aspect: shorter side 224, both sides rounded to a multiple of the stride, 32."""
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    shrink = max(rgb.shape[:2]) > 224
-    small = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    h, w = rgb.shape[:2]
+    height, width = (max(32, round(n * 224 / min(h, w) / 32) * 32) for n in (h, w))
+    shrink = h > height or w > width
+    small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     small = small.astype(np.float32) / 255
     x = torch.from_numpy(((small - 0.5) / 0.5).transpose(2, 0, 1))[None]
     with torch.no_grad():

@@ -1,0 +1,70 @@
+"""The inference engine: mixed shapes in one batch give each image its own results."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from camcli.backbones import build_backbone
+from camcli.data import Preprocess
+from camcli.engine import CamModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", "none")
+    head = nn.Linear(backbone.num_features, 3)
+    pre = Preprocess(64, backbone.mean, backbone.std, "keep-aspect", backbone.stride)
+    return CamModel("resnet18", backbone.features, head, ["a", "b", "c"], pre, device="cpu")
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in [(60, 90, 3), (80, 40, 3), (64, 64, 3), (61, 92, 3)]]
+
+
+def test_keep_aspect_sizes_follow_the_shorter_side_and_the_stride():
+    pre = Preprocess(224, (0.5,) * 3, (0.5,) * 3, "keep-aspect", 32)
+    assert pre.output_size(300, 451) == (224, 352)  # 224 * 451 / 300 = 336.7 -> 352 (nearest multiple of 32)
+    assert pre.output_size(640, 427) == (320, 224)  # 335.7 -> 320
+    assert pre.output_size(10, 1000) == (224, 896)  # aspect capped at 4
+    assert Preprocess(224, (0.5,) * 3, (0.5,) * 3, "squash", 32).output_size(300, 451) == (224, 224)
+
+
+def test_mixed_shapes_in_one_batch_equal_each_image_run_alone(model):
+    images = _images()
+    together = list(model.batches(images, batch_size=4))
+    assert len(together) == 1
+    batch = together[0]
+    assert len({tuple(s) for s in batch.sizes}) == 3  # three distinct feature shapes
+    classes = torch.tensor([[0, 2]] * 4)
+    maps_together = model.batch_maps(batch, classes)
+    for i, image in enumerate(images):
+        (alone,) = list(model.batches([image], batch_size=1))
+        torch.testing.assert_close(batch.logits[i], alone.logits[0], rtol=1e-5, atol=1e-5)
+        (maps_alone,) = model.batch_maps(alone, classes[:1])
+        assert maps_together[i].shape == maps_alone.shape == (2, *alone.sizes[0])
+        np.testing.assert_allclose(maps_together[i], maps_alone, rtol=1e-5, atol=1e-5)
+        # the identity holds on the valid region: mean of the map + bias = logit
+        np.testing.assert_allclose(
+            maps_alone.mean(axis=(1, 2)) + model.bias[[0, 2]].numpy(), alone.logits[0, [0, 2]].numpy(), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_cam_sizes_give_maps_at_that_resolution_and_fuse_several(model):
+    image = _images()[0]  # 60 x 90: keep-aspect 64 -> 64 x 96 input, 2 x 3 map
+    (batch,) = list(model.batches([image], keep_images=True))
+    classes = torch.tensor([[1]])
+    assert model.batch_maps(batch, classes)[0].shape == (1, 2, 3)
+    (big,) = model.batch_maps(batch, classes, cam_sizes=[128])  # 128 x 192 -> 4 x 6
+    assert big.shape == (1, 4, 6)
+    direct = model.maps([np.ascontiguousarray(image)], classes=[1])
+    assert direct.shape == (1, 1, 2, 3)
+    (fused,) = model.batch_maps(batch, classes, cam_sizes=[64, 128])
+    assert fused.shape == (1, 4, 6) and 0.0 <= fused.min() and fused.max() <= 1.0
+
+
+def test_maps_of_all_classes(model):
+    maps = model.maps([_images()[2]])
+    assert maps.shape == (1, 3, 2, 2) and maps.dtype == np.float32
