@@ -7,6 +7,10 @@ logit is ``mean(M_c) + b[c]``: the maps and the ranking come from the same numbe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,3 +111,56 @@ def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     batch = maps[None, None] if squeeze else maps
     out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False)
     return out[0, 0] if squeeze else out
+
+
+# Boxes use pixel-edge coordinates [x0, y0, x1, y1]: a box covering pixel columns 0..9 is
+# [0, y0, 10, y1]. Maps passed here are min-max normalized and at image resolution.
+Box = list[int]
+
+
+def component_boxes(cam_norm: np.ndarray, threshold: float) -> list[tuple[int, Box]]:
+    """Every 8-connected region of ``cam_norm > threshold``, as (area, box), largest first.
+
+    Args:
+        cam_norm: (H, W) map normalized to [0, 1].
+        threshold: fraction of the map's range (the CAM paper uses 0.2).
+    """
+    mask = (np.asarray(cam_norm) > threshold).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    regions = [
+        (int(stats[i, cv2.CC_STAT_AREA]),
+         [int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP]),
+          int(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH]),
+          int(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT])])
+        for i in range(1, count)
+    ]
+    return sorted(regions, key=lambda r: -r[0])
+
+
+def largest_component_box(cam_norm: np.ndarray, threshold: float = 0.2) -> Box | None:
+    """The CAM paper's box: around the largest connected region above ``threshold``; None if empty."""
+    regions = component_boxes(cam_norm, threshold)
+    return regions[0][1] if regions else None
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x0, y0, x1, y1] boxes (0 when either is empty)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def map_peak(cam_map: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the center of the map's maximum pixel (first one on ties)."""
+    y, x = np.unravel_index(int(np.argmax(cam_map)), np.shape(cam_map))
+    return x + 0.5, y + 0.5
+
+
+def point_hits_box(point: tuple[float, float], box: Sequence[float], tolerance: float = 15.0) -> bool:
+    """Pointing game (TorchRay): the point lies within ``tolerance`` pixels of the box."""
+    x, y = point
+    dx = max(box[0] - x, 0.0, x - box[2])
+    dy = max(box[1] - y, 0.0, y - box[3])
+    return dx * dx + dy * dy <= tolerance * tolerance

@@ -135,7 +135,9 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _walk(folder: Path, skip: Sequence[Path]) -> Iterable[Path]:
+def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
+    """Images under ``folder`` in sorted order, leaving out dot-files and dot-folders, the
+    folders in ``skip`` (resolved paths) and the files camcli wrote (each folder's manifest)."""
     for root, dirs, files in os.walk(folder, followlinks=False):
         here = Path(root)
         dirs[:] = sorted(
@@ -168,7 +170,7 @@ def find_images(
             paths = [Path(item)]
         for path in paths:
             if path.is_dir():
-                for image in _walk(path, skip):
+                for image in walk_images(path, skip):
                     found.append(ImageInput(image, Path(path.resolve().name) / image.relative_to(path)))
             elif path.is_file():
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -231,7 +233,7 @@ def _class_folders(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
         )
     samples = []
     for index, name in enumerate(classes):
-        images = list(_walk(root / name, skip=()))
+        images = list(walk_images(root / name, skip=()))
         if not images:
             raise CamcliError(f"class folder {root / name} holds no images")
         samples += [(p, index) for p in images]

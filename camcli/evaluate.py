@@ -1,0 +1,249 @@
+"""Metrics: classification (accuracy, per-class precision/recall, confusion) and
+weakly supervised localization (pointing game, GT-known / top-1 localization,
+MaxBoxAcc and MaxBoxAccV2 of Choe et al., CVPR 2020).
+
+Boxes are [x0, y0, x1, y1] in original-image pixel edges (see :mod:`camcli.cam`).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camcli import cam
+from camcli.data import walk_images
+from camcli.engine import CamModel
+from camcli.errors import CamcliError
+
+THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # Choe et al.'s grid
+V2_IOUS = (0.3, 0.5, 0.7)
+POINTING_TOLERANCE = 15.0
+PAPER_THRESHOLD = 0.2
+
+Progress = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------- boxes files
+
+def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
+    """Ground-truth boxes keyed by image path relative to ``data_root`` (forward slashes).
+
+    Accepts a JSON object ``{"rel/path.jpg": [x0, y0, x1, y1] or [[...], ...]}``, a COCO JSON
+    file (``images`` + ``annotations`` with ``bbox = [x, y, w, h]``), or Pascal VOC XML
+    (one file, or a folder of them; VOC's 1-based inclusive corners become pixel edges).
+    VOC and COCO file names are matched to DATA's images by relative path, else by a
+    unique file name.
+
+    Raises:
+        CamcliError: unreadable file, bad box, or no box matching any image in DATA.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CamcliError(f"boxes file not found: {path}")
+    images = [p.relative_to(data_root).as_posix() for p in walk_images(data_root, skip=())]
+    if path.is_dir() or path.suffix.lower() == ".xml":
+        raw = _read_voc(path)
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CamcliError(f"cannot read boxes file {path}: {exc}") from exc
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            raw = _read_coco(data, path)
+        elif isinstance(data, dict):
+            raw = {str(k): _box_list(v, f"{path}: {k}") for k, v in data.items()}
+        else:
+            raise CamcliError(f"{path}: expected a JSON object of path -> box(es), or COCO JSON")
+    boxes = _match(raw, images)
+    if not boxes:
+        raise CamcliError(f"no box in {path} matches an image under {data_root} (keys are paths relative to DATA)")
+    return boxes
+
+
+def _box_list(value: object, where: str) -> list[list[float]]:
+    items = value if value and isinstance(value[0], (list, tuple)) else [value]  # type: ignore[index]
+    boxes = []
+    for box in items:
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise CamcliError(f"{where}: a box must be [x0, y0, x1, y1], got {box!r}")
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise CamcliError(f"{where}: box {list(box)} has x1 <= x0 or y1 <= y0")
+        boxes.append([float(v) for v in box])
+    return boxes
+
+
+def _read_coco(data: dict, path: Path) -> dict[str, list[list[float]]]:
+    names = {img["id"]: img["file_name"] for img in data["images"]}
+    out: dict[str, list[list[float]]] = {}
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        out.setdefault(names[ann["image_id"]], []).extend(_box_list([x, y, x + w, y + h], f"{path}: annotation {ann.get('id')}"))
+    return out
+
+
+def _read_voc(path: Path) -> dict[str, list[list[float]]]:
+    files = sorted(path.glob("**/*.xml")) if path.is_dir() else [path]
+    out: dict[str, list[list[float]]] = {}
+    for xml in files:
+        try:
+            root = ET.parse(xml).getroot()
+            name = root.findtext("filename")
+            for obj in root.iter("object"):
+                bb = obj.find("bndbox")
+                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                out.setdefault(name, []).extend(_box_list([x0 - 1, y0 - 1, x1, y1], str(xml)))
+        except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
+            raise CamcliError(f"{xml} is not a Pascal VOC annotation: {exc}") from exc
+    return out
+
+
+def _match(raw: dict[str, list[list[float]]], images: list[str]) -> dict[str, list[list[float]]]:
+    known = set(images)
+    by_name: dict[str, list[str]] = {}
+    for rel in images:
+        by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
+    out: dict[str, list[list[float]]] = {}
+    for key, boxes in raw.items():
+        key = key.replace("\\", "/").removeprefix("./")
+        candidates = [key] if key in known else by_name.get(key.rsplit("/", 1)[-1], [])
+        if len(candidates) == 1:
+            out.setdefault(candidates[0], []).extend(boxes)
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+
+@dataclass
+class LocalizationTally:
+    """Running counts of the localization metrics over images with boxes."""
+
+    threshold: float = PAPER_THRESHOLD
+    images: int = 0
+    pointing: int = 0
+    gt_known: int = 0
+    top1: int = 0
+    v1: np.ndarray = field(default_factory=lambda: np.zeros(len(THRESHOLDS)))
+    v2: np.ndarray = field(default_factory=lambda: np.zeros((len(V2_IOUS), len(THRESHOLDS))))
+
+    def add(self, cam_norm: np.ndarray, gt_boxes: Sequence[Sequence[float]], correct: bool) -> None:
+        """Count one image: its ground-truth class's normalized map at image resolution."""
+        self.images += 1
+        peak = cam.map_peak(cam_norm)
+        self.pointing += any(cam.point_hits_box(peak, b, POINTING_TOLERANCE) for b in gt_boxes)
+        box = cam.largest_component_box(cam_norm, self.threshold)
+        hit = box is not None and max(cam.box_iou(box, b) for b in gt_boxes) >= 0.5
+        self.gt_known += hit
+        self.top1 += hit and correct
+        for t, threshold in enumerate(THRESHOLDS):
+            regions = cam.component_boxes(cam_norm, threshold)
+            if not regions:
+                continue
+            self.v1[t] += max(cam.box_iou(regions[0][1], b) for b in gt_boxes) >= 0.5
+            best = max(cam.box_iou(r, b) for _, r in regions for b in gt_boxes)
+            self.v2[:, t] += [best >= iou for iou in V2_IOUS]
+
+    def result(self) -> dict:
+        n = max(self.images, 1)
+        curve = self.v1 / n
+        best = int(np.argmax(curve))
+        return {
+            "num_images_with_boxes": self.images,
+            "threshold": self.threshold,
+            "pointing_game": self.pointing / n,
+            "gt_known_loc": self.gt_known / n,
+            "top1_loc": self.top1 / n,
+            "max_box_acc": float(curve[best]),
+            "best_threshold": float(THRESHOLDS[best]),
+            "max_box_acc_v2": float(np.mean((self.v2 / n).max(axis=1))),
+            "max_box_acc_v2_per_iou": {str(iou): float(v) for iou, v in zip(V2_IOUS, (self.v2 / n).max(axis=1))},
+            "box_acc_curve": {
+                "thresholds": [float(t) for t in THRESHOLDS],
+                "iou_0.5_largest_box": [float(v) for v in curve],
+                **{f"iou_{iou}_all_boxes": [float(v) for v in self.v2[i] / n] for i, iou in enumerate(V2_IOUS)},
+            },
+        }
+
+
+def classification_metrics(true: Sequence[int], pred: Sequence[int], class_names: list[str]) -> dict:
+    """Accuracy, per-class precision / recall / support, and the confusion matrix (rows: true)."""
+    k = len(class_names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    for t, p in zip(true, pred):
+        confusion[t, p] += 1
+    per_class = {}
+    for i, name in enumerate(class_names):
+        predicted, actual = confusion[:, i].sum(), confusion[i].sum()
+        per_class[name] = {
+            "precision": float(confusion[i, i] / predicted) if predicted else 0.0,
+            "recall": float(confusion[i, i] / actual) if actual else 0.0,
+            "support": int(actual),
+        }
+    return {
+        "num_images": int(confusion.sum()),
+        "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+        "per_class": per_class,
+        "confusion": {"labels": list(class_names), "matrix": confusion.tolist()},
+    }
+
+
+def labeled_images(root: Path, class_names: list[str]) -> list[tuple[Path, int]]:
+    """``root/<class>/*`` images with their index in the model's classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CamcliError(f"dataset folder not found: {root}")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    unknown = [f for f in folders if f not in class_names]
+    if not folders or unknown:
+        raise CamcliError(
+            f"{root} must hold <class>/<images> folders named after the model's classes"
+            + (f"; unknown: {', '.join(unknown[:5])}" if unknown else "")
+        )
+    samples = [(p, class_names.index(f)) for f in folders for p in walk_images(root / f, skip=())]
+    if not samples:
+        raise CamcliError(f"no images found under {root}")
+    return samples
+
+
+def evaluate(
+    model: CamModel, data: Path, boxes: dict[str, list[list[float]]] | None = None,
+    threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), batch_size: int = 32,
+    workers: int = 0, progress: Progress | None = None,
+) -> dict:
+    """Classification and, with boxes, localization metrics of ``model`` on an ImageFolder.
+
+    Localization uses the map of each image's ground-truth class (GT-known), normalized
+    and upsampled to the original image size.
+    """
+    data = Path(data)
+    samples = labeled_images(data, model.class_names)
+    tally = LocalizationTally(threshold)
+    true, pred = [], []
+    done = 0
+    need_maps = bool(boxes)
+    for batch in model.batches([p for p, _ in samples], batch_size, workers, keep_images=need_maps):
+        labels = [samples[i][1] for i in batch.positions]
+        predicted = batch.logits.argmax(dim=1).tolist()
+        true += labels
+        pred += predicted
+        if need_maps:
+            maps = model.batch_maps(batch, torch.tensor([[y] for y in labels]), cam_sizes)
+            for b, pos in enumerate(batch.positions):
+                rel = samples[pos][0].relative_to(data).as_posix()
+                if rel not in boxes:
+                    continue
+                h, w = batch.originals[b].shape[:2]
+                norm = cam.upsample_to(cam.normalize_maps(torch.from_numpy(maps[b][0])), (h, w)).numpy()
+                tally.add(norm, boxes[rel], predicted[b] == labels[b])
+        done += len(batch.positions)
+        if progress:
+            progress("evaluate", done, len(samples))
+    result = classification_metrics(true, pred, model.class_names)
+    if need_maps:
+        result.update(tally.result())
+    return result
