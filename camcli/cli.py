@@ -100,7 +100,8 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 30].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 32].")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate [default: 0.01].")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Square input size [default: 224].")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: 224].")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect [default: keep-aspect].")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* [default: 0.2].")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].")] = None,
@@ -118,7 +119,7 @@ def train(
 
     cfg = resolve_train_config(
         config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
-        lr=lr, img_size=img_size, val_split=val_split, seed=seed, device=device, workers=workers,
+        lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, workers=workers,
         out=str(out) if out else None, exist_ok=exist_ok or None,
     )
 
@@ -139,19 +140,32 @@ def train(
     typer.echo(f"Results saved to {result.run_dir}")
 
 
-def _load_model(checkpoint: Optional[Path], arch: str, weights: str, img_size: int, device: str):
+def _load_model(checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str):
     from camcli.engine import load
 
-    if checkpoint is not None:
-        return load(checkpoint, device=device)
-    return load(arch, device=device, weights=weights, img_size=img_size)
+    return load(checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size, resize=resize)
+
+
+def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
+    if cam_size is not None and cam_scales is not None:
+        raise CamcliError("give --cam-size or --cam-scales, not both")
+    try:
+        sizes = [cam_size] if cam_size is not None else [int(s) for s in cam_scales.split(",")] if cam_scales else []
+    except ValueError:
+        raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {cam_scales!r}") from None
+    if any(s < 32 for s in sizes):
+        raise CamcliError(f"cam sizes must be at least 32, got {sizes}")
+    return sizes
 
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
 Arch = Annotated[str, typer.Option(help="Without --checkpoint: a backbone whose own ImageNet head is GAP + linear.")]
 Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet or a state dict path.")]
-ImgSize = Annotated[int, typer.Option(help="Without --checkpoint: square input size.")]
+ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the checkpoint's, else 224].")]
+Resize = Annotated[Optional[str], typer.Option(help="squash or keep-aspect [default: the checkpoint's, else keep-aspect].")]
+CamSize = Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at --img-size).")]
+CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of normalized maps).")]
 TopK = Annotated[int, typer.Option(help="Classes per image.")]
 Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: table on a terminal, else jsonl]. json and table print when all images are done.")]
 Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
@@ -205,7 +219,8 @@ def predict(
     checkpoint: Checkpoint = None,
     arch: Arch = DEFAULT_ARCH,
     weights: Weights = "imagenet",
-    img_size: ImgSize = 224,
+    img_size: ImgSize = None,
+    resize: Resize = None,
     top_k: TopK = 5,
     fmt: Format = None,
     output: Output = None,
@@ -223,7 +238,7 @@ def predict(
     from camcli.jobs import predict_rows
 
     images = find_images(inputs)
-    model = _load_model(checkpoint, arch, weights, img_size, device)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device)
     with _progress(quiet) as progress:
         rows = predict_rows(model, images, top_k, batch_size, default_workers() if workers is None else workers, progress)
         _emit(rows, fmt, output, overlay=False)
@@ -236,7 +251,10 @@ def overlay(
     checkpoint: Checkpoint = None,
     arch: Arch = DEFAULT_ARCH,
     weights: Weights = "imagenet",
-    img_size: ImgSize = 224,
+    img_size: ImgSize = None,
+    resize: Resize = None,
+    cam_size: CamSize = None,
+    cam_scales: CamScales = None,
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
     class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: next to each input].")] = None,
@@ -245,6 +263,8 @@ def overlay(
     caption: Annotated[bool, typer.Option(help="Draw the label and its probability.")] = True,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write <stem>_cam.npy: the raw float32 map at feature resolution.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
+    box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
+    draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
     top_k: TopK = 5,
     fmt: Format = None,
     output: Output = None,
@@ -261,17 +281,113 @@ def overlay(
     from camcli.data import find_images
     from camcli.jobs import OverlayOptions, overlay_rows
 
+    cam_sizes = _cam_sizes(cam_size, cam_scales)
     images = find_images(inputs, skip=[out_dir] if out_dir else ())
-    model = _load_model(checkpoint, arch, weights, img_size, device)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device)
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
-        caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite,
+        caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
+        box_threshold=box_threshold, draw_box=draw_box,
     )
     with _progress(quiet) as progress:
         rows = overlay_rows(model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress)
         count = _emit(rows, fmt, output, overlay=True)
     if not quiet:
         err.print(f"{count} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
+
+
+@app.command()
+@_report_errors
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the checkpoint.", show_default=False)],
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint from camcli train.", show_default=False)],
+    boxes: Annotated[Optional[Path], typer.Option(help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or Pascal VOC XML (file or folder).")] = None,
+    img_size: ImgSize = None,
+    resize: Resize = None,
+    cam_size: CamSize = None,
+    cam_scales: CamScales = None,
+    box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.pt: the checkpoint with the best box threshold, which overlay then uses.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the box-accuracy plot [default: runs/evaluate/expN].")] = None,
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Measure classification and, with --boxes, CAM localization (pointing game, MaxBoxAcc, MaxBoxAccV2).
+
+    Example: camcli evaluate data/val --checkpoint runs/train/exp/best.pt --boxes boxes.json --calibrate
+    """
+    import json
+
+    from camcli.checkpoint import save_checkpoint
+    from camcli.config import default_workers
+    from camcli.evaluate import PAPER_THRESHOLD, calibrated, evaluate as run_evaluation, load_boxes
+    from camcli.files import atomic_write
+    from camcli.render import plot_curves, write_image
+    from camcli.train import next_run_dir
+
+    if fmt not in ("table", "json"):
+        raise CamcliError(f"--format must be table or json, got {fmt!r}")
+    cam_sizes = _cam_sizes(cam_size, cam_scales)
+    model = _load_model(checkpoint, "", "imagenet", img_size, resize, device)
+    truth = load_boxes(boxes, data) if boxes is not None else None
+    if calibrate and truth is None:
+        raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
+    threshold = box_threshold if box_threshold is not None else float(model.checkpoint.get("cam_threshold", PAPER_THRESHOLD))
+    with _progress(quiet) as progress:
+        result = run_evaluation(
+            model, data, truth, threshold, cam_sizes, batch_size, default_workers() if workers is None else workers, progress
+        )
+    result["settings"] = {"checkpoint": str(checkpoint), "data": str(data), "img_size": model.preprocess.img_size,
+                          "resize": model.preprocess.resize, "cam_sizes": cam_sizes}
+    run_dir = out or next_run_dir(Path("runs/evaluate"))
+    atomic_write(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    if truth is not None:
+        curve = result["box_acc_curve"]
+        plot = plot_curves(
+            curve["thresholds"],
+            {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
+             **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
+            f"Box accuracy vs CAM threshold ({result['num_images_with_boxes']} images)",
+            "threshold (fraction of the normalized map)", "box accuracy",
+            mark=(result["best_threshold"], result["max_box_acc"]),
+        )
+        write_image(run_dir / "box_accuracy.png", plot)
+    if calibrate:
+        from camcli.checkpoint import load_checkpoint
+
+        save_checkpoint(calibrated(load_checkpoint(checkpoint), result, data), run_dir / "calibrated.pt")
+    if fmt == "json":
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
+    else:
+        _print_evaluation(result)
+    if not quiet:
+        err.print(f"Results saved to {run_dir}")
+
+
+def _print_evaluation(result: dict) -> None:
+    console = Console()
+    summary = Table("metric", "value", title=f"{result['num_images']} images")
+    summary.add_row("accuracy", f"{result['accuracy']:.4f}")
+    if "max_box_acc" in result:
+        summary.add_row("images with boxes", str(result["num_images_with_boxes"]))
+        summary.add_row("pointing game", f"{result['pointing_game']:.4f}")
+        summary.add_row(f"GT-known loc @ {result['threshold']:.2f}", f"{result['gt_known_loc']:.4f}")
+        summary.add_row(f"top-1 loc @ {result['threshold']:.2f}", f"{result['top1_loc']:.4f}")
+        summary.add_row("MaxBoxAcc", f"{result['max_box_acc']:.4f} (threshold {result['best_threshold']:.2f})")
+        summary.add_row("MaxBoxAccV2", f"{result['max_box_acc_v2']:.4f}")
+    console.print(summary)
+    per_class = Table("class", "precision", "recall", "support")
+    for name, m in result["per_class"].items():
+        per_class.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
+    console.print(per_class)
+    labels = result["confusion"]["labels"]
+    confusion = Table("true \\ predicted", *labels, title="confusion matrix")
+    for label, row in zip(labels, result["confusion"]["matrix"]):
+        confusion.add_row(label, *map(str, row))
+    console.print(confusion)
 
 
 def main() -> None:

@@ -247,3 +247,19 @@ def evaluate(
     if need_maps:
         result.update(tally.result())
     return result
+
+
+def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
+    """A copy of ``checkpoint`` that records the best box threshold found by :func:`evaluate`
+    (``cam_threshold``, used by overlay's boxes by default) and where it came from."""
+    if "best_threshold" not in result:
+        raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
+    out = dict(checkpoint)
+    out["cam_threshold"] = float(result["best_threshold"])
+    out["calibration"] = {
+        "data": str(data),
+        "num_images": int(result["num_images_with_boxes"]),
+        "max_box_acc": float(result["max_box_acc"]),
+        "max_box_acc_v2": float(result["max_box_acc_v2"]),
+    }
+    return out

@@ -21,7 +21,9 @@ from camcli.data import MANIFEST_NAME, ImageInput, read_manifest
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
-from camcli.render import colormap_id, draw_caption, render_overlay, write_image
+from camcli.cam import largest_component_box, normalize_maps, upsample_to
+from camcli.evaluate import PAPER_THRESHOLD
+from camcli.render import colormap_id, draw_box, draw_caption, render_overlay, write_image
 
 Progress = Callable[[str, int, int], None]
 
@@ -53,6 +55,9 @@ class OverlayOptions:
         save_raw: also write the float32 (h, w) map as ``.npy`` (raw, or fused for several cam sizes).
         out_dir: mirror outputs under this folder instead of writing next to inputs.
         overwrite: replace files at output paths that camcli did not write.
+        box_threshold: the box's threshold (fraction of the normalized map); None uses the
+            checkpoint's calibrated ``cam_threshold``, else the CAM paper's 0.2.
+        draw_box: draw the box on the overlay.
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`CamModel.batch_maps`.
     """
@@ -66,6 +71,8 @@ class OverlayOptions:
     out_dir: Path | None = None
     overwrite: bool = False
     cam_sizes: Sequence[int] = ()
+    box_threshold: float | None = None
+    draw_box: bool = False
 
 
 def safe_label(label: str) -> str:
@@ -137,6 +144,11 @@ def overlay_rows(
     before anything is written.
     """
     colormap_id(options.colormap)
+    threshold = options.box_threshold
+    if threshold is None:
+        threshold = float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
+    if not 0.0 <= threshold < 1.0:
+        raise CamcliError(f"--box-threshold must be in [0, 1), got {threshold}")
     if not 0.0 <= options.alpha <= 1.0:
         raise CamcliError(f"--alpha must be between 0 and 1, got {options.alpha}")
     model.rank(torch.zeros(1, model.num_classes), top_k)
@@ -165,12 +177,16 @@ def overlay_rows(
             )
             maps = model.batch_maps(batch, classes, options.cam_sizes)
             for b, pos in enumerate(batch.positions):
-                outputs = _write_overlays(
-                    batch.originals[b], maps[b], classes[b].tolist(), probs[b], model.class_names, plans[pos], options
+                outputs, box = _write_overlays(
+                    batch.originals[b], maps[b], classes[b].tolist(), probs[b], model.class_names, plans[pos],
+                    options, threshold,
                 )
                 for path in outputs:
                     guard.record(path)
-                yield {"path": str(images[pos].path), "predictions": ranked[b], "outputs": [str(p) for p in outputs]}
+                yield {
+                    "path": str(images[pos].path), "predictions": ranked[b], "outputs": [str(p) for p in outputs],
+                    "box": box, "box_label": model.class_names[int(classes[b, 0])], "box_threshold": threshold,
+                }
             done += len(batch.positions)
             if progress:
                 progress("overlay", done, len(images))
@@ -180,11 +196,21 @@ def overlay_rows(
 
 def _write_overlays(
     image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: torch.Tensor,
-    class_names: list[str], paths: list[Path], options: OverlayOptions,
-) -> list[Path]:
-    """Write one overlay per mapped class, then the raw maps; returns the paths written."""
+    class_names: list[str], paths: list[Path], options: OverlayOptions, threshold: float,
+) -> tuple[list[Path], list[int] | None]:
+    """Write one overlay per mapped class, then the raw maps.
+
+    Returns:
+        the paths written, and the first mapped class's box (largest region above
+        ``threshold``, original-image pixels) or None.
+    """
+    h, w = image_rgb.shape[:2]
+    first = upsample_to(normalize_maps(torch.from_numpy(np.ascontiguousarray(maps[0]))), (h, w)).numpy()
+    box = largest_component_box(first, threshold)
     for j, c in enumerate(classes):
         overlay = render_overlay(image_rgb, maps[j], options.alpha, options.colormap)
+        if options.draw_box and j == 0 and box is not None:
+            overlay = draw_box(overlay, box)
         if options.caption:
             overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
         write_image(paths[j], overlay)
@@ -193,7 +219,7 @@ def _write_overlays(
             buffer = io.BytesIO()
             np.save(buffer, maps[j].astype(np.float32))
             atomic_write(paths[len(classes) + j], buffer.getvalue())
-    return paths
+    return paths, box
 
 
 def default_format(stdout_is_tty: bool) -> str:
@@ -209,7 +235,7 @@ def is_tty(stream: object) -> bool:
 
 
 FORMATS = ("table", "csv", "json", "jsonl")
-CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs")
+CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box")
 
 
 def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
@@ -231,7 +257,11 @@ def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
     for row in rows:
         if writer:
             for rank, p in enumerate(row["predictions"], start=1):
-                writer.writerow([row["path"], rank, p["label"], p["index"], f"{p['prob']:.6g}", ";".join(row.get("outputs", []))])
+                box = row.get("box")
+                writer.writerow([
+                    row["path"], rank, p["label"], p["index"], f"{p['prob']:.6g}", ";".join(row.get("outputs", [])),
+                    " ".join(map(str, box)) if box else "",
+                ])
         elif fmt == "jsonl":
             stream.write(json.dumps(row) + "\n")
         else:

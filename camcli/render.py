@@ -68,3 +68,54 @@ def write_image(path: Path, image_rgb: np.ndarray) -> None:
     if not ok:
         raise CamcliError(f"cannot encode an image as {Path(path).suffix}")
     atomic_write(Path(path), encoded.tobytes())
+
+
+def draw_box(image_rgb: np.ndarray, box: list[int], color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """Draw an [x0, y0, x1, y1] pixel-edge box, its line width scaled to the image."""
+    out = image_rgb.copy()
+    thickness = max(1, round(max(out.shape[:2]) / 250))
+    cv2.rectangle(out, (box[0], box[1]), (box[2] - 1, box[3] - 1), color, thickness)
+    return out
+
+
+def plot_curves(
+    xs: list[float], curves: dict[str, list[float]], title: str, x_label: str, y_label: str,
+    mark: tuple[float, float] | None = None, size: tuple[int, int] = (720, 480),
+) -> np.ndarray:
+    """A line chart of curves over [0, 1] x [0, 1], drawn with OpenCV; returns RGB uint8.
+
+    Args:
+        xs: x values shared by every curve.
+        curves: legend label -> y values.
+        mark: an (x, y) point to circle, e.g. the best threshold.
+    """
+    width, height = size
+    left, right, top, bottom = 70, 20, 40, 55
+    img = np.full((height, width, 3), 255, np.uint8)
+    pw, ph = width - left - right, height - top - bottom
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        return left + round(x * pw), top + round((1 - y) * ph)
+
+    font, grey, black = cv2.FONT_HERSHEY_SIMPLEX, (215, 215, 215), (40, 40, 40)
+    for tick in np.linspace(0, 1, 6):
+        cv2.line(img, at(tick, 0), at(tick, 1), grey, 1)
+        cv2.line(img, at(0, tick), at(1, tick), grey, 1)
+        cv2.putText(img, f"{tick:.1f}", (at(tick, 0)[0] - 12, top + ph + 20), font, 0.45, black, 1, cv2.LINE_AA)
+        cv2.putText(img, f"{tick:.1f}", (left - 38, at(0, tick)[1] + 5), font, 0.45, black, 1, cv2.LINE_AA)
+    cv2.rectangle(img, at(0, 1), at(1, 0), black, 1)
+    cv2.putText(img, title, (left, 26), font, 0.6, black, 1, cv2.LINE_AA)
+    cv2.putText(img, x_label, (left + pw // 2 - 40, height - 12), font, 0.5, black, 1, cv2.LINE_AA)
+    cv2.putText(img, y_label, (8, top - 10), font, 0.45, black, 1, cv2.LINE_AA)
+    palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+    for i, (label, ys) in enumerate(curves.items()):
+        color = palette[i % len(palette)]
+        points = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
+        cv2.polylines(img, [points], False, color, 2, cv2.LINE_AA)
+        y = top + 18 + 20 * i
+        cv2.line(img, (left + pw - 230, y - 4), (left + pw - 205, y - 4), color, 2)
+        cv2.putText(img, label, (left + pw - 200, y), font, 0.45, black, 1, cv2.LINE_AA)
+    if mark is not None:
+        cv2.circle(img, at(*mark), 6, black, 2, cv2.LINE_AA)
+        cv2.putText(img, f"best {mark[0]:.2f}: {mark[1]:.3f}", (at(*mark)[0] + 8, at(*mark)[1] + 18), font, 0.45, black, 1, cv2.LINE_AA)
+    return img

@@ -159,7 +159,7 @@ def test_vgg16_random_init_train_then_predict(tmp_path):
     predicted = run("predict", data, "--checkpoint", run_dir / "best.pt", "--format", "csv", "--top-k", "9")
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.stdout.splitlines()
-    assert lines[0] == "path,rank,label,index,prob,outputs" and len(lines) == 1 + 8 * 2  # top-k capped at K=2
+    assert lines[0] == "path,rank,label,index,prob,outputs,box" and len(lines) == 1 + 8 * 2  # top-k capped at K=2
     no_head = run("predict", data, "--arch", "vgg16", "--weights", "none")
     assert no_head.exit_code == 2 and "camcli train" in no_head.stderr
 
