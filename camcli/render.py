@@ -90,7 +90,7 @@ def plot_curves(
         mark: an (x, y) point to circle, e.g. the best threshold.
     """
     width, height = size
-    left, right, top, bottom = 70, 20, 40, 55
+    left, right, top, bottom = 70, 20, 56, 55
     img = np.full((height, width, 3), 255, np.uint8)
     pw, ph = width - left - right, height - top - bottom
 
@@ -104,9 +104,9 @@ def plot_curves(
         cv2.putText(img, f"{tick:.1f}", (at(tick, 0)[0] - 12, top + ph + 20), font, 0.45, black, 1, cv2.LINE_AA)
         cv2.putText(img, f"{tick:.1f}", (left - 38, at(0, tick)[1] + 5), font, 0.45, black, 1, cv2.LINE_AA)
     cv2.rectangle(img, at(0, 1), at(1, 0), black, 1)
-    cv2.putText(img, title, (left, 26), font, 0.6, black, 1, cv2.LINE_AA)
+    cv2.putText(img, title, (left, 22), font, 0.6, black, 1, cv2.LINE_AA)
     cv2.putText(img, x_label, (left + pw // 2 - 40, height - 12), font, 0.5, black, 1, cv2.LINE_AA)
-    cv2.putText(img, y_label, (8, top - 10), font, 0.45, black, 1, cv2.LINE_AA)
+    cv2.putText(img, y_label, (8, top - 14), font, 0.45, black, 1, cv2.LINE_AA)
     palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
     for i, (label, ys) in enumerate(curves.items()):
         color = palette[i % len(palette)]
@@ -117,5 +117,6 @@ def plot_curves(
         cv2.putText(img, label, (left + pw - 200, y), font, 0.45, black, 1, cv2.LINE_AA)
     if mark is not None:
         cv2.circle(img, at(*mark), 6, black, 2, cv2.LINE_AA)
-        cv2.putText(img, f"best {mark[0]:.2f}: {mark[1]:.3f}", (at(*mark)[0] + 8, at(*mark)[1] + 18), font, 0.45, black, 1, cv2.LINE_AA)
+        x, y = at(*mark)
+        cv2.putText(img, f"best {mark[0]:.2f}: {mark[1]:.3f}", (x + 8, max(top + 12, y - 10)), font, 0.45, black, 1, cv2.LINE_AA)
     return img

@@ -203,3 +203,50 @@ def test_console_script_closed_stdout_and_version(tmp_path):
     )
     assert pipe.stderr == ""
     assert len(pipe.stdout.splitlines()) == 1 and json.loads(pipe.stdout)["path"].endswith("blue_0.png")
+
+
+def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run, tmp_path):
+    val = SAMPLE_DATA / "val"
+    images = sorted(val.rglob("*.jpg"))
+    boxes = {}
+    for path in images[::3]:  # whole-image boxes: the map's peak is always inside
+        h, w = cv2.imread(str(path)).shape[:2]
+        boxes[path.relative_to(val).as_posix()] = [0, 0, w, h]
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps(boxes))
+    out = tmp_path / "eval"
+    result = run("evaluate", val, "--checkpoint", sample_run / "best.pt", "--boxes", boxes_file, "--format", "json",
+                 "--out", out, "--calibrate", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    for key in ("accuracy", "pointing_game", "gt_known_loc", "top1_loc", "max_box_acc", "max_box_acc_v2", "best_threshold"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["num_images"] == len(images) and metrics["num_images_with_boxes"] == len(boxes)
+    assert metrics["pointing_game"] == 1.0
+    # accuracy agrees with predict's top-1
+    predicted = run("predict", val, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--top-k", "1")
+    rows = [json.loads(line) for line in predicted.stdout.splitlines()]
+    agree = sum(Path(r["path"]).parent.name == r["predictions"][0]["label"] for r in rows) / len(rows)
+    assert metrics["accuracy"] == pytest.approx(agree)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["max_box_acc"] == metrics["max_box_acc"] and len(saved["box_acc_curve"]["thresholds"]) == 100
+    assert cv2.imread(str(out / "box_accuracy.png")).shape == (480, 720, 3)
+    calibrated = torch.load(out / "calibrated.pt", weights_only=True)
+    assert calibrated["cam_threshold"] == metrics["best_threshold"]
+
+    overlay = run("overlay", images[0], "--checkpoint", out / "calibrated.pt", "--out-dir", tmp_path / "ov",
+                  "--draw-box", "--format", "json")
+    assert overlay.exit_code == 0, overlay.output
+    (row,) = json.loads(overlay.stdout)
+    h, w = cv2.imread(str(images[0])).shape[:2]
+    assert row["box_threshold"] == metrics["best_threshold"]
+    x0, y0, x1, y1 = row["box"]
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_evaluate_errors(sample_run, tmp_path):
+    bad = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.pt", "--calibrate")
+    assert bad.exit_code == 2 and "--calibrate needs --boxes" in bad.stderr
+    data = make_image_folder(tmp_path / "d", classes=("red",), per_class=1)
+    wrong = run("evaluate", data, "--checkpoint", sample_run / "best.pt")
+    assert wrong.exit_code == 2 and "unknown: red" in wrong.stderr
