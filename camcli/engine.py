@@ -254,7 +254,7 @@ class CamModel:
             else:
                 out += self.batch_maps(batch, chosen.expand(len(batch.positions), -1))
         if len({m.shape for m in out}) > 1:
-            raise CamcliError("maps of keep-aspect images of different shapes cannot form one array: pass one image at a time")
+            raise CamcliError("keep-aspect maps of differently shaped images cannot form one array: pass images of one shape, or load(..., resize=\"squash\")")
         return np.stack(out).astype(np.float32, copy=False)
 
 
