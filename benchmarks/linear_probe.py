@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from camcli.backbones import build_backbone
 from camcli.config import resolve_train_config
 from camcli.data import Preprocess, load_image_folder
+from camcli.runtime import TorchRunner
 from camcli.train import fit, pooled_features
 
 
@@ -55,10 +56,10 @@ def _write_digits(root: Path) -> str:
 def report(args, cfg, result) -> None:
     train, val, classes = load_image_folder(Path(args.data), cfg.val_split, cfg.seed)
     backbone = build_backbone(args.arch, "imagenet")
-    pre = Preprocess(cfg.img_size, backbone.mean, backbone.std)
-    device = torch.device("cpu")
-    xtr = pooled_features(backbone.features, [p for p, _ in train], pre, device, 32, 0).numpy()
-    xva = pooled_features(backbone.features, [p for p, _ in val], pre, device, 32, 0).numpy()
+    pre = Preprocess(cfg.img_size, backbone.mean, backbone.std, cfg.resize, backbone.stride)
+    runner = TorchRunner(backbone.features, torch.device("cpu"))
+    xtr = torch.cat(list(pooled_features(runner, [p for p, _ in train], pre, 32, 0))).numpy()
+    xva = torch.cat(list(pooled_features(runner, [p for p, _ in val], pre, 32, 0))).numpy()
     ytr, yva = [y for _, y in train], [y for _, y in val]
     sk = LogisticRegression(max_iter=5000).fit(xtr, ytr).score(xva, yva)
     majority = Counter(yva).most_common(1)[0][1] / len(yva)

@@ -87,6 +87,8 @@ def _root(
 
 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime on the CPU for jobs of 256+ images or a cached export, else PyTorch), torch or onnxruntime.")]
+Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA.")]
 Workers = Annotated[Optional[int], typer.Option(help="Image decoding processes [default: CPU count - 1, at most 4].")]
 
 
@@ -105,6 +107,9 @@ def train(
     val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* [default: 0.2].")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, torch or onnxruntime (see predict --help) [default: auto].")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Autocast to float16 on CUDA [default: on].", show_default=False)] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crops and flips; turns the feature cache off [default: off].", show_default=False)] = None,
     workers: Workers = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/train/expN, never overwritten].")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
@@ -119,7 +124,7 @@ def train(
 
     cfg = resolve_train_config(
         config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
-        lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, workers=workers,
+        lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, backend=backend, amp=amp, augment=augment, workers=workers,
         out=str(out) if out else None, exist_ok=exist_ok or None,
     )
 
@@ -131,7 +136,7 @@ def train(
             )
 
     with _progress(quiet) as progress:
-        result = fit(cfg, progress=progress, on_epoch=on_epoch)
+        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else err.print)
     best = result.best
     err.print(
         f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
@@ -140,10 +145,21 @@ def train(
     typer.echo(f"Results saved to {result.run_dir}")
 
 
-def _load_model(checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str):
+def _load_model(
+    checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str,
+    backend: str, amp: bool, num_images: int | None, quiet: bool,
+):
     from camcli.engine import load
 
-    return load(checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size, resize=resize)
+    model = load(
+        checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
+        resize=resize, backend=backend, amp=amp,
+    )
+    if num_images is not None:
+        note = model.prepare(num_images)
+        if note and not quiet:
+            err.print(note, soft_wrap=True)
+    return model
 
 
 def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
@@ -227,6 +243,8 @@ def predict(
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
+    backend: Backend = "auto",
+    amp: Amp = True,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -238,7 +256,7 @@ def predict(
     from camcli.jobs import predict_rows
 
     images = find_images(inputs)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
     with _progress(quiet) as progress:
         rows = predict_rows(model, images, top_k, batch_size, default_workers() if workers is None else workers, progress)
         _emit(rows, fmt, output, overlay=False)
@@ -271,6 +289,8 @@ def overlay(
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
+    backend: Backend = "auto",
+    amp: Amp = True,
     quiet: Quiet = False,
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
@@ -283,7 +303,7 @@ def overlay(
 
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     images = find_images(inputs, skip=[out_dir] if out_dir else ())
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
@@ -313,6 +333,8 @@ def evaluate(
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
+    backend: Backend = "auto",
+    amp: Amp = True,
     quiet: Quiet = False,
 ) -> None:
     """Measure classification and, with --boxes, CAM localization (pointing game, MaxBoxAcc, MaxBoxAccV2).
@@ -331,7 +353,7 @@ def evaluate(
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
     cam_sizes = _cam_sizes(cam_size, cam_scales)
-    model = _load_model(checkpoint, "", "imagenet", img_size, resize, device)
+    model = _load_model(checkpoint, "", "imagenet", img_size, resize, device, backend, amp, None, quiet)
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")

@@ -35,6 +35,9 @@ class TrainConfig:
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"
+    backend: str = "auto"
+    amp: bool = True
+    augment: bool = False
     workers: int = dataclasses.field(default_factory=default_workers)
     out: str | None = None
     exist_ok: bool = False

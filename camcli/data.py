@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -246,10 +247,13 @@ class ImageDataset(Dataset):
     Each item is ``(tensor (3, S, S), position, original RGB image or None)``.
     """
 
-    def __init__(self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False):
+    def __init__(
+        self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False, augment: bool = False
+    ):
         self.images = images
         self.preprocess = preprocess
         self.keep_images = keep_images
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.images)
@@ -259,7 +263,30 @@ class ImageDataset(Dataset):
         rgb = item if isinstance(item, np.ndarray) else read_image(Path(item))
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"images must be RGB uint8 (H, W, 3) arrays, got {rgb.dtype} {rgb.shape}")
-        return self.preprocess(rgb), i, (rgb if self.keep_images else None)
+        model_input = random_resized_crop_flip(rgb) if self.augment else rgb
+        return self.preprocess(model_input), i, (rgb if self.keep_images else None)
+
+
+def random_resized_crop_flip(
+    rgb: np.ndarray, scale: tuple[float, float] = (0.35, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> np.ndarray:
+    """A random crop of 35-100% of the area with an aspect ratio in [3/4, 4/3] (the
+    Inception-style crop), flipped horizontally half the time. Draws from torch's RNG, which
+    DataLoader seeds per worker."""
+    h, w = rgb.shape[:2]
+    area = h * w
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(*scale))
+        aspect = math.exp(float(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]))))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,)))
+            left = int(torch.randint(0, w - cw + 1, (1,)))
+            rgb = rgb[top : top + ch, left : left + cw]
+            break
+    if float(torch.rand(1)) < 0.5:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
 
 
 def collate(batch: list[tuple[torch.Tensor, int, np.ndarray | None]]):

@@ -6,7 +6,7 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from camcli.backbones import DEFAULT_ARCH, build_backbone, restore_backbone
 from camcli.checkpoint import load_checkpoint
 from camcli.data import DEFAULT_RESIZE, ImageDataset, Preprocess, collate
 from camcli.errors import CamcliError
+from camcli.runtime import OnnxRunner, TorchRunner, make_runner, weights_key
 
 Image = Path | str | np.ndarray
 
@@ -63,22 +64,25 @@ class Batch:
 
 def image_batches(
     images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device,
-    keep_images: bool = False,
+    keep_images: bool = False, augment: bool = False,
 ) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None]]]:
-    """Decode and preprocess images in ``workers`` processes; yield (tensors, positions, originals)."""
+    """Decode and preprocess images in ``workers`` processes; yield (tensors, positions, originals).
+
+    ``augment`` applies a random resized crop and horizontal flip before the preprocessing.
+    """
     if batch_size < 1:
         raise CamcliError(f"--batch-size must be at least 1, got {batch_size}")
     if workers < 0:
         raise CamcliError(f"--workers must be 0 or more, got {workers}")
     loader = DataLoader(
-        ImageDataset(images, preprocess, keep_images), batch_size=batch_size, shuffle=False,
+        ImageDataset(images, preprocess, keep_images, augment), batch_size=batch_size, shuffle=False,
         num_workers=min(workers, len(images)), collate_fn=collate, pin_memory=device.type == "cuda",
     )
     yield from loader
 
 
 def extract_features(
-    features: nn.Module, tensors: list[torch.Tensor], device: torch.device
+    runner: Callable[[torch.Tensor], torch.Tensor], tensors: list[torch.Tensor]
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Run the backbone on images of possibly different shapes.
 
@@ -88,11 +92,11 @@ def extract_features(
     when run alone.)
 
     Args:
-        features: module mapping (N, 3, H, W) to (N, C, h, w).
+        runner: maps a (N, 3, H, W) batch to (N, C, h, w) float32 features (see runtime.py).
         tensors: (3, H_i, W_i) preprocessed images.
 
     Returns:
-        ((N, C, h_max, w_max) float32 features on ``device``, each image's (h_i, w_i)).
+        ((N, C, h_max, w_max) float32 features on the runner's device, each image's (h_i, w_i)).
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(tensors):
@@ -100,8 +104,7 @@ def extract_features(
     outputs: list[torch.Tensor | None] = [None] * len(tensors)
     with torch.inference_mode():
         for members in groups.values():
-            x = torch.stack([tensors[i] for i in members]).to(device, non_blocking=True)
-            for i, f in zip(members, features(x).float()):
+            for i, f in zip(members, runner(torch.stack([tensors[i] for i in members]))):
                 outputs[i] = f
     sizes = [tuple(f.shape[-2:]) for f in outputs]
     if len(groups) == 1:
@@ -123,15 +126,21 @@ class CamModel:
         class_names: K names in class-index order.
         preprocess: the preprocessing the head was trained with.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`camcli.runtime.make_runner`).
+        amp: autocast on CUDA.
+        reference: the backbone's weights reference, if stored by reference (saves hashing).
     """
 
     def __init__(
         self, arch: str, features: nn.Module, head: nn.Linear, class_names: list[str],
         preprocess: Preprocess, device: str = "auto", checkpoint: dict | None = None,
+        backend: str = "auto", amp: bool = True, reference: dict | None = None,
     ):
         self.arch = arch
         self.device = resolve_device(device)
-        self.features = features.eval().requires_grad_(False).to(self.device)
+        self.features = features.eval().requires_grad_(False)
+        self.backend, self.amp, self.reference = backend, amp, reference
+        self.runner: TorchRunner | OnnxRunner | None = None
         self.weight = head.weight.detach().float().to(self.device)
         self.bias = head.bias.detach().float().to(self.device)
         self.class_names = list(class_names)
@@ -142,12 +151,28 @@ class CamModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def weights_id(self) -> str:
+        """A key of the backbone's weights: the packaged file's sha256, else a hash of the state dict."""
+        if self.reference is not None:
+            return f"{self.reference['package']}:{self.reference['sha256']}"
+        return weights_key(self.features)
+
+    def prepare(self, num_images: int | None = None) -> str | None:
+        """Build the runner for a job of ``num_images`` images; returns a warning line or None."""
+        if self.runner is not None:
+            return None
+        self.runner, note = make_runner(
+            self.features, self.arch, self.device, self.backend, self.amp, num_images, self.weights_id
+        )
+        return note
+
     def forward(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
 
         See :func:`extract_features` for how images of different shapes are packed.
         """
-        feats, sizes = extract_features(self.features, tensors, self.device)
+        self.prepare()
+        feats, sizes = extract_features(self.runner, tensors)
         with torch.inference_mode():
             return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
@@ -155,6 +180,7 @@ class CamModel:
         self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False
     ) -> Iterator[Batch]:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time."""
+        self.prepare(len(images))
         for tensors, positions, originals in image_batches(
             images, self.preprocess, batch_size, workers, self.device, keep_images
         ):
@@ -183,7 +209,7 @@ class CamModel:
         per_scale = []
         for size in cam_sizes:
             pre = replace(self.preprocess, img_size=size)
-            feats, sizes = extract_features(self.features, [pre(o) for o in batch.originals], self.device)
+            feats, sizes = extract_features(self.runner, [pre(o) for o in batch.originals])
             with torch.inference_mode():
                 per_scale.append(_crop(cam.class_maps(feats, self.weight, classes), sizes))
         if len(per_scale) == 1:
@@ -265,7 +291,8 @@ def _crop(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
 
 
 def model_from_checkpoint(
-    ckpt: dict, device: str = "auto", img_size: int | None = None, resize: str | None = None
+    ckpt: dict, device: str = "auto", img_size: int | None = None, resize: str | None = None,
+    backend: str = "auto", amp: bool = True,
 ) -> CamModel:
     """Build a CamModel from a loaded checkpoint dict (see checkpoint.py); ``img_size`` and
     ``resize`` override the recorded preprocessing when given."""
@@ -280,12 +307,14 @@ def model_from_checkpoint(
     preprocess = Preprocess.from_dict(ckpt["preprocess"])
     overrides = {k: v for k, v in (("img_size", img_size), ("resize", resize)) if v is not None}
     preprocess = replace(preprocess, stride=backbone.stride, **overrides)
-    return CamModel(ckpt["arch"], backbone.features, head, ckpt["class_names"], preprocess, device, ckpt)
+    return CamModel(
+        ckpt["arch"], backbone.features, head, ckpt["class_names"], preprocess, device, ckpt, backend, amp, backbone.reference
+    )
 
 
 def load(
     checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet",
-    img_size: int | None = None, resize: str | None = None,
+    img_size: int | None = None, resize: str | None = None, backend: str = "auto", amp: bool = True,
 ) -> CamModel:
     """Load a trained checkpoint, or a backbone with its own pretrained GAP + linear head.
 
@@ -293,6 +322,8 @@ def load(
         checkpoint_or_arch: a ``.pt`` checkpoint path, or an arch name (``efficientnet_lite0``,
             ``resnet50``, ``timm:NAME``) whose pretrained ImageNet head is used.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        backend: ``auto``, ``torch`` or ``onnxruntime``.
+        amp: autocast on CUDA.
         weights: for an arch: ``imagenet`` or a state dict path.
         img_size: input size (the shorter side with keep-aspect); default: the checkpoint's, or 224.
         resize: ``squash`` or ``keep-aspect``; default: the checkpoint's, or keep-aspect.
@@ -302,7 +333,7 @@ def load(
     """
     source = Path(checkpoint_or_arch)
     if source.suffix in (".pt", ".pth") or source.is_file():
-        return model_from_checkpoint(load_checkpoint(source), device, img_size, resize)
+        return model_from_checkpoint(load_checkpoint(source), device, img_size, resize, backend, amp)
     arch = str(checkpoint_or_arch)
     if weights == "none":
         raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
@@ -312,4 +343,6 @@ def load(
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
     preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)
-    return CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, device)
+    return CamModel(
+        arch, backbone.features, backbone.head, backbone.class_names, preprocess, device, None, backend, amp, backbone.reference
+    )

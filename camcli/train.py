@@ -7,9 +7,12 @@ runs on them. That makes ten epochs cost about one forward pass over the data.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from camcli.cam import global_average_pool
 from camcli.engine import extract_features, image_batches, resolve_device
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
+from camcli.runtime import cache_dir, make_runner, weights_key
 
 Progress = Callable[[str, int, int], None]
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -62,43 +66,81 @@ def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
 
 
 def pooled_features(
-    features: nn.Module, paths: list[Path], preprocess: Preprocess, device: torch.device,
+    runner: Callable[[torch.Tensor], torch.Tensor], paths: list[Path], preprocess: Preprocess,
     batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
-) -> torch.Tensor:
-    """Global-average-pooled backbone features of each image.
-
-    Returns:
-        (N, C) float32 tensor on the CPU, in the order of ``paths``.
-    """
-    out = []
+    augment: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Global-average-pooled backbone features, one (B, C) float32 CPU tensor per batch, in
+    the order of ``paths`` (``augment``: random resized crop + horizontal flip first)."""
     done = 0
-    for tensors, _, _ in image_batches(paths, preprocess, batch_size, workers, device):
-        feats, sizes = extract_features(features, tensors, device)
-        out.append(global_average_pool(feats, sizes).cpu())
+    device = getattr(runner, "device", torch.device("cpu"))
+    for tensors, _, _ in image_batches(paths, preprocess, batch_size, workers, device, augment=augment):
+        feats, sizes = extract_features(runner, tensors)
+        yield global_average_pool(feats, sizes).cpu()
         done += len(tensors)
         if progress:
             progress(stage, done, len(paths))
-    return torch.cat(out)
+
+
+def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preprocess, backend: str) -> Path:
+    """Where the pooled features of ``paths`` are cached: keyed by each file's path, size and
+    mtime, the backbone weights, the preprocessing and the backend."""
+    files = []
+    for p in paths:
+        stat = p.stat()
+        files.append([str(p.resolve()), stat.st_size, stat.st_mtime_ns])
+    key = json.dumps({"files": files, "weights": weights_id, "preprocess": preprocess.to_dict(), "backend": backend, "v": 1})
+    return cache_dir() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()}.pt"
+
+
+def cached_pooled_features(
+    runner: Callable[[torch.Tensor], torch.Tensor], paths: list[Path], preprocess: Preprocess, weights_id: str,
+    batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
+) -> tuple[torch.Tensor, bool]:
+    """(N, C) pooled features of ``paths`` from the feature cache, computing and caching them
+    on a miss. Returns (features, whether they came from the cache)."""
+    path = feature_cache_file(paths, weights_id, preprocess, getattr(runner, "name", "torch"))
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(cached, torch.Tensor) and cached.ndim == 2 and len(cached) == len(paths):
+                return cached, True
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            pass
+    feats = torch.cat(list(pooled_features(runner, paths, preprocess, batch_size, workers, progress, stage)))
+    with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
+        buffer = io.BytesIO()
+        torch.save(feats, buffer)
+        atomic_write(path, buffer.getvalue())
+    return feats, False
+
+
+def shuffled_batches(
+    features: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(features, labels) mini-batches of cached (N, C) features in a seeded random order."""
+    order = torch.randperm(len(labels), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield features[idx], labels[idx]
 
 
 def train_one_epoch(
-    head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-    batch_size: int, generator: torch.Generator,
+    head: nn.Linear, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer
 ) -> tuple[float, float]:
-    """One pass over (N, C) pooled features in a seeded random order; returns (mean loss, accuracy)."""
+    """One pass over (pooled features (B, C), labels (B,)) batches; returns (mean loss, accuracy)."""
     head.train()
-    order = torch.randperm(len(labels), generator=generator)
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        logits = head(features[idx])
-        loss = F.cross_entropy(logits, labels[idx])
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = head(x)
+        loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == labels[idx]).sum())
-    return total_loss / len(labels), correct / len(labels)
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        count += len(y)
+    return total_loss / count, correct / count
 
 
 def evaluate(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
@@ -145,40 +187,71 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
 
 def fit(
-    config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None
+    config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train a head on ``config.data`` and save the run (best.pt, last.pt, metrics.csv, config.yaml)."""
+    """Train a head on ``config.data`` and save the run (best.pt, last.pt, metrics.csv, config.yaml).
+
+    Without ``augment``, pooled features come from the feature cache (computed once per
+    data, weights, preprocessing and backend), so more epochs cost no more forward passes.
+    ``notify`` receives one-line notes for the user (cache use, backend fallback).
+    """
     config.validate()
     train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed)
     run_dir = prepare_run_dir(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
-    backbone.features.to(device)
     preprocess = Preprocess(config.img_size, backbone.mean, backbone.std, config.resize, backbone.stride)
+    ref = backbone.reference
+    weights_id = f"{ref['package']}:{ref['sha256']}" if ref else weights_key(backbone.features)
+    stored_backbone = backbone_state(backbone)
+    runner, note = make_runner(
+        backbone.features, config.arch, device, config.backend, config.amp,
+        len(train_set) * (config.epochs if config.augment else 1) + len(val_set), lambda: weights_id,
+    )
+    say = notify or (lambda _: None)
+    if note:
+        say(note)
 
     def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = pooled_features(
-            backbone.features, [p for p, _ in samples], preprocess, device,
-            config.batch_size, config.workers, progress, stage,
+        feats, hit = cached_pooled_features(
+            runner, [p for p, _ in samples], preprocess, weights_id, config.batch_size, config.workers, progress, stage
         )
+        if hit:
+            say(f"{stage}: {len(samples)} images from the feature cache")
         return feats, torch.tensor([y for _, y in samples], dtype=torch.long)
 
-    train_x, train_y = extract(train_set, "train features")
+    train_y = torch.tensor([y for _, y in train_set], dtype=torch.long)
+    if config.augment:
+        say("--augment: random resized crops and flips, so features are computed every epoch (no feature cache)")
+    else:
+        train_x, train_y = extract(train_set, "train features")
     val_x, val_y = extract(val_set, "val features")
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     head = nn.Linear(backbone.num_features, len(class_names))
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    stored_backbone = backbone_state(backbone)
+    train_paths = [p for p, _ in train_set]
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not config.augment:
+            return shuffled_batches(train_x, train_y, config.batch_size, generator)
+        order = torch.randperm(len(train_paths), generator=generator).tolist()
+        feats = pooled_features(
+            runner, [train_paths[i] for i in order], preprocess, config.batch_size, config.workers,
+            progress, f"epoch {epoch} (augmented)", augment=True,
+        )
+        labels = train_y[order].split(config.batch_size)
+        return zip(feats, labels)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     history: list[dict] = []
     best: dict | None = None
     for epoch in range(1, config.epochs + 1):
-        train_loss, train_acc = train_one_epoch(head, train_x, train_y, optimizer, config.batch_size, generator)
+        train_loss, train_acc = train_one_epoch(head, epoch_batches(epoch), optimizer)
         val_loss, val_acc, _ = evaluate(head, val_x, val_y)
         row = dict(zip(METRIC_COLUMNS, (epoch, train_loss, train_acc, val_loss, val_acc)))
         history.append(row)

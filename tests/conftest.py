@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+# the tests never touch the user's cache (ONNX exports, pooled features)
+os.environ["CAMCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="camcli-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "sample_data"

@@ -1,0 +1,109 @@
+"""Backends, the feature cache and streaming: same numbers, less work."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import camcli.data as data_module
+import camcli.train as train_module
+from camcli.config import resolve_train_config
+from camcli.data import find_images
+from camcli.engine import load
+from camcli.jobs import predict_rows
+from camcli.runtime import OnnxRunner, TorchRunner, make_runner
+from camcli.train import fit
+from conftest import SAMPLE_DATA, make_image_folder
+
+SMALL = dict(arch="resnet18", weights="none", img_size=32, batch_size=4, workers=0)
+
+
+def test_default_backbone_on_onnxruntime_gives_the_same_outputs():
+    images = sorted((SAMPLE_DATA / "val").rglob("*.jpg"))[::5]
+    outputs = {}
+    for backend in ("torch", "onnxruntime"):
+        model = load("efficientnet_lite0", device="cpu", backend=backend)
+        assert model.prepare(len(images)) is None
+        assert model.runner.name == backend
+        batches = list(model.batches(images, batch_size=4))
+        logits = torch.cat([b.logits for b in batches])
+        maps = [m for b in batches for m in model.batch_maps(b, b.logits.argmax(1, keepdim=True))]
+        outputs[backend] = (logits, maps)
+    (ref_logits, ref_maps), (ort_logits, ort_maps) = outputs["torch"], outputs["onnxruntime"]
+    assert float((ort_logits - ref_logits).abs().max() / ref_logits.abs().max()) < 1e-4
+    for a, b in zip(ort_maps, ref_maps):
+        assert a.shape == b.shape and float(np.abs(a - b).max() / np.abs(b).max()) < 1e-4
+
+
+def test_auto_backend_exports_only_for_large_jobs_then_reuses_the_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+    cpu = torch.device("cpu")
+    small, _ = make_runner(features, "tiny", cpu, "auto", num_images=10)
+    assert isinstance(small, TorchRunner)
+    large, note = make_runner(features, "tiny", cpu, "auto", num_images=1000)
+    assert isinstance(large, OnnxRunner) and note is None
+    again, _ = make_runner(features, "tiny", cpu, "auto", num_images=1)  # cached export: used at any size
+    assert isinstance(again, OnnxRunner) and again.path == large.path
+
+
+def test_export_failure_falls_back_to_torch_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path))
+
+    class Unexportable(nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy() * 2)  # leaves the traced graph
+
+    runner, note = make_runner(Unexportable(), "odd", torch.device("cpu"), "onnxruntime")
+    assert isinstance(runner, TorchRunner)
+    assert note.startswith("warning: ONNX Runtime unavailable for odd") and "\n" not in note
+
+
+def test_second_training_run_does_no_backbone_forward(tiny_folder, tmp_path, monkeypatch):
+    first = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "a"), epochs=2, **SMALL))
+    calls = []
+    real = train_module.extract_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "extract_features", counting)
+    notes = []
+    second = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), epochs=2, **SMALL), notify=notes.append)
+    assert calls == [] and any("feature cache" in n for n in notes)
+    a = torch.load(first.run_dir / "last.pt", weights_only=True)["head"]["weight"]
+    b = torch.load(second.run_dir / "last.pt", weights_only=True)["head"]["weight"]
+    assert torch.equal(a, b)
+    fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "c"), epochs=5, lr=0.1, **SMALL))
+    assert calls == []
+    # a changed file is a cache miss
+    (tiny_folder / "red" / "red_0.png").write_bytes((tiny_folder / "red" / "red_1.png").read_bytes())
+    fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "d"), epochs=1, **SMALL))
+    assert calls
+
+
+def test_augment_runs_the_backbone_every_epoch_and_says_so(tiny_folder, tmp_path, monkeypatch):
+    calls = []
+    real = train_module.extract_features
+    monkeypatch.setattr(train_module, "extract_features", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    notes = []
+    result = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "r"), epochs=3, augment=True, **SMALL),
+                 notify=notes.append)
+    assert any("--augment" in n for n in notes)
+    # 10 train images in batches of 4: 3 batches per epoch, plus the val features once (1 batch)
+    assert len(calls) == 3 * 3 + 1
+    assert len(result.history) == 3
+
+
+def test_first_prediction_arrives_before_the_last_image_is_read(tmp_path, monkeypatch):
+    folder = make_image_folder(tmp_path / "many", per_class=30, size=(16, 16))
+    reads = []
+    real = data_module.read_image
+    monkeypatch.setattr(data_module, "read_image", lambda p: (reads.append(p), real(p))[1])
+    model = load("efficientnet_lite0", device="cpu", backend="torch", img_size=64)
+    rows = predict_rows(model, find_images([folder]), top_k=1, batch_size=4, workers=0)
+    first = next(rows)
+    assert first["path"].endswith("blue_0.png") and len(reads) == 4 < 60
+    assert sum(1 for _ in rows) == 59
