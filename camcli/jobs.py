@@ -6,10 +6,12 @@ rows add ``"outputs": [paths written]``. Readers must ignore keys they do not kn
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +138,7 @@ def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: O
 
 def overlay_rows(
     model: CamModel, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
-    batch_size: int = 32, workers: int = 0, progress: Progress | None = None,
+    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
 ) -> Iterator[dict]:
     """Write a CAM overlay for every image (see :func:`plan_outputs`) and yield its row.
 
@@ -167,31 +169,51 @@ def overlay_rows(
         raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
     for path in planned:
         guard.check(path)
+    # Colormap, blend, encoding and writing run in a small thread pool (OpenCV releases the
+    # GIL), so the next batch's forward pass overlaps them; rows still come out in input order.
+    pending: deque[tuple[dict, Future]] = deque()
     done = 0
-    try:
-        for batch in model.batches([i.path for i in images], batch_size, workers, keep_images=True):
-            probs = torch.softmax(batch.logits, dim=1)
-            ranked = model.rank(batch.logits, top_k)
-            classes = torch.tensor(
-                [chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long, device=batch.features.device
-            )
-            maps = model.batch_maps(batch, classes, options.cam_sizes)
-            for b, pos in enumerate(batch.positions):
-                outputs, box = _write_overlays(
-                    batch.originals[b], maps[b], classes[b].tolist(), probs[b], model.class_names, plans[pos],
-                    options, threshold,
-                )
-                for path in outputs:
-                    guard.record(path)
-                yield {
-                    "path": str(images[pos].path), "predictions": ranked[b], "outputs": [str(p) for p in outputs],
-                    "box": box, "box_label": model.class_names[int(classes[b, 0])], "box_threshold": threshold,
-                }
-            done += len(batch.positions)
-            if progress:
-                progress("overlay", done, len(images))
-    finally:
-        guard.save()
+
+    def finish_oldest() -> dict:
+        nonlocal done
+        row, future = pending.popleft()
+        outputs, box = future.result()
+        for path in outputs:
+            guard.record(path)
+        done += 1
+        if progress:
+            progress("overlay", done, len(images))
+        return {**row, "outputs": [str(p) for p in outputs], "box": box}
+
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="camcli-writer") as pool:
+        try:
+            for batch in model.batches([i.path for i in images], batch_size, workers, keep_images=True):
+                probs = torch.softmax(batch.logits, dim=1)
+                ranked = model.rank(batch.logits, top_k)
+                classes = torch.tensor([chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long)
+                maps = model.batch_maps(batch, classes, options.cam_sizes)
+                for b, pos in enumerate(batch.positions):
+                    future = pool.submit(
+                        _write_overlays, batch.originals[b], maps[b], classes[b].tolist(), probs[b],
+                        model.class_names, plans[pos], options, threshold,
+                    )
+                    row = {"path": str(images[pos].path), "predictions": ranked[b],
+                           "box_label": model.class_names[int(classes[b, 0])], "box_threshold": threshold}
+                    pending.append((row, future))
+                while len(pending) > batch_size or (pending and pending[0][1].done()):
+                    yield finish_oldest()
+            while pending:
+                yield finish_oldest()
+        finally:
+            for _, future in pending:
+                future.cancel()
+            for _, future in pending:
+                if not future.cancelled():
+                    with contextlib.suppress(Exception):
+                        outputs, _ = future.result()
+                        for path in outputs:
+                            guard.record(path)
+            guard.save()
 
 
 def _write_overlays(
