@@ -81,6 +81,16 @@ def class_maps(
     return torch.einsum("njc,nchw->njhw", chosen, features)
 
 
+def heatmap(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One map, min-max normalized then upsampled to ``size`` (height, width): float32 in [0, 1].
+
+    (Bilinear interpolation never leaves the range of its inputs, so normalizing first, at
+    feature resolution, gives the same result as normalizing the upsampled map.)
+    """
+    normalized = normalize_maps(torch.from_numpy(np.ascontiguousarray(cam_map, dtype=np.float32))).numpy()
+    return upsample_to(normalized, size)
+
+
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     """Min-max normalize each map (last two dims) to [0, 1]; a constant map becomes zeros.
 
@@ -97,16 +107,19 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps))
 
 
-def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of maps to an image size, pixel centers aligned.
+def upsample_to(maps: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor | np.ndarray:
+    """Bilinear upsampling of maps to an image size, pixel centers aligned (``align_corners=False``).
 
     Args:
-        maps: (N, K, h, w) or (h, w) maps.
+        maps: (N, K, h, w) or (h, w) tensor, or an (h, w) float32 array (resized with OpenCV's
+            INTER_LINEAR, the same interpolation, several times faster for one map).
         size: (height, width) of the target image.
 
     Returns:
-        maps of shape (N, K, height, width) or (height, width).
+        maps of shape (N, K, height, width) or (height, width), of the input's type.
     """
+    if isinstance(maps, np.ndarray):
+        return cv2.resize(maps.astype(np.float32, copy=False), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     squeeze = maps.ndim == 2
     batch = maps[None, None] if squeeze else maps
     out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False)

@@ -87,10 +87,13 @@ class Preprocess:
         resized = cv2.resize(
             image_rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         )
-        x = torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
+        # (x / 255 - mean) / std as one multiply-add: x * scale + offset
+        scale = 1.0 / (255.0 * np.asarray(self.std, dtype=np.float32))
+        offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)
+        x = resized.astype(np.float32)
+        x *= scale
+        x += offset
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def read_image(path: Path) -> np.ndarray:

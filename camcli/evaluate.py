@@ -237,9 +237,7 @@ def evaluate(
                 rel = samples[pos][0].relative_to(data).as_posix()
                 if rel not in boxes:
                     continue
-                h, w = batch.originals[b].shape[:2]
-                norm = cam.upsample_to(cam.normalize_maps(torch.from_numpy(maps[b][0])), (h, w)).numpy()
-                tally.add(norm, boxes[rel], predicted[b] == labels[b])
+                tally.add(cam.heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
         done += len(batch.positions)
         if progress:
             progress("evaluate", done, len(samples))

@@ -23,9 +23,9 @@ from camcli.data import MANIFEST_NAME, ImageInput, read_manifest
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
-from camcli.cam import largest_component_box, normalize_maps, upsample_to
+from camcli.cam import heatmap, largest_component_box
 from camcli.evaluate import PAPER_THRESHOLD
-from camcli.render import colormap_id, draw_box, draw_caption, render_overlay, write_image
+from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
 
 Progress = Callable[[str, int, int], None]
 
@@ -226,11 +226,12 @@ def _write_overlays(
         the paths written, and the first mapped class's box (largest region above
         ``threshold``, original-image pixels) or None.
     """
-    h, w = image_rgb.shape[:2]
-    first = upsample_to(normalize_maps(torch.from_numpy(np.ascontiguousarray(maps[0]))), (h, w)).numpy()
-    box = largest_component_box(first, threshold)
+    box = None
     for j, c in enumerate(classes):
-        overlay = render_overlay(image_rgb, maps[j], options.alpha, options.colormap)
+        heat = heatmap(maps[j], image_rgb.shape[:2])
+        if j == 0:
+            box = largest_component_box(heat, threshold)
+        overlay = blend(image_rgb, heat, options.alpha, options.colormap)
         if options.draw_box and j == 0 and box is not None:
             overlay = draw_box(overlay, box)
         if options.caption:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from camcli.cam import normalize_maps, upsample_to
+from camcli.cam import heatmap
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
 
@@ -38,13 +37,16 @@ def render_overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, c
     Returns:
         (H, W, 3) uint8 RGB overlay, the same size as ``image_rgb``.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"image_rgb must be (H, W, 3) uint8, got {image_rgb.dtype} {image_rgb.shape}")
-    h, w = image_rgb.shape[:2]
-    heat = upsample_to(normalize_maps(torch.as_tensor(np.asarray(cam, dtype=np.float32))), (h, w))
-    heat_u8 = (heat.clamp_(0, 1) * 255).round().to(torch.uint8).numpy()
+    return blend(image_rgb, heatmap(np.asarray(cam), image_rgb.shape[:2]), alpha, colormap)
+
+
+def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Color a normalized (H, W) heatmap in [0, 1] and blend it over an (H, W, 3) RGB image."""
+    if not 0.0 <= alpha <= 1.0:
+        raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
+    heat_u8 = cv2.convertScaleAbs(np.clip(heat, 0.0, 1.0), alpha=255.0)
     colored = cv2.cvtColor(cv2.applyColorMap(heat_u8, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(colored, alpha, image_rgb, 1.0 - alpha, 0.0)
 

@@ -75,3 +75,18 @@ def test_upsample_keeps_a_hot_cell_over_its_own_pixels_on_a_non_square_image():
 
 def test_upsample_batch_shape():
     assert upsample_to(torch.rand(2, 3, 7, 7), (50, 80)).shape == (2, 3, 50, 80)
+
+
+def test_array_and_tensor_upsampling_agree():
+    grid = torch.rand(5, 7, generator=torch.Generator().manual_seed(0))
+    for size in [(37, 91), (200, 120), (3, 4)]:
+        np.testing.assert_allclose(upsample_to(grid.numpy(), size), upsample_to(grid, size).numpy(), atol=1e-5)
+
+
+def test_heatmap_normalizes_then_upsamples():
+    from camcli.cam import heatmap
+
+    grid = torch.arange(6.0).view(2, 3) * 3 - 4
+    out = heatmap(grid.numpy(), (20, 30))
+    assert out.shape == (20, 30) and out.dtype == np.float32
+    np.testing.assert_allclose(out, upsample_to(normalize_maps(upsample_to(grid, (20, 30))), (20, 30)).numpy(), atol=1e-5)
