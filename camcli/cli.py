@@ -56,7 +56,7 @@ def _report_errors(command: Callable) -> Callable:
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
     """A progress callback drawing bars on stderr (none when quiet or stderr is not a terminal)."""
     if quiet or not err.is_terminal:
         yield None
@@ -65,7 +65,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
     with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
-        def update(stage: str, done: int, total: int) -> None:
+        def update(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
@@ -251,14 +251,21 @@ def predict(
 
     Example: camcli predict photos/ --checkpoint runs/train/exp/best.pt --format jsonl
     """
+    from itertools import chain, islice
+
     from camcli.config import default_workers
-    from camcli.data import find_images
+    from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
-    images = find_images(inputs)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
+    walk = iter_images(inputs)
+    head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
+    if not head:
+        raise CamcliError(f"no images found in {', '.join(inputs)}")
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(head), quiet)
     with _progress(quiet) as progress:
-        rows = predict_rows(model, images, top_k, batch_size, default_workers() if workers is None else workers, progress)
+        rows = predict_rows(
+            model, chain(head, walk), top_k, batch_size, default_workers() if workers is None else workers, progress
+        )
         _emit(rows, fmt, output, overlay=False)
 
 

@@ -7,7 +7,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,37 +153,57 @@ def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
                 yield here / name
 
 
-def find_images(
+def iter_images(
     inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None
-) -> list[ImageInput]:
-    """Expand files, folders (recursively) and ``-`` (paths from stdin) into images.
+) -> Iterator[ImageInput]:
+    """Expand files, folders (recursively, lazily) and ``-`` (paths from stdin, read as they
+    come) into images, in input order.
 
     Dot-files and dot-folders, the folders in ``skip`` and the files camcli wrote
     (listed in each folder's manifest) are left out.
 
     Raises:
-        CamcliError: an input does not exist, or no image was found.
+        CamcliError: an input does not exist or is not an image (checked before the first
+            image for the inputs given as arguments, when reached for stdin's).
     """
     skip = [Path(s).resolve() for s in skip]
-    found: list[ImageInput] = []
+    for item in inputs:
+        if str(item) != "-":
+            _check_input(Path(item))
     for item in inputs:
         if str(item) == "-":
             lines = stdin if stdin is not None else sys.stdin
-            paths = [Path(line.rstrip("\r\n")) for line in lines if line.strip()]
+            paths = (Path(line.rstrip("\r\n")) for line in lines if line.strip())
         else:
-            paths = [Path(item)]
+            paths = iter([Path(item)])
         for path in paths:
+            _check_input(path)
             if path.is_dir():
+                root_name = Path(path.resolve().name)
                 for image in walk_images(path, skip):
-                    found.append(ImageInput(image, Path(path.resolve().name) / image.relative_to(path)))
-            elif path.is_file():
-                if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    raise CamcliError(
-                        f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
-                    )
-                found.append(ImageInput(path, Path(path.name)))
+                    yield ImageInput(image, root_name / image.relative_to(path))
             else:
-                raise CamcliError(f"input not found: {path}")
+                yield ImageInput(path, Path(path.name))
+
+
+def _check_input(path: Path) -> None:
+    if path.is_dir():
+        return
+    if not path.is_file():
+        raise CamcliError(f"input not found: {path}")
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise CamcliError(f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
+def find_images(
+    inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None
+) -> list[ImageInput]:
+    """All of :func:`iter_images` as a list.
+
+    Raises:
+        CamcliError: an input does not exist, or no image was found.
+    """
+    found = list(iter_images(inputs, skip, stdin))
     if not found:
         raise CamcliError(f"no images found in {', '.join(map(str, inputs))}")
     return found

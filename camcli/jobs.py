@@ -12,7 +12,8 @@ import os
 import re
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,22 +28,29 @@ from camcli.cam import heatmap, largest_component_box
 from camcli.evaluate import PAPER_THRESHOLD
 from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int | None], None]
 
 
 def predict_rows(
-    model: CamModel, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
-    progress: Progress | None = None,
+    model: CamModel, images: Iterable[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
+    progress: Progress | None = None, chunk_size: int = 1024,
 ) -> Iterator[dict]:
-    """Rank classes for every image; rows come out in input order, batch by batch."""
+    """Rank classes for every image; rows come out in input order, batch by batch.
+
+    ``images`` may be a lazy iterator (a folder walk, stdin): it is consumed ``chunk_size``
+    images at a time, so the first rows come before the walk is finished.
+    """
     model.rank(torch.zeros(1, model.num_classes), top_k)  # validates top_k before any work
+    total = len(images) if isinstance(images, Sized) else None
     done = 0
-    for batch in model.batches([i.path for i in images], batch_size, workers):
-        for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k)):
-            yield {"path": str(images[pos].path), "predictions": preds}
-        done += len(batch.positions)
-        if progress:
-            progress("predict", done, len(images))
+    iterator = iter(images)
+    while chunk := list(islice(iterator, chunk_size)):
+        for batch in model.batches([i.path for i in chunk], batch_size, workers):
+            for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k)):
+                yield {"path": str(chunk[pos].path), "predictions": preds}
+            done += len(batch.positions)
+            if progress:
+                progress("predict", done, total)
 
 
 @dataclass

@@ -107,3 +107,19 @@ def test_first_prediction_arrives_before_the_last_image_is_read(tmp_path, monkey
     first = next(rows)
     assert first["path"].endswith("blue_0.png") and len(reads) == 4 < 60
     assert sum(1 for _ in rows) == 59
+
+
+def test_first_prediction_arrives_before_the_input_walk_is_finished(tmp_path):
+    folder = make_image_folder(tmp_path / "many", per_class=10, size=(16, 16))
+    walked = []
+
+    def walk():
+        for image in find_images([folder]):
+            walked.append(image)
+            yield image
+
+    model = load("efficientnet_lite0", device="cpu", backend="torch", img_size=64)
+    rows = predict_rows(model, walk(), top_k=1, batch_size=4, workers=0, chunk_size=8)
+    first = next(rows)
+    assert first["path"].endswith("blue_0.png") and len(walked) == 8 < 20
+    assert [r["path"] for r in rows] == [str(i.path) for i in walked[1:]] and len(walked) == 20
