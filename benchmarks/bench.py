@@ -1,7 +1,7 @@
 """Speed benchmark: camcli against its own limits and against its peers.
 
     pip install -e '.[bench]'
-    python benchmarks/bench.py            # about 10 minutes on 2 CPU cores; writes benchmarks/README.md
+    python benchmarks/bench.py            # about 12 minutes on 2 CPU cores; writes benchmarks/README.md
 
 For the default backbone (efficientnet_lite0) and vgg16 (random weights: speed does not depend
 on them), on real-content 640x480 JPEGs, at batch 32 and torch's default thread count:
@@ -9,7 +9,8 @@ on them), on real-content 640x480 JPEGs, at batch 32 and torch's default thread 
 1. forward-only throughput on pre-decoded tensors (the default keep-aspect input, 224x288),
    for PyTorch eager, PyTorch channels-last and ONNX Runtime;
 2. `camcli predict` and `camcli overlay` end to end: whole command (process start included)
-   and steady state (rows per second between the first and the last row);
+   on N images, and steady state: the extra images per extra second between N and 10·N
+   images, 9·N / (T(10·N) - T(N)), so process start and model loading cancel out;
 3. `camcli train` wall time for 1 and 10 epochs, each with a cold feature cache, and a warm rerun;
 4. peak RSS (``/usr/bin/time -v``) of `camcli overlay` on N and 10·N images;
 5. peers on the same images and model: pytorch-grad-cam's GradCAM + show_cam_on_image,
@@ -84,26 +85,14 @@ def forward_only(arch: str, images: int) -> dict[str, float]:
     return results
 
 
-def timed_rows(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """(whole-command seconds, steady-state rows/s after the first batch's rows, rows)."""
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB from /usr/bin/time -v) of a whole command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    stamps = [time.perf_counter() for _ in proc.stdout]
-    _, err = proc.communicate()
-    total = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-500:]}")
-    # the first batch's rows arrive together; count the rows that came after them
-    later = len(stamps) - BATCH
-    steady = later / (stamps[-1] - stamps[0]) if later > 0 and stamps[-1] > stamps[0] else float("nan")
-    return total, steady, len(stamps)
-
-
-def peak_rss_mb(cmd: list[str], env: dict) -> float:
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    seconds = time.perf_counter() - start
     if out.returncode != 0:
-        raise RuntimeError(out.stderr[-500:])
-    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-500:]}")
+    return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
 
 
 def wall(cmd: list[str], env: dict) -> float:
@@ -232,11 +221,12 @@ def bench_arch(arch: str, n: int, work: Path, log) -> dict:
     common = ["--checkpoint", str(ckpt), "--batch-size", str(BATCH), "--format", "jsonl"]
     log(f"[{arch}] predict / overlay")
     r["backend"] = "onnxruntime (auto, cached export)"
-    r["predict"] = timed_rows([*camcli, "predict", str(data), *common], env)
-    r["overlay"] = timed_rows([*camcli, "overlay", str(data), *common, "--out-dir", str(work / f"ov_{arch}"), "--overwrite"], env)
-    log(f"[{arch}] peak RSS")
-    r["rss_n"] = peak_rss_mb([*camcli, "overlay", str(data), *common, "--out-dir", str(work / f"rss1_{arch}"), "-q"], env)
-    r["rss_10n"] = peak_rss_mb([*camcli, "overlay", str(big), *common, "--out-dir", str(work / f"rss10_{arch}"), "-q"], env)
+    for job, extra in (("predict", []), ("overlay", ["--out-dir", str(work / f"ov_{arch}")])):
+        small = timed([*camcli, job, str(data), *common, *extra], env)
+        large = timed([*camcli, job, str(big), *common, *extra], env)
+        r[job] = (n / small[0], 9 * n / (large[0] - small[0]))
+        if job == "overlay":
+            r["rss_n"], r["rss_10n"] = small[1], large[1]
     paths = sorted(data.rglob("*.jpg"))
     peers_out = work / f"peers_{arch}"
     peers_out.mkdir()
@@ -256,13 +246,14 @@ def table(results: list[dict]) -> str:
 
     for backend in ("torch eager", "torch channels-last", "onnxruntime"):
         row(f"forward only, {backend} (img/s)", lambda r, b=backend: f"{r['forward'][b]:.1f}")
-    row("predict end to end (img/s, whole command)", lambda r: f"{r['n'] / r['predict'][0]:.1f}")
+    row("predict end to end, N images (img/s, whole command)", lambda r: f"{r['predict'][0]:.1f}")
     row("predict steady state (img/s)", lambda r: f"{r['predict'][1]:.1f}")
-    row("overlay end to end (img/s, whole command)", lambda r: f"{r['n'] / r['overlay'][0]:.1f}")
+    row("overlay end to end, N images (img/s, whole command)", lambda r: f"{r['overlay'][0]:.1f}")
     row("overlay steady state (img/s)", lambda r: f"{r['overlay'][1]:.1f}")
     row("predict steady / fastest forward", lambda r: f"{r['predict'][1] / max(r['forward'].values()):.2f}")
     row("overlay steady / fastest forward", lambda r: f"{r['overlay'][1] / max(r['forward'].values()):.2f}")
-    row("overlay end to end / torch eager forward", lambda r: f"{r['n'] / r['overlay'][0] / r['forward']['torch eager']:.2f}")
+    row("overlay end to end / torch eager forward", lambda r: f"{r['overlay'][0] / r['forward']['torch eager']:.2f}")
+    row("overlay steady / torch eager forward", lambda r: f"{r['overlay'][1] / r['forward']['torch eager']:.2f}")
     row("train, 1 epoch, cold cache (s)", lambda r: f"{r['train_1']:.1f}")
     row("train, 10 epochs, cold cache (s)", lambda r: f"{r['train_10']:.1f}")
     row("train, 10 epochs, warm cache (s)", lambda r: f"{r['train_10_warm']:.1f}")
@@ -273,15 +264,17 @@ def table(results: list[dict]) -> str:
     row("pytorch-grad-cam GradCAM + show_cam_on_image (img/s)", lambda r: f"{r['gradcam']:.1f}")
     row("torchcam CAM + overlay_mask (img/s)", lambda r: f"{r['torchcam']:.1f}")
     row("plain per-image loop, CAM tutorial style (img/s)", lambda r: f"{r['plain']:.1f}")
-    row("camcli overlay end to end / GradCAM", lambda r: f"{r['n'] / r['overlay'][0] / r['gradcam']:.1f}")
-    row("camcli overlay end to end / torchcam", lambda r: f"{r['n'] / r['overlay'][0] / r['torchcam']:.1f}")
+    row("camcli overlay end to end / GradCAM", lambda r: f"{r['overlay'][0] / r['gradcam']:.1f}")
+    row("camcli overlay steady / GradCAM", lambda r: f"{r['overlay'][1] / r['gradcam']:.1f}")
+    row("camcli overlay end to end / torchcam", lambda r: f"{r['overlay'][0] / r['torchcam']:.1f}")
+    row("camcli overlay steady / torchcam", lambda r: f"{r['overlay'][1] / r['torchcam']:.1f}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="images for efficientnet_lite0")
-    parser.add_argument("--n-vgg", type=int, default=64, help="images for vgg16")
+    parser.add_argument("--n-vgg", type=int, default=32, help="images for vgg16")
     parser.add_argument("--no-readme", action="store_true", help="print the table only")
     args = parser.parse_args()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

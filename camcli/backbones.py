@@ -243,6 +243,8 @@ def _from_timm(arch: str, model: nn.Module, weights: str) -> Backbone:
     head, problem = None, None
     if not isinstance(classifier, nn.Linear):
         problem = f"{arch}'s classifier is {type(classifier).__name__}, not one linear layer"
+    elif classifier.in_features != num_features:
+        problem = f"{arch}'s head has layers between pooling and the classifier ({num_features} -> {classifier.in_features} features)"
     else:
         probe = torch.randn(2, num_features, 3, 3)
         with torch.no_grad():

@@ -63,6 +63,7 @@ def test_timm_cnn_reproduces_its_logits(tmp_path):
 
 def test_timm_head_that_is_not_gap_linear_is_reported():
     assert "not global average pooling" in build_backbone("timm:convnext_atto", "none").head_problem
+    assert "between pooling and the classifier" in build_backbone("timm:mobilenetv3_small_100", "none").head_problem
 
 
 @pytest.mark.parametrize("arch,message", [
