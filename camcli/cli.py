@@ -187,9 +187,37 @@ Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, jso
 Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
+AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
 
 
-def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool) -> int:
+def _finish(count: int, failed: int, allow_failures: bool) -> None:
+    """Exit 1 when some inputs failed (each was reported as it came), unless allowed."""
+    if failed:
+        err.print(f"{failed} of {count} inputs failed")
+        if not allow_failures:
+            raise typer.Exit(1)
+
+
+def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool) -> tuple[int, int]:
+    """Write rows in the chosen format; report each failed input on stderr as it comes.
+
+    Returns:
+        (rows written, inputs that failed).
+    """
+    failed = 0
+
+    def reported(source: Iterator[dict]) -> Iterator[dict]:
+        nonlocal failed
+        for row in source:
+            if "error" in row:
+                failed += 1
+                err.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True, highlight=False)
+            yield row
+
+    return _write(reported(rows), fmt, output, overlay), failed
+
+
+def _write(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool) -> int:
     from camcli.files import atomic_open
     from camcli.jobs import FORMATS, default_format, is_tty, write_rows
 
@@ -214,10 +242,13 @@ def _print_table(rows: Iterator[dict], overlay: bool, output: Optional[Path]) ->
         table.add_column("outputs", overflow="fold", ratio=3)
     count = 0
     for row in rows:
+        count += 1
+        if "error" in row:
+            table.add_row(row["path"], "[red]failed[/red]", "", row["error"], *([""] if overlay else []))
+            continue
         first, *others = row["predictions"]
         extra = ", ".join(f"{p['label']} {p['prob']:.1%}" for p in others)
         table.add_row(row["path"], first["label"], f"{first['prob']:.1%}", extra, *([", ".join(row["outputs"])] if overlay else []))
-        count += 1
     if output is None:
         Console(soft_wrap=False).print(table)
     else:
@@ -245,6 +276,7 @@ def predict(
     device: Device = "auto",
     backend: Backend = "auto",
     amp: Amp = True,
+    allow_failures: AllowFailures = False,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -266,7 +298,8 @@ def predict(
         rows = predict_rows(
             model, chain(head, walk), top_k, batch_size, default_workers() if workers is None else workers, progress
         )
-        _emit(rows, fmt, output, overlay=False)
+        count, failed = _emit(rows, fmt, output, overlay=False)
+    _finish(count, failed, allow_failures)
 
 
 @app.command()
@@ -298,6 +331,7 @@ def overlay(
     device: Device = "auto",
     backend: Backend = "auto",
     amp: Amp = True,
+    allow_failures: AllowFailures = False,
     quiet: Quiet = False,
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
@@ -318,9 +352,10 @@ def overlay(
     )
     with _progress(quiet) as progress:
         rows = overlay_rows(model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress)
-        count = _emit(rows, fmt, output, overlay=True)
+        count, failed = _emit(rows, fmt, output, overlay=True)
     if not quiet:
-        err.print(f"{count} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
+        err.print(f"{count - failed} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
+    _finish(count, failed, allow_failures)
 
 
 @app.command()

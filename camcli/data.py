@@ -105,7 +105,9 @@ def read_image(path: Path) -> np.ndarray:
         buffer = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise CamcliError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if buffer.size == 0:
+        raise CamcliError(f"cannot decode {path}: the file is empty")
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise CamcliError(f"cannot decode {path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -281,13 +283,21 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, np.ndarray | None]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, np.ndarray | None, str | None]:
+        """(tensor, position, original or None, None), or (None, position, None, why) when the
+        image cannot be read: one bad file never stops a batch."""
         item = self.images[i]
-        rgb = item if isinstance(item, np.ndarray) else read_image(Path(item))
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"images must be RGB uint8 (H, W, 3) arrays, got {rgb.dtype} {rgb.shape}")
+        if isinstance(item, np.ndarray):
+            rgb = item
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(f"images must be RGB uint8 (H, W, 3) arrays, got {rgb.dtype} {rgb.shape}")
+        else:
+            try:
+                rgb = read_image(Path(item))
+            except CamcliError as exc:
+                return None, i, None, str(exc)
         model_input = random_resized_crop_flip(rgb) if self.augment else rgb
-        return self.preprocess(model_input), i, (rgb if self.keep_images else None)
+        return self.preprocess(model_input), i, (rgb if self.keep_images else None), None
 
 
 def random_resized_crop_flip(
@@ -312,7 +322,9 @@ def random_resized_crop_flip(
     return np.ascontiguousarray(rgb)
 
 
-def collate(batch: list[tuple[torch.Tensor, int, np.ndarray | None]]):
-    """Keep tensors (their shapes may differ), positions and original images as lists."""
-    tensors, positions, originals = zip(*batch)
-    return list(tensors), list(positions), list(originals)
+def collate(batch: list[tuple[torch.Tensor | None, int, np.ndarray | None, str | None]]):
+    """(tensors, positions, originals) of the readable images as lists (shapes may differ),
+    and (position, why) of the others."""
+    good = [item for item in batch if item[3] is None]
+    failures = [(item[1], item[3]) for item in batch if item[3] is not None]
+    return [g[0] for g in good], [g[1] for g in good], [g[2] for g in good], failures

@@ -53,20 +53,23 @@ class Batch:
             ``sizes[i]`` region and zero elsewhere (keep-aspect batches mix shapes).
         sizes: each image's feature-map (h_i, w_i).
         originals: the decoded RGB images when asked for, else Nones.
+        failures: (position, one-line reason) of the images of this batch that could not be read.
     """
 
     positions: list[int]
     logits: torch.Tensor
-    features: torch.Tensor
+    features: torch.Tensor | None
     sizes: list[tuple[int, int]]
     originals: list[np.ndarray | None]
+    failures: list[tuple[int, str]]
 
 
 def image_batches(
     images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device,
     keep_images: bool = False, augment: bool = False,
-) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None]]]:
-    """Decode and preprocess images in ``workers`` processes; yield (tensors, positions, originals).
+) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None], list[tuple[int, str]]]]:
+    """Decode and preprocess images in ``workers`` processes; yield (tensors, positions,
+    originals) of the readable images and (position, reason) of the others.
 
     ``augment`` applies a random resized crop and horizontal flip before the preprocessing.
     """
@@ -181,11 +184,14 @@ class CamModel:
     ) -> Iterator[Batch]:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time."""
         self.prepare(len(images))
-        for tensors, positions, originals in image_batches(
+        for tensors, positions, originals, failures in image_batches(
             images, self.preprocess, batch_size, workers, self.device, keep_images
         ):
+            if not tensors:
+                yield Batch([], torch.empty(0, self.num_classes), None, [], [], failures)
+                continue
             logits, feats, sizes = self.forward(tensors)
-            yield Batch(positions, logits.cpu(), feats, sizes, originals)
+            yield Batch(positions, logits.cpu(), feats, sizes, originals, failures)
 
     def batch_maps(self, batch: Batch, classes: torch.Tensor, cam_sizes: Sequence[int] = ()) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
@@ -250,11 +256,13 @@ class CamModel:
             one row per image, in order: ``{"path": str | None, "predictions": [{"label", "index", "prob"}, ...]}``
             sorted by prob descending; ``path`` is None for array inputs.
         """
-        rows: list[dict] = []
+        rows: list[dict | None] = [None] * len(images)
         for batch in self.batches(images, batch_size, workers):
             for pos, preds in zip(batch.positions, self.rank(batch.logits, top_k)):
                 item = images[pos]
-                rows.append({"path": None if isinstance(item, np.ndarray) else str(item), "predictions": preds})
+                rows[pos] = {"path": None if isinstance(item, np.ndarray) else str(item), "predictions": preds}
+            for pos, why in batch.failures:
+                rows[pos] = {"path": str(images[pos]), "predictions": [], "error": why}
         return rows
 
     def maps(self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32) -> np.ndarray:
@@ -275,6 +283,8 @@ class CamModel:
             chosen = torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         out: list[np.ndarray] = []
         for batch in self.batches(images, batch_size):
+            if batch.failures:
+                raise CamcliError(batch.failures[0][1])
             if chosen is None:
                 out += _crop(cam.class_maps(batch.features, self.weight), batch.sizes)
             else:

@@ -227,6 +227,8 @@ def evaluate(
     done = 0
     need_maps = bool(boxes)
     for batch in model.batches([p for p, _ in samples], batch_size, workers, keep_images=need_maps):
+        if batch.failures:
+            raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
         labels = [samples[i][1] for i in batch.positions]
         predicted = batch.logits.argmax(dim=1).tolist()
         true += labels

@@ -46,9 +46,11 @@ def predict_rows(
     iterator = iter(images)
     while chunk := list(islice(iterator, chunk_size)):
         for batch in model.batches([i.path for i in chunk], batch_size, workers):
-            for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k)):
-                yield {"path": str(chunk[pos].path), "predictions": preds}
-            done += len(batch.positions)
+            rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
+                    for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k))}
+            rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
+            yield from (rows[pos] for pos in sorted(rows))
+            done += len(rows)
             if progress:
                 progress("predict", done, total)
 
@@ -185,6 +187,9 @@ def overlay_rows(
     def finish_oldest() -> dict:
         nonlocal done
         row, future = pending.popleft()
+        if future is None:  # an input that could not be read
+            done += 1
+            return row
         outputs, box = future.result()
         for path in outputs:
             guard.record(path)
@@ -197,10 +202,17 @@ def overlay_rows(
         try:
             for batch in model.batches([i.path for i in images], batch_size, workers, keep_images=True):
                 probs = torch.softmax(batch.logits, dim=1)
-                ranked = model.rank(batch.logits, top_k)
+                ranked = model.rank(batch.logits, top_k) if batch.positions else []
                 classes = torch.tensor([chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long)
-                maps = model.batch_maps(batch, classes, options.cam_sizes)
-                for b, pos in enumerate(batch.positions):
+                maps = model.batch_maps(batch, classes, options.cam_sizes) if batch.positions else []
+                entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
+                entries.update({pos: (None, why) for pos, why in batch.failures})
+                for pos in sorted(entries):
+                    b, why = entries[pos]
+                    if why is not None:
+                        failed = {"path": str(images[pos].path), "predictions": [], "outputs": [], "box": None, "error": why}
+                        pending.append((failed, None))
+                        continue
                     future = pool.submit(
                         _write_overlays, batch.originals[b], maps[b], classes[b].tolist(), probs[b],
                         model.class_names, plans[pos], options, threshold,
@@ -208,14 +220,15 @@ def overlay_rows(
                     row = {"path": str(images[pos].path), "predictions": ranked[b],
                            "box_label": model.class_names[int(classes[b, 0])], "box_threshold": threshold}
                     pending.append((row, future))
-                while len(pending) > batch_size or (pending and pending[0][1].done()):
+                while len(pending) > batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
                     yield finish_oldest()
             while pending:
                 yield finish_oldest()
         finally:
-            for _, future in pending:
+            futures = [future for _, future in pending if future is not None]
+            for future in futures:
                 future.cancel()
-            for _, future in pending:
+            for future in futures:
                 if not future.cancelled():
                     with contextlib.suppress(Exception):
                         outputs, _ = future.result()
@@ -266,7 +279,7 @@ def is_tty(stream: object) -> bool:
 
 
 FORMATS = ("table", "csv", "json", "jsonl")
-CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box")
+CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
 
 
 def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
@@ -287,12 +300,14 @@ def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
         writer.writerow(CSV_COLUMNS)
     for row in rows:
         if writer:
+            box = row.get("box")
             for rank, p in enumerate(row["predictions"], start=1):
-                box = row.get("box")
                 writer.writerow([
                     row["path"], rank, p["label"], p["index"], f"{p['prob']:.6g}", ";".join(row.get("outputs", [])),
-                    " ".join(map(str, box)) if box else "",
+                    " ".join(map(str, box)) if box else "", "",
                 ])
+            if "error" in row:
+                writer.writerow([row["path"], "", "", "", "", "", "", row["error"]])
         elif fmt == "jsonl":
             stream.write(json.dumps(row) + "\n")
         else:

@@ -74,7 +74,9 @@ def pooled_features(
     the order of ``paths`` (``augment``: random resized crop + horizontal flip first)."""
     done = 0
     device = getattr(runner, "device", torch.device("cpu"))
-    for tensors, _, _ in image_batches(paths, preprocess, batch_size, workers, device, augment=augment):
+    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, device, augment=augment):
+        if failures:
+            raise CamcliError(f"{failures[0][1]}; fix or remove that file")
         feats, sizes = extract_features(runner, tensors)
         yield global_average_pool(feats, sizes).cpu()
         done += len(tensors)

@@ -159,7 +159,7 @@ def test_vgg16_random_init_train_then_predict(tmp_path):
     predicted = run("predict", data, "--checkpoint", run_dir / "best.pt", "--format", "csv", "--top-k", "9")
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.stdout.splitlines()
-    assert lines[0] == "path,rank,label,index,prob,outputs,box" and len(lines) == 1 + 8 * 2  # top-k capped at K=2
+    assert lines[0] == "path,rank,label,index,prob,outputs,box,error" and len(lines) == 1 + 8 * 2  # top-k capped at K=2
     no_head = run("predict", data, "--arch", "vgg16", "--weights", "none")
     assert no_head.exit_code == 2 and "camcli train" in no_head.stderr
 
@@ -250,3 +250,52 @@ def test_evaluate_errors(sample_run, tmp_path):
     data = make_image_folder(tmp_path / "d", classes=("red",), per_class=1)
     wrong = run("evaluate", data, "--checkpoint", sample_run / "best.pt")
     assert wrong.exit_code == 2 and "unknown: red" in wrong.stderr
+
+
+def _mixed_folder(root: Path) -> tuple[Path, list[str]]:
+    """Good images of several kinds, and three files that cannot be read."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    write_image(root / "a_good.jpg", rgb)
+    assert cv2.imwrite(str(root / "b_gray.png"), rgb[:, :, 0])
+    assert cv2.imwrite(str(root / "c_16bit.png"), (rgb.astype(np.uint16) * 257))
+    assert cv2.imwrite(str(root / "d_rgba.png"), np.dstack([rgb, np.full((40, 60), 255, np.uint8)]))
+    write_image(root / "e_tiny.png", rgb[:1, :1])
+    (root / "f_empty.jpg").write_bytes(b"")
+    (root / "g_text.png").write_bytes(b"this is not a picture")
+    good = (root / "a_good.jpg").read_bytes()
+    (root / "h_truncated.jpg").write_bytes(good[: len(good) // 3])
+    return root, ["f_empty.jpg", "g_text.png", "h_truncated.jpg"]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_bad_inputs_are_reported_and_the_rest_processed(sample_run, tmp_path, workers):
+    data, bad = _mixed_folder(tmp_path / "mixed")
+    before = _tree_digest(data)
+    result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--workers", workers)
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in data.iterdir())
+    failed = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
+    assert sorted(failed) == bad
+    assert all(len(r["predictions"]) == 5 for r in rows if "error" not in r)
+    assert all(f"failed: cannot" in line for line in result.stderr.splitlines()[:3])
+    assert "3 of 8 inputs failed" in result.stderr
+    allowed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", tmp_path / "o",
+                  "--allow-failures", "--format", "csv", "--workers", workers)
+    assert allowed.exit_code == 0
+    written = sorted(p.name for p in (tmp_path / "o" / "mixed").iterdir() if not p.name.startswith("."))
+    assert written == ["a_good_cam.jpg", "b_gray_cam.png", "c_16bit_cam.png", "d_rgba_cam.png", "e_tiny_cam.png"]
+    assert cv2.imread(str(tmp_path / "o" / "mixed" / "e_tiny_cam.png")).shape == (1, 1, 3)
+    error_lines = [line for line in allowed.stdout.splitlines() if line.endswith(("not a readable image", "is empty"))]
+    assert len(error_lines) == 3
+    assert _tree_digest(data) == before
+
+
+def test_training_on_an_unreadable_image_is_a_one_line_error(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=4)
+    (data / "red" / "broken.png").write_bytes(b"\x89PNG broken")
+    result = run("train", data, "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--workers", "2",
+                 "--out", tmp_path / "r")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "broken.png" in result.stderr and "Traceback" not in result.output
