@@ -188,6 +188,7 @@ Output = Annotated[Optional[Path], typer.Option(help="Write results to this file
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
 AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
+MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
 
 def _finish(count: int, failed: int, allow_failures: bool) -> None:
@@ -277,6 +278,7 @@ def predict(
     backend: Backend = "auto",
     amp: Amp = True,
     allow_failures: AllowFailures = False,
+    max_pixels: MaxPixels = 178_956_970,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -294,6 +296,7 @@ def predict(
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(head), quiet)
+    model.max_pixels = max_pixels
     with _progress(quiet) as progress:
         rows = predict_rows(
             model, chain(head, walk), top_k, batch_size, default_workers() if workers is None else workers, progress
@@ -332,6 +335,7 @@ def overlay(
     backend: Backend = "auto",
     amp: Amp = True,
     allow_failures: AllowFailures = False,
+    max_pixels: MaxPixels = 178_956_970,
     quiet: Quiet = False,
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
@@ -345,6 +349,7 @@ def overlay(
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     images = find_images(inputs, skip=[out_dir] if out_dir else ())
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
+    model.max_pixels = max_pixels
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import random
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,10 +98,31 @@ class Preprocess:
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def read_image(path: Path) -> np.ndarray:
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit (2 x 89,478,485)
+
+
+def image_size(buffer: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header, without decoding it; None if unknown."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(bytes(buffer))) as header:
+                    return header.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3), EXIF orientation applied.
 
-    Grayscale, 16-bit and alpha images are converted to 8-bit RGB by OpenCV.
+    Grayscale, 16-bit and alpha images are converted to 8-bit RGB by OpenCV. An image whose
+    header declares more than ``max_pixels`` pixels is refused before it is decoded.
     """
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
@@ -107,6 +130,12 @@ def read_image(path: Path) -> np.ndarray:
         raise CamcliError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if buffer.size == 0:
         raise CamcliError(f"cannot decode {path}: the file is empty")
+    if max_pixels is not None:
+        size = image_size(buffer)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise CamcliError(
+                f"{path} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over --max-pixels {max_pixels:,}"
+            )
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise CamcliError(f"cannot decode {path}: not a readable image")
@@ -273,8 +302,10 @@ class ImageDataset(Dataset):
     """
 
     def __init__(
-        self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False, augment: bool = False
+        self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False, augment: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
+        self.max_pixels = max_pixels
         self.images = images
         self.preprocess = preprocess
         self.keep_images = keep_images
@@ -293,7 +324,7 @@ class ImageDataset(Dataset):
                 raise ValueError(f"images must be RGB uint8 (H, W, 3) arrays, got {rgb.dtype} {rgb.shape}")
         else:
             try:
-                rgb = read_image(Path(item))
+                rgb = read_image(Path(item), self.max_pixels)
             except CamcliError as exc:
                 return None, i, None, str(exc)
         model_input = random_resized_crop_flip(rgb) if self.augment else rgb

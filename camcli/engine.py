@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from camcli import cam
 from camcli.backbones import DEFAULT_ARCH, build_backbone, restore_backbone
 from camcli.checkpoint import load_checkpoint
-from camcli.data import DEFAULT_RESIZE, ImageDataset, Preprocess, collate
+from camcli.data import DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageDataset, Preprocess, collate
 from camcli.errors import CamcliError
 from camcli.runtime import OnnxRunner, TorchRunner, make_runner, weights_key
 
@@ -66,7 +66,7 @@ class Batch:
 
 def image_batches(
     images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device,
-    keep_images: bool = False, augment: bool = False,
+    keep_images: bool = False, augment: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None], list[tuple[int, str]]]]:
     """Decode and preprocess images in ``workers`` processes; yield (tensors, positions,
     originals) of the readable images and (position, reason) of the others.
@@ -78,7 +78,7 @@ def image_batches(
     if workers < 0:
         raise CamcliError(f"--workers must be 0 or more, got {workers}")
     loader = DataLoader(
-        ImageDataset(images, preprocess, keep_images, augment), batch_size=batch_size, shuffle=False,
+        ImageDataset(images, preprocess, keep_images, augment, max_pixels), batch_size=batch_size, shuffle=False,
         num_workers=min(workers, len(images)), collate_fn=collate, pin_memory=device.type == "cuda",
     )
     yield from loader
@@ -144,6 +144,7 @@ class CamModel:
         self.features = features.eval().requires_grad_(False)
         self.backend, self.amp, self.reference = backend, amp, reference
         self.runner: TorchRunner | OnnxRunner | None = None
+        self.max_pixels: int | None = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused
         self.weight = head.weight.detach().float().to(self.device)
         self.bias = head.bias.detach().float().to(self.device)
         self.class_names = list(class_names)
@@ -185,7 +186,7 @@ class CamModel:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time."""
         self.prepare(len(images))
         for tensors, positions, originals, failures in image_batches(
-            images, self.preprocess, batch_size, workers, self.device, keep_images
+            images, self.preprocess, batch_size, workers, self.device, keep_images, max_pixels=self.max_pixels
         ):
             if not tensors:
                 yield Batch([], torch.empty(0, self.num_classes), None, [], [], failures)
