@@ -326,6 +326,7 @@ def overlay(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
     box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written yet.")] = False,
     top_k: TopK = 5,
     fmt: Format = None,
     output: Output = None,
@@ -353,10 +354,13 @@ def overlay(
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
-        box_threshold=box_threshold, draw_box=draw_box,
+        box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing,
     )
     with _progress(quiet) as progress:
-        rows = overlay_rows(model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress)
+        rows = overlay_rows(
+            model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress,
+            notify=None if quiet else err.print,
+        )
         count, failed = _emit(rows, fmt, output, overlay=True)
     if not quiet:
         err.print(f"{count - failed} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))

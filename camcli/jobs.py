@@ -70,6 +70,7 @@ class OverlayOptions:
         box_threshold: the box's threshold (fraction of the normalized map); None uses the
             checkpoint's calibrated ``cam_threshold``, else the CAM paper's 0.2.
         draw_box: draw the box on the overlay.
+        skip_existing: leave out (no row, no work) the inputs whose outputs camcli already wrote.
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`CamModel.batch_maps`.
     """
@@ -85,6 +86,7 @@ class OverlayOptions:
     cam_sizes: Sequence[int] = ()
     box_threshold: float | None = None
     draw_box: bool = False
+    skip_existing: bool = False
 
 
 def safe_label(label: str) -> str:
@@ -100,14 +102,19 @@ class OutputGuard:
     overwrite: bool = False
     written: dict[Path, dict[str, dict]] = field(default_factory=dict)
 
+    def is_ours(self, path: Path) -> bool:
+        """Whether ``path`` exists as camcli wrote it (same size and mtime as in the manifest)."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        return read_manifest(path.parent).get(path.name) == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
     def check(self, path: Path) -> None:
         if path.resolve() in self.inputs:
             raise CamcliError(f"output {path} would replace an input image; use --out-dir")
-        if path.exists() and not self.overwrite:
-            stat = path.stat()
-            mine = read_manifest(path.parent).get(path.name)
-            if mine != {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
-                raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
+        if path.exists() and not self.overwrite and not self.is_ours(path):
+            raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
 
     def record(self, path: Path) -> None:
         stat = path.stat()
@@ -149,6 +156,7 @@ def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: O
 def overlay_rows(
     model: CamModel, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
     batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
+    notify: Callable[[str], None] | None = None,
 ) -> Iterator[dict]:
     """Write a CAM overlay for every image (see :func:`plan_outputs`) and yield its row.
 
@@ -179,6 +187,11 @@ def overlay_rows(
         raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
     for path in planned:
         guard.check(path)
+    if options.skip_existing:
+        missing = [k for k, paths in enumerate(plans) if not all(guard.is_ours(p) for p in paths)]
+        if notify and len(missing) < len(images):
+            notify(f"{len(images) - len(missing)} inputs skipped: their outputs exist (--skip-existing)")
+        images, plans = [images[k] for k in missing], [plans[k] for k in missing]
     # Colormap, blend, encoding and writing run in a small thread pool (OpenCV releases the
     # GIL), so the next batch's forward pass overlaps them; rows still come out in input order.
     pending: deque[tuple[dict, Future]] = deque()

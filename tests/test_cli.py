@@ -299,3 +299,19 @@ def test_training_on_an_unreadable_image_is_a_one_line_error(tmp_path):
                  "--out", tmp_path / "r")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "broken.png" in result.stderr and "Traceback" not in result.output
+
+
+def test_skip_existing_finishes_only_what_is_missing(sample_run, tmp_path):
+    data = tmp_path / "photos"
+    shutil.copytree(SAMPLE_DATA / "val" / "rocket", data)
+    out = tmp_path / "out"
+    first = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--format", "jsonl")
+    assert first.exit_code == 0 and len(first.stdout.splitlines()) == 6
+    done = out / "photos" / "rocket_02_cam.jpg"
+    kept = done.stat().st_mtime_ns
+    (out / "photos" / "rocket_04_cam.jpg").unlink()
+    again = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--format", "jsonl", "--skip-existing")
+    assert again.exit_code == 0
+    assert [Path(json.loads(line)["path"]).name for line in again.stdout.splitlines()] == ["rocket_04.jpg"]
+    assert "5 inputs skipped" in again.stderr
+    assert done.stat().st_mtime_ns == kept and (out / "photos" / "rocket_04_cam.jpg").is_file()
