@@ -101,7 +101,7 @@ def test_first_prediction_arrives_before_the_last_image_is_read(tmp_path, monkey
     folder = make_image_folder(tmp_path / "many", per_class=30, size=(16, 16))
     reads = []
     real = data_module.read_image
-    monkeypatch.setattr(data_module, "read_image", lambda p: (reads.append(p), real(p))[1])
+    monkeypatch.setattr(data_module, "read_image", lambda p, *rest: (reads.append(p), real(p, *rest))[1])
     model = load("efficientnet_lite0", device="cpu", backend="torch", img_size=64)
     rows = predict_rows(model, find_images([folder]), top_k=1, batch_size=4, workers=0)
     first = next(rows)
