@@ -101,8 +101,21 @@ class Preprocess:
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit (2 x 89,478,485)
 
 
-def image_size(buffer: bytes | np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from an encoded image's header, without decoding it; None if unknown."""
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an encoded image's header says, read without decoding the pixels."""
+
+    width: int
+    height: int
+    has_alpha: bool
+    orientation: int  # EXIF orientation, 1 = as stored
+
+
+def image_header(buffer: np.ndarray) -> Header | None:
+    """The header of an encoded image (via Pillow, which reads headers lazily); None if unknown."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -110,19 +123,51 @@ def image_size(buffer: bytes | np.ndarray) -> tuple[int, int] | None:
             warnings.simplefilter("ignore")
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                with Image.open(io.BytesIO(bytes(buffer))) as header:
-                    return header.size
+                with Image.open(io.BytesIO(buffer.tobytes())) as im:
+                    alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+                    orientation = int(im.getexif().get(0x0112, 1)) if alpha else 1
+                    return Header(im.width, im.height, alpha, orientation)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to a decoded image."""
+    ops = {
+        2: lambda m: cv2.flip(m, 1), 3: lambda m: cv2.rotate(m, cv2.ROTATE_180), 4: lambda m: cv2.flip(m, 0),
+        5: cv2.transpose, 6: lambda m: cv2.rotate(m, cv2.ROTATE_90_CLOCKWISE),
+        7: lambda m: cv2.flip(cv2.transpose(m), -1), 8: lambda m: cv2.rotate(m, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    }
+    return ops[orientation](image) if orientation in ops else image
+
+
+def _composite(image: np.ndarray) -> np.ndarray:
+    """A BGR(A) or gray(+alpha) image of any depth -> 8-bit BGR, alpha composited over ALPHA_BACKGROUND."""
+    if image.dtype == np.uint16:
+        image = cv2.convertScaleAbs(image, alpha=1 / 257)
+    elif image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1e-12))
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 2:
+        color, alpha = cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2BGR), image[:, :, 1]
+    elif image.shape[2] == 4:
+        color, alpha = image[:, :, :3], image[:, :, 3]
+    else:
+        return image
+    a = alpha.astype(np.float32)[:, :, None] / 255.0
+    background = np.array(ALPHA_BACKGROUND[::-1], np.float32)
+    return np.clip(color.astype(np.float32) * a + background * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
 
 
 def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3), EXIF orientation applied.
 
-    Grayscale, 16-bit and alpha images are converted to 8-bit RGB by OpenCV. An image whose
-    header declares more than ``max_pixels`` pixels is refused before it is decoded.
+    Grayscale, palette, CMYK and 16-bit images become 8-bit RGB; transparent pixels are
+    composited over ``ALPHA_BACKGROUND`` (white). An image whose header declares more than
+    ``max_pixels`` pixels is refused before it is decoded.
     """
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
@@ -130,13 +175,18 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
         raise CamcliError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if buffer.size == 0:
         raise CamcliError(f"cannot decode {path}: the file is empty")
-    if max_pixels is not None:
-        size = image_size(buffer)
-        if size is not None and size[0] * size[1] > max_pixels:
-            raise CamcliError(
-                f"{path} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over --max-pixels {max_pixels:,}"
-            )
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    header = image_header(buffer)
+    if header is not None and max_pixels is not None and header.width * header.height > max_pixels:
+        raise CamcliError(
+            f"{path} is {header.width}x{header.height} = {header.width * header.height:,} pixels, "
+            f"over --max-pixels {max_pixels:,}"
+        )
+    if header is not None and header.has_alpha:
+        # IMREAD_COLOR would drop the alpha channel; IMREAD_UNCHANGED keeps it but ignores EXIF
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        image = None if image is None else _orient(_composite(image), header.orientation)
+    else:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise CamcliError(f"cannot decode {path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -115,3 +115,71 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monke
         read_image(path, max_pixels=100_000)
     assert decoded == []
     assert read_image(path, max_pixels=120_000).shape == (300, 400, 3)
+
+
+def _save(path, array, mode=None, **kwargs):
+    Image.fromarray(array, mode).save(path, **kwargs) if mode else Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("name,make,expected", [
+    # transparent red over white: the hidden color must not show
+    ("rgba.png", lambda p: _save(p, np.dstack([np.full((4, 6, 3), (255, 0, 0), np.uint8), np.zeros((4, 6), np.uint8)])),
+     (255, 255, 255)),
+    ("half.png", lambda p: _save(p, np.dstack([np.zeros((4, 6, 3), np.uint8), np.full((4, 6), 128, np.uint8)])),
+     (127, 127, 127)),
+    ("gray_alpha.png", lambda p: _save(p, np.dstack([np.zeros((4, 6), np.uint8), np.full((4, 6), 255, np.uint8)]), "LA"),
+     (0, 0, 0)),
+    ("palette.png", lambda p: _palette(p), (255, 255, 255)),
+    ("gray16.png", lambda p: cv2.imwrite(str(p), np.full((4, 6), 65535, np.uint16)) and p, (255, 255, 255)),
+    ("cmyk.jpg", lambda p: Image.fromarray(np.full((4, 6, 3), (200, 30, 30), np.uint8)).convert("CMYK").save(p) or p,
+     (200, 30, 30)),
+])
+def test_odd_formats_decode_to_the_colors_a_viewer_shows(tmp_path, name, make, expected):
+    rgb = read_image(make(tmp_path / name))
+    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8
+    np.testing.assert_allclose(rgb[2, 3], expected, atol=8)
+
+
+def _palette(path):
+    image = Image.fromarray(np.zeros((4, 6), np.uint8), "P")
+    image.putpalette([255, 0, 0] * 256)
+    image.save(path, transparency=0)
+    return path
+
+
+def test_exif_orientation_is_applied_to_images_with_alpha(tmp_path):
+    array = np.zeros((20, 40, 4), np.uint8)
+    array[..., 3] = 255
+    array[:, :20, 0] = 255  # left half red
+    image = Image.fromarray(array, "RGBA")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.png"
+    image.save(path, exif=exif)
+    rgb = read_image(path)
+    assert rgb.shape == (40, 20, 3)
+    assert rgb[2, 10, 0] > 200 and rgb[-3, 10, 0] < 60  # red on top, as with JPEGs
+
+
+def test_random_and_mutated_bytes_give_a_clean_report(tmp_path):
+    rng = np.random.default_rng(0)
+    good = (tmp_path / "g.png")
+    write_image(good, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    seeds = [good.read_bytes(), cv2.imencode(".jpg", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))[1].tobytes()]
+    for i in range(200):
+        data = bytearray(seeds[i % 2])
+        if i % 3 == 0:
+            data = bytearray(rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8).tobytes())
+        else:
+            for _ in range(int(rng.integers(1, 20))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+            data = data[: int(rng.integers(1, len(data) + 1))]
+        path = tmp_path / f"f{i}.png"
+        path.write_bytes(bytes(data))
+        try:
+            rgb = read_image(path)
+        except CamcliError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+        else:
+            assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
