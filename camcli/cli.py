@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _report_errors(command: Callable) -> Callable:
@@ -44,7 +44,9 @@ def _report_errors(command: Callable) -> Callable:
             err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
+            stage, done, total = _LAST_PROGRESS.get("stage"), _LAST_PROGRESS.get("done", 0), _LAST_PROGRESS.get("total")
+            where = f" during {stage}: {done}" + (f" of {total}" if total else "") + " done" if stage else ""
+            err.print(f"interrupted{where}; outputs written so far are complete (overlay --skip-existing resumes)")
             raise typer.Exit(130) from None
         except BrokenPipeError:
             # the reader went away (camcli predict ... | head): stop quietly
@@ -55,17 +57,27 @@ def _report_errors(command: Callable) -> Callable:
     return wrapper
 
 
+_LAST_PROGRESS: dict = {}  # the latest progress report, for the Ctrl-C message
+
+
+def _record(stage: str, done: int, total: int | None) -> None:
+    _LAST_PROGRESS.update(stage=stage, done=done, total=total)
+
+
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
-    """A progress callback drawing bars on stderr (none when quiet or stderr is not a terminal)."""
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress callback: it records how far the job got, and draws bars on stderr unless
+    quiet or stderr is not a terminal."""
+    _LAST_PROGRESS.clear()
     if quiet or not err.is_terminal:
-        yield None
+        yield _record
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int | None) -> None:
+            _record(stage, done, total)
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -315,3 +316,30 @@ def test_skip_existing_finishes_only_what_is_missing(sample_run, tmp_path):
     assert [Path(json.loads(line)["path"]).name for line in again.stdout.splitlines()] == ["rocket_04.jpg"]
     assert "5 inputs skipped" in again.stderr
     assert done.stat().st_mtime_ns == kept and (out / "photos" / "rocket_04_cam.jpg").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_overlay_leaves_only_complete_outputs(sample_run, tmp_path, sig):
+    data = make_image_folder(tmp_path / "many", per_class=60, size=(120, 160))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.pt"),
+           "--out-dir", str(out), "--batch-size", "2", "--workers", "0", "--backend", "torch", "--format", "jsonl"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # at least one overlay is written
+    assert first, proc.stderr.read()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    written = [p for p in out.rglob("*_cam.png")]
+    assert 0 < len(written) < 120, "the run must be stopped part-way"
+    for path in written:
+        assert cv2.imread(str(path)).shape == (120, 160, 3)
+    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and not p.name.endswith("_cam.png")]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "interrupted during overlay" in stderr and "Traceback" not in stderr
+        resumed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--skip-existing",
+                      "--format", "jsonl", "--workers", "0")
+        assert resumed.exit_code == 0
+        assert len(list(out.rglob("*_cam.png"))) == 120
+    else:
+        assert proc.returncode == -signal.SIGKILL
