@@ -100,11 +100,11 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     Returns:
         float32 maps of the same shape, in [0, 1].
     """
-    maps = maps.float()
+    maps = maps if maps.dtype == torch.float64 else maps.float()  # float64 input keeps its precision
     low = maps.amin(dim=(-2, -1), keepdim=True)
     span = maps.amax(dim=(-2, -1), keepdim=True) - low
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps))
+    return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps)).float()
 
 
 def upsample_to(maps: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor | np.ndarray:
