@@ -19,7 +19,7 @@ def features_and_weights(draw):
     return torch.from_numpy(features), torch.from_numpy(weight)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(features_and_weights(), st.floats(0.01, 100.0))
 def test_normalized_maps_are_finite_in_range_same_shape_and_scale_invariant(fw, scale):
     features, weight = (t.double() for t in fw)  # float64, so rounding cannot create or hide a range
@@ -31,7 +31,7 @@ def test_normalized_maps_are_finite_in_range_same_shape_and_scale_invariant(fw, 
     assert torch.allclose(scaled, norm, atol=1e-3)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(features_and_weights())
 def test_mean_of_each_map_plus_bias_is_its_logit(fw):
     features, weight = fw
@@ -41,7 +41,7 @@ def test_mean_of_each_map_plus_bias_is_its_logit(fw):
     assert torch.allclose(maps.mean(dim=(2, 3)) + bias.double(), expected, rtol=1e-9, atol=1e-6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 6)), elements=finite),
        st.integers(1, 50), st.integers(1, 50))
 def test_heatmaps_are_finite_in_range_at_the_image_size(cam, height, width):
