@@ -266,7 +266,9 @@ def _mixed_folder(root: Path) -> tuple[Path, list[str]]:
     (root / "g_text.png").write_bytes(b"this is not a picture")
     good = (root / "a_good.jpg").read_bytes()
     (root / "h_truncated.jpg").write_bytes(good[: len(good) // 3])
-    return root, ["f_empty.jpg", "g_text.png", "h_truncated.jpg"]
+    png = (root / "b_gray.png").read_bytes()
+    (root / "i_truncated.png").write_bytes(png[: len(png) // 2])
+    return root, ["f_empty.jpg", "g_text.png", "h_truncated.jpg", "i_truncated.png"]
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -280,8 +282,8 @@ def test_bad_inputs_are_reported_and_the_rest_processed(sample_run, tmp_path, wo
     failed = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
     assert sorted(failed) == bad
     assert all(len(r["predictions"]) == 5 for r in rows if "error" not in r)
-    assert all(f"failed: cannot" in line for line in result.stderr.splitlines()[:3])
-    assert "3 of 8 inputs failed" in result.stderr
+    assert all("failed: cannot" in line for line in result.stderr.splitlines()[:4])
+    assert "4 of 9 inputs failed" in result.stderr
     allowed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", tmp_path / "o",
                   "--allow-failures", "--format", "csv", "--workers", workers)
     assert allowed.exit_code == 0
@@ -289,7 +291,7 @@ def test_bad_inputs_are_reported_and_the_rest_processed(sample_run, tmp_path, wo
     assert written == ["a_good_cam.jpg", "b_gray_cam.png", "c_16bit_cam.png", "d_rgba_cam.png", "e_tiny_cam.png"]
     assert cv2.imread(str(tmp_path / "o" / "mixed" / "e_tiny_cam.png")).shape == (1, 1, 3)
     error_lines = [line for line in allowed.stdout.splitlines() if line.endswith(("not a readable image", "is empty"))]
-    assert len(error_lines) == 3
+    assert len(error_lines) == 4
     assert _tree_digest(data) == before
 
 
@@ -343,3 +345,34 @@ def test_an_interrupted_overlay_leaves_only_complete_outputs(sample_run, tmp_pat
         assert len(list(out.rglob("*_cam.png"))) == 120
     else:
         assert proc.returncode == -signal.SIGKILL
+
+
+def test_odd_names_symlinks_and_a_file_for_an_output_folder(sample_run, tmp_path):
+    data = tmp_path / "odd"
+    rgb = cv2.cvtColor(cv2.imread(str(SAMPLE_DATA / "val" / "coffee" / "coffee_00.jpg")), cv2.COLOR_BGR2RGB)
+    names = ["my photo.jpg", "café ü.png", "-dash.jpg"]
+    for name in names:
+        write_image(data / name, rgb)
+    (data / "gone.jpg").symlink_to(tmp_path / "missing.jpg")  # a broken link
+    (data / "loop").symlink_to(data, target_is_directory=True)  # a folder loop is not followed
+    result = run("predict", "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--", data)
+    assert result.exit_code == 1  # the broken link is a failed input
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(Path(r["path"]).name for r in rows) == sorted([*names, "gone.jpg"])
+    assert [Path(r["path"]).name for r in rows if "error" in r] == ["gone.jpg"]
+    dash = run("predict", "--checkpoint", sample_run / "best.pt", "--format", "json", "--", data / "-dash.jpg")
+    assert dash.exit_code == 0 and json.loads(dash.stdout)[0]["predictions"][0]["label"] == "coffee"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    blocked = run("overlay", data / "my photo.jpg", "--checkpoint", sample_run / "best.pt", "--out-dir", blocker / "sub")
+    assert blocked.exit_code == 3 and blocked.stderr.startswith("error: cannot write") and "Traceback" not in blocked.output
+    assert blocker.read_text() == "not a folder"
+
+
+def test_checkpoint_whose_head_does_not_fit_the_backbone(sample_run, tmp_path):
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt["head"] = {"weight": torch.zeros(5, 7), "bias": torch.zeros(5)}
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    result = run("predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", bad)
+    assert result.exit_code == 2 and "head expects 7 features but efficientnet_lite0 gives 1280" in result.stderr
