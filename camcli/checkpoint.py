@@ -54,3 +54,24 @@ def load_checkpoint(path: Path) -> dict:
     if weight.shape[0] != len(ckpt["class_names"]) or bias.shape != (weight.shape[0],):
         raise CamcliError(f"{path}: head has {weight.shape[0]} outputs but {len(ckpt['class_names'])} class names")
     return ckpt
+
+
+def describe(checkpoint: dict) -> dict:
+    """A checkpoint's plain facts (no tensors), for ``camcli info``."""
+    head = checkpoint["head"]["weight"]
+    backbone = checkpoint["backbone"]
+    return {
+        "format_version": checkpoint["format_version"],
+        "camcli_version": checkpoint.get("camcli_version"),
+        "arch": checkpoint["arch"],
+        "backbone_stored": "by reference" if "reference" in backbone else "in full",
+        "num_classes": int(head.shape[0]),
+        "num_features": int(head.shape[1]),
+        "class_names": list(checkpoint["class_names"]),
+        "img_size": checkpoint["img_size"],
+        "preprocess": dict(checkpoint["preprocess"]),
+        "cam_threshold": checkpoint.get("cam_threshold"),
+        "calibration": checkpoint.get("calibration"),
+        "metrics": dict(checkpoint.get("metrics", {})),
+        "config": dict(checkpoint.get("config", {})),
+    }

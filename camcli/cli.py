@@ -199,6 +199,7 @@ Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, jso
 Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
+Exclude = Annotated[Optional[list[str]], typer.Option(help="Leave out paths matching this glob, e.g. '*/tmp/*' (repeatable).")]
 AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
 MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
@@ -291,6 +292,7 @@ def predict(
     amp: Amp = True,
     allow_failures: AllowFailures = False,
     max_pixels: MaxPixels = 178_956_970,
+    exclude: Exclude = None,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -303,7 +305,7 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
-    walk = iter_images(inputs)
+    walk = iter_images(inputs, exclude=exclude or ())
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
@@ -349,6 +351,7 @@ def overlay(
     amp: Amp = True,
     allow_failures: AllowFailures = False,
     max_pixels: MaxPixels = 178_956_970,
+    exclude: Exclude = None,
     quiet: Quiet = False,
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
@@ -360,7 +363,7 @@ def overlay(
     from camcli.jobs import OverlayOptions, overlay_rows
 
     cam_sizes = _cam_sizes(cam_size, cam_scales)
-    images = find_images(inputs, skip=[out_dir] if out_dir else ())
+    images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
     model.max_pixels = max_pixels
     options = OverlayOptions(
@@ -473,6 +476,61 @@ def _print_evaluation(result: dict) -> None:
     for label, row in zip(labels, result["confusion"]["matrix"]):
         confusion.add_row(label, *map(str, row))
     console.print(confusion)
+
+
+@app.command()
+@_report_errors
+def models(
+    timm_pattern: Annotated[Optional[str], typer.Option("--timm", help="Also list timm models matching this pattern, e.g. 'resnet*'.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """List the backbones and whether their pretrained weights are on this machine (no network needed).
+
+    Example: camcli models --timm 'efficientnet*'
+    """
+    import json
+
+    from camcli.backbones import available_models
+
+    rows = available_models(timm_pattern)
+    if fmt == "json":
+        typer.echo(json.dumps(rows))
+        return
+    if fmt != "table":
+        raise CamcliError(f"--format must be table or json, got {fmt!r}")
+    table = Table(title=f"{len(rows)} backbones")
+    for column in ("--arch", "source", "weights offline", "weights file"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["source"], "yes" if r["weights_offline"] else "no", r["weights_path"])
+    Console(soft_wrap=False).print(table)
+
+
+@app.command()
+@_report_errors
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Show a checkpoint's arch, classes, input size, training metrics and config.
+
+    Example: camcli info runs/train/exp/best.pt --format json
+    """
+    import json
+
+    from camcli.checkpoint import describe, load_checkpoint
+
+    facts = describe(load_checkpoint(checkpoint))
+    if fmt == "json":
+        typer.echo(json.dumps(facts))
+        return
+    if fmt != "table":
+        raise CamcliError(f"--format must be table or json, got {fmt!r}")
+    table = Table("key", "value", title=str(checkpoint), show_header=False)
+    for key, value in facts.items():
+        shown = ", ".join(value) if key == "class_names" else json.dumps(value) if isinstance(value, dict) else str(value)
+        table.add_row(key, shown)
+    Console().print(table)
 
 
 def main() -> None:

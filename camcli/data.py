@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import math
@@ -220,6 +221,14 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def excluded(path: Path, patterns: Sequence[str]) -> bool:
+    """Whether a path matches one of the ``--exclude`` glob patterns, e.g. ``*/tmp/*`` or
+    ``*_draft.jpg``. Files found in a folder are matched as ``<folder name>/<path inside it>``,
+    other paths as given, with forward slashes."""
+    text = path.as_posix()
+    return any(fnmatch.fnmatchcase(text, pattern) for pattern in patterns)
+
+
 def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
     """Images under ``folder`` in sorted order, leaving out dot-files and dot-folders, the
     folders in ``skip`` (resolved paths) and the files camcli wrote (each folder's manifest)."""
@@ -235,7 +244,8 @@ def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
 
 
 def iter_images(
-    inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None
+    inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> Iterator[ImageInput]:
     """Expand files, folders (recursively, lazily) and ``-`` (paths from stdin, read as they
     come) into images, in input order.
@@ -262,8 +272,10 @@ def iter_images(
             if path.is_dir():
                 root_name = Path(path.resolve().name)
                 for image in walk_images(path, skip):
-                    yield ImageInput(image, root_name / image.relative_to(path))
-            else:
+                    relative = root_name / image.relative_to(path)
+                    if not excluded(relative, exclude):
+                        yield ImageInput(image, relative)
+            elif not excluded(path, exclude):
                 yield ImageInput(path, Path(path.name))
 
 
@@ -277,14 +289,15 @@ def _check_input(path: Path) -> None:
 
 
 def find_images(
-    inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None
+    inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[ImageInput]:
     """All of :func:`iter_images` as a list.
 
     Raises:
         CamcliError: an input does not exist, or no image was found.
     """
-    found = list(iter_images(inputs, skip, stdin))
+    found = list(iter_images(inputs, skip, stdin, exclude))
     if not found:
         raise CamcliError(f"no images found in {', '.join(map(str, inputs))}")
     return found

@@ -376,3 +376,44 @@ def test_checkpoint_whose_head_does_not_fit_the_backbone(sample_run, tmp_path):
     torch.save(ckpt, bad)
     result = run("predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", bad)
     assert result.exit_code == 2 and "head expects 7 features but efficientnet_lite0 gives 1280" in result.stderr
+
+
+def test_models_reports_weights_planted_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    before = {r["name"]: r for r in json.loads(run("models", "--format", "json").stdout)}
+    assert before["efficientnet_lite0"]["weights_offline"] is True
+    assert before["resnet18"]["weights_offline"] is False and "vit_b_16" not in before
+    planted = Path(before["resnet18"]["weights_path"])
+    assert planted.parent == tmp_path / "hub" / "checkpoints"
+    planted.parent.mkdir(parents=True)
+    torch.save({}, planted)
+    after = {r["name"]: r for r in json.loads(run("models", "--format", "json").stdout)}
+    assert after["resnet18"]["weights_offline"] is True and after["resnet50"]["weights_offline"] is False
+
+
+def test_info_shows_what_the_checkpoint_holds(sample_run):
+    result = run("info", sample_run / "best.pt", "--format", "json")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["arch"] == "efficientnet_lite0" and facts["backbone_stored"] == "by reference"
+    assert facts["class_names"] == ["brick", "cat", "coffee", "grass", "rocket"]
+    assert facts["num_features"] == 1280 and facts["preprocess"]["resize"] == "keep-aspect"
+    assert facts["metrics"]["val_acc"] == torch.load(sample_run / "best.pt", weights_only=True)["metrics"]["val_acc"]
+    table = run("info", sample_run / "best.pt")
+    assert table.exit_code == 0 and "efficientnet_lite0" in table.stdout
+
+
+def test_exclude_and_paths_from_stdin(sample_run, tmp_path):
+    data = tmp_path / "data"
+    rgb = np.full((30, 40, 3), 120, np.uint8)
+    for rel in ("keep/a.jpg", "keep/b_draft.jpg", "scratch/c.jpg", "d.png"):
+        write_image(data / rel, rgb)
+    result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl",
+                 "--exclude", "*/scratch/*", "--exclude", "*_draft.jpg")
+    assert result.exit_code == 0, result.output
+    assert [Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()] == ["d.png", "a.jpg"]
+    listed = f"{data / 'keep' / 'a.jpg'}\n{data / 'scratch' / 'c.jpg'}\n"
+    piped = run("overlay", "-", "--checkpoint", sample_run / "best.pt", "--out-dir", tmp_path / "o", "--format", "jsonl",
+                "--exclude", "*/scratch/*", input=listed)
+    assert piped.exit_code == 0, piped.output
+    assert [Path(json.loads(line)["path"]).name for line in piped.stdout.splitlines()] == ["a.jpg"]
