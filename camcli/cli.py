@@ -69,8 +69,21 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
     """A progress callback: it records how far the job got, and draws bars on stderr unless
     quiet or stderr is not a terminal."""
     _LAST_PROGRESS.clear()
-    if quiet or not err.is_terminal:
+    if quiet:
         yield _record
+        return
+    if not err.is_terminal:
+        # CI logs: no animation, a plain line per stage at every tenth of the way
+        shown: dict[str, int] = {}
+
+        def plain(stage: str, done: int, total: int | None) -> None:
+            _record(stage, done, total)
+            step = max(1, (total or 0) // 10) if total else 1000
+            if done // step > shown.get(stage, -1) or done == total:
+                shown[stage] = done // step
+                err.print(f"{stage}: {done}" + (f"/{total} ({done / total:.0%})" if total else "") + " images")
+
+        yield plain
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
@@ -293,6 +306,10 @@ def predict(
     allow_failures: AllowFailures = False,
     max_pixels: MaxPixels = 178_956_970,
     exclude: Exclude = None,
+    boxes: Annotated[bool, typer.Option("--boxes", help="Add the top-1 class's CAM box to each row (original-image pixels).")] = False,
+    box_threshold: Annotated[Optional[float], typer.Option(help="With --boxes: threshold [default: the checkpoint's calibrated one, else 0.2].")] = None,
+    cam_size: CamSize = None,
+    cam_scales: CamScales = None,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -312,8 +329,10 @@ def predict(
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(head), quiet)
     model.max_pixels = max_pixels
     with _progress(quiet) as progress:
+        everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
         rows = predict_rows(
-            model, chain(head, walk), top_k, batch_size, default_workers() if workers is None else workers, progress
+            model, everything, top_k, batch_size, default_workers() if workers is None else workers, progress,
+            boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales),
         )
         count, failed = _emit(rows, fmt, output, overlay=False)
     _finish(count, failed, allow_failures)

@@ -31,23 +31,41 @@ from camcli.render import blend, colormap_id, draw_box, draw_caption, write_imag
 Progress = Callable[[str, int, int | None], None]
 
 
+def box_threshold_for(model: CamModel, threshold: float | None) -> float:
+    """The box threshold: the one given, else the checkpoint's calibrated one, else 0.2."""
+    if threshold is None:
+        threshold = float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
+    if not 0.0 <= threshold < 1.0:
+        raise CamcliError(f"--box-threshold must be in [0, 1), got {threshold}")
+    return threshold
+
+
 def predict_rows(
     model: CamModel, images: Iterable[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
-    progress: Progress | None = None, chunk_size: int = 1024,
+    progress: Progress | None = None, chunk_size: int = 1024, boxes: bool = False,
+    box_threshold: float | None = None, cam_sizes: Sequence[int] = (),
 ) -> Iterator[dict]:
     """Rank classes for every image; rows come out in input order, batch by batch.
 
     ``images`` may be a lazy iterator (a folder walk, stdin): it is consumed ``chunk_size``
-    images at a time, so the first rows come before the walk is finished.
+    images at a time, so the first rows come before the walk is finished. With ``boxes``,
+    rows add the top-1 class's box (see :func:`overlay_rows`).
     """
     model.rank(torch.zeros(1, model.num_classes), top_k)  # validates top_k before any work
+    threshold = box_threshold_for(model, box_threshold) if boxes else None
     total = len(images) if isinstance(images, Sized) else None
     done = 0
     iterator = iter(images)
     while chunk := list(islice(iterator, chunk_size)):
-        for batch in model.batches([i.path for i in chunk], batch_size, workers):
+        for batch in model.batches([i.path for i in chunk], batch_size, workers, keep_images=boxes):
             rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
                     for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k))}
+            if boxes and batch.positions:
+                top1 = batch.logits.argmax(dim=1, keepdim=True)
+                for b, (pos, cam_map) in enumerate(zip(batch.positions, model.batch_maps(batch, top1, cam_sizes))):
+                    heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
+                    rows[pos].update(box=largest_component_box(heat, threshold), box_label=model.class_names[int(top1[b])],
+                                     box_threshold=threshold)
             rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
             yield from (rows[pos] for pos in sorted(rows))
             done += len(rows)
@@ -164,11 +182,7 @@ def overlay_rows(
     before anything is written.
     """
     colormap_id(options.colormap)
-    threshold = options.box_threshold
-    if threshold is None:
-        threshold = float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
-    if not 0.0 <= threshold < 1.0:
-        raise CamcliError(f"--box-threshold must be in [0, 1), got {threshold}")
+    threshold = box_threshold_for(model, options.box_threshold)
     if not 0.0 <= options.alpha <= 1.0:
         raise CamcliError(f"--alpha must be between 0 and 1, got {options.alpha}")
     model.rank(torch.zeros(1, model.num_classes), top_k)

@@ -417,3 +417,26 @@ def test_exclude_and_paths_from_stdin(sample_run, tmp_path):
                 "--exclude", "*/scratch/*", input=listed)
     assert piped.exit_code == 0, piped.output
     assert [Path(json.loads(line)["path"]).name for line in piped.stdout.splitlines()] == ["a.jpg"]
+
+
+def test_predict_boxes_find_the_hot_region_of_a_synthetic_image(tmp_path):
+    """A hand-made backbone whose feature map is the image's brightness: the box is the bright square."""
+    from camcli.engine import CamModel
+    from camcli.data import Preprocess, find_images
+    from camcli.jobs import predict_rows
+
+    class Brightness(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x.mean(dim=1, keepdim=True), 8)  # (N, 1, h, w), stride 8
+
+    head = torch.nn.Linear(1, 2)
+    head.load_state_dict({"weight": torch.tensor([[1.0], [-1.0]]), "bias": torch.zeros(2)})
+    pre = Preprocess(64, (0.0,) * 3, (1.0,) * 3, "keep-aspect", 8)
+    model = CamModel("brightness", Brightness(), head, ["bright", "dark"], pre, device="cpu", backend="torch")
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[20:60, 120:180] = 255  # x0=120, y0=20, x1=180, y1=60
+    write_image(tmp_path / "square.png", image)
+    (row,) = predict_rows(model, find_images([tmp_path]), top_k=2, boxes=True, box_threshold=0.5)
+    assert row["box_label"] == "bright" and row["box_threshold"] == 0.5
+    x0, y0, x1, y1 = row["box"]
+    assert abs(x0 - 120) <= 6 and abs(y0 - 20) <= 6 and abs(x1 - 180) <= 6 and abs(y1 - 60) <= 6
