@@ -24,7 +24,9 @@ from camcli.errors import CamcliError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # Every folder camcli writes outputs into holds this manifest of what it wrote there;
 # folder walks skip the files it lists, so outputs are never taken as inputs.
-MANIFEST_NAME = ".camcli-outputs.json"
+# It is append-only JSON lines, one {"name", "size", "mtime_ns"} per file written, added as
+# soon as the file is in place, so even a killed run leaves it accurate.
+MANIFEST_NAME = ".camcli-outputs.jsonl"
 
 
 RESIZE_MODES = ("squash", "keep-aspect")
@@ -194,12 +196,20 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
 
 
 def read_manifest(folder: Path) -> dict[str, dict]:
-    """The files camcli wrote into ``folder``: name -> {"size", "mtime_ns"}."""
+    """The files camcli wrote into ``folder``: name -> {"size", "mtime_ns"} (the latest entry
+    of each name; a line torn by a kill is ignored)."""
     try:
-        data = json.loads((folder / MANIFEST_NAME).read_text())
-        return dict(data.get("files", {}))
-    except (OSError, ValueError, AttributeError):
+        lines = (folder / MANIFEST_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
         return {}
+    files: dict[str, dict] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            files[str(entry["name"])] = {"size": int(entry["size"]), "mtime_ns": int(entry["mtime_ns"])}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return files
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -13,8 +13,14 @@ from camcli.errors import EnvironmentProblem
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
+def atomic_open(
+    path: Path, mode: str = "wb", before_rename: Callable[[os.stat_result], None] | None = None
+) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    ``before_rename`` gets the finished file's stat (size and mtime survive the rename), so a
+    record of the file can be made before it appears: a kill can never leave it unrecorded.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +30,8 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
+        if before_rename is not None:
+            before_rename(os.stat(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -31,10 +39,10 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` atomically."""
+def atomic_write(path: Path, data: bytes | str, before_rename: Callable[[os.stat_result], None] | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
     try:
-        with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        with atomic_open(path, "wb" if isinstance(data, bytes) else "w", before_rename) as f:
             f.write(data)
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from exc

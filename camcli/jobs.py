@@ -6,10 +6,11 @@ rows add ``"outputs": [paths written]``. Readers must ignore keys they do not kn
 
 from __future__ import annotations
 
-import contextlib
 import io
+import json
 import os
 import re
+import threading
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from camcli.data import MANIFEST_NAME, ImageInput, read_manifest
+from camcli.errors import EnvironmentProblem
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
@@ -118,7 +120,13 @@ class OutputGuard:
 
     inputs: set[Path]
     overwrite: bool = False
-    written: dict[Path, dict[str, dict]] = field(default_factory=dict)
+    manifests: dict[Path, dict[str, dict]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _manifest(self, folder: Path) -> dict[str, dict]:
+        if folder not in self.manifests:
+            self.manifests[folder] = read_manifest(folder)
+        return self.manifests[folder]
 
     def is_ours(self, path: Path) -> bool:
         """Whether ``path`` exists as camcli wrote it (same size and mtime as in the manifest)."""
@@ -126,7 +134,9 @@ class OutputGuard:
             stat = path.stat()
         except OSError:
             return False
-        return read_manifest(path.parent).get(path.name) == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        with self.lock:
+            entry = self._manifest(path.parent).get(path.name)
+        return entry == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
     def check(self, path: Path) -> None:
         if path.resolve() in self.inputs:
@@ -134,17 +144,23 @@ class OutputGuard:
         if path.exists() and not self.overwrite and not self.is_ours(path):
             raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
 
-    def record(self, path: Path) -> None:
-        stat = path.stat()
-        self.written.setdefault(path.parent, {})[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    def recorder(self, path: Path) -> Callable[[os.stat_result], None]:
+        """A ``before_rename`` hook (see files.atomic_open) that records ``path`` in its folder's
+        manifest before the finished file is renamed into place (safe from writer threads)."""
+        return lambda stat: self.record(path, stat)
 
-    def save(self) -> None:
-        import json
-
-        for folder, files in self.written.items():
-            merged = {**read_manifest(folder), **files}
-            atomic_write(folder / MANIFEST_NAME, json.dumps({"tool": "camcli", "files": merged}, indent=0))
-        self.written.clear()
+    def record(self, path: Path, stat: os.stat_result | None = None) -> None:
+        """Note a file camcli wrote in the folder's manifest, at once."""
+        stat = stat or path.stat()
+        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        line = json.dumps({"name": path.name, **entry}) + "\n"
+        with self.lock:
+            try:
+                with open(path.parent / MANIFEST_NAME, "a", encoding="utf-8") as manifest:
+                    manifest.write(line)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot write {path.parent / MANIFEST_NAME}: {exc.strerror or exc}") from exc
+            self._manifest(path.parent)[path.name] = entry
 
 
 def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions) -> list[list[Path]]:
@@ -218,8 +234,6 @@ def overlay_rows(
             done += 1
             return row
         outputs, box = future.result()
-        for path in outputs:
-            guard.record(path)
         done += 1
         if progress:
             progress("overlay", done, len(images))
@@ -242,7 +256,7 @@ def overlay_rows(
                         continue
                     future = pool.submit(
                         _write_overlays, batch.originals[b], maps[b], classes[b].tolist(), probs[b],
-                        model.class_names, plans[pos], options, threshold,
+                        model.class_names, plans[pos], options, threshold, guard.recorder,
                     )
                     row = {"path": str(images[pos].path), "predictions": ranked[b],
                            "box_label": model.class_names[int(classes[b, 0])], "box_threshold": threshold}
@@ -252,21 +266,15 @@ def overlay_rows(
             while pending:
                 yield finish_oldest()
         finally:
-            futures = [future for _, future in pending if future is not None]
-            for future in futures:
-                future.cancel()
-            for future in futures:
-                if not future.cancelled():
-                    with contextlib.suppress(Exception):
-                        outputs, _ = future.result()
-                        for path in outputs:
-                            guard.record(path)
-            guard.save()
+            for _, future in pending:
+                if future is not None:
+                    future.cancel()  # the ones running finish (and record) before the pool closes
 
 
 def _write_overlays(
     image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: torch.Tensor,
     class_names: list[str], paths: list[Path], options: OverlayOptions, threshold: float,
+    recorder: Callable[[Path], Callable[[os.stat_result], None]],
 ) -> tuple[list[Path], list[int] | None]:
     """Write one overlay per mapped class, then the raw maps.
 
@@ -284,12 +292,12 @@ def _write_overlays(
             overlay = draw_box(overlay, box)
         if options.caption:
             overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
-        write_image(paths[j], overlay)
+        write_image(paths[j], overlay, recorder(paths[j]))
     if options.save_raw:
         for j in range(len(classes)):
             buffer = io.BytesIO()
             np.save(buffer, maps[j].astype(np.float32))
-            atomic_write(paths[len(classes) + j], buffer.getvalue())
+            atomic_write(paths[len(classes) + j], buffer.getvalue(), recorder(paths[len(classes) + j]))
     return paths, box
 
 
@@ -315,7 +323,6 @@ def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
     jsonl and csv stream (flushed per row); json needs every row and writes at the end.
     """
     import csv
-    import json
 
     count = 0
     if fmt == "json":

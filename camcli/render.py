@@ -64,12 +64,13 @@ def draw_caption(image_rgb: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def write_image(path: Path, image_rgb: np.ndarray) -> None:
-    """Encode an RGB image in the format of ``path``'s extension and write it atomically."""
+def write_image(path: Path, image_rgb: np.ndarray, before_rename=None) -> None:
+    """Encode an RGB image in the format of ``path``'s extension and write it atomically
+    (``before_rename``: see :func:`camcli.files.atomic_open`)."""
     ok, encoded = cv2.imencode(Path(path).suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise CamcliError(f"cannot encode an image as {Path(path).suffix}")
-    atomic_write(Path(path), encoded.tobytes())
+    atomic_write(Path(path), encoded.tobytes(), before_rename)
 
 
 def draw_box(image_rgb: np.ndarray, box: list[int], color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
