@@ -33,10 +33,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from readme_section import write_section
 from torch import nn
 
 BATCH = 32
-HERE = Path(__file__).resolve().parent
 
 
 def make_images(root: Path, n: int, seed: int = 0) -> None:
@@ -286,14 +286,7 @@ def main() -> None:
     text = f"Machine: {machine}.\n\n{table(results)}"
     print(text)
     if not args.no_readme:
-        readme = HERE / "README.md"
-        content = readme.read_text()
-        begin, end = "<!-- speed:begin -->", "<!-- speed:end -->"
-        if begin in content:
-            content = content[: content.index(begin)] + begin + "\n" + text + "\n" + content[content.index(end):]
-        else:
-            content += f"\n{begin}\n{text}\n{end}\n"
-        readme.write_text(content)
+        write_section("speed", text)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import skimage.data
+from readme_section import write_section
 from sklearn.datasets import load_sample_image
 
 from camcli.config import resolve_train_config
@@ -108,14 +109,7 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    readme = Path(__file__).with_name("README.md")
-    text = readme.read_text() if readme.exists() else ""
-    begin, end = "<!-- localization:begin -->", "<!-- localization:end -->"
-    if begin in text:
-        text = text[: text.index(begin)] + begin + "\n" + table + "\n" + text[text.index(end):]
-    else:
-        text += f"\n{begin}\n{table}\n{end}\n"
-    readme.write_text(text)
+    write_section("localization", table)
 
 
 if __name__ == "__main__":
