@@ -360,6 +360,8 @@ def overlay(
     box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written yet.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
+    report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
     top_k: TopK = 5,
     fmt: Format = None,
     output: Output = None,
@@ -381,7 +383,11 @@ def overlay(
     from camcli.data import find_images
     from camcli.jobs import OverlayOptions, overlay_rows
 
+    from camcli.report import check_report_path, write_overlay_report
+
     cam_sizes = _cam_sizes(cam_size, cam_scales)
+    if report is not None:
+        check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
     model.max_pixels = max_pixels
@@ -395,7 +401,19 @@ def overlay(
             model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress,
             notify=None if quiet else err.print,
         )
-        count, failed = _emit(rows, fmt, output, overlay=True)
+        kept: list[dict] = []
+
+        def keep_for_report(source: Iterator[dict]) -> Iterator[dict]:
+            for row in source:
+                if report is not None and len(kept) < report_limit:
+                    kept.append(row)
+                yield row
+
+        count, failed = _emit(keep_for_report(rows), fmt, output, overlay=True)
+    if report is not None:
+        write_overlay_report(report, kept, count)
+        if not quiet:
+            err.print(f"Report saved to {report}")
     if not quiet:
         err.print(f"{count - failed} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
     _finish(count, failed, allow_failures)

@@ -11,6 +11,11 @@ from typing import IO
 
 from camcli.errors import EnvironmentProblem
 
+# mkstemp makes 0600 files; outputs get the usual permissions (0666 less the umask), read once
+# here at import, while the process is still single-threaded
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_open(
@@ -28,6 +33,7 @@ def atomic_open(
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
         if before_rename is not None:

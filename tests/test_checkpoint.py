@@ -63,3 +63,20 @@ def test_checkpoint_that_runs_code_on_load_runs_nothing(tmp_path):
     with pytest.raises(CamcliError, match="not a loadable camcli checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(_minimal(), tmp_path / "c.pt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o666 & ~_module_umask()
+
+
+def _module_umask() -> int:
+    from camcli import files
+
+    return files._UMASK

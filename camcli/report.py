@@ -1,0 +1,133 @@
+"""Self-contained HTML reports: images inline as data URIs, no network needed to open them."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from camcli.data import read_image
+from camcli.errors import CamcliError
+from camcli.files import atomic_write
+
+THUMBNAIL_SIDE = 256
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>camcli overlay report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
+header{margin-bottom:1rem} .controls{margin:.5rem 0 1rem} select{margin-right:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:1rem}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem}
+.pics{display:flex;gap:.5rem} .pics img{max-width:256px;max-height:256px;border-radius:3px}
+.path{font-size:.8rem;color:#555;word-break:break-all;margin:.3rem 0}
+.pred{display:flex;align-items:center;font-size:.85rem;margin:.1rem 0}
+.pred span.l{width:11rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.bar{height:.6rem;background:#3b7dd8;border-radius:2px;margin:0 .4rem}
+.box{font-size:.8rem;color:#555} .err{color:#b00}
+</style></head>
+<body data-images="__COUNT__">
+<header><h1>camcli overlay report</h1><p>__SUMMARY__</p></header>
+<div class="controls">
+<label>Predicted class <select id="label"><option value="">all</option>__OPTIONS__</select></label>
+<label>Sort <select id="sort"><option value="input">input order</option>
+<option value="desc">confidence, high first</option><option value="asc">confidence, low first</option></select></label>
+</div>
+<div class="grid" id="grid">
+__CARDS__
+</div>
+<script>
+(function () {
+  var grid = document.getElementById("grid");
+  var cards = Array.prototype.slice.call(grid.children);
+  function update() {
+    var label = document.getElementById("label").value;
+    var sort = document.getElementById("sort").value;
+    var shown = cards.slice();
+    if (sort !== "input") {
+      shown.sort(function (a, b) {
+        var d = parseFloat(a.dataset.prob) - parseFloat(b.dataset.prob);
+        return sort === "asc" ? d : -d;
+      });
+    }
+    shown.forEach(function (card) {
+      card.style.display = !label || card.dataset.label === label ? "" : "none";
+      grid.appendChild(card);
+    });
+  }
+  document.getElementById("label").addEventListener("change", update);
+  document.getElementById("sort").addEventListener("change", update);
+  window.addEventListener("load", function () {
+    var images = document.querySelectorAll("img");
+    var loaded = 0;
+    images.forEach(function (img) { if (img.complete && img.naturalWidth > 0) { loaded += 1; } });
+    document.body.dataset.loaded = String(loaded);
+  });
+})();
+</script>
+</body></html>
+"""
+
+
+def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
+    """A JPEG data URI of the image, its longer side at most ``side`` pixels."""
+    h, w = image_rgb.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale < 1.0:
+        image_rgb = cv2.resize(image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise CamcliError("cannot encode a report thumbnail")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def check_report_path(path: Path) -> None:
+    """Reports never overwrite a file: refuse before any work is done."""
+    if Path(path).exists():
+        raise CamcliError(f"--report {path} already exists; choose another name (reports never overwrite)")
+
+
+def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
+    """Write the overlay report for ``rows`` (overlay result rows; ``total`` rows in the job).
+
+    Per image: the input and overlay thumbnails, the top-k predictions with probabilities,
+    and the box. The page filters by predicted class and sorts by confidence.
+    """
+    check_report_path(path)
+    cards, labels = [], set()
+    for row in rows:
+        name = html.escape(row["path"])
+        if "error" in row:
+            cards.append(f'<div class="card" data-label="" data-prob="0"><div class="path">{name}</div>'
+                         f'<div class="err">failed: {html.escape(row["error"])}</div></div>')
+            continue
+        top = row["predictions"][0]
+        labels.add(top["label"])
+        pictures = [thumbnail_uri(read_image(Path(row["path"])))]
+        overlay = next((p for p in row.get("outputs", []) if not p.endswith(".npy")), None)
+        if overlay:
+            pictures.append(thumbnail_uri(read_image(Path(overlay))))
+        images = "".join(f'<img src="{uri}" alt="{"input" if i == 0 else "overlay"}">' for i, uri in enumerate(pictures))
+        preds = "".join(
+            f'<div class="pred"><span class="l">{html.escape(p["label"])}</span>'
+            f'<span class="bar" style="width:{max(1, round(p["prob"] * 150))}px"></span>{p["prob"]:.1%}</div>'
+            for p in row["predictions"]
+        )
+        box = row.get("box")
+        box_text = f"box {box} for {html.escape(row.get('box_label', ''))} at threshold {row.get('box_threshold')}" if box else "no box"
+        cards.append(
+            f'<div class="card" data-label="{html.escape(top["label"])}" data-prob="{top["prob"]:.6f}">'
+            f'<div class="pics">{images}</div><div class="path">{name}</div>{preds}<div class="box">{box_text}</div></div>'
+        )
+    left_out = total - len(rows)
+    summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (--report-limit)" if left_out else "")
+    options = "".join(f'<option value="{html.escape(label)}">{html.escape(label)}</option>' for label in sorted(labels))
+    page = (_PAGE.replace("__COUNT__", str(sum(c.count("<img") for c in cards)))
+            .replace("__SUMMARY__", html.escape(summary)).replace("__OPTIONS__", options)
+            .replace("__CARDS__", "\n".join(cards)))
+    atomic_write(Path(path), page)
+
+
