@@ -131,3 +131,85 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
     atomic_write(Path(path), page)
 
 
+
+
+def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: int = 460, height: int = 260) -> str:
+    """An inline SVG line chart of per-epoch values (x = epoch 1..n)."""
+    n = max(len(v) for v in series.values())
+    top = max(max(v) for v in series.values()) or 1.0
+    top = 1.0 if top <= 1.0 else top * 1.05
+    left, right, upper, lower = 48, 12, 28, 36
+    pw, ph = width - left - right, height - upper - lower
+
+    def x(i: int) -> float:
+        return left + (pw * i / (n - 1) if n > 1 else pw / 2)
+
+    def y(v: float) -> float:
+        return upper + ph * (1 - v / top)
+
+    colors = ["#3b7dd8", "#d8493b", "#2e9e44", "#8d5fd3"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+             f'<text x="{left}" y="16" font-size="13">{html.escape(title)}</text>',
+             f'<rect x="{left}" y="{upper}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for k in range(5):
+        value = top * k / 4
+        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end">{value:.2f}</text>')
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#eee"/>')
+    for i in sorted({0, n - 1, (n - 1) // 2}):
+        parts.append(f'<text x="{x(i):.1f}" y="{upper + ph + 14}" font-size="10" text-anchor="middle">{i + 1}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">epoch</text>')
+    parts.append(f'<text x="4" y="{upper - 8}" font-size="11">{html.escape(y_label)}</text>')
+    for j, (label, values) in enumerate(series.items()):
+        color = colors[j % len(colors)]
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<text x="{left + pw - 4}" y="{upper + 14 + 14 * j}" font-size="11" text-anchor="end" fill="{color}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def write_train_report(
+    path: Path, history: list[dict], class_names: list[str], confusion: list[list[int]],
+    examples: list[tuple[np.ndarray, str, str, float]], summary: str,
+) -> None:
+    """RUN_DIR/report.html: loss and accuracy curves, the validation confusion matrix, and
+    validation overlays, correctly classified beside misclassified.
+
+    Args:
+        examples: (overlay RGB, true label, predicted label, predicted probability).
+    """
+    curves = svg_chart({"train": [r["train_loss"] for r in history], "val": [r["val_loss"] for r in history]}, "Loss", "loss")
+    curves += svg_chart({"train": [r["train_acc"] for r in history], "val": [r["val_acc"] for r in history]}, "Accuracy", "accuracy")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in class_names)
+    body = "".join(
+        f"<tr><th>{html.escape(c)}</th>" + "".join(
+            f'<td class="{"diag" if i == j else ("off" if v else "")}">{v}</td>' for j, v in enumerate(row)) + "</tr>"
+        for i, (c, row) in enumerate(zip(class_names, confusion))
+    )
+
+    def cards(correct: bool) -> str:
+        chosen = [e for e in examples if (e[1] == e[2]) == correct]
+        if not chosen:
+            return "<p>none</p>"
+        return "".join(
+            f'<figure><img src="{thumbnail_uri(img, 200)}" alt="overlay"><figcaption>true {html.escape(t)}<br>'
+            f'predicted {html.escape(p)} {prob:.1%}</figcaption></figure>' for img, t, p, prob in chosen
+        )
+
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>camcli training report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}} .charts svg{{margin-right:1rem}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}
+td.diag{{background:#dcefdc}} td.off{{background:#f6d5d5}} .cols{{display:flex;gap:2rem}}
+figure{{display:inline-block;margin:.3rem;font-size:.8rem}} figure img{{display:block;max-width:200px}}</style>
+</head><body data-images="{sum(1 for _ in examples)}">
+<h1>camcli training report</h1><p>{html.escape(summary)}</p>
+<h2>Curves</h2><div class="charts">{curves}</div>
+<h2>Validation confusion matrix (rows: true class)</h2>
+<table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>
+<h2>Validation overlays</h2>
+<div class="cols"><div><h3>Correct</h3>{cards(True)}</div><div><h3>Misclassified</h3>{cards(False)}</div></div>
+<script>window.addEventListener("load",function(){{var n=0;document.querySelectorAll("img").forEach(function(i){{if(i.complete&&i.naturalWidth>0){{n+=1;}}}});document.body.dataset.loaded=String(n);}});</script>
+</body></html>
+"""
+    atomic_write(Path(path), page)

@@ -259,13 +259,61 @@ def fit(
         history.append(row)
         checkpoint = make_checkpoint(backbone, head, class_names, preprocess, config, row, stored_backbone)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
-            best = row
+            best, best_checkpoint = row, checkpoint
             save_checkpoint(checkpoint, run_dir / "best.pt")
         save_checkpoint(checkpoint, run_dir / "last.pt")
         _write_metrics(run_dir / "metrics.csv", history)
         if on_epoch:
             on_epoch(row)
+    _write_report(run_dir, best_checkpoint, backbone, preprocess, config, val_x, val_y, val_set, class_names, history)
     return TrainResult(run_dir, history, best, class_names, len(train_set), len(val_set))
+
+
+def _write_report(
+    run_dir: Path, checkpoint: dict, backbone: Backbone, preprocess: Preprocess, config: TrainConfig,
+    val_x: torch.Tensor, val_y: torch.Tensor, val_set: list[tuple[Path, int]], class_names: list[str],
+    history: list[dict], per_kind: int = 6,
+) -> None:
+    """RUN_DIR/report.html for the best epoch: curves, confusion matrix, and validation
+    overlays of up to ``per_kind`` correct and ``per_kind`` misclassified images."""
+    from camcli.engine import CamModel
+    from camcli.evaluate import classification_metrics
+    from camcli.render import draw_caption, render_overlay
+    from camcli.report import write_train_report
+
+    head = nn.Linear(checkpoint["head"]["weight"].shape[1], len(class_names))
+    head.load_state_dict(checkpoint["head"])
+    _, _, preds = evaluate(head, val_x, val_y)
+    confusion = classification_metrics(val_y.tolist(), preds.tolist(), class_names)["confusion"]["matrix"]
+    def spread(indices: list[int]) -> list[int]:
+        """Up to ``per_kind`` indices, taking the classes in turn."""
+        seen: dict[int, int] = {}
+        keyed = []
+        for i in indices:
+            label = int(val_y[i])
+            keyed.append((seen.get(label, 0), label, i))
+            seen[label] = seen.get(label, 0) + 1
+        return [i for _, _, i in sorted(keyed)][:per_kind]
+
+    right = spread([i for i in range(len(val_set)) if preds[i] == val_y[i]])
+    wrong = spread([i for i in range(len(val_set)) if preds[i] != val_y[i]])
+    chosen = right + wrong
+    examples = []
+    if chosen:
+        model = CamModel(config.arch, backbone.features, head, class_names, preprocess, config.device, backend="torch")
+        paths = [val_set[i][0] for i in chosen]
+        for batch in model.batches(paths, config.batch_size, 0, keep_images=True):
+            top = batch.logits.argmax(dim=1, keepdim=True)
+            probs = torch.softmax(batch.logits, dim=1)
+            for b, (pos, maps) in enumerate(zip(batch.positions, model.batch_maps(batch, top))):
+                predicted = class_names[int(top[b])]
+                overlay = render_overlay(batch.originals[b], maps[0])
+                overlay = draw_caption(overlay, f"{predicted} {float(probs[b, top[b]]):.0%}")
+                examples.append((overlay, class_names[val_set[chosen[pos]][1]], predicted, float(probs[b, top[b]])))
+    best = checkpoint["metrics"]
+    summary = (f"{config.arch}, {len(val_set)} validation images, {len(class_names)} classes; best epoch {best['epoch']} "
+               f"of {len(history)}: val accuracy {best['val_acc']:.3f}, val loss {best['val_loss']:.4f}")
+    write_train_report(run_dir / "report.html", history, class_names, confusion, examples, summary)
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:

@@ -50,12 +50,12 @@ def test_report_never_overwrites(sample_run, tmp_path):
     assert existing.read_text() == "mine" and not (tmp_path / "o").exists()
 
 
-def test_report_renders_in_headless_chromium(report, tmp_path):
+def _render(path: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    """(the <body> tag after load, console lines) of a page rendered by headless Chromium."""
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI needs Debian's chromium (installed by .ci/run) for the report test")
         pytest.skip("chromium not installed here (CI installs it and never skips this test)")
-    path, _ = report
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -64,8 +64,22 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    body = re.search(r"<body[^>]*>", out.stdout).group(0)
-    expected = re.search(r'data-images="(\d+)"', body).group(1)
-    assert expected == "24" and f'data-loaded="{expected}"' in body  # every image decoded and displayed
     console = [line for line in out.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    return re.search(r"<body[^>]*>", out.stdout).group(0), console
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    body, console = _render(report[0], tmp_path)
+    assert 'data-images="24"' in body and 'data-loaded="24"' in body  # every image decoded and displayed
     assert console == []
+
+
+def test_train_report_has_curves_confusion_and_overlays_and_renders(sample_run, tmp_path):
+    page = (sample_run / "report.html").read_text()
+    assert page.count("<svg") == 2 and "Validation confusion matrix" in page
+    assert "<h3>Correct</h3>" in page and "<h3>Misclassified</h3>" in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    images = int(re.search(r'data-images="(\d+)"', page).group(1))
+    assert 1 <= images <= 12 and page.count("<img") == images
+    body, console = _render(sample_run / "report.html", tmp_path)
+    assert f'data-loaded="{images}"' in body and console == []

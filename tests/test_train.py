@@ -28,7 +28,7 @@ def test_same_seed_same_head_and_a_complete_run_folder(tiny_folder, tmp_path):
     b = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), **SMALL))
     ca, cb = load_checkpoint(a.run_dir / "last.pt"), load_checkpoint(b.run_dir / "last.pt")
     assert torch.equal(ca["head"]["weight"], cb["head"]["weight"])
-    assert sorted(p.name for p in a.run_dir.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv"]
+    assert sorted(p.name for p in a.run_dir.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv", "report.html"]
     rows = list(csv.DictReader(open(a.run_dir / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
