@@ -138,6 +138,7 @@ def train(
     workers: Workers = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/train/expN, never overwritten].")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out images matching this glob, as '<DATA name>/<path inside>' (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result and errors.")] = False,
 ) -> None:
     """Train the GAP + linear head of a frozen backbone on an ImageFolder dataset.
@@ -150,7 +151,7 @@ def train(
     cfg = resolve_train_config(
         config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
         lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, backend=backend, amp=amp, augment=augment, workers=workers,
-        out=str(out) if out else None, exist_ok=exist_ok or None,
+        out=str(out) if out else None, exist_ok=exist_ok or None, exclude=exclude or None,
     )
 
     def on_epoch(row: dict) -> None:
@@ -431,6 +432,7 @@ def evaluate(
     cam_scales: CamScales = None,
     box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.pt: the checkpoint with the best box threshold, which overlay then uses.")] = False,
+    exclude: Exclude = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the box-accuracy plot [default: runs/evaluate/expN].")] = None,
     batch_size: BatchSize = 32,
@@ -463,7 +465,8 @@ def evaluate(
     threshold = box_threshold if box_threshold is not None else float(model.checkpoint.get("cam_threshold", PAPER_THRESHOLD))
     with _progress(quiet) as progress:
         result = run_evaluation(
-            model, data, truth, threshold, cam_sizes, batch_size, default_workers() if workers is None else workers, progress
+            model, data, truth, threshold, cam_sizes, batch_size, default_workers() if workers is None else workers, progress,
+            exclude=exclude or (),
         )
     result["settings"] = {"checkpoint": str(checkpoint), "data": str(data), "img_size": model.preprocess.img_size,
                           "resize": model.preprocess.resize, "cam_sizes": cam_sizes}

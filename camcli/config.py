@@ -41,6 +41,7 @@ class TrainConfig:
     workers: int = dataclasses.field(default_factory=default_workers)
     out: str | None = None
     exist_ok: bool = False
+    exclude: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,6 +67,10 @@ class TrainConfig:
 def _coerce(name: str, kind: type, value: object, source: str) -> object:
     if value is None:
         return None
+    if kind is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise CamcliError(f"{source}: {name} must be a list of glob patterns, got {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is str and isinstance(value, (str, Path)):
@@ -76,7 +81,7 @@ def _coerce(name: str, kind: type, value: object, source: str) -> object:
 
 
 def _field_types() -> dict[str, type]:
-    types = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str}
+    types = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str, "list[str]": list}
     return {f.name: types[str(f.type)] for f in fields(TrainConfig)}
 
 

@@ -314,10 +314,11 @@ def find_images(
 
 
 def load_image_folder(
-    root: Path, val_split: float, seed: int
+    root: Path, val_split: float, seed: int, exclude: Sequence[str] = ()
 ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
     """Read an ImageFolder dataset: ``root/train/<class>/*`` + ``root/val/<class>/*``,
-    or ``root/<class>/*`` split per class by a seeded, stratified ``val_split``.
+    or ``root/<class>/*`` split per class by a seeded, stratified ``val_split``. Images
+    matching an ``exclude`` glob (as ``<root name>/<path inside root>``) are left out.
 
     Returns:
         (train samples, val samples, class names), samples as (path, class index).
@@ -329,15 +330,15 @@ def load_image_folder(
     if not root.is_dir():
         raise CamcliError(f"dataset folder not found: {root}")
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train, classes = _class_folders(root / "train")
-        val, val_classes = _class_folders(root / "val")
+        train, classes = class_folders(root / "train", exclude, root)
+        val, val_classes = class_folders(root / "val", exclude, root)
         if val_classes != classes:
             raise CamcliError(
                 f"{root}/train and {root}/val must hold the same class folders "
                 f"(train: {classes}, val: {val_classes})"
             )
         return train, val, classes
-    samples, classes = _class_folders(root)
+    samples, classes = class_folders(root, exclude)
     if not 0 < val_split < 1:
         raise CamcliError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
     rng = random.Random(seed)
@@ -353,18 +354,35 @@ def load_image_folder(
     return sorted(train), sorted(val), classes
 
 
-def _class_folders(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
+def class_folders(
+    root: Path, exclude: Sequence[str] = (), base: Path | None = None, known: list[str] | None = None
+) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``root/<class>/*`` images as (path, class index), and the class names.
+
+    Args:
+        exclude: globs matched against ``<base name>/<path inside base>`` (base: ``root``).
+        known: use these class names and indices (a model's); a folder not among them is an error.
+    """
+    base = Path(base or root)
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if known is not None:
+        unknown = [f for f in folders if f not in known]
+        if not folders or unknown:
+            raise CamcliError(
+                f"{root} must hold <class>/<images> folders named after the model's classes"
+                + (f"; unknown: {', '.join(unknown[:5])}" if unknown else "")
+            )
+    classes = known if known is not None else folders
+    if known is None and len(classes) < 2:
         raise CamcliError(
             f"{root} must hold at least two class folders (<class>/<images>), found {len(classes)}"
         )
     samples = []
-    for index, name in enumerate(classes):
-        images = list(walk_images(root / name, skip=()))
-        if not images:
+    for name in folders:
+        images = [p for p in walk_images(root / name) if not excluded(Path(base.resolve().name) / p.relative_to(base), exclude)]
+        if not images and known is None:
             raise CamcliError(f"class folder {root / name} holds no images")
-        samples += [(p, index) for p in images]
+        samples += [(p, classes.index(name)) for p in images]
     return samples, classes
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from camcli import cam
-from camcli.data import walk_images
+from camcli.data import class_folders, walk_images
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
 
@@ -192,19 +192,12 @@ def classification_metrics(true: Sequence[int], pred: Sequence[int], class_names
     }
 
 
-def labeled_images(root: Path, class_names: list[str]) -> list[tuple[Path, int]]:
+def labeled_images(root: Path, class_names: list[str], exclude: Sequence[str] = ()) -> list[tuple[Path, int]]:
     """``root/<class>/*`` images with their index in the model's classes."""
     root = Path(root)
     if not root.is_dir():
         raise CamcliError(f"dataset folder not found: {root}")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    unknown = [f for f in folders if f not in class_names]
-    if not folders or unknown:
-        raise CamcliError(
-            f"{root} must hold <class>/<images> folders named after the model's classes"
-            + (f"; unknown: {', '.join(unknown[:5])}" if unknown else "")
-        )
-    samples = [(p, class_names.index(f)) for f in folders for p in walk_images(root / f, skip=())]
+    samples, _ = class_folders(root, exclude, known=class_names)
     if not samples:
         raise CamcliError(f"no images found under {root}")
     return samples
@@ -213,7 +206,7 @@ def labeled_images(root: Path, class_names: list[str]) -> list[tuple[Path, int]]
 def evaluate(
     model: CamModel, data: Path, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), batch_size: int = 32,
-    workers: int = 0, progress: Progress | None = None,
+    workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (),
 ) -> dict:
     """Classification and, with boxes, localization metrics of ``model`` on an ImageFolder.
 
@@ -221,7 +214,7 @@ def evaluate(
     and upsampled to the original image size.
     """
     data = Path(data)
-    samples = labeled_images(data, model.class_names)
+    samples = labeled_images(data, model.class_names, exclude)
     tally = LocalizationTally(threshold)
     true, pred = [], []
     done = 0

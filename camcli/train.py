@@ -199,7 +199,7 @@ def fit(
     ``notify`` receives one-line notes for the user (cache use, backend fallback).
     """
     config.validate()
-    train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed)
+    train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
     run_dir = prepare_run_dir(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
@@ -444,3 +445,19 @@ def test_predict_boxes_find_the_hot_region_of_a_synthetic_image(tmp_path):
     assert row["box_label"] == "bright" and row["box_threshold"] == 0.5
     x0, y0, x1, y1 = row["box"]
     assert abs(x0 - 120) <= 6 and abs(y0 - 20) <= 6 and abs(x1 - 180) <= 6 and abs(y1 - 60) <= 6
+
+
+def test_exclude_for_train_and_evaluate(sample_run, tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=4)
+    (data / "red" / "skip_me.png").write_bytes(b"broken")  # would stop training if it were read
+    result = run("train", data, "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--epochs", "1",
+                 "--workers", "0", "--out", tmp_path / "r", "--exclude", "*/skip_*", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["exclude"] == ["*/skip_*"]
+    val = tmp_path / "val"
+    shutil.copytree(SAMPLE_DATA / "val" / "cat", val / "cat")
+    (val / "cat" / "junk.jpg").write_bytes(b"junk")
+    evaluated = run("evaluate", val, "--checkpoint", sample_run / "best.pt", "--exclude", "*/junk.jpg",
+                    "--format", "json", "--out", tmp_path / "e", "--workers", "0")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["num_images"] == 6
