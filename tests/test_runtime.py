@@ -1,7 +1,6 @@
 """Backends, the feature cache and streaming: same numbers, less work."""
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
