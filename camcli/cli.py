@@ -16,7 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
 from rich.table import Table
 
 from camcli import __version__
@@ -60,6 +61,13 @@ def _report_errors(command: Callable) -> Callable:
 _LAST_PROGRESS: dict = {}  # the latest progress report, for the Ctrl-C message
 
 
+class _Rate(ProgressColumn):
+    """Images per second."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} img/s" if task.speed else "", style="progress.data.speed")
+
+
 def _record(stage: str, done: int, total: int | None) -> None:
     _LAST_PROGRESS.update(stage=stage, done=done, total=total)
 
@@ -85,7 +93,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
 
         yield plain
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -361,6 +369,7 @@ def overlay(
     box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written yet.")] = False,
+    maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: <stem>_cam_<rank>_<label>.<ext>.")] = 0,
     report: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
     top_k: TopK = 5,
@@ -395,7 +404,7 @@ def overlay(
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
-        box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing,
+        box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing, maps=maps,
     )
     with _progress(quiet) as progress:
         rows = overlay_rows(

@@ -91,6 +91,7 @@ class OverlayOptions:
             checkpoint's calibrated ``cam_threshold``, else the CAM paper's 0.2.
         draw_box: draw the box on the overlay.
         skip_existing: leave out (no row, no work) the inputs whose outputs camcli already wrote.
+        maps: write the maps of each image's top-``maps`` classes as ``<stem>_cam_<rank>_<label><ext>``.
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`CamModel.batch_maps`.
     """
@@ -107,6 +108,7 @@ class OverlayOptions:
     box_threshold: float | None = None
     draw_box: bool = False
     skip_existing: bool = False
+    maps: int = 0
 
 
 def safe_label(label: str) -> str:
@@ -163,28 +165,39 @@ class OutputGuard:
             self._manifest(path.parent)[path.name] = entry
 
 
-def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions) -> list[list[Path]]:
-    """Output paths per image: one overlay per class (``<stem>_cam<ext>``, or
-    ``<stem>_cam_<label><ext>`` for several classes), then the raw maps (``.npy``).
+def output_bases(images: Sequence[ImageInput], options: OverlayOptions) -> list[tuple[Path, str, str]]:
+    """(output folder, output stem, extension) per image.
 
     Inputs whose stems collide in one output folder (``a.jpg``, ``a.png``) keep their
-    extension in the stem (``a_jpg_cam.jpg``) so no output overwrites another.
+    extension in the stem (``a_jpg``) so no output overwrites another.
     """
-    folders = [
-        (options.out_dir / i.relative.parent) if options.out_dir else i.path.parent for i in images
-    ]
+    folders = [(options.out_dir / i.relative.parent) if options.out_dir else i.path.parent for i in images]
     stems = Counter((f.resolve(), i.path.stem) for f, i in zip(folders, images))
-    plans = []
+    bases = []
     for folder, image in zip(folders, images):
         stem = image.path.stem
         if stems[(folder.resolve(), stem)] > 1:
             stem = f"{stem}_{image.path.suffix.lstrip('.').lower()}"
-        tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(lab)}" for lab in labels]
-        paths = [folder / f"{stem}{tag}{image.path.suffix}" for tag in tags]
-        if options.save_raw:
-            paths += [folder / f"{stem}{tag}.npy" for tag in tags]
-        plans.append(paths)
-    return plans
+        bases.append((folder, stem, image.path.suffix))
+    return bases
+
+
+def output_paths(base: tuple[Path, str, str], tags: Sequence[str], save_raw: bool) -> list[Path]:
+    """The overlays ``<stem><tag><ext>``, then with ``save_raw`` the maps ``<stem><tag>.npy``."""
+    folder, stem, ext = base
+    return [folder / f"{stem}{tag}{ext}" for tag in tags] + ([folder / f"{stem}{tag}.npy" for tag in tags] if save_raw else [])
+
+
+def rank_tags(class_names: Sequence[str]) -> list[str]:
+    """``--maps K`` name tags ``_cam_<rank>_<label>``: unique even when two classes share a label."""
+    return [f"_cam_{rank}_{safe_label(name)}" for rank, name in enumerate(class_names, start=1)]
+
+
+def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions) -> list[list[Path]]:
+    """Output paths per image: one overlay per class (``<stem>_cam<ext>``, or
+    ``<stem>_cam_<label><ext>`` for several classes), then the raw maps (``.npy``)."""
+    tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(lab)}" for lab in labels]
+    return [output_paths(base, tags, options.save_raw) for base in output_bases(images, options)]
 
 
 def overlay_rows(
@@ -208,9 +221,26 @@ def overlay_rows(
             raise CamcliError(f"--class-index {index} out of range 0..{model.num_classes - 1}")
         chosen.append(index)
     chosen = list(dict.fromkeys(chosen))
+    maps_k = min(options.maps, model.num_classes)
+    if options.maps < 0 or (options.maps and chosen):
+        raise CamcliError("--maps takes a positive K and excludes --class / --class-index")
     labels = [model.class_names[c] for c in chosen] if chosen else ["top1"]
     plans = plan_outputs(images, labels, options)
+    bases = output_bases(images, options)
     guard = OutputGuard({i.path.resolve() for i in images}, options.overwrite)
+    if maps_k:
+        # names depend on each image's top-K classes: check every existing <stem>_cam_* file now
+        plans = [[] for _ in images]
+        same = [b for b, n in Counter((f.resolve(), stem, ext) for f, stem, ext in bases).items() if n > 1]
+        if same:
+            raise CamcliError(f"two inputs would write the same outputs {same[0][0] / same[0][1]}_cam_*; use --out-dir or rename one")
+        listings: dict[Path, list[str]] = {}
+        for folder, stem, _ in bases:
+            if folder not in listings:
+                listings[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
+            for name in listings[folder]:
+                if name.startswith(f"{stem}_cam_"):
+                    guard.check(folder / name)
     planned = [p for paths in plans for p in paths]
     duplicates = [p for p, n in Counter(p.resolve() for p in planned).items() if n > 1]
     if duplicates:
@@ -218,10 +248,20 @@ def overlay_rows(
     for path in planned:
         guard.check(path)
     if options.skip_existing:
-        missing = [k for k, paths in enumerate(plans) if not all(guard.is_ours(p) for p in paths)]
+        def done(k: int) -> bool:
+            if not maps_k:
+                return all(guard.is_ours(p) for p in plans[k])
+            folder, stem, ext = bases[k]
+            names = listings[folder]
+            return all(
+                any(n.startswith(f"{stem}_cam_{rank}_") and n.endswith(suffix) and guard.is_ours(folder / n) for n in names)
+                for rank in range(1, maps_k + 1) for suffix in ([ext, ".npy"] if options.save_raw else [ext])
+            )
+
+        missing = [k for k in range(len(images)) if not done(k)]
         if notify and len(missing) < len(images):
             notify(f"{len(images) - len(missing)} inputs skipped: their outputs exist (--skip-existing)")
-        images, plans = [images[k] for k in missing], [plans[k] for k in missing]
+        images, plans, bases = [images[k] for k in missing], [plans[k] for k in missing], [bases[k] for k in missing]
     # Colormap, blend, encoding and writing run in a small thread pool (OpenCV releases the
     # GIL), so the next batch's forward pass overlaps them; rows still come out in input order.
     pending: deque[tuple[dict, Future]] = deque()
@@ -244,7 +284,10 @@ def overlay_rows(
             for batch in model.batches([i.path for i in images], batch_size, workers, keep_images=True):
                 probs = torch.softmax(batch.logits, dim=1)
                 ranked = model.rank(batch.logits, top_k) if batch.positions else []
-                classes = torch.tensor([chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long)
+                if maps_k:
+                    classes = batch.logits.topk(maps_k, dim=1).indices if batch.positions else torch.empty(0, maps_k, dtype=torch.long)
+                else:
+                    classes = torch.tensor([chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long)
                 maps = model.batch_maps(batch, classes, options.cam_sizes) if batch.positions else []
                 entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
                 entries.update({pos: (None, why) for pos, why in batch.failures})
@@ -254,6 +297,11 @@ def overlay_rows(
                         failed = {"path": str(images[pos].path), "predictions": [], "outputs": [], "box": None, "error": why}
                         pending.append((failed, None))
                         continue
+                    if maps_k:
+                        names = [model.class_names[c] for c in classes[b].tolist()]
+                        plans[pos] = output_paths(bases[pos], rank_tags(names), options.save_raw)
+                        for path in plans[pos]:
+                            guard.check(path)
                     future = pool.submit(
                         _write_overlays, batch.originals[b], maps[b], classes[b].tolist(), probs[b],
                         model.class_names, plans[pos], options, threshold, guard.recorder,

@@ -461,3 +461,37 @@ def test_exclude_for_train_and_evaluate(sample_run, tmp_path):
                     "--format", "json", "--out", tmp_path / "e", "--workers", "0")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["num_images"] == 6
+
+
+def test_maps_k_writes_ranked_unique_names_even_for_duplicate_labels(sample_run, tmp_path):
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt["class_names"] = ["crane", "crane", "coffee", "grass", "rocket"]  # ImageNet has two cranes
+    twin = tmp_path / "twin.pt"
+    torch.save(ckpt, twin)
+    data = tmp_path / "in"
+    shutil.copytree(SAMPLE_DATA / "val" / "brick", data)
+    out = tmp_path / "out"
+    result = run("overlay", data, "--checkpoint", twin, "--out-dir", out, "--maps", "3", "--save-raw", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    for line in result.stdout.splitlines():
+        row = json.loads(line)
+        stem = Path(row["path"]).stem
+        labels = [p["label"] for p in row["predictions"][:3]]
+        expected = [f"{stem}_cam_{r}_{label}{ext}" for ext in (".jpg", ".npy") for r, label in enumerate(labels, 1)]
+        assert [Path(p).name for p in row["outputs"]] == expected
+        assert len(set(expected)) == 6
+    assert len([p for p in (out / "in").iterdir() if not p.name.startswith(".")]) == 6 * 6
+    again = run("overlay", data, "--checkpoint", twin, "--out-dir", out, "--maps", "3", "--save-raw",
+                "--skip-existing", "--format", "jsonl")
+    assert again.exit_code == 0 and again.stdout == "" and "6 inputs skipped" in again.stderr
+    (out / "in" / "brick_00_cam_9_mine.jpg").write_bytes(b"mine")
+    refused = run("overlay", data, "--checkpoint", twin, "--out-dir", out, "--maps", "3")
+    assert refused.exit_code == 2 and "not written by camcli" in refused.stderr
+    both = run("overlay", data, "--checkpoint", twin, "--maps", "2", "--class", "grass")
+    assert both.exit_code == 2 and "excludes --class" in both.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "overlay", "evaluate", "models", "info"])
+def test_every_command_explains_itself_with_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0 and "Example: camcli " in result.stdout
