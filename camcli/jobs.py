@@ -248,7 +248,7 @@ def overlay_rows(
     for path in planned:
         guard.check(path)
     if options.skip_existing:
-        def done(k: int) -> bool:
+        def finished(k: int) -> bool:
             if not maps_k:
                 return all(guard.is_ours(p) for p in plans[k])
             folder, stem, ext = bases[k]
@@ -258,7 +258,7 @@ def overlay_rows(
                 for rank in range(1, maps_k + 1) for suffix in ([ext, ".npy"] if options.save_raw else [ext])
             )
 
-        missing = [k for k in range(len(images)) if not done(k)]
+        missing = [k for k in range(len(images)) if not finished(k)]
         if notify and len(missing) < len(images):
             notify(f"{len(images) - len(missing)} inputs skipped: their outputs exist (--skip-existing)")
         images, plans, bases = [images[k] for k in missing], [plans[k] for k in missing], [bases[k] for k in missing]
@@ -270,14 +270,13 @@ def overlay_rows(
     def finish_oldest() -> dict:
         nonlocal done
         row, future = pending.popleft()
-        if future is None:  # an input that could not be read
-            done += 1
-            return row
-        outputs, box = future.result()
+        if future is not None:  # None: an input that could not be read, its row is complete
+            outputs, box = future.result()
+            row = {**row, "outputs": [str(p) for p in outputs], "box": box}
         done += 1
         if progress:
             progress("overlay", done, len(images))
-        return {**row, "outputs": [str(p) for p in outputs], "box": box}
+        return row
 
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="camcli-writer") as pool:
         try:
