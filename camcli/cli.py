@@ -459,7 +459,8 @@ def evaluate(
 
     from camcli.checkpoint import save_checkpoint
     from camcli.config import default_workers
-    from camcli.evaluate import PAPER_THRESHOLD, calibrated, evaluate as run_evaluation, load_boxes
+    from camcli.evaluate import calibrated, evaluate as run_evaluation, load_boxes
+    from camcli.jobs import box_threshold_for
     from camcli.files import atomic_write
     from camcli.render import plot_curves, write_image
     from camcli.train import next_run_dir
@@ -471,7 +472,7 @@ def evaluate(
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
-    threshold = box_threshold if box_threshold is not None else float(model.checkpoint.get("cam_threshold", PAPER_THRESHOLD))
+    threshold = box_threshold_for(model, box_threshold)
     with _progress(quiet) as progress:
         result = run_evaluation(
             model, data, truth, threshold, cam_sizes, batch_size, default_workers() if workers is None else workers, progress,
