@@ -3,21 +3,34 @@
 It loads with ``torch.load(path, weights_only=True)`` and is self-contained: only the
 offline default backbone's packaged ImageNet weights are stored by reference (package,
 file name and sha256); every other backbone is stored in full.
+
+A checkpoint is untrusted input: :func:`load_checkpoint` reads only a regular file, only
+PyTorch's zip format with uncompressed entries (so what is read is never larger than the
+file), unpickles only tensors and plain values, and checks every field it uses
+(:func:`validate_checkpoint`) before anything is built from it.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from camcli import __version__
+from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, Preprocess
 from camcli.errors import CamcliError
-from camcli.files import atomic_write
+from camcli.files import atomic_write, open_regular
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "class_names", "img_size", "preprocess", "backbone", "head")
+MAX_CHECKPOINT_BYTES = 8 << 30
+MAX_CLASSES = 100_000
+MAX_LABEL_CHARS = 1000
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
@@ -31,28 +44,117 @@ def load_checkpoint(path: Path) -> dict:
     """Load and check a checkpoint without unpickling arbitrary objects.
 
     Raises:
-        CamcliError: missing file, not a camcli checkpoint, newer format, head and
-            class names that disagree.
+        CamcliError: missing or special file, not a camcli checkpoint, newer format, or a
+            field that is not what camcli writes (see :func:`validate_checkpoint`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CamcliError(f"checkpoint not found: {path}")
+    with open_regular(path, MAX_CHECKPOINT_BYTES, "checkpoint") as f:
+        _check_zip(f, path)
+        try:
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CamcliError(
+                f"{path} is not a loadable camcli checkpoint: it holds objects other than tensors and plain "
+                "values, which camcli refuses to load (loading them could run code)"
+            ) from exc
+        except Exception as exc:  # torch raises many types for damaged files
+            raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file is damaged or incomplete") from exc
+    return validate_checkpoint(ckpt, path)
+
+
+def _check_zip(f, path: Path) -> None:
+    """PyTorch's zip format with stored (uncompressed) entries only: nothing can inflate."""
+    size = f.seek(0, io.SEEK_END)
+    f.seek(0)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
-        raise CamcliError(f"{path} is not a loadable camcli checkpoint: {str(exc).splitlines()[0][:200]}") from exc
+        entries = zipfile.ZipFile(f).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise CamcliError(f"{path} is not a camcli checkpoint (not a PyTorch zip file)") from exc
+    total = 0
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
+            raise CamcliError(f"{path} is not a camcli checkpoint: it holds compressed entries, which PyTorch never writes")
+        total += entry.file_size
+    if total > size:
+        raise CamcliError(f"{path} is not a camcli checkpoint: its entries claim more bytes than the file holds")
+    f.seek(0)
+
+
+def _encodable(name: str) -> bool:
+    """A name writable to UTF-8 files (with surrogate escapes, as file names that are not UTF-8 have)."""
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return False
+    return True
+
+
+def _finite_numbers(value: object, n: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def _finite_tensor(value: object, ndim: int) -> bool:
+    return (isinstance(value, torch.Tensor) and value.ndim == ndim and value.is_floating_point()
+            and bool(torch.isfinite(value).all()))
+
+
+def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
+    """Check every field camcli uses; returns ``ckpt``.
+
+    Raises:
+        CamcliError: one line naming the first field that is not what camcli writes.
+    """
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            got = ckpt.get(field) if isinstance(ckpt, dict) and "." not in field else None
+            shown = f", got {type(got).__name__} {str(got)[:60]!r}" if got is not None else ""
+            raise CamcliError(f"{path}: checkpoint field {field} must be {expected}{shown}")
+
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise CamcliError(f"{path} is not a camcli checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
-    if not isinstance(ckpt["format_version"], int) or ckpt["format_version"] > FORMAT_VERSION:
+    version = ckpt["format_version"]
+    need(isinstance(version, int) and not isinstance(version, bool) and version >= 1, "format_version", "a positive integer")
+    if version > FORMAT_VERSION:
         raise CamcliError(
-            f"{path} has checkpoint format {ckpt['format_version']!r}, newer than this camcli "
-            f"({__version__}) reads ({FORMAT_VERSION}): upgrade camcli"
+            f"{path} has checkpoint format {version}, newer than this camcli ({__version__}) reads "
+            f"({FORMAT_VERSION}): upgrade camcli"
         )
-    weight, bias = ckpt["head"].get("weight"), ckpt["head"].get("bias")
-    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor) or weight.ndim != 2:
-        raise CamcliError(f"{path}: head must hold a 2-D weight and a bias tensor")
-    if weight.shape[0] != len(ckpt["class_names"]) or bias.shape != (weight.shape[0],):
-        raise CamcliError(f"{path}: head has {weight.shape[0]} outputs but {len(ckpt['class_names'])} class names")
+    need(isinstance(ckpt["arch"], str) and 0 < len(ckpt["arch"]) <= 200, "arch", "a backbone name")
+    names = ckpt["class_names"]
+    need(isinstance(names, list) and 0 < len(names) <= MAX_CLASSES
+         and all(isinstance(n, str) and len(n) <= MAX_LABEL_CHARS and _encodable(n) for n in names),
+         "class_names", f"a list of 1 to {MAX_CLASSES:,} strings of at most {MAX_LABEL_CHARS} characters")
+    sizes = f"an integer from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}"
+    need(isinstance(ckpt["img_size"], int) and MIN_IMG_SIZE <= ckpt["img_size"] <= MAX_IMG_SIZE, "img_size", sizes)
+    pre = ckpt["preprocess"]
+    need(isinstance(pre, dict), "preprocess", "a mapping")
+    need(isinstance(pre.get("img_size"), int) and MIN_IMG_SIZE <= pre["img_size"] <= MAX_IMG_SIZE, "preprocess.img_size", sizes)
+    need(_finite_numbers(pre.get("mean"), 3), "preprocess.mean", "3 finite numbers")
+    need(_finite_numbers(pre.get("std"), 3) and all(v > 0 for v in pre["std"]), "preprocess.std", "3 positive finite numbers")
+    need(pre.get("resize", "squash") in RESIZE_MODES, "preprocess.resize", f"one of {', '.join(RESIZE_MODES)}")
+    need(isinstance(pre.get("stride", 32), int) and 1 <= pre.get("stride", 32) <= 1024, "preprocess.stride", "an integer from 1 to 1024")
+    for key in ("interpolation", "color", "exif_orientation"):
+        default = Preprocess.__dataclass_fields__[key].default
+        need(pre.get(key, default) == default, f"preprocess.{key}", f"{default!r} (the only one camcli implements)")
+    head = ckpt["head"]
+    need(isinstance(head, dict), "head", "a mapping of weight and bias tensors")
+    weight, bias = head.get("weight"), head.get("bias")
+    need(_finite_tensor(weight, 2), "head.weight", "a 2-D tensor of finite floats")
+    need(_finite_tensor(bias, 1) and bias.shape == (weight.shape[0],), "head.bias", f"a tensor of {weight.shape[0]} finite floats")
+    if weight.shape[0] != len(names):
+        raise CamcliError(f"{path}: head has {weight.shape[0]} outputs but {len(names)} class names")
+    backbone = ckpt["backbone"]
+    by_reference = isinstance(backbone, dict) and isinstance(backbone.get("reference"), dict) and all(
+        isinstance(backbone["reference"].get(k), str) for k in ("package", "file", "sha256"))
+    in_full = isinstance(backbone, dict) and isinstance(backbone.get("state_dict"), dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in backbone["state_dict"].items())
+    need(by_reference or in_full, "backbone", "{'reference': {package, file, sha256}} or {'state_dict': {name: tensor}}")
+    threshold = ckpt.get("cam_threshold")
+    need(threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1),
+         "cam_threshold", "a number in [0, 1)")
+    for key in ("metrics", "config", "calibration"):
+        need(ckpt.get(key) is None or isinstance(ckpt[key], dict), key, "a mapping")
     return ckpt
 
 
@@ -71,7 +173,21 @@ def describe(checkpoint: dict) -> dict:
         "img_size": checkpoint["img_size"],
         "preprocess": dict(checkpoint["preprocess"]),
         "cam_threshold": checkpoint.get("cam_threshold"),
-        "calibration": checkpoint.get("calibration"),
-        "metrics": dict(checkpoint.get("metrics", {})),
-        "config": dict(checkpoint.get("config", {})),
+        "calibration": _plain(checkpoint.get("calibration")),
+        "metrics": _plain(checkpoint.get("metrics") or {}),
+        "config": _plain(checkpoint.get("config") or {}),
     }
+
+
+def _plain(value: object, depth: int = 0) -> object:
+    """A JSON-safe copy of a checkpoint's free-form field: non-finite numbers become None,
+    anything that is not a plain value becomes its type name, nesting stops at depth 8."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth < 8 and isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if depth < 8 and isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    return f"<{type(value).__name__}>"

@@ -6,6 +6,7 @@ exit status in one place, :func:`_report_errors`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -23,6 +24,7 @@ from rich.table import Table
 from camcli import __version__
 from camcli.backbones import DEFAULT_ARCH
 from camcli.errors import CamcliError
+from camcli.files import printable
 
 app = typer.Typer(
     help="Class Activation Mapping for PyTorch image classifiers: train a GAP + linear head, "
@@ -31,7 +33,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Text from outside (file names, class names, library messages) is never markup: every
+# console is made with markup and emoji codes off, and such text passes through `printable`.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+def _stdout_console(**kwargs) -> Console:
+    return Console(highlight=False, markup=False, emoji=False, **kwargs)
+
+
+def _say(text: object) -> None:
+    """A note or message on stderr, shown literally."""
+    err.print(printable(text))
 
 
 def _report_errors(command: Callable) -> Callable:
@@ -42,7 +55,7 @@ def _report_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except CamcliError as exc:
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            err.print(Text.assemble(("error:", "red"), " ", printable(exc)))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stage, done, total = _LAST_PROGRESS.get("stage"), _LAST_PROGRESS.get("done", 0), _LAST_PROGRESS.get("total")
@@ -93,7 +106,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
 
         yield plain
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -170,13 +183,13 @@ def train(
             )
 
     with _progress(quiet) as progress:
-        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else err.print)
+        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say)
     best = result.best
     err.print(
         f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
         f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']})"
     )
-    typer.echo(f"Results saved to {result.run_dir}")
+    typer.echo(printable(f"Results saved to {result.run_dir}"))
 
 
 def _load_model(
@@ -192,7 +205,7 @@ def _load_model(
     if num_images is not None:
         note = model.prepare(num_images)
         if note and not quiet:
-            err.print(note, soft_wrap=True)
+            _say(note)
     return model
 
 
@@ -234,7 +247,7 @@ def _finish(count: int, failed: int, allow_failures: bool) -> None:
             raise typer.Exit(1)
 
 
-def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool) -> tuple[int, int]:
+def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool, guard=None) -> tuple[int, int]:
     """Write rows in the chosen format; report each failed input on stderr as it comes.
 
     Returns:
@@ -247,28 +260,35 @@ def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], over
         for row in source:
             if "error" in row:
                 failed += 1
-                err.print(f"[red]failed:[/red] {row['error']}", soft_wrap=True, markup=True, highlight=False)
+                err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
             yield row
 
-    return _write(reported(rows), fmt, output, overlay), failed
+    return _write(reported(rows), fmt, output, overlay, guard), failed
 
 
-def _write(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool) -> int:
+def _guard_output(output: Optional[Path], protected: list, overwrite: bool):
+    """Check --output before any work (see jobs.guard_output_file); None without --output."""
+    if output is None:
+        return None
+    from camcli.jobs import guard_output_file
+
+    return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)
+
+
+def _write(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool, guard=None) -> int:
     from camcli.files import atomic_open
     from camcli.jobs import FORMATS, default_format, is_tty, write_rows
 
     fmt = fmt or default_format(output is None and is_tty(sys.stdout))
     if fmt not in FORMATS:
         raise CamcliError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt == "table":
-        return _print_table(rows, overlay, output)
     if output is None:
-        return write_rows(rows, fmt, sys.stdout)
-    with atomic_open(output, "w") as stream:
-        return write_rows(rows, fmt, stream)
+        return _print_table(rows, overlay, None) if fmt == "table" else write_rows(rows, fmt, sys.stdout)
+    with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
+        return _print_table(rows, overlay, stream) if fmt == "table" else write_rows(rows, fmt, stream)
 
 
-def _print_table(rows: Iterator[dict], overlay: bool, output: Optional[Path]) -> int:
+def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
     table = Table()
     table.add_column("path", overflow="fold", ratio=3)
     table.add_column("top-1", overflow="fold", ratio=1)
@@ -279,19 +299,18 @@ def _print_table(rows: Iterator[dict], overlay: bool, output: Optional[Path]) ->
     count = 0
     for row in rows:
         count += 1
+        path = printable(row["path"])
         if "error" in row:
-            table.add_row(row["path"], "[red]failed[/red]", "", row["error"], *([""] if overlay else []))
+            table.add_row(path, Text("failed", style="red"), "", printable(row["error"]), *([""] if overlay else []))
             continue
         first, *others = row["predictions"]
-        extra = ", ".join(f"{p['label']} {p['prob']:.1%}" for p in others)
-        table.add_row(row["path"], first["label"], f"{first['prob']:.1%}", extra, *([", ".join(row["outputs"])] if overlay else []))
-    if output is None:
-        Console(soft_wrap=False).print(table)
+        extra = ", ".join(f"{printable(p['label'])} {p['prob']:.1%}" for p in others)
+        outputs = [", ".join(map(printable, row["outputs"]))] if overlay else []
+        table.add_row(path, printable(first["label"]), f"{first['prob']:.1%}", extra, *outputs)
+    if stream is None:
+        _stdout_console(soft_wrap=False).print(table)
     else:
-        from camcli.files import atomic_open
-
-        with atomic_open(output, "w") as stream:
-            Console(file=stream, width=200).print(table)
+        _stdout_console(file=stream, width=200).print(table)
     return count
 
 
@@ -315,6 +334,7 @@ def predict(
     allow_failures: AllowFailures = False,
     max_pixels: MaxPixels = 178_956_970,
     exclude: Exclude = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace an existing file camcli did not write.")] = False,
     boxes: Annotated[bool, typer.Option("--boxes", help="Add the top-1 class's CAM box to each row (original-image pixels).")] = False,
     box_threshold: Annotated[Optional[float], typer.Option(help="With --boxes: threshold [default: the checkpoint's calibrated one, else 0.2].")] = None,
     cam_size: CamSize = None,
@@ -331,6 +351,7 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
+    guard = _guard_output(output, [*inputs, checkpoint], overwrite)
     walk = iter_images(inputs, exclude=exclude or ())
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
@@ -343,7 +364,7 @@ def predict(
             model, everything, top_k, batch_size, default_workers() if workers is None else workers, progress,
             boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales),
         )
-        count, failed = _emit(rows, fmt, output, overlay=False)
+        count, failed = _emit(rows, fmt, output, overlay=False, guard=guard)
     _finish(count, failed, allow_failures)
 
 
@@ -399,6 +420,7 @@ def overlay(
     if report is not None:
         check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
+    guard = _guard_output(output, [*inputs, *(i.path for i in images), checkpoint], overwrite)
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
     model.max_pixels = max_pixels
     options = OverlayOptions(
@@ -409,7 +431,7 @@ def overlay(
     with _progress(quiet) as progress:
         rows = overlay_rows(
             model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress,
-            notify=None if quiet else err.print,
+            notify=None if quiet else _say,
         )
         kept: list[dict] = []
 
@@ -419,13 +441,13 @@ def overlay(
                     kept.append(row)
                 yield row
 
-        count, failed = _emit(keep_for_report(rows), fmt, output, overlay=True)
+        count, failed = _emit(keep_for_report(rows), fmt, output, overlay=True, guard=guard)
     if report is not None:
         write_overlay_report(report, kept, count)
         if not quiet:
-            err.print(f"Report saved to {report}")
+            _say(f"Report saved to {report}")
     if not quiet:
-        err.print(f"{count - failed} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
+        _say(f"{count - failed} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
     _finish(count, failed, allow_failures)
 
 
@@ -502,11 +524,11 @@ def evaluate(
     else:
         _print_evaluation(result)
     if not quiet:
-        err.print(f"Results saved to {run_dir}")
+        _say(f"Results saved to {run_dir}")
 
 
 def _print_evaluation(result: dict) -> None:
-    console = Console()
+    console = _stdout_console()
     summary = Table("metric", "value", title=f"{result['num_images']} images")
     summary.add_row("accuracy", f"{result['accuracy']:.4f}")
     if "max_box_acc" in result:
@@ -519,12 +541,12 @@ def _print_evaluation(result: dict) -> None:
     console.print(summary)
     per_class = Table("class", "precision", "recall", "support")
     for name, m in result["per_class"].items():
-        per_class.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
+        per_class.add_row(printable(name), f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
     console.print(per_class)
     labels = result["confusion"]["labels"]
-    confusion = Table("true \\ predicted", *labels, title="confusion matrix")
+    confusion = Table("true \\ predicted", *map(printable, labels), title="confusion matrix")
     for label, row in zip(labels, result["confusion"]["matrix"]):
-        confusion.add_row(label, *map(str, row))
+        confusion.add_row(printable(label), *map(str, row))
     console.print(confusion)
 
 
@@ -552,8 +574,8 @@ def models(
     for column in ("--arch", "source", "weights offline", "weights file"):
         table.add_column(column, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["source"], "yes" if r["weights_offline"] else "no", r["weights_path"])
-    Console(soft_wrap=False).print(table)
+        table.add_row(r["name"], r["source"], "yes" if r["weights_offline"] else "no", printable(r["weights_path"]))
+    _stdout_console(soft_wrap=False).print(table)
 
 
 @app.command()
@@ -576,13 +598,16 @@ def info(
         return
     if fmt != "table":
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
-    table = Table("key", "value", title=str(checkpoint), show_header=False)
+    table = Table("key", "value", title=printable(checkpoint), show_header=False)
     for key, value in facts.items():
         shown = ", ".join(value) if key == "class_names" else json.dumps(value) if isinstance(value, dict) else str(value)
-        table.add_row(key, shown)
-    Console().print(table)
+        table.add_row(key, printable(shown))
+    _stdout_console().print(table)
 
 
 def main() -> None:
     """Console-script entry point."""
+    # file names that are not UTF-8 reach stdout (csv, jsonl) as the bytes they are on disk
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="surrogateescape")
     app(prog_name="camcli")

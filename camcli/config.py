@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import yaml
 
 from camcli.backbones import DEFAULT_ARCH
-from camcli.data import DEFAULT_RESIZE, RESIZE_MODES
+from camcli.data import DEFAULT_RESIZE, MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
 from camcli.errors import CamcliError
+from camcli.files import read_text
 
 
 def default_workers() -> int:
@@ -50,9 +52,11 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be 0 or more, got {self.weight_decay}"),
-            (self.img_size >= 32, f"img_size must be at least 32, got {self.img_size}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive finite number, got {self.lr}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be a finite number, 0 or more, got {self.weight_decay}"),
+            (MIN_IMG_SIZE <= self.img_size <= MAX_IMG_SIZE,
+             f"img_size must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {self.img_size}"),
             (0 < self.val_split < 1, f"val_split must be between 0 and 1, got {self.val_split}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
             (self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
@@ -64,20 +68,27 @@ class TrainConfig:
         return self
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _coerce(name: str, kind: type, value: object, source: str) -> object:
     if value is None:
         return None
     if kind is list:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
-        raise CamcliError(f"{source}: {name} must be a list of glob patterns, got {value!r}")
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        raise CamcliError(f"{source}: {name} must be a list of glob patterns, got {_short(value)}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise CamcliError(f"{source}: {name} must be a finite number, got {_short(value)}")
         return float(value)
     if kind is str and isinstance(value, (str, Path)):
         return str(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise CamcliError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+    raise CamcliError(f"{source}: {name} must be {kind.__name__}, got {_short(value)}")
 
 
 def _field_types() -> dict[str, type]:
@@ -85,19 +96,23 @@ def _field_types() -> dict[str, type]:
     return {f.name: types[str(f.type)] for f in fields(TrainConfig)}
 
 
+CONFIG_LIMIT = 1 << 20  # bytes: a config is a few lines
+
+
 def load_yaml(path: Path) -> dict:
     """Read a config file: a mapping of TrainConfig keys; unknown keys are an error."""
     path = Path(path)
+    text = read_text(path, CONFIG_LIMIT, "config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise CamcliError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise CamcliError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except RecursionError:
+        raise CamcliError(f"config {path} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise CamcliError(f"config {path} must be a mapping of option: value")
     types = _field_types()
-    unknown = sorted(set(data) - set(types))
+    unknown = sorted(str(k)[:40] for k in data if k not in types)
     if unknown:
         raise CamcliError(f"config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types)}")
     return {k: _coerce(k, types[k], v, f"config {path}") for k, v in data.items()}

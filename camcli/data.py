@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import json
 import math
 import os
 import random
+import struct
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -17,21 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from camcli.errors import CamcliError
+from camcli.files import MANIFEST_NAME, read_bytes, read_manifest  # noqa: F401 - MANIFEST_NAME re-exported
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-# Every folder camcli writes outputs into holds this manifest of what it wrote there;
-# folder walks skip the files it lists, so outputs are never taken as inputs.
-# It is append-only JSON lines, one {"name", "size", "mtime_ns"} per file written, added as
-# soon as the file is in place, so even a killed run leaves it accurate.
-MANIFEST_NAME = ".camcli-outputs.jsonl"
 
 
 RESIZE_MODES = ("squash", "keep-aspect")
 DEFAULT_RESIZE = "keep-aspect"  # see README, "Localization": better maps, same accuracy
 MAX_ASPECT = 4.0  # keep-aspect: a longer side beyond 4x the shorter is squashed to 4x
+MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 2048  # beyond 2048 one batch of inputs alone takes tens of GB
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,9 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise CamcliError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
-        if self.img_size < 1:
-            raise CamcliError(f"--img-size must be positive, got {self.img_size}")
+            raise CamcliError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if not MIN_IMG_SIZE <= self.img_size <= MAX_IMG_SIZE:
+            raise CamcliError(f"img_size must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {self.img_size}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -117,23 +114,39 @@ class Header:
     orientation: int  # EXIF orientation, 1 = as stored
 
 
+_PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")  # what OpenCV decodes for IMAGE_EXTENSIONS
+_PILLOW_SETTINGS = threading.Lock()  # guards Pillow's global settings while a header is read
+
+
 def image_header(buffer: np.ndarray) -> Header | None:
-    """The header of an encoded image (via Pillow, which reads headers lazily); None if unknown."""
-    from PIL import Image, UnidentifiedImageError
+    """The header of an encoded image (via Pillow, which reads headers lazily); None if unknown.
+
+    Only the formats OpenCV decodes for camcli's extensions are tried, each identified by its
+    signature, so the size read here is the size OpenCV would decode. Damaged ancillary PNG
+    chunks (a bad checksum) do not stop the size from being read.
+    """
+    from PIL import Image, ImageFile, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _PILLOW_SETTINGS:
             warnings.simplefilter("ignore")
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, True
             try:
-                with Image.open(io.BytesIO(buffer.tobytes())) as im:
+                with Image.open(io.BytesIO(buffer.tobytes()), formats=_PILLOW_FORMATS) as im:
                     alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
                     orientation = int(im.getexif().get(0x0112, 1)) if alpha else 1
                     return Header(im.width, im.height, alpha, orientation)
             finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, struct.error, EOFError):
         return None
+
+
+def max_file_bytes(max_pixels: int | None) -> int:
+    """The largest encoded image camcli reads: 8 bytes a pixel (16-bit RGBA, uncompressed) of
+    ``max_pixels``, at least 64 MiB; 4 GiB without a pixel limit."""
+    return 4 << 30 if max_pixels is None else max(64 << 20, 8 * max_pixels)
 
 
 def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -169,22 +182,23 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
     """Decode an image file to RGB uint8 (H, W, 3), EXIF orientation applied.
 
     Grayscale, palette, CMYK and 16-bit images become 8-bit RGB; transparent pixels are
-    composited over ``ALPHA_BACKGROUND`` (white). An image whose header declares more than
-    ``max_pixels`` pixels is refused before it is decoded.
+    composited over ``ALPHA_BACKGROUND`` (white). Only regular files are read (a FIFO or a
+    device is refused), at most :func:`max_file_bytes`; the size an image's header declares
+    is checked against ``max_pixels`` before any pixel is decoded, and an image whose header
+    cannot be read is not decoded at all (its size could not be checked).
     """
-    try:
-        buffer = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise CamcliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    buffer = np.frombuffer(read_bytes(path, max_file_bytes(max_pixels), "image"), dtype=np.uint8)
     if buffer.size == 0:
         raise CamcliError(f"cannot decode {path}: the file is empty")
     header = image_header(buffer)
-    if header is not None and max_pixels is not None and header.width * header.height > max_pixels:
+    if header is None:
+        raise CamcliError(f"cannot decode {path}: not a readable image")
+    if max_pixels is not None and header.width * header.height > max_pixels:
         raise CamcliError(
             f"{path} is {header.width}x{header.height} = {header.width * header.height:,} pixels, "
             f"over --max-pixels {max_pixels:,}"
         )
-    if header is not None and header.has_alpha:
+    if header.has_alpha:
         # IMREAD_COLOR would drop the alpha channel; IMREAD_UNCHANGED keeps it but ignores EXIF
         image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
         image = None if image is None else _orient(_composite(image), header.orientation)
@@ -193,23 +207,6 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
     if image is None:
         raise CamcliError(f"cannot decode {path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_manifest(folder: Path) -> dict[str, dict]:
-    """The files camcli wrote into ``folder``: name -> {"size", "mtime_ns"} (the latest entry
-    of each name; a line torn by a kill is ignored)."""
-    try:
-        lines = (folder / MANIFEST_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return {}
-    files: dict[str, dict] = {}
-    for line in lines:
-        try:
-            entry = json.loads(line)
-            files[str(entry["name"])] = {"size": int(entry["size"]), "mtime_ns": int(entry["mtime_ns"])}
-        except (ValueError, KeyError, TypeError):
-            continue
-    return files
 
 
 @dataclass(frozen=True)
@@ -290,9 +287,11 @@ def iter_images(
 
 
 def _check_input(path: Path) -> None:
+    """Inputs must exist; a file must have an image extension. Whether it is a readable
+    regular file is found out when it is read (a failed input, not a stopped run)."""
     if path.is_dir():
         return
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CamcliError(f"input not found: {path}")
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise CamcliError(f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -350,7 +349,13 @@ def load_image_folder(
         val += members[:n_val]
         train += members[n_val:]
     if not val:
-        raise CamcliError(f"--val-split {val_split} leaves no validation images in {root}: add images")
+        raise CamcliError(f"val_split {val_split} leaves no validation images in {root}: add images")
+    empty = [classes[k] for k in range(len(classes)) if not any(y == k for _, y in train)]
+    if empty:
+        raise CamcliError(
+            f"val_split {val_split} leaves no training images for class {empty[0]!r}"
+            + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "") + ": use a smaller val_split or add images"
+        )
     return sorted(train), sorted(val), classes
 
 
@@ -386,28 +391,29 @@ def class_folders(
     return samples, classes
 
 
-class ImageDataset(Dataset):
-    """Decodes and preprocesses images for a DataLoader.
+class ImageDataset:
+    """Decodes and preprocesses images by position (safe to call from several threads).
 
-    Each item is ``(tensor (3, S, S), position, original RGB image or None)``.
+    Each item is ``(tensor (3, h, w), position, original RGB image or None, None)``, or
+    ``(None, position, None, why)`` when the image cannot be read.
     """
 
     def __init__(
         self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False, augment: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS, seed: int = 0,
     ):
         self.max_pixels = max_pixels
         self.images = images
         self.preprocess = preprocess
         self.keep_images = keep_images
         self.augment = augment
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, np.ndarray | None, str | None]:
-        """(tensor, position, original or None, None), or (None, position, None, why) when the
-        image cannot be read: one bad file never stops a batch."""
+        """One bad file never stops a batch: its reason comes back instead of a tensor."""
         item = self.images[i]
         if isinstance(item, np.ndarray):
             rgb = item
@@ -418,28 +424,29 @@ class ImageDataset(Dataset):
                 rgb = read_image(Path(item), self.max_pixels)
             except CamcliError as exc:
                 return None, i, None, str(exc)
-        model_input = random_resized_crop_flip(rgb) if self.augment else rgb
+        # augmentation draws from a generator of (seed, position): the same crops whatever thread decodes
+        model_input = random_resized_crop_flip(rgb, np.random.default_rng([self.seed, i])) if self.augment else rgb
         return self.preprocess(model_input), i, (rgb if self.keep_images else None), None
 
 
 def random_resized_crop_flip(
-    rgb: np.ndarray, scale: tuple[float, float] = (0.35, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rgb: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> np.ndarray:
     """A random crop of 35-100% of the area with an aspect ratio in [3/4, 4/3] (the
-    Inception-style crop), flipped horizontally half the time. Draws from torch's RNG, which
-    DataLoader seeds per worker."""
+    Inception-style crop), flipped horizontally half the time."""
     h, w = rgb.shape[:2]
     area = h * w
     for _ in range(10):
-        target = area * float(torch.empty(1).uniform_(*scale))
-        aspect = math.exp(float(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]))))
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (1,)))
-            left = int(torch.randint(0, w - cw + 1, (1,)))
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
             rgb = rgb[top : top + ch, left : left + cw]
             break
-    if float(torch.rand(1)) < 0.5:
+    if rng.random() < 0.5:
         rgb = rgb[:, ::-1]
     return np.ascontiguousarray(rgb)
 

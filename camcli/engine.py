@@ -6,14 +6,15 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from camcli import cam
 from camcli.backbones import DEFAULT_ARCH, build_backbone, restore_backbone
@@ -64,24 +65,44 @@ class Batch:
     failures: list[tuple[int, str]]
 
 
+PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatever the job's size
+
+
 def image_batches(
     images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device,
-    keep_images: bool = False, augment: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    keep_images: bool = False, augment: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, seed: int = 0,
 ) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None], list[tuple[int, str]]]]:
-    """Decode and preprocess images in ``workers`` processes; yield (tensors, positions,
-    originals) of the readable images and (position, reason) of the others.
+    """Decode and preprocess images in ``workers`` threads; yield (tensors, positions,
+    originals) of the readable images and (position, reason) of the others, batch by batch.
 
-    ``augment`` applies a random resized crop and horizontal flip before the preprocessing.
+    Threads, not processes: OpenCV and NumPy release the GIL while they decode and resize,
+    and a thread cannot outlive camcli (a worker process could, after a SIGKILL). At most
+    ``PREFETCH_BATCHES`` batches are decoded ahead. ``augment`` applies a random resized crop
+    and horizontal flip (drawn from ``seed`` and the image's position) before the preprocessing.
     """
     if batch_size < 1:
-        raise CamcliError(f"--batch-size must be at least 1, got {batch_size}")
+        raise CamcliError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
-        raise CamcliError(f"--workers must be 0 or more, got {workers}")
-    loader = DataLoader(
-        ImageDataset(images, preprocess, keep_images, augment, max_pixels), batch_size=batch_size, shuffle=False,
-        num_workers=min(workers, len(images)), collate_fn=collate, pin_memory=device.type == "cuda",
-    )
-    yield from loader
+        raise CamcliError(f"workers must be 0 or more, got {workers}")
+    dataset = ImageDataset(images, preprocess, keep_images, augment, max_pixels, seed)
+    starts = range(0, len(dataset), batch_size)
+    if workers == 0 or len(dataset) <= 1:
+        for start in starts:
+            yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(dataset)), thread_name_prefix="camcli-decode") as pool:
+        ahead: deque[list[Future]] = deque()
+        try:
+            for start in starts:
+                ahead.append([pool.submit(dataset.__getitem__, i) for i in range(start, min(start + batch_size, len(dataset)))])
+                if len(ahead) > PREFETCH_BATCHES:
+                    yield collate([f.result() for f in ahead.popleft()])
+            while ahead:
+                yield collate([f.result() for f in ahead.popleft()])
+        finally:
+            for batch in ahead:
+                for future in batch:
+                    future.cancel()
 
 
 def extract_features(
@@ -107,7 +128,10 @@ def extract_features(
     outputs: list[torch.Tensor | None] = [None] * len(tensors)
     with torch.inference_mode():
         for members in groups.values():
-            for i, f in zip(members, runner(torch.stack([tensors[i] for i in members]))):
+            batch = torch.stack([tensors[i] for i in members])
+            if getattr(runner, "device", torch.device("cpu")).type == "cuda":
+                batch = batch.pin_memory()  # lets the runner's non_blocking copy overlap
+            for i, f in zip(members, runner(batch)):
                 outputs[i] = f
     sizes = [tuple(f.shape[-2:]) for f in outputs]
     if len(groups) == 1:
@@ -192,7 +216,21 @@ class CamModel:
                 yield Batch([], torch.empty(0, self.num_classes), None, [], [], failures)
                 continue
             logits, feats, sizes = self.forward(tensors)
-            yield Batch(positions, logits.cpu(), feats, sizes, originals, failures)
+            logits = logits.cpu()
+            finite = torch.isfinite(logits).all(dim=1)
+            if not bool(finite.all()):
+                # never a NaN probability in a row: such an image is a failed input
+                bad = [b for b in range(len(positions)) if not finite[b]]
+                failures = failures + [(positions[b], f"{_name(images[positions[b]])}: the model gave non-finite scores "
+                                        "(NaN or infinity) for this image") for b in bad]
+                keep = [b for b in range(len(positions)) if finite[b]]
+                index = torch.tensor(keep, dtype=torch.long)
+                positions, originals, sizes = [positions[b] for b in keep], [originals[b] for b in keep], [sizes[b] for b in keep]
+                logits, feats = logits[index], feats[index.to(feats.device)]
+                if not keep:
+                    yield Batch([], torch.empty(0, self.num_classes), None, [], [], failures)
+                    continue
+            yield Batch(positions, logits, feats, sizes, originals, failures)
 
     def batch_maps(self, batch: Batch, classes: torch.Tensor, cam_sizes: Sequence[int] = ()) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
@@ -293,6 +331,10 @@ class CamModel:
         if len({m.shape for m in out}) > 1:
             raise CamcliError("keep-aspect maps of differently shaped images cannot form one array: pass images of one shape, or load(..., resize=\"squash\")")
         return np.stack(out).astype(np.float32, copy=False)
+
+
+def _name(image: Image) -> str:
+    return "an image array" if isinstance(image, np.ndarray) else str(image)
 
 
 def _crop(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:

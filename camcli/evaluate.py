@@ -8,7 +8,8 @@ Boxes are [x0, y0, x1, y1] in original-image pixel edges (see :mod:`camcli.cam`)
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from camcli import cam
 from camcli.data import class_folders, walk_images
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
+from camcli.files import read_bytes, read_text
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # Choe et al.'s grid
 V2_IOUS = (0.3, 0.5, 0.7)
@@ -31,6 +33,10 @@ Progress = Callable[[str, int, int], None]
 
 # ---------------------------------------------------------------- boxes files
 
+BOXES_LIMIT = 256 << 20  # bytes of a JSON boxes file (COCO's largest official file is under 0.5 GB; most are far smaller)
+VOC_LIMIT = 1 << 20  # bytes of one Pascal VOC annotation file
+
+
 def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
     """Ground-truth boxes keyed by image path relative to ``data_root`` (forward slashes).
 
@@ -38,22 +44,27 @@ def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
     file (``images`` + ``annotations`` with ``bbox = [x, y, w, h]``), or Pascal VOC XML
     (one file, or a folder of them; VOC's 1-based inclusive corners become pixel edges).
     VOC and COCO file names are matched to DATA's images by relative path, else by a
-    unique file name.
+    unique file name. Files are read only if regular and bounded in size; XML is parsed with
+    defusedxml (no entity expansion, no external references).
 
     Raises:
-        CamcliError: unreadable file, bad box, or no box matching any image in DATA.
+        CamcliError: unreadable or malformed file, a box that is not four finite, non-negative
+            coordinates with x1 > x0 and y1 > y0, or no box matching any image in DATA.
     """
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CamcliError(f"boxes file not found: {path}")
     images = [p.relative_to(data_root).as_posix() for p in walk_images(data_root, skip=())]
     if path.is_dir() or path.suffix.lower() == ".xml":
         raw = _read_voc(path)
     else:
+        text = read_text(path, BOXES_LIMIT, "boxes file")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CamcliError(f"cannot read boxes file {path}: {exc}") from exc
+            data = json.loads(text)
+        except ValueError as exc:
+            raise CamcliError(f"boxes file {path} is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise CamcliError(f"boxes file {path} is nested too deeply to hold boxes") from None
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             raw = _read_coco(data, path)
         elif isinstance(data, dict):
@@ -66,12 +77,26 @@ def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _box_list(value: object, where: str) -> list[list[float]]:
-    items = value if value and isinstance(value[0], (list, tuple)) else [value]  # type: ignore[index]
+    """One box or a list of boxes, each checked: four finite numbers, non-negative, x1 > x0, y1 > y0."""
+    many = isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(b, (list, tuple)) for b in value)
     boxes = []
-    for box in items:
-        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise CamcliError(f"{where}: a box must be [x0, y0, x1, y1], got {box!r}")
+    for box in value if many else [value]:
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise CamcliError(f"{where}: a box must be [x0, y0, x1, y1], got {_short(box)}")
+        if not all(math.isfinite(v) for v in box):
+            raise CamcliError(f"{where}: box {_short(list(box))} has a coordinate that is not a finite number")
+        if min(box) < 0:
+            raise CamcliError(f"{where}: box {list(box)} has a negative coordinate")
         if not (box[2] > box[0] and box[3] > box[1]):
             raise CamcliError(f"{where}: box {list(box)} has x1 <= x0 or y1 <= y0")
         boxes.append([float(v) for v in box])
@@ -79,27 +104,54 @@ def _box_list(value: object, where: str) -> list[list[float]]:
 
 
 def _read_coco(data: dict, path: Path) -> dict[str, list[list[float]]]:
-    names = {img["id"]: img["file_name"] for img in data["images"]}
+    images, annotations = data["images"], data["annotations"]
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise CamcliError(f"{path}: COCO 'images' and 'annotations' must be lists")
+    names: dict[object, str] = {}
+    for k, img in enumerate(images):
+        if not (isinstance(img, dict) and isinstance(img.get("id"), (int, str)) and isinstance(img.get("file_name"), str)):
+            raise CamcliError(f"{path}: COCO image entry {k} needs an id and a file_name, got {_short(img)}")
+        names[img["id"]] = img["file_name"]
     out: dict[str, list[list[float]]] = {}
-    for ann in data["annotations"]:
-        x, y, w, h = ann["bbox"]
-        out.setdefault(names[ann["image_id"]], []).extend(_box_list([x, y, x + w, y + h], f"{path}: annotation {ann.get('id')}"))
+    for k, ann in enumerate(annotations):
+        where = f"{path}: annotation {ann.get('id', k) if isinstance(ann, dict) else k}"
+        if not isinstance(ann, dict) or "bbox" not in ann:
+            raise CamcliError(f"{where} has no bbox")
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, (int, str)) or image_id not in names:
+            raise CamcliError(f"{where} refers to image_id {_short(image_id)}, which 'images' does not list")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise CamcliError(f"{where}: bbox must be [x, y, width, height], got {_short(bbox)}")
+        x, y, w, h = bbox
+        out.setdefault(names[image_id], []).extend(_box_list([x, y, x + w, y + h], where))
     return out
 
 
 def _read_voc(path: Path) -> dict[str, list[list[float]]]:
-    files = sorted(path.glob("**/*.xml")) if path.is_dir() else [path]
+    from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import ParseError, fromstring
+
+    if path.is_dir():
+        files = sorted(Path(root) / name for root, _, names in os.walk(path) for name in names if name.lower().endswith(".xml"))
+    else:
+        files = [path]
     out: dict[str, list[list[float]]] = {}
     for xml in files:
         try:
-            root = ET.parse(xml).getroot()
-            name = root.findtext("filename")
-            for obj in root.iter("object"):
-                bb = obj.find("bndbox")
+            root = fromstring(read_bytes(xml, VOC_LIMIT, "VOC annotation"))
+        except (ParseError, DefusedXmlException, ValueError) as exc:
+            raise CamcliError(f"{xml} is not a Pascal VOC annotation: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        name = root.findtext("filename")
+        if not name:
+            raise CamcliError(f"{xml} is not a Pascal VOC annotation: it has no <filename>")
+        for obj in root.iter("object"):
+            bb = obj.find("bndbox")
+            try:
                 x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-                out.setdefault(name, []).extend(_box_list([x0 - 1, y0 - 1, x1, y1], str(xml)))
-        except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
-            raise CamcliError(f"{xml} is not a Pascal VOC annotation: {exc}") from exc
+            except (AttributeError, TypeError, ValueError):
+                raise CamcliError(f"{xml}: an <object> needs a <bndbox> with numeric xmin, ymin, xmax and ymax") from None
+            out.setdefault(name, []).extend(_box_list([x0 - 1, y0 - 1, x1, y1], str(xml)))
     return out
 
 
@@ -232,6 +284,7 @@ def evaluate(
                 rel = samples[pos][0].relative_to(data).as_posix()
                 if rel not in boxes:
                     continue
+                _check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
                 tally.add(cam.heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
         done += len(batch.positions)
         if progress:
@@ -240,6 +293,14 @@ def evaluate(
     if need_maps:
         result.update(tally.result())
     return result
+
+
+def _check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) -> None:
+    """A ground-truth box must lie within its image (pixel edges: x1 <= width, y1 <= height)."""
+    height, width = shape
+    for box in boxes:
+        if box[2] > width or box[3] > height:
+            raise CamcliError(f"boxes file: box {box} for {rel} lies outside the {width}x{height} image")
 
 
 def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:

@@ -1,20 +1,144 @@
-"""Writing files so that a killed run never leaves a truncated output."""
+"""Every file camcli opens by name, in one place.
+
+- Reads are of regular files only, and bounded: a FIFO, a device (``/dev/zero``) or a file
+  larger than the caller's limit is refused with one line, never read without end.
+- Files camcli picks by name inside a folder (the output manifest) are opened without
+  following symbolic links, so a planted link cannot redirect a write elsewhere.
+- Outputs are written to a temporary file beside the target and renamed into place, so a
+  killed run never leaves a truncated output; temporary names have a fixed length.
+- The output manifest (``.camcli-outputs.jsonl``) records what camcli wrote in a folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import os
+import re
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from camcli.errors import EnvironmentProblem
+from camcli.errors import CamcliError, EnvironmentProblem
 
 # mkstemp makes 0600 files; outputs get the usual permissions (0666 less the umask), read once
 # here at import, while the process is still single-threaded
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+# Every folder camcli writes outputs into holds this manifest of what it wrote there;
+# folder walks skip the files it lists, so outputs are never taken as inputs.
+# It is append-only JSON lines, one {"name", "size", "mtime_ns"} per file, appended before
+# the file is renamed into place, so even a killed run leaves it accurate.
+MANIFEST_NAME = ".camcli-outputs.jsonl"
+MANIFEST_LIMIT = 256 << 20  # about three million records
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link"}
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _open_regular(path: Path, flags: int, follow_links: bool, what: str, mode: int = 0o666) -> int:
+    """An fd of ``path`` checked to be a regular file (O_NONBLOCK: opening a FIFO never waits)."""
+    flags |= os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise CamcliError(f"{what} {path} is a symbolic link; camcli does not follow it: remove it") from exc
+        if exc.errno == errno.ENOENT:
+            raise CamcliError(f"{what} not found: {path}") from exc
+        raise EnvironmentProblem(f"cannot open {what} {path}: {exc.strerror or exc}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CamcliError(f"{what} {path} is {_kind(info.st_mode)}, not a regular file")
+    return fd
+
+
+def open_regular(path: Path, limit: int, what: str = "file", follow_links: bool = True) -> IO[bytes]:
+    """A regular file of at most ``limit`` bytes, opened for reading.
+
+    Raises:
+        CamcliError: missing, not a regular file (FIFO, device, folder), larger than ``limit``,
+            or (``follow_links=False``) a symbolic link.
+        EnvironmentProblem: the system refused to open it (permissions).
+    """
+    fd = _open_regular(Path(path), os.O_RDONLY, follow_links, what)
+    size = os.fstat(fd).st_size
+    if size > limit:
+        os.close(fd)
+        raise CamcliError(f"{what} {path} is {size:,} bytes, over the limit of {limit:,}")
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: Path, limit: int, what: str = "file", follow_links: bool = True) -> bytes:
+    """The contents of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
+    with open_regular(path, limit, what, follow_links) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise CamcliError(f"{what} {path} grew past the limit of {limit:,} bytes while being read")
+    return data
+
+
+def read_text(path: Path, limit: int, what: str = "file") -> str:
+    """A bounded regular file (see :func:`read_bytes`) decoded as UTF-8; anything else is one line."""
+    data = read_bytes(path, limit, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CamcliError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from exc
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """Text from outside (a file or class name, a library message) made safe to show: bytes
+    that are not UTF-8 (a name's surrogate escapes) and control characters (terminal escape
+    sequences, newlines) appear as backslash escapes, e.g. ``\\xff``, ``\\x1b``, ``\\n``."""
+    text = str(text)
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """``name`` if it fits in ``limit`` bytes, else a shortened ``<start>~<hash><suffix>``.
+
+    Deterministic, and two different long names never shorten to the same name (the hash
+    is of the whole name).
+    """
+    encoded = os.fsencode(name)
+    if len(encoded) <= limit:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    suffix = f".{suffix}" if dot and stem and len(os.fsencode(suffix)) <= 16 else ""
+    stem = name[: len(name) - len(suffix)]
+    tag = "~" + hashlib.sha256(encoded).hexdigest()[:12]
+    budget = limit - len(os.fsencode(tag + suffix))
+    while len(os.fsencode(stem)) > budget:
+        stem = stem[:-1]
+    return stem + tag + suffix
+
+
+def _temp_prefix(path: Path) -> str:
+    # fixed length (a hash, not the name): a temporary name fits wherever its target does
+    return f".camcli-{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}-"
 
 
 @contextlib.contextmanager
@@ -25,16 +149,19 @@ def atomic_open(
 
     ``before_rename`` gets the finished file's stat (size and mtime survive the rename), so a
     record of the file can be made before it appears: a kill can never leave it unrecorded.
+    Text mode writes UTF-8 with ``surrogateescape``, so file names that are not UTF-8 come
+    out as the bytes they are on disk.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+        with os.fdopen(fd, mode, **text) as f:
             yield f
         if before_rename is not None:
             before_rename(os.stat(tmp))
@@ -52,3 +179,58 @@ def atomic_write(path: Path, data: bytes | str, before_rename: Callable[[os.stat
             f.write(data)
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+# ---------------------------------------------------------------- the output manifest
+
+def read_manifest(folder: Path) -> dict[str, dict]:
+    """The files camcli wrote into ``folder``: name -> {"size", "mtime_ns"} (the latest record
+    of each name). Lines that are not whole records (torn by a kill or a full disk) are ignored.
+
+    Raises:
+        CamcliError: the manifest is a symbolic link, not a regular file, or over ``MANIFEST_LIMIT``.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    if not os.path.lexists(path):
+        return {}
+    try:
+        data = read_bytes(path, MANIFEST_LIMIT, "output manifest", follow_links=False)
+    except EnvironmentProblem:
+        return {}
+    files: dict[str, dict] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            entry = json.loads(line)
+            files[str(entry["name"])] = {"size": int(entry["size"]), "mtime_ns": int(entry["mtime_ns"])}
+        except (ValueError, KeyError, TypeError, RecursionError):
+            continue
+    return files
+
+
+_APPEND_LOCK = threading.Lock()
+
+
+def append_manifest(folder: Path, name: str, info: os.stat_result) -> dict:
+    """Record that camcli wrote ``folder/name`` (its size and mtime); returns the record.
+
+    One ``write`` per record on an O_APPEND descriptor opened without following links. A
+    line left unfinished by a kill or a full disk is closed first, so a new record is never
+    glued onto it.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    entry = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+    line = (json.dumps({"name": name, **entry}) + "\n").encode("ascii")
+    with _APPEND_LOCK:
+        fd = _open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, False, "output manifest", 0o666 & ~_UMASK)
+        try:
+            end = os.fstat(fd).st_size
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                line = b"\n" + line
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+    return entry

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import stat
 import threading
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camcli.data import MANIFEST_NAME, ImageInput, read_manifest
-from camcli.errors import EnvironmentProblem
+from camcli.data import ImageInput
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
-from camcli.files import atomic_write
+from camcli.files import append_manifest, atomic_write, fit_name, read_manifest
 from camcli.cam import heatmap, largest_component_box
 from camcli.evaluate import PAPER_THRESHOLD
 from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
@@ -35,10 +35,10 @@ Progress = Callable[[str, int, int | None], None]
 
 def box_threshold_for(model: CamModel, threshold: float | None) -> float:
     """The box threshold: the one given, else the checkpoint's calibrated one, else 0.2."""
-    if threshold is None:
-        threshold = float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
+    if threshold is None:  # a checkpoint's cam_threshold was checked when it was loaded
+        return float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
     if not 0.0 <= threshold < 1.0:
-        raise CamcliError(f"--box-threshold must be in [0, 1), got {threshold}")
+        raise CamcliError(f"box_threshold must be in [0, 1), got {threshold}")
     return threshold
 
 
@@ -118,7 +118,7 @@ def safe_label(label: str) -> str:
 
 @dataclass
 class OutputGuard:
-    """Refuses to overwrite inputs or files camcli did not write; keeps each folder's manifest."""
+    """Refuses to overwrite inputs, folders, or files camcli did not write; keeps each folder's manifest."""
 
     inputs: set[Path]
     overwrite: bool = False
@@ -131,38 +131,54 @@ class OutputGuard:
         return self.manifests[folder]
 
     def is_ours(self, path: Path) -> bool:
-        """Whether ``path`` exists as camcli wrote it (same size and mtime as in the manifest)."""
+        """Whether ``path`` is a regular file as camcli wrote it (same size and mtime as in the
+        manifest). A file the cached manifest does not know is looked up again on disk, since
+        another camcli run may have written it since."""
         try:
-            stat = path.stat()
+            info = path.lstat()
         except OSError:
             return False
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        wanted = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
         with self.lock:
-            entry = self._manifest(path.parent).get(path.name)
-        return entry == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            if self._manifest(path.parent).get(path.name) == wanted:
+                return True
+            self.manifests[path.parent] = read_manifest(path.parent)
+            return self.manifests[path.parent].get(path.name) == wanted
 
     def check(self, path: Path) -> None:
+        """Refuse (before anything is written) an output path that is an input, a folder, or a
+        file camcli did not write (unless ``overwrite``); also reads the folder's manifest,
+        so an unusable one stops the job here."""
         if path.resolve() in self.inputs:
-            raise CamcliError(f"output {path} would replace an input image; use --out-dir")
-        if path.exists() and not self.overwrite and not self.is_ours(path):
+            raise CamcliError(f"output {path} would replace an input; choose another output path")
+        with self.lock:
+            self._manifest(path.parent)
+        if path.is_dir():
+            raise CamcliError(f"output {path} is a folder; camcli never replaces folders")
+        if os.path.lexists(path) and not self.overwrite and not self.is_ours(path):
             raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
 
     def recorder(self, path: Path) -> Callable[[os.stat_result], None]:
         """A ``before_rename`` hook (see files.atomic_open) that records ``path`` in its folder's
         manifest before the finished file is renamed into place (safe from writer threads)."""
-        return lambda stat: self.record(path, stat)
+        return lambda info: self.record(path, info)
 
-    def record(self, path: Path, stat: os.stat_result | None = None) -> None:
+    def record(self, path: Path, info: os.stat_result) -> None:
         """Note a file camcli wrote in the folder's manifest, at once."""
-        stat = stat or path.stat()
-        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        line = json.dumps({"name": path.name, **entry}) + "\n"
+        entry = append_manifest(path.parent, path.name, info)
         with self.lock:
-            try:
-                with open(path.parent / MANIFEST_NAME, "a", encoding="utf-8") as manifest:
-                    manifest.write(line)
-            except OSError as exc:
-                raise EnvironmentProblem(f"cannot write {path.parent / MANIFEST_NAME}: {exc.strerror or exc}") from exc
             self._manifest(path.parent)[path.name] = entry
+
+
+def guard_output_file(path: Path, protected: Iterable[Path], overwrite: bool = False) -> OutputGuard:
+    """Check a results file (``--output``) like overlay outputs, before any work: not an input
+    or the checkpoint, not a folder, not a file camcli did not write unless ``overwrite``.
+    Returns the guard whose ``recorder(path)`` records the file when it is written."""
+    guard = OutputGuard({Path(p).resolve() for p in protected}, overwrite)
+    guard.check(Path(path))
+    return guard
 
 
 def output_bases(images: Sequence[ImageInput], options: OverlayOptions) -> list[tuple[Path, str, str]]:
@@ -183,9 +199,11 @@ def output_bases(images: Sequence[ImageInput], options: OverlayOptions) -> list[
 
 
 def output_paths(base: tuple[Path, str, str], tags: Sequence[str], save_raw: bool) -> list[Path]:
-    """The overlays ``<stem><tag><ext>``, then with ``save_raw`` the maps ``<stem><tag>.npy``."""
+    """The overlays ``<stem><tag><ext>``, then with ``save_raw`` the maps ``<stem><tag>.npy``
+    (a name longer than the file system allows is shortened, see :func:`camcli.files.fit_name`)."""
     folder, stem, ext = base
-    return [folder / f"{stem}{tag}{ext}" for tag in tags] + ([folder / f"{stem}{tag}.npy" for tag in tags] if save_raw else [])
+    names = [f"{stem}{tag}{ext}" for tag in tags] + ([f"{stem}{tag}.npy" for tag in tags] if save_raw else [])
+    return [folder / fit_name(name) for name in names]
 
 
 def rank_tags(class_names: Sequence[str]) -> list[str]:
@@ -364,6 +382,12 @@ FORMATS = ("table", "csv", "json", "jsonl")
 CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
 
 
+def csv_cell(text: str) -> str:
+    """Text from outside (paths, labels) for a CSV cell: a leading ``'`` where a spreadsheet
+    would take the cell for a formula (OWASP's CSV-injection rule: = + - @ tab CR)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
     """Write rows to a text stream as csv, json or jsonl; returns how many were written.
 
@@ -384,11 +408,11 @@ def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
             box = row.get("box")
             for rank, p in enumerate(row["predictions"], start=1):
                 writer.writerow([
-                    row["path"], rank, p["label"], p["index"], f"{p['prob']:.6g}", ";".join(row.get("outputs", [])),
-                    " ".join(map(str, box)) if box else "", "",
+                    csv_cell(row["path"]), rank, csv_cell(p["label"]), p["index"], f"{p['prob']:.6g}",
+                    csv_cell(";".join(row.get("outputs", []))), " ".join(map(str, box)) if box else "", "",
                 ])
             if "error" in row:
-                writer.writerow([row["path"], "", "", "", "", "", "", row["error"]])
+                writer.writerow([csv_cell(row["path"]), "", "", "", "", "", "", csv_cell(row["error"])])
         elif fmt == "jsonl":
             stream.write(json.dumps(row) + "\n")
         else:

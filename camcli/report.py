@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,7 @@ import numpy as np
 
 from camcli.data import read_image
 from camcli.errors import CamcliError
-from camcli.files import atomic_write
+from camcli.files import atomic_write, printable
 
 THUMBNAIL_SIDE = 256
 
@@ -72,6 +73,11 @@ __CARDS__
 """
 
 
+def _esc(text: object) -> str:
+    """Outside text (paths, labels) for HTML: printable (see files.printable), then escaped."""
+    return html.escape(printable(text))
+
+
 def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
     """A JPEG data URI of the image, its longer side at most ``side`` pixels."""
     h, w = image_rgb.shape[:2]
@@ -86,7 +92,7 @@ def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
 
 def check_report_path(path: Path) -> None:
     """Reports never overwrite a file: refuse before any work is done."""
-    if Path(path).exists():
+    if os.path.lexists(path):
         raise CamcliError(f"--report {path} already exists; choose another name (reports never overwrite)")
 
 
@@ -99,10 +105,10 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
     check_report_path(path)
     cards, labels = [], set()
     for row in rows:
-        name = html.escape(row["path"])
+        name = _esc(row["path"])
         if "error" in row:
             cards.append(f'<div class="card" data-label="" data-prob="0"><div class="path">{name}</div>'
-                         f'<div class="err">failed: {html.escape(row["error"])}</div></div>')
+                         f'<div class="err">failed: {_esc(row["error"])}</div></div>')
             continue
         top = row["predictions"][0]
         labels.add(top["label"])
@@ -112,21 +118,21 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
             pictures.append(thumbnail_uri(read_image(Path(overlay))))
         images = "".join(f'<img src="{uri}" alt="{"input" if i == 0 else "overlay"}">' for i, uri in enumerate(pictures))
         preds = "".join(
-            f'<div class="pred"><span class="l">{html.escape(p["label"])}</span>'
+            f'<div class="pred"><span class="l">{_esc(p["label"])}</span>'
             f'<span class="bar" style="width:{max(1, round(p["prob"] * 150))}px"></span>{p["prob"]:.1%}</div>'
             for p in row["predictions"]
         )
         box = row.get("box")
-        box_text = f"box {box} for {html.escape(row.get('box_label', ''))} at threshold {row.get('box_threshold')}" if box else "no box"
+        box_text = f"box {box} for {_esc(row.get('box_label', ''))} at threshold {row.get('box_threshold')}" if box else "no box"
         cards.append(
-            f'<div class="card" data-label="{html.escape(top["label"])}" data-prob="{top["prob"]:.6f}">'
+            f'<div class="card" data-label="{_esc(top["label"])}" data-prob="{top["prob"]:.6f}">'
             f'<div class="pics">{images}</div><div class="path">{name}</div>{preds}<div class="box">{box_text}</div></div>'
         )
     left_out = total - len(rows)
     summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (--report-limit)" if left_out else "")
-    options = "".join(f'<option value="{html.escape(label)}">{html.escape(label)}</option>' for label in sorted(labels))
+    options = "".join(f'<option value="{_esc(label)}">{_esc(label)}</option>' for label in sorted(labels))
     page = (_PAGE.replace("__COUNT__", str(sum(c.count("<img") for c in cards)))
-            .replace("__SUMMARY__", html.escape(summary)).replace("__OPTIONS__", options)
+            .replace("__SUMMARY__", _esc(summary)).replace("__OPTIONS__", options)
             .replace("__CARDS__", "\n".join(cards)))
     atomic_write(Path(path), page)
 
@@ -148,8 +154,8 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
         return upper + ph * (1 - v / top)
 
     colors = ["#3b7dd8", "#d8493b", "#2e9e44", "#8d5fd3"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{left}" y="16" font-size="13">{html.escape(title)}</text>',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="16" font-size="13">{_esc(title)}</text>',
              f'<rect x="{left}" y="{upper}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
     for k in range(5):
         value = top * k / 4
@@ -158,12 +164,12 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
     for i in sorted({0, n - 1, (n - 1) // 2}):
         parts.append(f'<text x="{x(i):.1f}" y="{upper + ph + 14}" font-size="10" text-anchor="middle">{i + 1}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">epoch</text>')
-    parts.append(f'<text x="4" y="{upper - 8}" font-size="11">{html.escape(y_label)}</text>')
+    parts.append(f'<text x="4" y="{upper - 8}" font-size="11">{_esc(y_label)}</text>')
     for j, (label, values) in enumerate(series.items()):
         color = colors[j % len(colors)]
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + pw - 4}" y="{upper + 14 + 14 * j}" font-size="11" text-anchor="end" fill="{color}">{html.escape(label)}</text>')
+        parts.append(f'<text x="{left + pw - 4}" y="{upper + 14 + 14 * j}" font-size="11" text-anchor="end" fill="{color}">{_esc(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -180,9 +186,9 @@ def write_train_report(
     """
     curves = svg_chart({"train": [r["train_loss"] for r in history], "val": [r["val_loss"] for r in history]}, "Loss", "loss")
     curves += svg_chart({"train": [r["train_acc"] for r in history], "val": [r["val_acc"] for r in history]}, "Accuracy", "accuracy")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in class_names)
+    head = "".join(f"<th>{_esc(c)}</th>" for c in class_names)
     body = "".join(
-        f"<tr><th>{html.escape(c)}</th>" + "".join(
+        f"<tr><th>{_esc(c)}</th>" + "".join(
             f'<td class="{"diag" if i == j else ("off" if v else "")}">{v}</td>' for j, v in enumerate(row)) + "</tr>"
         for i, (c, row) in enumerate(zip(class_names, confusion))
     )
@@ -192,8 +198,8 @@ def write_train_report(
         if not chosen:
             return "<p>none</p>"
         return "".join(
-            f'<figure><img src="{thumbnail_uri(img, 200)}" alt="overlay"><figcaption>true {html.escape(t)}<br>'
-            f'predicted {html.escape(p)} {prob:.1%}</figcaption></figure>' for img, t, p, prob in chosen
+            f'<figure><img src="{thumbnail_uri(img, 200)}" alt="overlay"><figcaption>true {_esc(t)}<br>'
+            f'predicted {_esc(p)} {prob:.1%}</figcaption></figure>' for img, t, p, prob in chosen
         )
 
     page = f"""<!doctype html>
@@ -203,7 +209,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.25rem .5
 td.diag{{background:#dcefdc}} td.off{{background:#f6d5d5}} .cols{{display:flex;gap:2rem}}
 figure{{display:inline-block;margin:.3rem;font-size:.8rem}} figure img{{display:block;max-width:200px}}</style>
 </head><body data-images="{sum(1 for _ in examples)}">
-<h1>camcli training report</h1><p>{html.escape(summary)}</p>
+<h1>camcli training report</h1><p>{_esc(summary)}</p>
 <h2>Curves</h2><div class="charts">{curves}</div>
 <h2>Validation confusion matrix (rows: true class)</h2>
 <table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>

@@ -68,13 +68,13 @@ def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
 def pooled_features(
     runner: Callable[[torch.Tensor], torch.Tensor], paths: list[Path], preprocess: Preprocess,
     batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
-    augment: bool = False,
+    augment: bool = False, seed: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Global-average-pooled backbone features, one (B, C) float32 CPU tensor per batch, in
-    the order of ``paths`` (``augment``: random resized crop + horizontal flip first)."""
+    the order of ``paths`` (``augment``: random resized crop + horizontal flip first, drawn from ``seed``)."""
     done = 0
     device = getattr(runner, "device", torch.device("cpu"))
-    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, device, augment=augment):
+    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, device, augment=augment, seed=seed):
         if failures:
             raise CamcliError(f"{failures[0][1]}; fix or remove that file")
         feats, sizes = extract_features(runner, tensors)
@@ -243,12 +243,15 @@ def fit(
         order = torch.randperm(len(train_paths), generator=generator).tolist()
         feats = pooled_features(
             runner, [train_paths[i] for i in order], preprocess, config.batch_size, config.workers,
-            progress, f"epoch {epoch} (augmented)", augment=True,
+            progress, f"epoch {epoch} (augmented)", augment=True, seed=config.seed * 100_003 + epoch,
         )
         labels = train_y[order].split(config.batch_size)
         return zip(feats, labels)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    # a reused run folder (--exist-ok): the previous run's report would describe other checkpoints
+    with contextlib.suppress(OSError):
+        (run_dir / "report.html").unlink()
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     history: list[dict] = []
     best: dict | None = None

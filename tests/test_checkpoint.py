@@ -12,7 +12,8 @@ from camcli.errors import CamcliError
 def _minimal(**override) -> dict:
     ckpt = {
         "format_version": FORMAT_VERSION, "arch": "resnet18", "class_names": ["a", "b"], "img_size": 32,
-        "preprocess": {}, "backbone": {"state_dict": {}},
+        "preprocess": {"img_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "squash"},
+        "backbone": {"state_dict": {}},
         "head": {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)},
     }
     ckpt.update(override)

@@ -182,7 +182,7 @@ def test_train_with_a_config_file_and_flag_override(tmp_path, tiny_folder):
     (["train", "{single}"], "at least two class folders"),
     (["predict", "{data}", "--arch", "resnet5000"], "unknown arch"),
     (["predict", "{data}", "--format", "xml"], "--format must be one of"),
-    (["overlay", "{data}", "--checkpoint", "{data}/red/red_0.png"], "not a loadable camcli checkpoint"),
+    (["overlay", "{data}", "--checkpoint", "{data}/red/red_0.png"], "is not a camcli checkpoint"),
     (["train", "{data}", "--epochs", "0"], "epochs must be at least 1"),
 ])
 def test_user_mistakes_are_one_line_errors(tmp_path, args, message):

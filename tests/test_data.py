@@ -64,16 +64,16 @@ def test_read_image_rejects_non_image_bytes(tmp_path):
 
 def test_preprocess_matches_a_manual_computation():
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(12, 50, 3), dtype=np.uint8)  # one side shrinks: INTER_AREA
-    pre = Preprocess(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
+    rgb = rng.integers(0, 256, size=(24, 50, 3), dtype=np.uint8)  # one side shrinks: INTER_AREA
+    pre = Preprocess(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
     out = pre(rgb)
-    resized = cv2.resize(rgb, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    resized = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     expected = (resized - np.array([0.5, 0.4, 0.3], np.float32)) / np.array([0.2, 0.25, 0.5], np.float32)
-    assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, rtol=1e-5, atol=1e-5)
     assert Preprocess.from_dict(pre.to_dict()) == pre
     small = rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)  # both sides grow: INTER_LINEAR
-    enlarged = cv2.resize(small, (16, 16), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    enlarged = cv2.resize(small, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
     np.testing.assert_allclose(pre(small)[0].numpy(), (enlarged[:, :, 0] - 0.5) / 0.2, rtol=1e-5, atol=1e-5)
 
 
