@@ -410,8 +410,10 @@ def restore_backbone(arch: str, state: dict) -> Backbone:
     """Rebuild a checkpoint's backbone from :func:`backbone_state`'s output, offline."""
     if "reference" in state:
         ref = state["reference"]
-        if arch != DEFAULT_ARCH or ref.get("package") != LITE0_PACKAGE:
-            raise CamcliError(f"checkpoint references unknown backbone weights {ref!r}")
+        if arch != DEFAULT_ARCH:
+            raise CamcliError(f"checkpoint's arch is {arch!r}, but it stores its backbone by reference, which only {DEFAULT_ARCH} can")
+        if ref.get("package") != LITE0_PACKAGE:
+            raise CamcliError(f"checkpoint stores its backbone by reference to an unknown package {str(ref.get('package'))[:60]!r}")
         backbone = build_backbone(arch, "imagenet")
         if backbone.reference["sha256"] != ref.get("sha256"):
             raise EnvironmentProblem(f"installed {LITE0_PACKAGE} weights differ from the checkpoint's (sha256 mismatch)")

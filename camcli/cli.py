@@ -230,7 +230,7 @@ Resize = Annotated[Optional[str], typer.Option(help="squash or keep-aspect [defa
 CamSize = Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at --img-size).")]
 CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of normalized maps).")]
 TopK = Annotated[int, typer.Option(help="Classes per image.")]
-Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: table on a terminal, else jsonl]. json and table print when all images are done.")]
+Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: from the --output suffix (.csv, .json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")]
 Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
@@ -279,6 +279,8 @@ def _write(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], ove
     from camcli.files import atomic_open
     from camcli.jobs import FORMATS, default_format, is_tty, write_rows
 
+    if fmt is None and output is not None:  # --output preds.csv: the format its suffix names
+        fmt = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}.get(output.suffix.lower())
     fmt = fmt or default_format(output is None and is_tty(sys.stdout))
     if fmt not in FORMATS:
         raise CamcliError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -1,0 +1,502 @@
+"""Hostile and careless input: each test builds the input in tmp_path and checks the exit code,
+the one-line message, and that nothing outside the output folder changed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from camcli.cli import app
+from camcli.errors import CamcliError
+from conftest import SAMPLE_DATA, make_image_folder, write_image
+
+runner = CliRunner()
+
+
+def run(*args, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@contextmanager
+def deadline(seconds: int = 60):
+    """Fail (instead of hanging CI) if the block blocks on a FIFO or reads without end."""
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def _coffee() -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(SAMPLE_DATA / "val" / "coffee" / "coffee_00.jpg")), cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+def _png(width: int, height: int, chunks_before_idat: list[tuple[bytes, bytes, int | None]] = ()) -> bytes:
+    """An 8-bit RGB PNG of zeros; extra chunks as (type, data, crc or None for the right one)."""
+    def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+        crc = zlib.crc32(kind + data) if crc is None else crc
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
+
+    raw = zlib.compress(b"".join(b"\x00" + bytes(3 * width) for _ in range(height)), 9)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    for kind, data, crc in chunks_before_idat:
+        out += chunk(kind, data, crc)
+    return out + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_a_png_with_a_bad_ancillary_checksum_cannot_bypass_the_pixel_limit(tmp_path, monkeypatch):
+    from camcli import data
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png(3000, 3000, [(b"tEXt", b"Comment\x00hello", 0x12345678)]))
+    decoded = []
+    monkeypatch.setattr(data.cv2, "imdecode", lambda *a: decoded.append(a) or None)
+    with pytest.raises(CamcliError, match="3000x3000 = 9,000,000 pixels, over --max-pixels 1,000,000"):
+        data.read_image(bomb, max_pixels=1_000_000)
+    # a file whose size camcli cannot read from its header is never decoded: PPM bytes behind .png
+    ppm = tmp_path / "other.png"
+    ppm.write_bytes(b"P6\n3000 3000\n255\n" + bytes(64))
+    with pytest.raises(CamcliError, match="not a readable image"):
+        data.read_image(ppm, max_pixels=1_000_000)
+    assert decoded == []
+
+
+def test_a_damaged_ancillary_chunk_under_the_limit_still_decodes(tmp_path):
+    from camcli.data import read_image
+
+    path = tmp_path / "ok.png"
+    path.write_bytes(_png(16, 8, [(b"tEXt", b"Comment\x00hello", 0x12345678)]))
+    assert read_image(path).shape == (8, 16, 3)
+
+
+# ---------------------------------------------------------------- special files and links
+
+def test_a_fifo_among_the_inputs_is_a_failed_input_not_a_hang(sample_run, tmp_path):
+    data = tmp_path / "in"
+    write_image(data / "good.jpg", _coffee())
+    os.mkfifo(data / "x.jpg")
+    with deadline():
+        result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--workers", "2")
+        direct = run("predict", data / "x.jpg", "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    rows = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["good.jpg"]["predictions"][0]["label"] == "coffee"
+    assert "is a FIFO, not a regular file" in rows["x.jpg"]["error"]
+    assert direct.exit_code == 1 and "is a FIFO" in direct.stderr
+
+
+def test_a_planted_manifest_link_redirects_nothing(sample_run, tmp_path):
+    victim = tmp_path / "victim.sh"
+    victim.write_text("echo hello\n")
+    out = tmp_path / "out"
+    (out / "in").mkdir(parents=True)
+    (out / "in" / ".camcli-outputs.jsonl").symlink_to(victim)
+    data = tmp_path / "in"
+    write_image(data / "a.jpg", _coffee())
+    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out)
+    line = one_line_error(result)
+    assert "is a symbolic link" in line and ".camcli-outputs.jsonl" in line
+    assert victim.read_text() == "echo hello\n"
+    assert sorted(p.name for p in (out / "in").iterdir()) == [".camcli-outputs.jsonl"]  # nothing written
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_a_manifest_that_is_a_device_or_fifo_stops_nothing_and_hangs_nothing(sample_run, tmp_path, kind):
+    data = tmp_path / "in"
+    write_image(data / "a.jpg", _coffee())
+    manifest = data / ".camcli-outputs.jsonl"
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to("/dev/zero")
+    with deadline():
+        result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+    line = one_line_error(result)
+    assert ".camcli-outputs.jsonl" in line and ("FIFO" in line or "symbolic link" in line)
+
+
+def test_box_and_config_files_that_are_fifos_or_devices_are_refused(sample_run, tmp_path):
+    fifo = tmp_path / "boxes.json"
+    os.mkfifo(fifo)
+    with deadline():
+        boxes = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.pt", "--boxes", fifo,
+                    "--out", tmp_path / "e")
+        config = run("train", SAMPLE_DATA, "--config", "/dev/zero", "--out", tmp_path / "t")
+        ckpt = run("info", "/dev/zero")
+    assert "is a FIFO, not a regular file" in one_line_error(boxes)
+    assert "is a character device, not a regular file" in one_line_error(config)
+    assert "is a character device" in one_line_error(ckpt)
+
+
+# ---------------------------------------------------------------- text that looks like markup
+
+def test_names_that_look_like_markup_or_escapes_are_printed_literally(sample_run, tmp_path):
+    data = tmp_path / "in"
+    write_image(data / "holiday [copy].jpg", _coffee())
+    (data / "[").mkdir()
+    (data / "[" / "x] [red]bad.jpg").write_bytes(b"not an image")  # its path holds "[/x] [red]"
+    (data / "esc\x1b[31mred.jpg").write_bytes(b"not an image")
+    result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "table")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "holiday [copy].jpg" in result.stdout
+    assert "failed: " in result.stderr and "[/x] [red]bad.jpg" in result.stderr
+    assert "\x1b" not in result.stderr and "esc\\x1b[31mred.jpg" in result.stderr
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt["class_names"] = ["[/x]", "[bold]b", "c", "d", "e"]
+    crafted = tmp_path / "markup.pt"
+    torch.save(ckpt, crafted)
+    info = run("info", crafted)
+    assert info.exit_code == 0 and "[/x], [bold]b" in info.stdout
+    missing = run("predict", tmp_path / "[/x].jpg", "--checkpoint", crafted)
+    assert "[/x].jpg" in one_line_error(missing)
+
+
+# ---------------------------------------------------------------- the manifest under a full disk
+
+def test_a_torn_manifest_line_never_swallows_the_next_record(tmp_path, monkeypatch):
+    from camcli import files
+    from camcli.errors import EnvironmentProblem
+
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    (tmp_path / "b.jpg").write_bytes(b"bb")
+    real_write = os.write
+
+    def full_disk(fd, data):  # the disk fills half-way through a record
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "write", full_disk)
+    with pytest.raises(EnvironmentProblem, match="No space left on device"):
+        files.append_manifest(tmp_path, "a.jpg", (tmp_path / "a.jpg").stat())
+    monkeypatch.setattr(files.os, "write", real_write)
+    files.append_manifest(tmp_path, "b.jpg", (tmp_path / "b.jpg").stat())
+    files.append_manifest(tmp_path, "a.jpg", (tmp_path / "a.jpg").stat())
+    assert set(files.read_manifest(tmp_path)) == {"a.jpg", "b.jpg"}
+
+
+def test_outputs_stay_ours_after_a_torn_line(sample_run, tmp_path):
+    data = tmp_path / "in"
+    write_image(data / "a.jpg", _coffee())
+    write_image(data / "b.jpg", _coffee())
+    first = run("overlay", data / "a.jpg", "--checkpoint", sample_run / "best.pt")
+    assert first.exit_code == 0, first.output
+    with open(data / ".camcli-outputs.jsonl", "ab") as f:
+        f.write(b'{"name": "b_cam.jpg", "si')  # killed mid-append
+    again = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+    assert again.exit_code == 0, again.output
+    resumed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--skip-existing", "--format", "jsonl")
+    assert resumed.exit_code == 0 and resumed.stdout == "" and "2 inputs skipped" in resumed.stderr
+
+
+# ---------------------------------------------------------------- long names
+
+def test_long_input_and_class_names_are_shortened_deterministically(sample_run, tmp_path):
+    data = tmp_path / "in"
+    long_stem = "p" * 245
+    write_image(data / f"{long_stem}.jpg", _coffee())
+    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--save-raw")
+    assert result.exit_code == 0, result.output
+    outputs = [Path(p) for p in json.loads(result.stdout)["outputs"]]
+    assert all(p.is_file() and len(os.fsencode(p.name)) <= 255 for p in outputs)
+    assert [p.suffix for p in outputs] == [".jpg", ".npy"]
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt["class_names"] = ["x" * 300 + str(i) for i in range(5)]
+    crafted = tmp_path / "long.pt"
+    torch.save(ckpt, crafted)
+    maps = run("overlay", data, "--checkpoint", crafted, "--maps", "3", "--out-dir", tmp_path / "o", "--format", "jsonl")
+    assert maps.exit_code == 0, maps.output
+    names = [Path(p).name for p in json.loads(maps.stdout)["outputs"]]
+    assert len(set(names)) == 3 and all(len(os.fsencode(n)) <= 255 for n in names)
+    again = run("overlay", data, "--checkpoint", crafted, "--maps", "3", "--out-dir", tmp_path / "o", "--format", "jsonl")
+    assert again.exit_code == 0 and [Path(p).name for p in json.loads(again.stdout)["outputs"]] == names
+
+
+def test_fit_name_keeps_names_distinct():
+    from camcli.files import fit_name
+
+    a, b = "é" * 200 + "a.png", "é" * 200 + "b.png"
+    assert fit_name("short.png") == "short.png"
+    assert fit_name(a) != fit_name(b) and fit_name(a) == fit_name(a)
+    assert all(len(os.fsencode(fit_name(n))) <= 255 and fit_name(n).endswith(".png") for n in (a, b))
+
+
+# ---------------------------------------------------------------- names that are not UTF-8
+
+def test_names_that_are_not_utf8_round_trip_in_every_format(sample_run, tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    raw_name = b"caf\xe9 =1.jpg"
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(_coffee(), cv2.COLOR_RGB2BGR))
+    (data / os.fsdecode(raw_name)).write_bytes(encoded.tobytes())
+    out = tmp_path / "out"
+    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--format", "csv",
+                 "--output", tmp_path / "rows.csv", "--report", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert b"caf\xe9 =1.jpg" in (tmp_path / "rows.csv").read_bytes()
+    assert "caf\\xe9 =1.jpg" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    table = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "table", "--output", tmp_path / "t.txt")
+    assert table.exit_code == 0 and "caf\\xe9" in (tmp_path / "t.txt").read_text()
+    jsonl = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+    assert os.fsencode(json.loads(jsonl.stdout)["path"]).endswith(raw_name)
+    cmd = [sys.executable, "-m", "camcli", "predict", str(data), "--checkpoint", str(sample_run / "best.pt"), "--format", "csv"]
+    piped = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert piped.returncode == 0 and raw_name in piped.stdout, piped.stderr
+
+
+def test_csv_cells_that_spreadsheets_would_run_get_a_quote(sample_run, tmp_path):
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt["class_names"] = ["=HYPERLINK(1)", "+b", "-c", "@d", "coffee"]
+    crafted = tmp_path / "formula.pt"
+    torch.save(ckpt, crafted)
+    data = tmp_path / "in"
+    write_image(data / "=cmd.jpg", _coffee())
+    result = run("predict", data, "--checkpoint", crafted, "--format", "csv", "--top-k", "5")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.reader(io.StringIO(result.stdout)))[1:]
+    assert all(r[0].startswith("'=cmd.jpg") or r[0].endswith("/=cmd.jpg") for r in rows)
+    assert not any(cell[:1] in "=+-@" and cell for r in rows for cell in (r[0], r[2]))
+    assert {r[2] for r in rows} == {"'=HYPERLINK(1)", "'+b", "'-c", "'@d", "coffee"}
+
+
+# ---------------------------------------------------------------- crafted checkpoints
+
+def _crafted(sample_run: Path, tmp_path: Path, change) -> Path:
+    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    change(ckpt)
+    path = tmp_path / "crafted.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("change,culprit", [
+    (lambda c: c.update(head=[1, 2]), "head must be a mapping"),
+    (lambda c: c["preprocess"].update(mean=[0.5, 0.5]), "preprocess.mean must be 3 finite numbers"),
+    (lambda c: c.pop("preprocess"), "is not a camcli checkpoint (expected keys"),
+    (lambda c: c.update(class_names=[1, 2, 3, 4, 5]), "class_names must be a list of 1 to"),
+    (lambda c: c.update(img_size=100000), "img_size must be an integer from 32 to 2048"),
+    (lambda c: c["preprocess"].update(img_size=100000), "preprocess.img_size must be an integer from 32 to 2048"),
+    (lambda c: c["preprocess"].update(std=[0.0, 0.5, 0.5]), "preprocess.std must be 3 positive finite numbers"),
+    (lambda c: c["head"]["weight"].__setitem__((0, 0), float("nan")), "head.weight must be a 2-D tensor of finite floats"),
+    (lambda c: c.update(format_version="2"), "format_version must be a positive integer"),
+    (lambda c: c.update(cam_threshold=7.0), "cam_threshold must be a number in [0, 1)"),
+    (lambda c: c.update(backbone={"reference": {"package": "evil"}}), "checkpoint field backbone must be"),
+])
+def test_every_checkpoint_field_is_checked_before_use(sample_run, tmp_path, change, culprit):
+    path = _crafted(sample_run, tmp_path, change)
+    for command in (["info", path], ["predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", path]):
+        line = one_line_error(run(*command))
+        assert culprit in line and "weights_only" not in line
+
+
+def test_a_checkpoint_that_inflates_is_refused(sample_run, tmp_path):
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(sample_run / "best.pt") as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    assert "compressed entries" in one_line_error(run("info", deflated))
+
+
+def test_an_arch_that_references_packaged_weights_it_cannot_have(sample_run, tmp_path):
+    path = _crafted(sample_run, tmp_path, lambda c: c.update(arch="resnet18"))
+    line = one_line_error(run("predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", path))
+    assert "resnet18" in line and "by reference" in line
+
+
+# ---------------------------------------------------------------- --output
+
+def test_output_never_replaces_an_input_the_checkpoint_or_a_foreign_file(sample_run, tmp_path):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes((sample_run / "best.pt").read_bytes())
+    image = write_image(tmp_path / "a.jpg", _coffee())
+    mine = tmp_path / "notes.csv"
+    mine.write_text("my notes\n")
+    before = {p: p.read_bytes() for p in (ckpt, image, mine)}
+    for target in (ckpt, image, mine):
+        result = run("predict", image, "--checkpoint", ckpt, "--format", "csv", "--output", target)
+        line = one_line_error(result)
+        assert str(target) in line
+    assert {p: p.read_bytes() for p in before} == before
+    ours = tmp_path / "preds.csv"
+    assert run("predict", image, "--checkpoint", ckpt, "--output", ours).exit_code == 0
+    assert run("predict", image, "--checkpoint", ckpt, "--output", ours).exit_code == 0  # camcli's own: replaced
+    assert run("predict", image, "--checkpoint", ckpt, "--output", mine, "--overwrite").exit_code == 0
+    assert mine.read_text().startswith("path,")
+
+
+def test_overwrite_onto_a_folder_is_refused_before_anything_is_written(sample_run, tmp_path):
+    data = tmp_path / "in"
+    write_image(data / "a.jpg", _coffee())
+    write_image(data / "b.jpg", _coffee())
+    (data / "b_cam.jpg").mkdir()
+    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--overwrite")
+    assert "is a folder" in one_line_error(result)
+    assert not (data / "a_cam.jpg").exists()
+
+
+# ---------------------------------------------------------------- boxes files and configs
+
+@pytest.mark.parametrize("name,content,message", [
+    ("coco.json", {"images": [{"id": 1, "file_name": "cat_00.jpg"}], "annotations": [{"id": 7, "image_id": 1}]},
+     "annotation 7 has no bbox"),
+    ("coco.json", {"images": [], "annotations": [{"id": 7, "image_id": 3, "bbox": [0, 0, 1, 1]}]},
+     "refers to image_id 3"),
+    ("b.json", {"cat/cat_00.jpg": 5}, "a box must be [x0, y0, x1, y1], got 5"),
+    ("b.json", {"cat/cat_00.jpg": {"x": 1}}, "a box must be [x0, y0, x1, y1]"),
+    ("b.json", {"cat/cat_00.jpg": [0, 0, float("inf"), 5]}, "not a finite number"),
+    ("b.json", {"cat/cat_00.jpg": [0, 0, float("nan"), 5]}, "not a finite number"),
+    ("b.json", {"cat/cat_00.jpg": [-3, 0, 10, 5]}, "negative coordinate"),
+    ("deep.json", "[" * 100000 + "]" * 100000, "nested too deeply"),
+    ("v.xml", "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>",
+     "has no <filename>"),
+    ("v.xml", '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e "xxxxxxxxxx"><!ENTITY f "&e;&e;&e;&e;">]><annotation>&f;</annotation>',
+     "is not a Pascal VOC annotation"),
+    ("bin.json", b"\xff\xfe\x00garbage", "is not UTF-8 text"),
+])
+def test_malformed_boxes_files_are_one_line(tmp_path, name, content, message):
+    from camcli.evaluate import load_boxes
+
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(CamcliError) as info:
+        load_boxes(path, SAMPLE_DATA / "val")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_box_outside_its_image_is_reported_not_scored(sample_run, tmp_path):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"cat/cat_00.jpg": [0, 0, 5000, 10]}))
+    result = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.pt", "--boxes", boxes,
+                 "--out", tmp_path / "e", "--workers", "0")
+    assert "lies outside the" in one_line_error(result)
+
+
+@pytest.mark.parametrize("text,message", [
+    (b"lr: .inf\n", "lr must be a finite number"),
+    (b"epochs: \xff\n", "is not UTF-8 text"),
+    (b"1: 2\nepochs: 3\n", "unknown key(s) 1"),
+    (b"exclude: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+])
+def test_configs_that_are_not_configs_are_one_line(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(text)
+    line = one_line_error(run("train", SAMPLE_DATA, "--config", config, "--out", tmp_path / "r"))
+    assert message in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_non_finite_scores_make_a_failed_input_never_invalid_json(tmp_path):
+    from camcli.data import Preprocess, find_images
+    from camcli.engine import CamModel
+    from camcli.jobs import predict_rows, write_rows
+
+    head = torch.nn.Linear(3, 2)
+    head.load_state_dict({"weight": torch.full((2, 3), 3e38), "bias": torch.zeros(2)})
+    model = CamModel("mean", torch.nn.AvgPool2d(32), head, ["a", "b"], Preprocess(32, (0.0,) * 3, (1e-30,) * 3),
+                     device="cpu", backend="torch")
+    write_image(tmp_path / "x.png", np.full((32, 32, 3), 200, np.uint8))
+    stream = io.StringIO()
+    write_rows(predict_rows(model, find_images([tmp_path])), "jsonl", stream)
+    (row,) = [json.loads(line) for line in stream.getvalue().splitlines()]  # strict JSON: no NaN
+    assert row["predictions"] == [] and "non-finite scores" in row["error"]
+
+
+# ---------------------------------------------------------------- helper processes and training splits
+
+def test_nothing_of_camcli_survives_a_sigkill(sample_run, tmp_path):
+    data = make_image_folder(tmp_path / "many", per_class=60, size=(120, 160))
+    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.pt"),
+           "--out-dir", str(tmp_path / "out"), "--batch-size", "2", "--workers", "2", "--backend", "torch", "--format", "jsonl"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.stdout.readline()  # mid-run: overlays are being written
+    children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid]
+    assert children == [], "decoding runs in threads: no helper processes"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail("a process of camcli's group is still alive 5 s after SIGKILL")
+
+
+def _parent(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_a_split_that_leaves_a_class_without_training_images(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    line = one_line_error(run("train", data, "--val-split", "0.99", "--arch", "resnet18", "--weights", "none",
+                              "--out", tmp_path / "r"))
+    assert "leaves no training images for class" in line
+
+
+def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
+    from camcli import train
+    from camcli.config import resolve_train_config
+
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.html").write_text("the previous run")
+
+    def fails(*_args, **_kwargs):
+        raise CamcliError("stopped")
+
+    monkeypatch.setattr(train, "_write_report", fails)
+    with pytest.raises(CamcliError):
+        train.fit(resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=1,
+                                       out=str(out), exist_ok=True, workers=0))
+    assert not (out / "report.html").exists() and (out / "best.pt").is_file()
+
+
+def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):
+    from camcli.jobs import OutputGuard
+
+    early = OutputGuard(set())
+    early.check(tmp_path / "a_cam_1_cat.jpg")  # reads the (empty) manifest
+    late = OutputGuard(set())
+    (tmp_path / "a_cam_1_cat.jpg").write_bytes(b"written by another run")
+    late.record(tmp_path / "a_cam_1_cat.jpg", (tmp_path / "a_cam_1_cat.jpg").stat())
+    early.check(tmp_path / "a_cam_1_cat.jpg")  # no "exists and was not written by camcli"
