@@ -18,8 +18,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from camcli import __version__
 from camcli.backbones import DEFAULT_ARCH
@@ -133,33 +133,41 @@ def _root(
 
 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime on the CPU for jobs of 256+ images or a cached export, else PyTorch), torch or onnxruntime.")]
+Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime on the CPU for jobs of 256+ images or a cached export, else PyTorch), "
+    "torch or onnxruntime.")]
 Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA.")]
-Workers = Annotated[Optional[int], typer.Option(help="Image decoding processes [default: CPU count - 1, at most 4].")]
+Workers = Annotated[Optional[int], typer.Option(help="Image decoding threads [default: the CPU count, at most 4].")]
 
 
 @app.command()
 @_report_errors
 def train(
-    data: Annotated[Optional[Path], typer.Argument(help="ImageFolder: DATA/train/<class>/*, DATA/val/<class>/* or DATA/<class>/*.", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Argument(help="ImageFolder: DATA/train/<class>/*, DATA/val/<class>/* or "
+        "DATA/<class>/*.", show_default=False)] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options; flags override it.")] = None,
     arch: Annotated[Optional[str], typer.Option(help=f"Backbone [default: {DEFAULT_ARCH}]: a torchvision CNN name or timm:NAME.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a state dict path [default: imagenet].")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a state dict path [default: "
+        "imagenet].")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 30].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 32].")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate [default: 0.01].")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: 224].")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect [default: keep-aspect].")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: "
+        "224].")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect [default: "
+        "keep-aspect].")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* [default: 0.2].")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto, torch or onnxruntime (see predict --help) [default: auto].")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Autocast to float16 on CUDA [default: on].", show_default=False)] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crops and flips; turns the feature cache off [default: off].", show_default=False)] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Autocast to float16 on CUDA [default: "
+        "on].", show_default=False)] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crops and flips; turns the feature "
+        "cache off [default: off].", show_default=False)] = None,
     workers: Workers = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/train/expN, never overwritten].")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out images matching this glob, as '<DATA name>/<path inside>' (repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out images matching this glob, as '<DATA name>/<path inside>' "
+        "(repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result and errors.")] = False,
 ) -> None:
     """Train the GAP + linear head of a frozen backbone on an ImageFolder dataset.
@@ -171,7 +179,8 @@ def train(
 
     cfg = resolve_train_config(
         config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
-        lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, backend=backend, amp=amp, augment=augment, workers=workers,
+        lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, backend=backend, amp=amp,
+        augment=augment, workers=workers,
         out=str(out) if out else None, exist_ok=exist_ok or None, exclude=exclude or None,
     )
 
@@ -225,12 +234,15 @@ Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (recursi
 Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
 Arch = Annotated[str, typer.Option(help="Without --checkpoint: a backbone whose own ImageNet head is GAP + linear.")]
 Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet or a state dict path.")]
-ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the checkpoint's, else 224].")]
+ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the "
+    "checkpoint's, else 224].")]
 Resize = Annotated[Optional[str], typer.Option(help="squash or keep-aspect [default: the checkpoint's, else keep-aspect].")]
 CamSize = Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at --img-size).")]
-CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of normalized maps).")]
+CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of normalized "
+    "maps).")]
 TopK = Annotated[int, typer.Option(help="Classes per image.")]
-Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: from the --output suffix (.csv, .json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")]
+Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: from the --output suffix (.csv, "
+    ".json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")]
 Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
@@ -338,7 +350,8 @@ def predict(
     exclude: Exclude = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace an existing file camcli did not write.")] = False,
     boxes: Annotated[bool, typer.Option("--boxes", help="Add the top-1 class's CAM box to each row (original-image pixels).")] = False,
-    box_threshold: Annotated[Optional[float], typer.Option(help="With --boxes: threshold [default: the checkpoint's calibrated one, else 0.2].")] = None,
+    box_threshold: Annotated[Optional[float], typer.Option(help="With --boxes: threshold [default: the checkpoint's calibrated one, else "
+        "0.2].")] = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
     quiet: Quiet = False,
@@ -383,15 +396,19 @@ def overlay(
     cam_scales: CamScales = None,
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
     class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: next to each input].")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
+        "next to each input].")] = None,
     colormap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, inferno, ...")] = "jet",
     alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = 0.5,
     caption: Annotated[bool, typer.Option(help="Draw the label and its probability.")] = True,
-    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write <stem>_cam.npy: the raw float32 map at feature resolution.")] = False,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write <stem>_cam.npy: the raw float32 map at feature "
+        "resolution.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
-    box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
+    box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: "
+        "the checkpoint's calibrated threshold, else 0.2].")] = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written yet.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written "
+        "yet.")] = False,
     maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: <stem>_cam_<rank>_<label>.<ext>.")] = 0,
     report: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
@@ -415,7 +432,6 @@ def overlay(
     from camcli.config import default_workers
     from camcli.data import find_images
     from camcli.jobs import OverlayOptions, overlay_rows
-
     from camcli.report import check_report_path, write_overlay_report
 
     cam_sizes = _cam_sizes(cam_size, cam_scales)
@@ -456,18 +472,23 @@ def overlay(
 @app.command()
 @_report_errors
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the checkpoint.", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the "
+        "checkpoint.", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint from camcli train.", show_default=False)],
-    boxes: Annotated[Optional[Path], typer.Option(help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or Pascal VOC XML (file or folder).")] = None,
+    boxes: Annotated[Optional[Path], typer.Option(help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
+        "Pascal VOC XML (file or folder).")] = None,
     img_size: ImgSize = None,
     resize: Resize = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
-    box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's calibrated threshold, else 0.2].")] = None,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.pt: the checkpoint with the best box threshold, which overlay then uses.")] = False,
+    box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's "
+        "calibrated threshold, else 0.2].")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.pt: the checkpoint with the best box "
+        "threshold, which overlay then uses.")] = False,
     exclude: Exclude = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the box-accuracy plot [default: runs/evaluate/expN].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the box-accuracy plot [default: "
+        "runs/evaluate/expN].")] = None,
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
@@ -483,9 +504,10 @@ def evaluate(
 
     from camcli.checkpoint import save_checkpoint
     from camcli.config import default_workers
-    from camcli.evaluate import calibrated, evaluate as run_evaluation, load_boxes
-    from camcli.jobs import box_threshold_for
+    from camcli.evaluate import calibrated, load_boxes
+    from camcli.evaluate import evaluate as run_evaluation
     from camcli.files import atomic_write
+    from camcli.jobs import box_threshold_for
     from camcli.render import plot_curves, write_image
     from camcli.train import next_run_dir
 
@@ -555,7 +577,8 @@ def _print_evaluation(result: dict) -> None:
 @app.command()
 @_report_errors
 def models(
-    timm_pattern: Annotated[Optional[str], typer.Option("--timm", help="Also list timm models matching this pattern, e.g. 'resnet*'.")] = None,
+    timm_pattern: Annotated[Optional[str], typer.Option("--timm", help="Also list timm models matching this pattern, e.g. "
+        "'resnet*'.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """List the backbones and whether their pretrained weights are on this machine (no network needed).

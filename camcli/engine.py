@@ -329,7 +329,10 @@ class CamModel:
             else:
                 out += self.batch_maps(batch, chosen.expand(len(batch.positions), -1))
         if len({m.shape for m in out}) > 1:
-            raise CamcliError("keep-aspect maps of differently shaped images cannot form one array: pass images of one shape, or load(..., resize=\"squash\")")
+            raise CamcliError(
+                "keep-aspect maps of differently shaped images cannot form one array: "
+                "pass images of one shape, or load(..., resize=\"squash\")"
+            )
         return np.stack(out).astype(np.float32, copy=False)
 
 
@@ -392,7 +395,10 @@ def load(
         raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
     backbone = build_backbone(arch, weights)
     if backbone.head is None:
-        raise CamcliError(f"{backbone.head_problem}, so it has no class maps of its own: train a head with `camcli train DATA --arch {arch}` and pass --checkpoint")
+        raise CamcliError(
+            f"{backbone.head_problem}, so it has no class maps of its own: "
+            f"train a head with `camcli train DATA --arch {arch}` and pass --checkpoint"
+        )
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
     preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)

@@ -141,7 +141,8 @@ def _read_voc(path: Path) -> dict[str, list[list[float]]]:
         try:
             root = fromstring(read_bytes(xml, VOC_LIMIT, "VOC annotation"))
         except (ParseError, DefusedXmlException, ValueError) as exc:
-            raise CamcliError(f"{xml} is not a Pascal VOC annotation: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CamcliError(f"{xml} is not a Pascal VOC annotation: {why}") from exc
         name = root.findtext("filename")
         if not name:
             raise CamcliError(f"{xml} is not a Pascal VOC annotation: it has no <filename>")

@@ -13,21 +13,21 @@ import re
 import stat
 import threading
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
-from itertools import islice
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from camcli.cam import heatmap, largest_component_box
 from camcli.data import ImageInput
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
-from camcli.files import append_manifest, atomic_write, fit_name, read_manifest
-from camcli.cam import heatmap, largest_component_box
 from camcli.evaluate import PAPER_THRESHOLD
+from camcli.files import append_manifest, atomic_write, fit_name, read_manifest
 from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
 
 Progress = Callable[[str, int, int | None], None]

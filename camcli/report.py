@@ -169,7 +169,8 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
         color = colors[j % len(colors)]
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + pw - 4}" y="{upper + 14 + 14 * j}" font-size="11" text-anchor="end" fill="{color}">{_esc(label)}</text>')
+        parts.append(f'<text x="{left + pw - 4}" y="{upper + 14 + 14 * j}" font-size="11" text-anchor="end" '
+                     f'fill="{color}">{_esc(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -215,7 +216,9 @@ figure{{display:inline-block;margin:.3rem;font-size:.8rem}} figure img{{display:
 <table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>
 <h2>Validation overlays</h2>
 <div class="cols"><div><h3>Correct</h3>{cards(True)}</div><div><h3>Misclassified</h3>{cards(False)}</div></div>
-<script>window.addEventListener("load",function(){{var n=0;document.querySelectorAll("img").forEach(function(i){{if(i.complete&&i.naturalWidth>0){{n+=1;}}}});document.body.dataset.loaded=String(n);}});</script>
+<script>window.addEventListener("load",function(){{var n=0;
+document.querySelectorAll("img").forEach(function(i){{if(i.complete&&i.naturalWidth>0){{n+=1;}}}});
+document.body.dataset.loaded=String(n);}});</script>
 </body></html>
 """
     atomic_write(Path(path), page)

@@ -23,10 +23,10 @@ from torch import nn
 
 from camcli import __version__
 from camcli.backbones import Backbone, backbone_state, build_backbone
+from camcli.cam import global_average_pool
 from camcli.checkpoint import FORMAT_VERSION, save_checkpoint
 from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
-from camcli.cam import global_average_pool
 from camcli.engine import extract_features, image_batches, resolve_device
 from camcli.errors import CamcliError
 from camcli.files import atomic_write

@@ -426,8 +426,8 @@ def test_exclude_and_paths_from_stdin(sample_run, tmp_path):
 
 def test_predict_boxes_find_the_hot_region_of_a_synthetic_image(tmp_path):
     """A hand-made backbone whose feature map is the image's brightness: the box is the bright square."""
-    from camcli.engine import CamModel
     from camcli.data import Preprocess, find_images
+    from camcli.engine import CamModel
     from camcli.jobs import predict_rows
 
     class Brightness(torch.nn.Module):
