@@ -217,7 +217,7 @@ def bench_arch(arch: str, n: int, work: Path, log) -> dict:
     r["train_1"] = train(1, work / f"cacheA_{arch}", f"t1_{arch}")
     r["train_10"] = train(10, work / f"cacheB_{arch}", f"t10_{arch}")
     r["train_10_warm"] = train(10, work / f"cacheB_{arch}", f"t10w_{arch}")
-    ckpt = work / f"t10_{arch}" / "best.pt"
+    ckpt = work / f"t10_{arch}" / "best.safetensors"
     common = ["--checkpoint", str(ckpt), "--batch-size", str(BATCH), "--format", "jsonl"]
     log(f"[{arch}] predict / overlay")
     r["backend"] = "onnxruntime (auto, cached export)"

@@ -91,7 +91,7 @@ def main() -> None:
             if key not in trained:
                 out = Path(tmp) / f"run_{resize}_{img_size}"
                 fit(resolve_train_config(data=str(root), resize=resize, img_size=img_size, out=str(out), workers=1))
-                trained[key] = out / "best.pt"
+                trained[key] = out / "best.safetensors"
             model = load(trained[key], device="cpu")
             result = evaluate(model, root / "val", truth, cam_sizes=cam_sizes, workers=1)
             rows.append((name, result, time.time() - start))

@@ -3,27 +3,38 @@
 The public API::
 
     import camcli
-    model = camcli.load("runs/train/exp/best.pt")   # or an arch name: camcli.load("efficientnet_lite0")
+    model = camcli.load("runs/train/exp/best.safetensors")   # or an arch name: camcli.load("efficientnet_lite0")
     rows = model.predict(["cat.jpg"], top_k=3)        # [{"path", "predictions": [{"label", "index", "prob"}]}]
     maps = model.maps(["cat.jpg"])                    # float32 (N, K, h, w), raw CAMs
     overlay = camcli.render_overlay(image_rgb, maps[0, 0], alpha=0.5, colormap="jet")
+
+Names are imported when first used, so ``import camcli`` (and ``camcli --help``) stays light.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from camcli.cam import class_maps, normalize_maps, pooled_logits, upsample_to  # noqa: E402
-from camcli.engine import CamModel, load  # noqa: E402
-from camcli.errors import CamcliError  # noqa: E402
-from camcli.render import render_overlay  # noqa: E402
+import importlib
 
-__all__ = [
-    "CamModel",
-    "CamcliError",
-    "__version__",
-    "class_maps",
-    "load",
-    "normalize_maps",
-    "pooled_logits",
-    "render_overlay",
-    "upsample_to",
-]
+__version__ = "0.2.0"
+
+_API = {
+    "CamModel": "camcli.engine",
+    "load": "camcli.engine",
+    "CamcliError": "camcli.errors",
+    "render_overlay": "camcli.render",
+    "class_maps": "camcli.cam",
+    "normalize_maps": "camcli.cam",
+    "pooled_logits": "camcli.cam",
+    "upsample_to": "camcli.cam",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'camcli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

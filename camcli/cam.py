@@ -11,22 +11,20 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 Size = tuple[int, int]
 
 
-def valid_mask(sizes: list[Size], height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """(N, 1, height, width) float mask: 1 inside each map's valid top-left (h_i, w_i) region."""
-    rows = torch.arange(height, device=device).view(1, height, 1)
-    cols = torch.arange(width, device=device).view(1, 1, width)
-    hs = torch.tensor([h for h, _ in sizes], device=device).view(-1, 1, 1)
-    ws = torch.tensor([w for _, w in sizes], device=device).view(-1, 1, 1)
-    return ((rows < hs) & (cols < ws)).unsqueeze(1).float()
+def valid_mask(sizes: list[Size], height: int, width: int) -> np.ndarray:
+    """(N, 1, height, width) float32 mask: 1 inside each map's valid top-left (h_i, w_i) region."""
+    rows = np.arange(height).reshape(1, height, 1)
+    cols = np.arange(width).reshape(1, 1, width)
+    hs = np.array([h for h, _ in sizes]).reshape(-1, 1, 1)
+    ws = np.array([w for _, w in sizes]).reshape(-1, 1, 1)
+    return ((rows < hs) & (cols < ws))[:, None].astype(np.float32)
 
 
-def global_average_pool(features: torch.Tensor, sizes: list[Size] | None = None) -> torch.Tensor:
+def global_average_pool(features: np.ndarray, sizes: list[Size] | None = None) -> np.ndarray:
     """Mean of each channel over each map's valid region.
 
     Args:
@@ -34,17 +32,17 @@ def global_average_pool(features: torch.Tensor, sizes: list[Size] | None = None)
             (zeros elsewhere); ``sizes=None`` means every map is valid everywhere.
 
     Returns:
-        (N, C) pooled features.
+        (N, C) pooled features, in the features' float precision.
     """
     if sizes is None or all(tuple(s) == tuple(features.shape[-2:]) for s in sizes):
-        return features.mean(dim=(2, 3))
-    mask = valid_mask(sizes, *features.shape[-2:], device=features.device)
-    return (features * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3))
+        return features.mean(axis=(2, 3))
+    mask = valid_mask(sizes, *features.shape[-2:]).astype(features.dtype, copy=False)
+    return (features * mask).sum(axis=(2, 3)) / mask.sum(axis=(2, 3))
 
 
 def pooled_logits(
-    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sizes: list[Size] | None = None
-) -> torch.Tensor:
+    features: np.ndarray, weight: np.ndarray, bias: np.ndarray, sizes: list[Size] | None = None
+) -> np.ndarray:
     """Logits of a GAP + linear head.
 
     Args:
@@ -56,28 +54,37 @@ def pooled_logits(
     Returns:
         (N, K) logits.
     """
-    return F.linear(global_average_pool(features, sizes), weight, bias)
+    pooled = global_average_pool(features, sizes)
+    return pooled @ weight.astype(pooled.dtype, copy=False).T + bias.astype(pooled.dtype, copy=False)
 
 
-def class_maps(
-    features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor | None = None
-) -> torch.Tensor:
+def class_maps(features: np.ndarray, weight: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
     """Class activation maps, before any normalization.
 
     Args:
         features: (N, C, h, w) feature maps.
         weight: (K, C) head weight.
-        classes: optional (N, J) long tensor: for each image, the classes to map.
+        classes: optional (N, J) integer array: for each image, the classes to map.
 
     Returns:
         (N, K, h, w) maps of every class, or (N, J, h, w) maps of the chosen classes.
     """
     if features.ndim != 4:
         raise ValueError(f"features must be (N, C, h, w), got shape {tuple(features.shape)}")
+    weight = weight.astype(features.dtype, copy=False)
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)
     if classes is None:
-        return torch.einsum("kc,nchw->nkhw", weight.to(features.dtype), features)
-    chosen = weight.to(features.dtype)[classes]  # (N, J, C)
-    return torch.einsum("njc,nchw->njhw", chosen, features)
+        return np.matmul(weight[None], flat).reshape(n, -1, h, w)  # (N, K, hw)
+    chosen = weight[np.asarray(classes, dtype=np.int64)]  # (N, J, C)
+    return np.matmul(chosen, flat).reshape(n, -1, h, w)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) logits, computed stably (max subtracted) in float64."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def heatmap(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -86,43 +93,43 @@ def heatmap(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     (Bilinear interpolation never leaves the range of its inputs, so normalizing first, at
     feature resolution, gives the same result as normalizing the upsampled map.)
     """
-    normalized = normalize_maps(torch.from_numpy(np.ascontiguousarray(cam_map, dtype=np.float32))).numpy()
-    return upsample_to(normalized, size)
+    return upsample_to(normalize_maps(np.asarray(cam_map, dtype=np.float32)), size)
 
 
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
     """Min-max normalize each map (last two dims) to [0, 1]; a constant map becomes zeros.
 
     Args:
         maps: (..., h, w) maps.
 
     Returns:
-        float32 maps of the same shape, in [0, 1].
+        float32 maps of the same shape, in [0, 1] (computed in float64 when given float64).
     """
-    maps = maps if maps.dtype == torch.float64 else maps.float()  # float64 input keeps its precision
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps)).float()
+    maps = np.asarray(maps)
+    maps = maps if maps.dtype == np.float64 else maps.astype(np.float32)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    safe = np.where(span > 0, span, 1)
+    return np.where(span > 0, (maps - low) / safe, 0).astype(np.float32)
 
 
-def upsample_to(maps: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor | np.ndarray:
-    """Bilinear upsampling of maps to an image size, pixel centers aligned (``align_corners=False``).
+def upsample_to(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of maps to an image size, pixel centers aligned (OpenCV's
+    INTER_LINEAR, the same as PyTorch's ``interpolate(..., align_corners=False)``).
 
     Args:
-        maps: (N, K, h, w) or (h, w) tensor, or an (h, w) float32 array (resized with OpenCV's
-            INTER_LINEAR, the same interpolation, several times faster for one map).
+        maps: (h, w) or (..., h, w) float maps.
         size: (height, width) of the target image.
 
     Returns:
-        maps of shape (N, K, height, width) or (height, width), of the input's type.
+        float32 maps of shape (height, width) or (..., height, width).
     """
-    if isinstance(maps, np.ndarray):
-        return cv2.resize(maps.astype(np.float32, copy=False), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    squeeze = maps.ndim == 2
-    batch = maps[None, None] if squeeze else maps
-    out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False)
-    return out[0, 0] if squeeze else out
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 2:
+        return cv2.resize(maps, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    out = np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in flat])
+    return out.reshape(*maps.shape[:-2], *size)
 
 
 # Boxes use pixel-edge coordinates [x0, y0, x1, y1]: a box covering pixel columns 0..9 is

@@ -1,47 +1,67 @@
-"""The checkpoint: a plain dict of tensors and plain Python values.
+"""The checkpoint: tensors and plain values, in a file that loads without running code.
 
-It loads with ``torch.load(path, weights_only=True)`` and is self-contained: only the
-offline default backbone's packaged ImageNet weights are stored by reference (package,
-file name and sha256); every other backbone is stored in full.
+Format 2 (camcli 0.2+) is a safetensors file (``best.safetensors``): the tensors ``head.weight``
+(K x C), ``head.bias`` (K) and, for a backbone stored in full, ``backbone.<name>``, plus one
+metadata entry ``camcli`` holding JSON (format_version, arch, class_names, preprocess, config,
+metrics, ...). It loads into NumPy with no pickle and no PyTorch, so ``camcli info`` and the
+ONNX Runtime path never import PyTorch. Format 1 (camcli 0.1, ``best.pt``) is a PyTorch zip
+loaded with ``weights_only=True``; it stays readable (that needs PyTorch).
 
-A checkpoint is untrusted input: :func:`load_checkpoint` reads only a regular file, only
-PyTorch's zip format with uncompressed entries (so what is read is never larger than the
-file), unpickles only tensors and plain values, and checks every field it uses
-(:func:`validate_checkpoint`) before anything is built from it.
+In memory a checkpoint is a dict: the metadata's keys, ``head: {"weight", "bias"}`` and
+``backbone: {"reference": {...}}`` or ``{"state_dict": {name: array}}``, arrays as NumPy.
+
+A checkpoint is untrusted input: :func:`load_checkpoint` reads only a regular file of bounded
+size, format 1 only as a zip with uncompressed entries (so nothing inflates), and checks every
+field it uses (:func:`validate_checkpoint`) before anything is built from it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import pickle
 import zipfile
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from camcli import __version__
 from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, Preprocess
 from camcli.errors import CamcliError
 from camcli.files import atomic_write, open_regular
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUFFIX = ".safetensors"
 REQUIRED_KEYS = ("format_version", "arch", "class_names", "img_size", "preprocess", "backbone", "head")
 MAX_CHECKPOINT_BYTES = 8 << 30
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
 MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 1000
 
 
+def checkpoint_bytes(checkpoint: dict) -> bytes:
+    """A checkpoint dict (see the module docstring) as a format-2 safetensors file."""
+    from safetensors.numpy import save
+
+    tensors = {f"head.{k}": np.ascontiguousarray(checkpoint["head"][k], dtype=np.float32) for k in ("weight", "bias")}
+    backbone = checkpoint["backbone"]
+    if "state_dict" in backbone:
+        tensors.update({f"backbone.{k}": np.ascontiguousarray(v) for k, v in backbone["state_dict"].items()})
+    meta = {k: v for k, v in checkpoint.items() if k not in ("head", "backbone")}
+    meta["format_version"] = FORMAT_VERSION
+    meta["backbone"] = {"reference": dict(backbone["reference"])} if "reference" in backbone else {"stored": "tensors"}
+    return save(tensors, metadata={"camcli": json.dumps(_plain(meta), allow_nan=False)})
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """Write ``checkpoint`` to ``path`` atomically (a temporary file renamed into place)."""
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    atomic_write(Path(path), buffer.getvalue())
+    atomic_write(Path(path), checkpoint_bytes(checkpoint))
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load and check a checkpoint without unpickling arbitrary objects.
+    """Load and check a checkpoint (format 2, or format 1 with PyTorch) without running code.
 
     Raises:
         CamcliError: missing or special file, not a camcli checkpoint, newer format, or a
@@ -49,17 +69,65 @@ def load_checkpoint(path: Path) -> dict:
     """
     path = Path(path)
     with open_regular(path, MAX_CHECKPOINT_BYTES, "checkpoint") as f:
-        _check_zip(f, path)
-        try:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CamcliError(
-                f"{path} is not a loadable camcli checkpoint: it holds objects other than tensors and plain "
-                "values, which camcli refuses to load (loading them could run code)"
-            ) from exc
-        except Exception as exc:  # torch raises many types for damaged files
-            raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file is damaged or incomplete") from exc
+        start = f.read(8)
+        f.seek(0)
+        ckpt = _load_v1(f, path) if start[:4] == b"PK\x03\x04" else _load_v2(f.read(), path)
     return validate_checkpoint(ckpt, path)
+
+
+def _load_v2(data: bytes, path: Path) -> dict:
+    from safetensors.numpy import load
+
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8) or data[8:9] != b"{":
+        raise CamcliError(f"{path} is not a camcli checkpoint (neither safetensors nor a PyTorch zip file)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+        meta = json.loads(header["__metadata__"]["camcli"])
+        tensors = load(data)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CamcliError(f"{path} is not a camcli checkpoint (no camcli metadata, or a damaged safetensors file)") from exc
+    except Exception as exc:  # safetensors raises its own error type for inconsistent offsets
+        raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file is damaged or incomplete") from exc
+    if not isinstance(meta, dict):
+        raise CamcliError(f"{path} is not a camcli checkpoint (its camcli metadata is not a mapping)")
+    ckpt = dict(meta)
+    ckpt["head"] = {k: tensors.get(f"head.{k}") for k in ("weight", "bias")}
+    if isinstance(meta.get("backbone"), dict) and meta["backbone"].get("stored") == "tensors":
+        ckpt["backbone"] = {"state_dict": {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}}
+    return ckpt
+
+
+def _load_v1(f, path: Path) -> dict:
+    """A camcli 0.1 checkpoint: a PyTorch zip read with ``weights_only=True``, tensors made NumPy."""
+    _check_zip(f, path)
+    try:
+        import torch
+    except ImportError as exc:
+        raise CamcliError(f"{path} is a format-1 (PyTorch) checkpoint, which needs PyTorch to read") from exc
+    try:
+        ckpt = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CamcliError(
+            f"{path} is not a loadable camcli checkpoint: it holds objects other than tensors and plain "
+            "values, which camcli refuses to load (loading them could run code)"
+        ) from exc
+    except Exception as exc:  # torch raises many types for damaged files
+        raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file is damaged or incomplete") from exc
+
+    def array(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            t = value.detach()
+            return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).contiguous().numpy()
+        return value
+
+    if isinstance(ckpt, dict):
+        if isinstance(ckpt.get("head"), dict):
+            ckpt["head"] = {k: array(v) for k, v in ckpt["head"].items()}
+        backbone = ckpt.get("backbone")
+        if isinstance(backbone, dict) and isinstance(backbone.get("state_dict"), dict):
+            ckpt["backbone"] = {"state_dict": {k: array(v) for k, v in backbone["state_dict"].items()}}
+    return ckpt
 
 
 def _check_zip(f, path: Path) -> None:
@@ -69,7 +137,7 @@ def _check_zip(f, path: Path) -> None:
     try:
         entries = zipfile.ZipFile(f).infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise CamcliError(f"{path} is not a camcli checkpoint (not a PyTorch zip file)") from exc
+        raise CamcliError(f"{path} is not a camcli checkpoint (a damaged PyTorch zip file)") from exc
     total = 0
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
@@ -95,8 +163,8 @@ def _finite_numbers(value: object, n: int) -> bool:
 
 
 def _finite_tensor(value: object, ndim: int) -> bool:
-    return (isinstance(value, torch.Tensor) and value.ndim == ndim and value.is_floating_point()
-            and bool(torch.isfinite(value).all()))
+    return (isinstance(value, np.ndarray) and value.ndim == ndim and value.dtype.kind == "f"
+            and bool(np.isfinite(value).all()))
 
 
 def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
@@ -142,13 +210,14 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
     weight, bias = head.get("weight"), head.get("bias")
     need(_finite_tensor(weight, 2), "head.weight", "a 2-D tensor of finite floats")
     need(_finite_tensor(bias, 1) and bias.shape == (weight.shape[0],), "head.bias", f"a tensor of {weight.shape[0]} finite floats")
+    ckpt["head"] = {"weight": weight.astype(np.float32, copy=False), "bias": bias.astype(np.float32, copy=False)}
     if weight.shape[0] != len(names):
         raise CamcliError(f"{path}: head has {weight.shape[0]} outputs but {len(names)} class names")
     backbone = ckpt["backbone"]
     by_reference = isinstance(backbone, dict) and isinstance(backbone.get("reference"), dict) and all(
         isinstance(backbone["reference"].get(k), str) for k in ("package", "file", "sha256"))
     in_full = isinstance(backbone, dict) and isinstance(backbone.get("state_dict"), dict) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in backbone["state_dict"].items())
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in backbone["state_dict"].items())
     need(by_reference or in_full, "backbone", "{'reference': {package, file, sha256}} or {'state_dict': {name: tensor}}")
     threshold = ckpt.get("cam_threshold")
     need(threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1),

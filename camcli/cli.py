@@ -22,9 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from camcli import __version__
-from camcli.backbones import DEFAULT_ARCH
 from camcli.errors import CamcliError
 from camcli.files import printable
+from camcli.packaged import DEFAULT_ARCH
 
 app = typer.Typer(
     help="Class Activation Mapping for PyTorch image classifiers: train a GAP + linear head, "
@@ -203,7 +203,7 @@ def train(
 
 def _load_model(
     checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str,
-    backend: str, amp: bool, num_images: int | None, quiet: bool,
+    backend: str, amp: bool, quiet: bool,
 ):
     from camcli.engine import load
 
@@ -211,10 +211,9 @@ def _load_model(
         checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
         resize=resize, backend=backend, amp=amp,
     )
-    if num_images is not None:
-        note = model.prepare(num_images)
-        if note and not quiet:
-            _say(note)
+    note = model.prepare()
+    if note and not quiet:
+        _say(note)
     return model
 
 
@@ -358,7 +357,7 @@ def predict(
 ) -> None:
     """Rank classes by softmax for every image.
 
-    Example: camcli predict photos/ --checkpoint runs/train/exp/best.pt --format jsonl
+    Example: camcli predict photos/ --checkpoint runs/train/exp/best.safetensors --format jsonl
     """
     from itertools import chain, islice
 
@@ -371,7 +370,7 @@ def predict(
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(head), quiet)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet)
     model.max_pixels = max_pixels
     with _progress(quiet) as progress:
         everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
@@ -427,7 +426,7 @@ def overlay(
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
 
-    Example: camcli overlay photos/ --checkpoint runs/train/exp/best.pt --out-dir runs/overlay
+    Example: camcli overlay photos/ --checkpoint runs/train/exp/best.safetensors --out-dir runs/overlay
     """
     from camcli.config import default_workers
     from camcli.data import find_images
@@ -439,7 +438,7 @@ def overlay(
         check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
     guard = _guard_output(output, [*inputs, *(i.path for i in images), checkpoint], overwrite)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, len(images), quiet)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet)
     model.max_pixels = max_pixels
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
@@ -483,7 +482,7 @@ def evaluate(
     cam_scales: CamScales = None,
     box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's "
         "calibrated threshold, else 0.2].")] = None,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.pt: the checkpoint with the best box "
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best box "
         "threshold, which overlay then uses.")] = False,
     exclude: Exclude = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
@@ -498,11 +497,11 @@ def evaluate(
 ) -> None:
     """Measure classification and, with --boxes, CAM localization (pointing game, MaxBoxAcc, MaxBoxAccV2).
 
-    Example: camcli evaluate data/val --checkpoint runs/train/exp/best.pt --boxes boxes.json --calibrate
+    Example: camcli evaluate data/val --checkpoint runs/train/exp/best.safetensors --boxes boxes.json --calibrate
     """
     import json
 
-    from camcli.checkpoint import save_checkpoint
+    from camcli.checkpoint import SUFFIX, save_checkpoint
     from camcli.config import default_workers
     from camcli.evaluate import calibrated, load_boxes
     from camcli.evaluate import evaluate as run_evaluation
@@ -514,7 +513,7 @@ def evaluate(
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
     cam_sizes = _cam_sizes(cam_size, cam_scales)
-    model = _load_model(checkpoint, "", "imagenet", img_size, resize, device, backend, amp, None, quiet)
+    model = _load_model(checkpoint, "", "imagenet", img_size, resize, device, backend, amp, quiet)
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
@@ -542,7 +541,7 @@ def evaluate(
     if calibrate:
         from camcli.checkpoint import load_checkpoint
 
-        save_checkpoint(calibrated(load_checkpoint(checkpoint), result, data), run_dir / "calibrated.pt")
+        save_checkpoint(calibrated(load_checkpoint(checkpoint), result, data), run_dir / f"calibrated{SUFFIX}")
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
     else:
@@ -572,6 +571,31 @@ def _print_evaluation(result: dict) -> None:
     for label, row in zip(labels, result["confusion"]["matrix"]):
         confusion.add_row(printable(label), *map(str, row))
     console.print(confusion)
+
+
+@app.command()
+@_report_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(help="The ONNX file to write [default: the checkpoint's path with .onnx].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file camcli did not write.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Write one self-contained ONNX model: image -> class probabilities and class maps, preprocessing in its metadata.
+
+    Example: camcli export runs/train/exp/best.safetensors --out model.onnx
+    """
+    from camcli.engine import load
+    from camcli.export import export_model
+
+    out = out or checkpoint.with_suffix(".onnx")
+    guard = _guard_output(out, [checkpoint], overwrite)
+    model = load(checkpoint, device="cpu", backend="torch")
+    measured = export_model(model, out, guard.recorder(out))
+    if not quiet:
+        _say(f"checked against camcli: max |Δprob| {measured['max_prob_error']:.1e}, "
+             f"max map error {measured['max_map_error']:.1e} (relative)")
+    typer.echo(printable(f"Results saved to {out}"))
 
 
 @app.command()
@@ -611,7 +635,7 @@ def info(
 ) -> None:
     """Show a checkpoint's arch, classes, input size, training metrics and config.
 
-    Example: camcli info runs/train/exp/best.pt --format json
+    Example: camcli info runs/train/exp/best.safetensors --format json
     """
     import json
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from camcli.backbones import DEFAULT_ARCH
 from camcli.data import DEFAULT_RESIZE, MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
 from camcli.errors import CamcliError
 from camcli.files import read_text
+from camcli.packaged import DEFAULT_ARCH
 
 
 def default_workers() -> int:

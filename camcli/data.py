@@ -17,7 +17,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from camcli.errors import CamcliError
 from camcli.files import MANIFEST_NAME, read_bytes, read_manifest  # noqa: F401 - MANIFEST_NAME re-exported
@@ -81,8 +80,8 @@ class Preprocess:
 
         return side(height), side(width)
 
-    def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
-        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, h, w) tensor (see ``output_size``)."""
+    def __call__(self, image_rgb: np.ndarray) -> np.ndarray:
+        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, h, w) array (see ``output_size``)."""
         h, w = image_rgb.shape[:2]
         out_h, out_w = self.output_size(h, w)
         shrinking = h > out_h or w > out_w
@@ -95,7 +94,7 @@ class Preprocess:
         x = resized.astype(np.float32)
         x *= scale
         x += offset
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit (2 x 89,478,485)
@@ -412,7 +411,7 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, np.ndarray | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray | None, int, np.ndarray | None, str | None]:
         """One bad file never stops a batch: its reason comes back instead of a tensor."""
         item = self.images[i]
         if isinstance(item, np.ndarray):
@@ -451,7 +450,7 @@ def random_resized_crop_flip(
     return np.ascontiguousarray(rgb)
 
 
-def collate(batch: list[tuple[torch.Tensor | None, int, np.ndarray | None, str | None]]):
+def collate(batch: list[tuple[np.ndarray | None, int, np.ndarray | None, str | None]]):
     """(tensors, positions, originals) of the readable images as lists (shapes may differ),
     and (position, why) of the others."""
     good = [item for item in batch if item[3] is None]

@@ -6,6 +6,7 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,34 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from camcli import cam
-from camcli.backbones import DEFAULT_ARCH, build_backbone, restore_backbone
-from camcli.checkpoint import load_checkpoint
 from camcli.data import DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageDataset, Preprocess, collate
 from camcli.errors import CamcliError
-from camcli.runtime import OnnxRunner, TorchRunner, make_runner, weights_key
+from camcli.packaged import DEFAULT_ARCH, lite0_reference, reference_key
+from camcli.runtime import OnnxRunner, TorchRunner, cache_dir, make_runner, module_state, onnx_ready, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable choice is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise CamcliError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CamcliError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CamcliError("--device mps: MPS is not available (use --device cpu)")
-    return torch.device(name)
 
 
 @dataclass
@@ -49,8 +30,8 @@ class Batch:
 
     Attributes:
         positions: index of each image in the input sequence.
-        logits: (B, K) on the CPU.
-        features: (B, C, h, w) on the model's device; image i is valid in its top-left
+        logits: (B, K) float32.
+        features: (B, C, h, w) float32; image i is valid in its top-left
             ``sizes[i]`` region and zero elsewhere (keep-aspect batches mix shapes).
         sizes: each image's feature-map (h_i, w_i).
         originals: the decoded RGB images when asked for, else Nones.
@@ -58,8 +39,8 @@ class Batch:
     """
 
     positions: list[int]
-    logits: torch.Tensor
-    features: torch.Tensor | None
+    logits: np.ndarray
+    features: np.ndarray | None
     sizes: list[tuple[int, int]]
     originals: list[np.ndarray | None]
     failures: list[tuple[int, str]]
@@ -69,9 +50,9 @@ PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatev
 
 
 def image_batches(
-    images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device,
+    images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int,
     keep_images: bool = False, augment: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, seed: int = 0,
-) -> Iterator[tuple[list[torch.Tensor], list[int], list[np.ndarray | None], list[tuple[int, str]]]]:
+) -> Iterator[tuple[list[np.ndarray], list[int], list[np.ndarray | None], list[tuple[int, str]]]]:
     """Decode and preprocess images in ``workers`` threads; yield (tensors, positions,
     originals) of the readable images and (position, reason) of the others, batch by batch.
 
@@ -106,12 +87,12 @@ def image_batches(
 
 
 def extract_features(
-    runner: Callable[[torch.Tensor], torch.Tensor], tensors: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    runner: Callable[[np.ndarray], np.ndarray], tensors: list[np.ndarray]
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Run the backbone on images of possibly different shapes.
 
     Images of one shape run together; the results are packed top-left into one
-    zero-padded tensor. (Padding the *inputs* instead would change every feature whose
+    zero-padded array. (Padding the *inputs* instead would change every feature whose
     receptive field reaches the padding, so an image would not get the features it gets
     when run alone.)
 
@@ -120,24 +101,20 @@ def extract_features(
         tensors: (3, H_i, W_i) preprocessed images.
 
     Returns:
-        ((N, C, h_max, w_max) float32 features on the runner's device, each image's (h_i, w_i)).
+        ((N, C, h_max, w_max) float32 features, each image's (h_i, w_i)).
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault(tuple(t.shape), []).append(i)
-    outputs: list[torch.Tensor | None] = [None] * len(tensors)
-    with torch.inference_mode():
-        for members in groups.values():
-            batch = torch.stack([tensors[i] for i in members])
-            if getattr(runner, "device", torch.device("cpu")).type == "cuda":
-                batch = batch.pin_memory()  # lets the runner's non_blocking copy overlap
-            for i, f in zip(members, runner(batch)):
-                outputs[i] = f
+    outputs: list[np.ndarray | None] = [None] * len(tensors)
+    for members in groups.values():
+        for i, f in zip(members, runner(np.stack([tensors[i] for i in members]))):
+            outputs[i] = f
     sizes = [tuple(f.shape[-2:]) for f in outputs]
     if len(groups) == 1:
-        return torch.stack(outputs), sizes
+        return np.stack(outputs), sizes
     h_max, w_max = max(h for h, _ in sizes), max(w for _, w in sizes)
-    packed = outputs[0].new_zeros(len(outputs), outputs[0].shape[0], h_max, w_max)
+    packed = np.zeros((len(outputs), outputs[0].shape[0], h_max, w_max), np.float32)
     for i, (f, (h, w)) in enumerate(zip(outputs, sizes)):
         packed[i, :, :h, :w] = f
     return packed, sizes
@@ -148,29 +125,34 @@ class CamModel:
 
     Args:
         arch: backbone name.
-        features: module mapping (N, 3, S, S) to (N, C, h, w).
-        head: GAP + linear classifier, weight (K, C) and bias (K,).
+        backbone: the PyTorch module mapping (N, 3, H, W) to (N, C, h, w), or a function with
+            no arguments that builds it: it is called only if PyTorch runs the backbone or
+            exports it, so a model whose export is cached never imports PyTorch.
+        head: the GAP + linear classifier: a ``torch.nn.Linear``, or (weight (K, C), bias (K,)) arrays.
         class_names: K names in class-index order.
         preprocess: the preprocessing the head was trained with.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        checkpoint: the loaded checkpoint, if the model came from one.
         backend: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`camcli.runtime.make_runner`).
         amp: autocast on CUDA.
-        reference: the backbone's weights reference, if stored by reference (saves hashing).
+        weights_id: identifies the backbone's weights (the ONNX cache key); default: a hash
+            of the module's state.
     """
 
     def __init__(
-        self, arch: str, features: nn.Module, head: nn.Linear, class_names: list[str],
-        preprocess: Preprocess, device: str = "auto", checkpoint: dict | None = None,
-        backend: str = "auto", amp: bool = True, reference: dict | None = None,
+        self, arch: str, backbone, head, class_names: list[str], preprocess: Preprocess, device: str = "auto",
+        checkpoint: dict | None = None, backend: str = "auto", amp: bool = True, weights_id: str | None = None,
     ):
         self.arch = arch
         self.device = resolve_device(device)
-        self.features = features.eval().requires_grad_(False)
-        self.backend, self.amp, self.reference = backend, amp, reference
+        self._backbone = backbone
+        self.backend, self.amp, self._weights_id = backend, amp, weights_id
         self.runner: TorchRunner | OnnxRunner | None = None
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused
-        self.weight = head.weight.detach().float().to(self.device)
-        self.bias = head.bias.detach().float().to(self.device)
+        weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
+            if hasattr(head, "weight") else head
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.checkpoint = checkpoint
@@ -179,60 +161,64 @@ class CamModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def weights_id(self) -> str:
-        """A key of the backbone's weights: the packaged file's sha256, else a hash of the state dict."""
-        if self.reference is not None:
-            return f"{self.reference['package']}:{self.reference['sha256']}"
-        return weights_key(self.features)
+    def features_module(self):
+        """The backbone as a PyTorch module (built on first use when given as a function)."""
+        if not hasattr(self._backbone, "state_dict"):
+            self._backbone = self._backbone()
+        return self._backbone.eval().requires_grad_(False)
 
-    def prepare(self, num_images: int | None = None) -> str | None:
-        """Build the runner for a job of ``num_images`` images; returns a warning line or None."""
+    def weights_id(self) -> str:
+        """The backbone weights' key: the packaged file's sha256, else a hash of the state dict."""
+        if self._weights_id is None:
+            self._weights_id = weights_key(module_state(self.features_module()))
+        return self._weights_id
+
+    def prepare(self) -> str | None:
+        """Build the runner; returns a one-line note for the user (an export made, a fallback) or None."""
         if self.runner is not None:
             return None
-        self.runner, note = make_runner(
-            self.features, self.arch, self.device, self.backend, self.amp, num_images, self.weights_id
-        )
+        self.runner, note = make_runner(self.features_module, self.arch, self.device, self.backend, self.amp, self.weights_id)
         return note
 
-    def forward(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
 
         See :func:`extract_features` for how images of different shapes are packed.
         """
         self.prepare()
         feats, sizes = extract_features(self.runner, tensors)
-        with torch.inference_mode():
+        if feats.shape[1] != self.weight.shape[1]:
+            raise CamcliError(f"checkpoint head expects {self.weight.shape[1]} features but {self.arch} gives {feats.shape[1]}")
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores become failed inputs (batches)
             return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
     def batches(
         self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False
     ) -> Iterator[Batch]:
-        """Run the model over images (paths or RGB uint8 arrays), one batch at a time."""
-        self.prepare(len(images))
+        """Run the model over images (paths or RGB uint8 arrays), one batch at a time.
+
+        An image whose scores come out non-finite (NaN or infinity) is a failure of its batch:
+        no row ever carries a NaN probability.
+        """
+        self.prepare()
         for tensors, positions, originals, failures in image_batches(
-            images, self.preprocess, batch_size, workers, self.device, keep_images, max_pixels=self.max_pixels
+            images, self.preprocess, batch_size, workers, keep_images, max_pixels=self.max_pixels
         ):
-            if not tensors:
-                yield Batch([], torch.empty(0, self.num_classes), None, [], [], failures)
-                continue
-            logits, feats, sizes = self.forward(tensors)
-            logits = logits.cpu()
-            finite = torch.isfinite(logits).all(dim=1)
-            if not bool(finite.all()):
-                # never a NaN probability in a row: such an image is a failed input
-                bad = [b for b in range(len(positions)) if not finite[b]]
+            if tensors:
+                logits, feats, sizes = self.forward(tensors)
+                finite = np.isfinite(logits).all(axis=1)
                 failures = failures + [(positions[b], f"{_name(images[positions[b]])}: the model gave non-finite scores "
-                                        "(NaN or infinity) for this image") for b in bad]
-                keep = [b for b in range(len(positions)) if finite[b]]
-                index = torch.tensor(keep, dtype=torch.long)
-                positions, originals, sizes = [positions[b] for b in keep], [originals[b] for b in keep], [sizes[b] for b in keep]
-                logits, feats = logits[index], feats[index.to(feats.device)]
-                if not keep:
-                    yield Batch([], torch.empty(0, self.num_classes), None, [], [], failures)
-                    continue
+                                        "(NaN or infinity) for this image") for b in np.flatnonzero(~finite)]
+                keep = np.flatnonzero(finite)
+                if len(keep) < len(positions):
+                    positions, originals, sizes = [positions[b] for b in keep], [originals[b] for b in keep], [sizes[b] for b in keep]
+                    logits, feats = logits[keep], feats[keep]
+            if not tensors or not positions:
+                yield Batch([], np.empty((0, self.num_classes), np.float32), None, [], [], failures)
+                continue
             yield Batch(positions, logits, feats, sizes, originals, failures)
 
-    def batch_maps(self, batch: Batch, classes: torch.Tensor, cam_sizes: Sequence[int] = ()) -> list[np.ndarray]:
+    def batch_maps(self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = ()) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
 
         Args:
@@ -246,7 +232,7 @@ class CamModel:
             maps. From several cam sizes: the mean of the min-max normalized maps, each
             upsampled to the largest one's resolution.
         """
-        classes = classes.to(self.device)
+        classes = np.asarray(classes, dtype=np.int64)
         if not cam_sizes:
             return _crop(cam.class_maps(batch.features, self.weight, classes), batch.sizes)
         if any(o is None for o in batch.originals):
@@ -255,16 +241,14 @@ class CamModel:
         for size in cam_sizes:
             pre = replace(self.preprocess, img_size=size)
             feats, sizes = extract_features(self.runner, [pre(o) for o in batch.originals])
-            with torch.inference_mode():
-                per_scale.append(_crop(cam.class_maps(feats, self.weight, classes), sizes))
+            per_scale.append(_crop(cam.class_maps(feats, self.weight, classes), sizes))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
         for maps in zip(*per_scale):
             h = max(m.shape[-2] for m in maps)
             w = max(m.shape[-1] for m in maps)
-            stack = [cam.upsample_to(cam.normalize_maps(torch.from_numpy(m))[None], (h, w))[0] for m in maps]
-            fused.append(torch.stack(stack).mean(dim=0).numpy())
+            fused.append(np.mean([cam.upsample_to(cam.normalize_maps(m), (h, w)) for m in maps], axis=0))
         return fused
 
     def class_index(self, name: str) -> int:
@@ -277,15 +261,15 @@ class CamModel:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise CamcliError(f"unknown class {name!r}{hint}")
 
-    def rank(self, logits: torch.Tensor, top_k: int) -> list[list[dict]]:
+    def rank(self, logits: np.ndarray, top_k: int) -> list[list[dict]]:
         """Softmax ranking: for each row of (N, K) logits the top-k {label, index, prob}."""
         if top_k < 1:
-            raise CamcliError(f"--top-k must be at least 1, got {top_k}")
-        probs = torch.softmax(logits.float(), dim=1)
-        values, indices = probs.topk(min(top_k, self.num_classes), dim=1)
+            raise CamcliError(f"top_k must be at least 1, got {top_k}")
+        probs = cam.softmax(np.asarray(logits))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : min(top_k, self.num_classes)]
         return [
-            [{"label": self.class_names[i], "index": int(i), "prob": float(p)} for p, i in zip(row_p.tolist(), row_i.tolist())]
-            for row_p, row_i in zip(values, indices)
+            [{"label": self.class_names[i], "index": int(i), "prob": float(row[i])} for i in top]
+            for row, top in zip(probs, order)
         ]
 
     def predict(self, images: Sequence[Image], top_k: int = 5, batch_size: int = 32, workers: int = 0) -> list[dict]:
@@ -301,7 +285,7 @@ class CamModel:
                 item = images[pos]
                 rows[pos] = {"path": None if isinstance(item, np.ndarray) else str(item), "predictions": preds}
             for pos, why in batch.failures:
-                rows[pos] = {"path": str(images[pos]), "predictions": [], "error": why}
+                rows[pos] = {"path": _name(images[pos]), "predictions": [], "error": why}
         return rows
 
     def maps(self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32) -> np.ndarray:
@@ -319,7 +303,7 @@ class CamModel:
             bad = [c for c in classes if not 0 <= int(c) < self.num_classes]
             if bad:
                 raise CamcliError(f"class index {bad[0]} out of range 0..{self.num_classes - 1}")
-            chosen = torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
+            chosen = np.asarray(list(classes), dtype=np.int64)
         out: list[np.ndarray] = []
         for batch in self.batches(images, batch_size):
             if batch.failures:
@@ -327,7 +311,7 @@ class CamModel:
             if chosen is None:
                 out += _crop(cam.class_maps(batch.features, self.weight), batch.sizes)
             else:
-                out += self.batch_maps(batch, chosen.expand(len(batch.positions), -1))
+                out += self.batch_maps(batch, np.broadcast_to(chosen, (len(batch.positions), len(chosen))))
         if len({m.shape for m in out}) > 1:
             raise CamcliError(
                 "keep-aspect maps of differently shaped images cannot form one array: "
@@ -340,10 +324,9 @@ def _name(image: Image) -> str:
     return "an image array" if isinstance(image, np.ndarray) else str(image)
 
 
-def _crop(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+def _crop(maps: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """Each image's valid (J, h_i, w_i) region of packed (N, J, h, w) maps, as float32 arrays."""
-    maps = maps.float().cpu()
-    return [maps[i, :, :h, :w].numpy() for i, (h, w) in enumerate(sizes)]
+    return [np.ascontiguousarray(maps[i, :, :h, :w], dtype=np.float32) for i, (h, w) in enumerate(sizes)]
 
 
 def model_from_checkpoint(
@@ -351,21 +334,33 @@ def model_from_checkpoint(
     backend: str = "auto", amp: bool = True,
 ) -> CamModel:
     """Build a CamModel from a loaded checkpoint dict (see checkpoint.py); ``img_size`` and
-    ``resize`` override the recorded preprocessing when given."""
-    backbone = restore_backbone(ckpt["arch"], ckpt["backbone"])
-    weight, bias = ckpt["head"]["weight"], ckpt["head"]["bias"]
-    if weight.shape[1] != backbone.num_features:
-        raise CamcliError(
-            f"checkpoint head expects {weight.shape[1]} features but {ckpt['arch']} gives {backbone.num_features}"
-        )
-    head = nn.Linear(weight.shape[1], weight.shape[0])
-    head.load_state_dict({"weight": weight, "bias": bias})
+    ``resize`` override the recorded preprocessing when given. The backbone is restored in
+    PyTorch only if PyTorch runs it or exports it."""
+    arch, stored = ckpt["arch"], ckpt["backbone"]
+    weight = ckpt["head"]["weight"]
+
+    def build():
+        from camcli.backbones import restore_backbone
+
+        backbone = restore_backbone(arch, stored)
+        if weight.shape[1] != backbone.num_features:
+            raise CamcliError(f"checkpoint head expects {weight.shape[1]} features but {arch} gives {backbone.num_features}")
+        return backbone.features
+
+    key = reference_key(stored["reference"]) if "reference" in stored else weights_key(stored["state_dict"])
     preprocess = Preprocess.from_dict(ckpt["preprocess"])
     overrides = {k: v for k, v in (("img_size", img_size), ("resize", resize)) if v is not None}
-    preprocess = replace(preprocess, stride=backbone.stride, **overrides)
-    return CamModel(
-        ckpt["arch"], backbone.features, head, ckpt["class_names"], preprocess, device, ckpt, backend, amp, backbone.reference
-    )
+    preprocess = replace(preprocess, **overrides)
+    head = (weight, ckpt["head"]["bias"])
+    return CamModel(arch, build, head, ckpt["class_names"], preprocess, device, ckpt, backend, amp, weights_id=key)
+
+
+def imagenet_head_cache(arch: str, key: str) -> Path:
+    """Where the packaged backbone's own ImageNet head is kept as a checkpoint, so that a
+    later ``camcli predict photo.jpg`` needs no PyTorch."""
+    import hashlib
+
+    return cache_dir() / "heads" / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 
 
 def load(
@@ -375,8 +370,9 @@ def load(
     """Load a trained checkpoint, or a backbone with its own pretrained GAP + linear head.
 
     Args:
-        checkpoint_or_arch: a ``.pt`` checkpoint path, or an arch name (``efficientnet_lite0``,
-            ``resnet50``, ``timm:NAME``) whose pretrained ImageNet head is used.
+        checkpoint_or_arch: a checkpoint path (``.safetensors``, or a camcli 0.1 ``.pt``), or
+            an arch name (``efficientnet_lite0``, ``resnet50``, ``timm:NAME``) whose pretrained
+            ImageNet head is used.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         backend: ``auto``, ``torch`` or ``onnxruntime``.
         amp: autocast on CUDA.
@@ -387,12 +383,24 @@ def load(
     Raises:
         CamcliError: unreadable checkpoint, or an arch without a GAP + linear head.
     """
+    from camcli.checkpoint import load_checkpoint, save_checkpoint
+
     source = Path(checkpoint_or_arch)
-    if source.suffix in (".pt", ".pth") or source.is_file():
+    if source.suffix in (".safetensors", ".pt", ".pth") or source.is_file():
         return model_from_checkpoint(load_checkpoint(source), device, img_size, resize, backend, amp)
     arch = str(checkpoint_or_arch)
     if weights == "none":
         raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
+    packaged = arch == DEFAULT_ARCH and weights == "imagenet"
+    if packaged:
+        key = reference_key(lite0_reference())
+        cached = imagenet_head_cache(arch, key)
+        if cached.is_file() and onnx_ready(arch, key, resolve_device(device), backend):
+            model = model_from_checkpoint(load_checkpoint(cached), device, img_size, resize, backend, amp)
+            model.checkpoint = None
+            return model
+    from camcli.backbones import build_backbone
+
     backbone = build_backbone(arch, weights)
     if backbone.head is None:
         raise CamcliError(
@@ -402,6 +410,15 @@ def load(
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
     preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)
-    return CamModel(
-        arch, backbone.features, backbone.head, backbone.class_names, preprocess, device, None, backend, amp, backbone.reference
-    )
+    model = CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, device, None, backend, amp,
+                     weights_id=reference_key(backbone.reference) if backbone.reference else None)
+    if packaged:
+        from camcli.backbones import backbone_state
+        from camcli.train import make_checkpoint
+
+        if not cached.exists():
+            with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
+                save_checkpoint(make_checkpoint(backbone, (model.weight, model.bias), model.class_names,
+                                                replace(preprocess, img_size=224, resize=DEFAULT_RESIZE), None, {},
+                                                backbone_state(backbone)), cached)
+    return model

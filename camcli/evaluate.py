@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from camcli import cam
 from camcli.data import class_folders, walk_images
@@ -276,11 +275,11 @@ def evaluate(
         if batch.failures:
             raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
         labels = [samples[i][1] for i in batch.positions]
-        predicted = batch.logits.argmax(dim=1).tolist()
+        predicted = batch.logits.argmax(axis=1).tolist()
         true += labels
         pred += predicted
         if need_maps:
-            maps = model.batch_maps(batch, torch.tensor([[y] for y in labels]), cam_sizes)
+            maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), cam_sizes)
             for b, pos in enumerate(batch.positions):
                 rel = samples[pos][0].relative_to(data).as_posix()
                 if rel not in boxes:

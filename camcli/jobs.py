@@ -20,9 +20,8 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from camcli.cam import heatmap, largest_component_box
+from camcli.cam import heatmap, largest_component_box, softmax
 from camcli.data import ImageInput
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
@@ -53,7 +52,7 @@ def predict_rows(
     images at a time, so the first rows come before the walk is finished. With ``boxes``,
     rows add the top-1 class's box (see :func:`overlay_rows`).
     """
-    model.rank(torch.zeros(1, model.num_classes), top_k)  # validates top_k before any work
+    model.rank(np.zeros((1, model.num_classes), np.float32), top_k)  # validates top_k before any work
     threshold = box_threshold_for(model, box_threshold) if boxes else None
     total = len(images) if isinstance(images, Sized) else None
     done = 0
@@ -63,10 +62,10 @@ def predict_rows(
             rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
                     for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k))}
             if boxes and batch.positions:
-                top1 = batch.logits.argmax(dim=1, keepdim=True)
+                top1 = batch.logits.argmax(axis=1)[:, None]
                 for b, (pos, cam_map) in enumerate(zip(batch.positions, model.batch_maps(batch, top1, cam_sizes))):
                     heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
-                    rows[pos].update(box=largest_component_box(heat, threshold), box_label=model.class_names[int(top1[b])],
+                    rows[pos].update(box=largest_component_box(heat, threshold), box_label=model.class_names[int(top1[b, 0])],
                                      box_threshold=threshold)
             rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
             yield from (rows[pos] for pos in sorted(rows))
@@ -211,11 +210,67 @@ def rank_tags(class_names: Sequence[str]) -> list[str]:
     return [f"_cam_{rank}_{safe_label(name)}" for rank, name in enumerate(class_names, start=1)]
 
 
-def plan_outputs(images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions) -> list[list[Path]]:
-    """Output paths per image: one overlay per class (``<stem>_cam<ext>``, or
-    ``<stem>_cam_<label><ext>`` for several classes), then the raw maps (``.npy``)."""
-    tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(lab)}" for lab in labels]
-    return [output_paths(base, tags, options.save_raw) for base in output_bases(images, options)]
+class FixedNames:
+    """Outputs whose names are known before the model runs: ``<stem>_cam<ext>`` for one class
+    (top-1 or the one asked for), ``<stem>_cam_<label><ext>`` for several; then the ``.npy`` maps."""
+
+    def __init__(self, images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions, guard: OutputGuard):
+        tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(label)}" for label in labels]
+        self.plans = [output_paths(base, tags, options.save_raw) for base in output_bases(images, options)]
+        self.guard = guard
+
+    def check_all(self) -> None:
+        planned = [p for paths in self.plans for p in paths]
+        duplicates = [p for p, n in Counter(p.resolve() for p in planned).items() if n > 1]
+        if duplicates:
+            raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
+        for path in planned:
+            self.guard.check(path)
+
+    def paths(self, k: int, class_names: Sequence[str]) -> list[Path]:
+        return self.plans[k]
+
+    def finished(self, k: int) -> bool:
+        return all(self.guard.is_ours(p) for p in self.plans[k])
+
+
+class RankedNames:
+    """``--maps K``: ``<stem>_cam_<rank>_<label><ext>`` for each image's top-K classes, names
+    known only once the model has ranked the image. Planning checks every existing
+    ``<stem>_cam_*`` file instead; each image's names are checked again before they are written."""
+
+    def __init__(self, images: Sequence[ImageInput], k: int, options: OverlayOptions, guard: OutputGuard):
+        self.bases = output_bases(images, options)
+        self.k, self.save_raw, self.guard = k, options.save_raw, guard
+        self.listings: dict[Path, list[str]] = {}
+
+    def _listing(self, folder: Path) -> list[str]:
+        if folder not in self.listings:
+            self.listings[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
+        return self.listings[folder]
+
+    def check_all(self) -> None:
+        same = [b for b, n in Counter((f.resolve(), stem, ext) for f, stem, ext in self.bases).items() if n > 1]
+        if same:
+            raise CamcliError(f"two inputs would write the same outputs {same[0][0] / same[0][1]}_cam_*; use --out-dir or rename one")
+        for folder, stem, _ in self.bases:
+            for name in self._listing(folder):
+                if name.startswith(f"{stem}_cam_"):
+                    self.guard.check(folder / name)
+
+    def paths(self, k: int, class_names: Sequence[str]) -> list[Path]:
+        paths = output_paths(self.bases[k], rank_tags(class_names), self.save_raw)
+        for path in paths:
+            self.guard.check(path)
+        return paths
+
+    def finished(self, k: int) -> bool:
+        folder, stem, ext = self.bases[k]
+        names = self._listing(folder)
+        return all(
+            any(n.startswith(f"{stem}_cam_{rank}_") and n.endswith(suffix) and self.guard.is_ours(folder / n) for n in names)
+            for rank in range(1, self.k + 1) for suffix in ([ext, ".npy"] if self.save_raw else [ext])
+        )
 
 
 def overlay_rows(
@@ -223,66 +278,39 @@ def overlay_rows(
     batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
     notify: Callable[[str], None] | None = None,
 ) -> Iterator[dict]:
-    """Write a CAM overlay for every image (see :func:`plan_outputs`) and yield its row.
+    """Write a CAM overlay for every image (see :class:`FixedNames`, :class:`RankedNames`) and
+    yield its row, in input order.
 
     Every output path is checked before any work, so a refused overwrite stops the job
-    before anything is written.
+    before anything is written. Colormap, blend, encoding and writing run in a small thread
+    pool (OpenCV releases the GIL), so the next batch's forward pass overlaps them.
     """
     colormap_id(options.colormap)
     threshold = box_threshold_for(model, options.box_threshold)
     if not 0.0 <= options.alpha <= 1.0:
-        raise CamcliError(f"--alpha must be between 0 and 1, got {options.alpha}")
-    model.rank(torch.zeros(1, model.num_classes), top_k)
+        raise CamcliError(f"alpha must be between 0 and 1, got {options.alpha}")
+    model.rank(np.zeros((1, model.num_classes), np.float32), top_k)
     chosen = [model.class_index(n) for n in options.classes]
     for index in options.class_indices:
         if not 0 <= index < model.num_classes:
-            raise CamcliError(f"--class-index {index} out of range 0..{model.num_classes - 1}")
+            raise CamcliError(f"class index {index} out of range 0..{model.num_classes - 1}")
         chosen.append(index)
     chosen = list(dict.fromkeys(chosen))
-    maps_k = min(options.maps, model.num_classes)
     if options.maps < 0 or (options.maps and chosen):
         raise CamcliError("--maps takes a positive K and excludes --class / --class-index")
-    labels = [model.class_names[c] for c in chosen] if chosen else ["top1"]
-    plans = plan_outputs(images, labels, options)
-    bases = output_bases(images, options)
+    maps_k = min(options.maps, model.num_classes)
     guard = OutputGuard({i.path.resolve() for i in images}, options.overwrite)
     if maps_k:
-        # names depend on each image's top-K classes: check every existing <stem>_cam_* file now
-        plans = [[] for _ in images]
-        same = [b for b, n in Counter((f.resolve(), stem, ext) for f, stem, ext in bases).items() if n > 1]
-        if same:
-            raise CamcliError(f"two inputs would write the same outputs {same[0][0] / same[0][1]}_cam_*; use --out-dir or rename one")
-        listings: dict[Path, list[str]] = {}
-        for folder, stem, _ in bases:
-            if folder not in listings:
-                listings[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
-            for name in listings[folder]:
-                if name.startswith(f"{stem}_cam_"):
-                    guard.check(folder / name)
-    planned = [p for paths in plans for p in paths]
-    duplicates = [p for p, n in Counter(p.resolve() for p in planned).items() if n > 1]
-    if duplicates:
-        raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
-    for path in planned:
-        guard.check(path)
+        plan: FixedNames | RankedNames = RankedNames(images, maps_k, options, guard)
+    else:
+        plan = FixedNames(images, [model.class_names[c] for c in chosen] if chosen else ["top1"], options, guard)
+    plan.check_all()
+    todo = list(range(len(images)))
     if options.skip_existing:
-        def finished(k: int) -> bool:
-            if not maps_k:
-                return all(guard.is_ours(p) for p in plans[k])
-            folder, stem, ext = bases[k]
-            names = listings[folder]
-            return all(
-                any(n.startswith(f"{stem}_cam_{rank}_") and n.endswith(suffix) and guard.is_ours(folder / n) for n in names)
-                for rank in range(1, maps_k + 1) for suffix in ([ext, ".npy"] if options.save_raw else [ext])
-            )
-
-        missing = [k for k in range(len(images)) if not finished(k)]
-        if notify and len(missing) < len(images):
-            notify(f"{len(images) - len(missing)} inputs skipped: their outputs exist (--skip-existing)")
-        images, plans, bases = [images[k] for k in missing], [plans[k] for k in missing], [bases[k] for k in missing]
-    # Colormap, blend, encoding and writing run in a small thread pool (OpenCV releases the
-    # GIL), so the next batch's forward pass overlaps them; rows still come out in input order.
-    pending: deque[tuple[dict, Future]] = deque()
+        todo = [k for k in todo if not plan.finished(k)]
+        if notify and len(todo) < len(images):
+            notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (--skip-existing)")
+    pending: deque[tuple[dict, Future | None]] = deque()
     done = 0
 
     def finish_oldest() -> dict:
@@ -293,38 +321,34 @@ def overlay_rows(
             row = {**row, "outputs": [str(p) for p in outputs], "box": box}
         done += 1
         if progress:
-            progress("overlay", done, len(images))
+            progress("overlay", done, len(todo))
         return row
 
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="camcli-writer") as pool:
         try:
-            for batch in model.batches([i.path for i in images], batch_size, workers, keep_images=True):
-                probs = torch.softmax(batch.logits, dim=1)
-                ranked = model.rank(batch.logits, top_k) if batch.positions else []
+            for batch in model.batches([images[k].path for k in todo], batch_size, workers, keep_images=True):
                 if maps_k:
-                    classes = batch.logits.topk(maps_k, dim=1).indices if batch.positions else torch.empty(0, maps_k, dtype=torch.long)
+                    classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, :maps_k]
                 else:
-                    classes = torch.tensor([chosen or [int(row.argmax())] for row in batch.logits], dtype=torch.long)
+                    classes = np.array([chosen or [int(row.argmax())] for row in batch.logits], np.int64).reshape(len(batch.logits), -1)
+                probs = softmax(batch.logits)
+                ranked = model.rank(batch.logits, top_k)
                 maps = model.batch_maps(batch, classes, options.cam_sizes) if batch.positions else []
                 entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
                 entries.update({pos: (None, why) for pos, why in batch.failures})
                 for pos in sorted(entries):
                     b, why = entries[pos]
+                    path = str(images[todo[pos]].path)
                     if why is not None:
-                        failed = {"path": str(images[pos].path), "predictions": [], "outputs": [], "box": None, "error": why}
-                        pending.append((failed, None))
+                        pending.append(({"path": path, "predictions": [], "outputs": [], "box": None, "error": why}, None))
                         continue
-                    if maps_k:
-                        names = [model.class_names[c] for c in classes[b].tolist()]
-                        plans[pos] = output_paths(bases[pos], rank_tags(names), options.save_raw)
-                        for path in plans[pos]:
-                            guard.check(path)
+                    mapped = classes[b].tolist()
+                    paths = plan.paths(todo[pos], [model.class_names[c] for c in mapped])
                     future = pool.submit(
-                        _write_overlays, batch.originals[b], maps[b], classes[b].tolist(), probs[b],
-                        model.class_names, plans[pos], options, threshold, guard.recorder,
+                        _write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names, paths,
+                        options, threshold, guard.recorder,
                     )
-                    row = {"path": str(images[pos].path), "predictions": ranked[b],
-                           "box_label": model.class_names[int(classes[b, 0])], "box_threshold": threshold}
+                    row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]], "box_threshold": threshold}
                     pending.append((row, future))
                 while len(pending) > batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
                     yield finish_oldest()
@@ -337,7 +361,7 @@ def overlay_rows(
 
 
 def _write_overlays(
-    image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: torch.Tensor,
+    image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: np.ndarray,
     class_names: list[str], paths: list[Path], options: OverlayOptions, threshold: float,
     recorder: Callable[[Path], Callable[[os.stat_result], None]],
 ) -> tuple[list[Path], list[int] | None]:

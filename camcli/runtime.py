@@ -1,8 +1,9 @@
 """Runtimes for the backbone's forward pass: PyTorch (CPU, CUDA, MPS) and ONNX Runtime (CPU).
 
-A runner maps a (N, 3, H, W) float32 batch to (N, C, h, w) float32 features. The head is a
-small matmul done in PyTorch either way, so one exported backbone serves every checkpoint
-trained on it.
+A runner maps a (N, 3, H, W) float32 array to (N, C, h, w) float32 features, as NumPy
+arrays. The head is a small matmul in NumPy either way, so one exported backbone serves
+every checkpoint trained on it. PyTorch is imported only where a PyTorch runner is built or
+an export is made: with a cached export, inference needs ONNX Runtime, NumPy and OpenCV only.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import torch
-from torch import nn
+import numpy as np
 
 from camcli.errors import CamcliError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-AUTO_ONNX_MIN_IMAGES = 256  # below this, exporting costs more than it saves (unless already cached)
+DEVICES = ("auto", "cpu", "cuda", "mps")
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max|delta| / max|reference| accepted when verifying an export
 
@@ -35,35 +36,81 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "camcli"
 
 
-def weights_key(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names, shapes, dtypes and values)."""
+def _may_have_cuda() -> bool:
+    # without an NVIDIA driver there is no CUDA: no need to import PyTorch to find that out
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable choice is an error.
+
+    PyTorch is imported only where a GPU may exist (an NVIDIA driver, or macOS for MPS).
+    """
+    if name not in DEVICES:
+        raise CamcliError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "cpu" or (name == "auto" and not _may_have_cuda() and sys.platform != "darwin"):
+        return "cpu"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if name == "cuda" and not cuda:
+        raise CamcliError("device cuda: no CUDA device is available (use the cpu)")
+    if name == "mps" and not mps:
+        raise CamcliError("device mps: MPS is not available (use the cpu)")
+    return name
+
+
+def weights_key(state: Mapping[str, np.ndarray]) -> str:
+    """sha256 of a state dict given as NumPy arrays (names, shapes, dtypes and values)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    for name in sorted(state):
+        array = np.ascontiguousarray(state[name])
+        digest.update(f"{name}:{array.shape}:{array.dtype.str}".encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()
 
 
+def module_state(module) -> dict[str, np.ndarray]:
+    """A PyTorch module's state dict as float32 (or integer) NumPy arrays on the CPU."""
+    import torch
+
+    out = {}
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu()
+        out[name] = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).contiguous().numpy()
+    return out
+
+
 class TorchRunner:
-    """PyTorch eager: channels-last on the CPU (about 2x faster here), autocast on CUDA when ``amp``."""
+    """PyTorch eager: channels-last on the CPU and CUDA (about 2x faster on the CPU here),
+    autocast to float16 on CUDA when ``amp``, batches copied from pinned memory on CUDA."""
 
     name = "torch"
 
-    def __init__(self, features: nn.Module, device: torch.device, amp: bool = True):
-        self.device = device
-        self.amp = amp and device.type == "cuda"
-        self.channels_last = device.type in ("cpu", "cuda")
-        self.features = features.eval().requires_grad_(False).to(device)
+    def __init__(self, features, device: str, amp: bool = True):
+        import torch
+
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.channels_last = self.device.type in ("cpu", "cuda")
+        self.features = features.eval().requires_grad_(False).to(self.device)
         if self.channels_last:
             self.features = self.features.to(memory_format=torch.channels_last)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # lets the non_blocking copy overlap
+        batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
-            return self.features(x).float().contiguous()
+            return self.features(batch).float().cpu().contiguous().numpy()
 
 
 class OnnxRunner:
@@ -75,36 +122,36 @@ class OnnxRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # spinning intra-op threads would take the CPU from the decoding workers between batches
+        # spinning intra-op threads would take the CPU from the decoding threads between batches
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.device = torch.device("cpu")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"image": x.detach().cpu().float().contiguous().numpy()})[0]
-        return torch.from_numpy(out)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def onnx_path(arch: str, key: str) -> Path:
     """Where the export of a backbone with weights ``key`` is cached."""
-    settings = json.dumps({"weights": key, "opset": ONNX_OPSET, "torch": torch.__version__, "format": 1})
+    settings = json.dumps({"weights": key, "opset": ONNX_OPSET, "format": 2})
     digest = hashlib.sha256(settings.encode()).hexdigest()[:20]
     return cache_dir() / "onnx" / f"{arch.replace(':', '_').replace('/', '_')}-{digest}.onnx"
 
 
-def export_onnx(features: nn.Module, path: Path) -> None:
-    """Export ``features`` to ``path`` (atomically), and check it reproduces PyTorch.
+def export_onnx(features, path: Path) -> None:
+    """Export the PyTorch module ``features`` to ``path`` (atomically), and check it reproduces PyTorch.
 
     Raises:
         CamcliError: the export failed or its outputs differ from PyTorch's.
     """
+    import torch
+
     features = features.eval().to("cpu", memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".camcli-export-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         quiet = io.StringIO()
@@ -116,12 +163,12 @@ def export_onnx(features: nn.Module, path: Path) -> None:
                 opset_version=ONNX_OPSET, dynamo=False,
             )
         runner = OnnxRunner(Path(tmp))
-        generator = torch.Generator().manual_seed(0)
+        rng = np.random.default_rng(0)
         for shape in ((2, 3, 224, 224), (1, 3, 224, 320)):
-            x = torch.randn(*shape, generator=generator)
+            x = rng.standard_normal(shape, dtype=np.float32)
             with torch.inference_mode():
-                reference = features(x).float()
-            error = float((runner(x) - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+                reference = features(torch.from_numpy(x)).float().numpy()
+            error = float(np.abs(runner(x) - reference).max() / max(float(np.abs(reference).max()), 1e-12))
             if error > ONNX_TOLERANCE:
                 raise CamcliError(f"the ONNX export differs from PyTorch (relative error {error:.1e})")
         os.replace(tmp, path)
@@ -134,36 +181,47 @@ def export_onnx(features: nn.Module, path: Path) -> None:
             os.unlink(tmp)
 
 
+def onnx_ready(arch: str, key: str, device: str, backend: str) -> bool:
+    """Whether a job can run on ONNX Runtime without PyTorch: CPU, ONNX backend allowed, export cached."""
+    if device != "cpu" or backend == "torch" or not onnx_path(arch, key).is_file():
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def make_runner(
-    features: nn.Module, arch: str, device: torch.device, backend: str = "auto", amp: bool = True,
-    num_images: int | None = None, key: Callable[[], str] | None = None,
+    build: Callable[[], object], arch: str, device: str, backend: str = "auto", amp: bool = True,
+    key: Callable[[], str] | None = None,
 ) -> tuple[TorchRunner | OnnxRunner, str | None]:
     """Choose and build the runner.
 
-    ``auto`` takes ONNX Runtime on the CPU when an export of these weights is cached or the
-    job has at least ``AUTO_ONNX_MIN_IMAGES`` images, PyTorch otherwise. When ONNX Runtime
-    fails, PyTorch takes over.
+    On the CPU, ``auto`` takes ONNX Runtime (about 2x PyTorch here), exporting the backbone
+    on its first use; on a GPU, PyTorch. When ONNX Runtime fails, PyTorch takes over.
+    ``build`` makes the PyTorch module and is called only when PyTorch runs or exports it.
 
     Returns:
-        (runner, a one-line warning to show the user, or None).
+        (runner, a one-line note to show the user, or None).
     """
     if backend not in BACKENDS:
-        raise CamcliError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "onnxruntime" and device.type != "cpu":
-        raise CamcliError(f"the onnxruntime backend runs on the CPU; use --device cpu or --backend torch (device is {device.type})")
-    if backend == "torch" or device.type != "cpu":
-        return TorchRunner(features, device, amp), None
+        raise CamcliError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and device != "cpu":
+        raise CamcliError(f"the onnxruntime backend runs on the CPU; use the cpu device or the torch backend (device is {device})")
+    if backend == "torch" or device != "cpu":
+        return TorchRunner(build(), device, amp), None
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         note = "onnxruntime is not installed: using PyTorch" if backend == "onnxruntime" else None
-        return TorchRunner(features, device, amp), note
-    path = onnx_path(arch, key() if key else weights_key(features))
-    if backend == "auto" and not path.exists() and (num_images or 0) < AUTO_ONNX_MIN_IMAGES:
-        return TorchRunner(features, device, amp), None
+        return TorchRunner(build(), device, amp), note
+    path = onnx_path(arch, key())
+    note = None
     try:
         if not path.exists():
-            export_onnx(features, path)
-        return OnnxRunner(path), None
+            export_onnx(build(), path)
+            note = f"exported {arch} to ONNX ({path}): later runs start without PyTorch"
+        return OnnxRunner(path), note
     except Exception as exc:  # any failure falls back to PyTorch, said once
-        return TorchRunner(features, device, amp), f"warning: ONNX Runtime unavailable for {arch} ({exc}); using PyTorch"
+        return TorchRunner(build(), device, amp), f"warning: ONNX Runtime unavailable for {arch} ({exc}); using PyTorch"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -23,14 +24,15 @@ from torch import nn
 
 from camcli import __version__
 from camcli.backbones import Backbone, backbone_state, build_backbone
-from camcli.cam import global_average_pool
-from camcli.checkpoint import FORMAT_VERSION, save_checkpoint
+from camcli.cam import global_average_pool, softmax
+from camcli.checkpoint import FORMAT_VERSION, SUFFIX, save_checkpoint
 from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
-from camcli.engine import extract_features, image_batches, resolve_device
+from camcli.engine import extract_features, image_batches
 from camcli.errors import CamcliError
 from camcli.files import atomic_write
-from camcli.runtime import cache_dir, make_runner, weights_key
+from camcli.packaged import reference_key
+from camcli.runtime import cache_dir, make_runner, resolve_device, weights_key
 
 Progress = Callable[[str, int, int], None]
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -66,19 +68,18 @@ def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
 
 
 def pooled_features(
-    runner: Callable[[torch.Tensor], torch.Tensor], paths: list[Path], preprocess: Preprocess,
+    runner: Callable[[np.ndarray], np.ndarray], paths: list[Path], preprocess: Preprocess,
     batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
     augment: bool = False, seed: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Global-average-pooled backbone features, one (B, C) float32 CPU tensor per batch, in
     the order of ``paths`` (``augment``: random resized crop + horizontal flip first, drawn from ``seed``)."""
     done = 0
-    device = getattr(runner, "device", torch.device("cpu"))
-    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, device, augment=augment, seed=seed):
+    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, augment=augment, seed=seed):
         if failures:
             raise CamcliError(f"{failures[0][1]}; fix or remove that file")
         feats, sizes = extract_features(runner, tensors)
-        yield global_average_pool(feats, sizes).cpu()
+        yield torch.from_numpy(np.ascontiguousarray(global_average_pool(feats, sizes), dtype=np.float32))
         done += len(tensors)
         if progress:
             progress(stage, done, len(paths))
@@ -96,7 +97,7 @@ def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preproces
 
 
 def cached_pooled_features(
-    runner: Callable[[torch.Tensor], torch.Tensor], paths: list[Path], preprocess: Preprocess, weights_id: str,
+    runner: Callable[[np.ndarray], np.ndarray], paths: list[Path], preprocess: Preprocess, weights_id: str,
     batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
 ) -> tuple[torch.Tensor, bool]:
     """(N, C) pooled features of ``paths`` from the feature cache, computing and caching them
@@ -156,10 +157,11 @@ def evaluate(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> t
 
 
 def make_checkpoint(
-    backbone: Backbone, head: nn.Linear, class_names: list[str], preprocess: Preprocess,
-    config: TrainConfig, metrics: dict, stored_backbone: dict,
+    backbone: Backbone, head: nn.Linear | tuple[np.ndarray, np.ndarray], class_names: list[str], preprocess: Preprocess,
+    config: TrainConfig | None, metrics: dict, stored_backbone: dict,
 ) -> dict:
-    """The plain-dict checkpoint (see README, "Checkpoint format")."""
+    """The checkpoint dict (see checkpoint.py and README, "Checkpoint format")."""
+    weight, bias = (head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy()) if isinstance(head, nn.Linear) else head
     return {
         "format_version": FORMAT_VERSION,
         "camcli_version": __version__,
@@ -169,10 +171,10 @@ def make_checkpoint(
         "preprocess": preprocess.to_dict(),
         "mean": list(preprocess.mean),
         "std": list(preprocess.std),
-        "config": config.to_dict(),
+        "config": config.to_dict() if config is not None else {},
         "metrics": dict(metrics),
         "backbone": stored_backbone,
-        "head": {"weight": head.weight.detach().cpu().clone(), "bias": head.bias.detach().cpu().clone()},
+        "head": {"weight": np.array(weight, np.float32), "bias": np.array(bias, np.float32)},
     }
 
 
@@ -205,13 +207,10 @@ def fit(
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
     preprocess = Preprocess(config.img_size, backbone.mean, backbone.std, config.resize, backbone.stride)
-    ref = backbone.reference
-    weights_id = f"{ref['package']}:{ref['sha256']}" if ref else weights_key(backbone.features)
     stored_backbone = backbone_state(backbone)
-    runner, note = make_runner(
-        backbone.features, config.arch, device, config.backend, config.amp,
-        len(train_set) * (config.epochs if config.augment else 1) + len(val_set), lambda: weights_id,
-    )
+    ref = backbone.reference
+    weights_id = reference_key(ref) if ref else weights_key(stored_backbone["state_dict"])
+    runner, note = make_runner(lambda: backbone.features, config.arch, device, config.backend, config.amp, lambda: weights_id)
     say = notify or (lambda _: None)
     if note:
         say(note)
@@ -263,8 +262,8 @@ def fit(
         checkpoint = make_checkpoint(backbone, head, class_names, preprocess, config, row, stored_backbone)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
             best, best_checkpoint = row, checkpoint
-            save_checkpoint(checkpoint, run_dir / "best.pt")
-        save_checkpoint(checkpoint, run_dir / "last.pt")
+            save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}")
+        save_checkpoint(checkpoint, run_dir / f"last{SUFFIX}")
         _write_metrics(run_dir / "metrics.csv", history)
         if on_epoch:
             on_epoch(row)
@@ -285,7 +284,7 @@ def _write_report(
     from camcli.report import write_train_report
 
     head = nn.Linear(checkpoint["head"]["weight"].shape[1], len(class_names))
-    head.load_state_dict(checkpoint["head"])
+    head.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint["head"].items()})
     _, _, preds = evaluate(head, val_x, val_y)
     confusion = classification_metrics(val_y.tolist(), preds.tolist(), class_names)["confusion"]["matrix"]
     def spread(indices: list[int]) -> list[int]:
@@ -306,13 +305,12 @@ def _write_report(
         model = CamModel(config.arch, backbone.features, head, class_names, preprocess, config.device, backend="torch")
         paths = [val_set[i][0] for i in chosen]
         for batch in model.batches(paths, config.batch_size, 0, keep_images=True):
-            top = batch.logits.argmax(dim=1, keepdim=True)
-            probs = torch.softmax(batch.logits, dim=1)
+            top = batch.logits.argmax(axis=1)[:, None]
+            probs = softmax(batch.logits)
             for b, (pos, maps) in enumerate(zip(batch.positions, model.batch_maps(batch, top))):
-                predicted = class_names[int(top[b])]
-                overlay = render_overlay(batch.originals[b], maps[0])
-                overlay = draw_caption(overlay, f"{predicted} {float(probs[b, top[b]]):.0%}")
-                examples.append((overlay, class_names[val_set[chosen[pos]][1]], predicted, float(probs[b, top[b]])))
+                predicted, prob = class_names[int(top[b, 0])], float(probs[b, top[b, 0]])
+                overlay = draw_caption(render_overlay(batch.originals[b], maps[0]), f"{predicted} {prob:.0%}")
+                examples.append((overlay, class_names[val_set[chosen[pos]][1]], predicted, prob))
     best = checkpoint["metrics"]
     summary = (f"{config.arch}, {len(val_set)} validation images, {len(class_names)} classes; best epoch {best['epoch']} "
                f"of {len(history)}: val accuracy {best['val_acc']:.3f}, val loss {best['val_loss']:.4f}")

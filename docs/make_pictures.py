@@ -31,7 +31,7 @@ def main() -> None:
         camcli("train", str(ROOT / "sample_data"), "--out", str(run), "--quiet")
         picks = [ROOT / "sample_data" / "val" / c / f"{c}_0{i}.jpg" for c, i in
                  [("cat", 2), ("coffee", 4), ("rocket", 1), ("brick", 0), ("cat", 4)]]
-        camcli("overlay", *map(str, picks), "--checkpoint", str(run / "best.pt"), "--out-dir", str(Path(tmp) / "ov"),
+        camcli("overlay", *map(str, picks), "--checkpoint", str(run / "best.safetensors"), "--out-dir", str(Path(tmp) / "ov"),
                "--draw-box", "--quiet")
         tiles = []
         for pick in picks:

@@ -49,3 +49,19 @@ def sample_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample_run") / "run"
     fit(resolve_train_config(data=str(SAMPLE_DATA), epochs=3, out=str(out), workers=0))
     return out
+
+
+def save_v1(checkpoint: dict, path: Path) -> Path:
+    """Save a checkpoint dict (arrays as NumPy) in camcli 0.1's format: a PyTorch pickle.
+    Nothing is checked, so tests can craft any field; camcli reads this format too."""
+    import torch
+
+    def tensors(value):
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.array(value))
+        if isinstance(value, dict):
+            return {k: tensors(v) for k, v in value.items()}
+        return value
+
+    torch.save(tensors(checkpoint), path)
+    return path

@@ -1,70 +1,83 @@
-"""The CAM math against independent computations."""
+"""The CAM math against independent computations (explicit loops, PyTorch's pooling and interpolation)."""
 
 import numpy as np
 import pytest
 import torch
 
-from camcli.cam import class_maps, normalize_maps, pooled_logits, upsample_to
+from camcli.cam import class_maps, global_average_pool, heatmap, normalize_maps, pooled_logits, softmax, upsample_to
 
 
 @pytest.fixture
 def features_and_head():
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn(3, 8, 5, 7, generator=g)
-    weight = torch.randn(4, 8, generator=g)
-    bias = torch.randn(4, generator=g)
-    return features, weight, bias
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((3, 8, 5, 7), dtype=np.float32), rng.standard_normal((4, 8), dtype=np.float32),
+            rng.standard_normal(4, dtype=np.float32))
 
 
 def test_class_maps_equal_explicit_weighted_sum(features_and_head):
     features, weight, _ = features_and_head
-    f, w = features.double().numpy(), weight.double().numpy()
+    f, w = features.astype(np.float64), weight.astype(np.float64)
     expected = np.zeros((3, 4, 5, 7))
     for n in range(3):
         for c in range(4):
             for k in range(8):
                 expected[n, c] += w[c, k] * f[n, k]
-    np.testing.assert_allclose(class_maps(features, weight).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(class_maps(features, weight), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mean_of_map_plus_bias_is_the_logit(features_and_head):
     features, weight, bias = features_and_head
-    maps = class_maps(features, weight)
-    via_maps = maps.mean(dim=(2, 3)) + bias
-    via_pool = torch.nn.functional.adaptive_avg_pool2d(features, 1).flatten(1) @ weight.T + bias
-    torch.testing.assert_close(via_maps, via_pool, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(pooled_logits(features, weight, bias), via_pool, rtol=1e-5, atol=1e-5)
+    via_maps = class_maps(features, weight).mean(axis=(2, 3)) + bias
+    t = torch.from_numpy(features)
+    via_torch = (torch.nn.functional.adaptive_avg_pool2d(t, 1).flatten(1) @ torch.from_numpy(weight).T + torch.from_numpy(bias)).numpy()
+    np.testing.assert_allclose(via_maps, via_torch, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled_logits(features, weight, bias), via_torch, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_over_valid_regions_equals_pooling_each_image_alone(features_and_head):
+    features, _, _ = features_and_head
+    packed = np.zeros_like(features)
+    sizes = [(5, 7), (3, 4), (2, 7)]
+    for i, (h, w) in enumerate(sizes):
+        packed[i, :, :h, :w] = features[i, :, :h, :w]
+    pooled = global_average_pool(packed, sizes)
+    for i, (h, w) in enumerate(sizes):
+        np.testing.assert_allclose(pooled[i], features[i, :, :h, :w].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
 def test_chosen_classes_select_the_same_maps(features_and_head):
     features, weight, _ = features_and_head
-    classes = torch.tensor([[2], [0], [3]])
-    chosen = class_maps(features, weight, classes)
+    chosen = class_maps(features, weight, np.array([[2], [0], [3]]))
     full = class_maps(features, weight)
     assert chosen.shape == (3, 1, 5, 7)
     for n, c in enumerate([2, 0, 3]):
-        torch.testing.assert_close(chosen[n, 0], full[n, c])
+        np.testing.assert_allclose(chosen[n, 0], full[n, c], rtol=1e-6)
 
 
 def test_class_maps_rejects_non_4d_features():
     with pytest.raises(ValueError, match="features"):
-        class_maps(torch.zeros(2, 8), torch.zeros(3, 8))
+        class_maps(np.zeros((2, 8)), np.zeros((3, 8)))
+
+
+def test_softmax_matches_torch_and_survives_large_logits():
+    logits = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0]], np.float32)
+    np.testing.assert_allclose(softmax(logits), torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy(), rtol=1e-12)
+    assert np.isfinite(softmax(logits)).all()
 
 
 def test_normalize_maps_range_and_constant_map():
-    maps = torch.stack([torch.arange(12.0).view(3, 4) - 5, torch.full((3, 4), 7.0)])
+    maps = np.stack([np.arange(12.0).reshape(3, 4) - 5, np.full((3, 4), 7.0)]).astype(np.float32)
     out = normalize_maps(maps)
-    assert out.dtype == torch.float32
-    assert float(out[0].min()) == 0.0 and float(out[0].max()) == 1.0
-    torch.testing.assert_close(out[0], (maps[0] + 5) / 11)
-    assert torch.equal(out[1], torch.zeros(3, 4))
-    assert not torch.isnan(out).any()
+    assert out.dtype == np.float32
+    assert out[0].min() == 0.0 and out[0].max() == 1.0
+    np.testing.assert_allclose(out[0], (maps[0] + 5) / 11, rtol=1e-6)
+    assert (out[1] == 0).all() and not np.isnan(out).any()
 
 
 def test_upsample_keeps_a_hot_cell_over_its_own_pixels_on_a_non_square_image():
     h, w, height, width = 4, 6, 120, 300
     for i, j in [(0, 0), (3, 5), (1, 4)]:
-        grid = torch.zeros(h, w)
+        grid = np.zeros((h, w), np.float32)
         grid[i, j] = 1.0
         up = upsample_to(grid, (height, width))
         assert up.shape == (height, width)
@@ -73,20 +86,17 @@ def test_upsample_keeps_a_hot_cell_over_its_own_pixels_on_a_non_square_image():
         assert j * width / w <= x < (j + 1) * width / w
 
 
-def test_upsample_batch_shape():
-    assert upsample_to(torch.rand(2, 3, 7, 7), (50, 80)).shape == (2, 3, 50, 80)
-
-
-def test_array_and_tensor_upsampling_agree():
-    grid = torch.rand(5, 7, generator=torch.Generator().manual_seed(0))
-    for size in [(37, 91), (200, 120), (3, 4)]:
-        np.testing.assert_allclose(upsample_to(grid.numpy(), size), upsample_to(grid, size).numpy(), atol=1e-5)
+def test_upsampling_equals_pytorch_bilinear_without_corner_alignment():
+    grid = np.random.default_rng(0).random((2, 3, 5, 7), dtype=np.float32)
+    for size in [(37, 91), (200, 120)]:
+        expected = torch.nn.functional.interpolate(torch.from_numpy(grid), size=size, mode="bilinear", align_corners=False)
+        out = upsample_to(grid, size)
+        assert out.shape == (2, 3, *size)
+        np.testing.assert_allclose(out, expected.numpy(), atol=1e-5)
 
 
 def test_heatmap_normalizes_then_upsamples():
-    from camcli.cam import heatmap
-
-    grid = torch.arange(6.0).view(2, 3) * 3 - 4
-    out = heatmap(grid.numpy(), (20, 30))
+    grid = np.arange(6.0, dtype=np.float32).reshape(2, 3) * 3 - 4
+    out = heatmap(grid, (20, 30))
     assert out.shape == (20, 30) and out.dtype == np.float32
-    np.testing.assert_allclose(out, upsample_to(normalize_maps(upsample_to(grid, (20, 30))), (20, 30)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out, normalize_maps(upsample_to(grid, (20, 30))), atol=1e-5)

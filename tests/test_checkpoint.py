@@ -1,12 +1,17 @@
 """Checkpoints: plain dicts, weights_only loading, clear refusals."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from camcli.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from camcli.errors import CamcliError
+from conftest import save_v1
 
 
 def _minimal(**override) -> dict:
@@ -14,17 +19,43 @@ def _minimal(**override) -> dict:
         "format_version": FORMAT_VERSION, "arch": "resnet18", "class_names": ["a", "b"], "img_size": 32,
         "preprocess": {"img_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "squash"},
         "backbone": {"state_dict": {}},
-        "head": {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)},
+        "head": {"weight": np.zeros((2, 4), np.float32), "bias": np.zeros(2, np.float32)},
     }
     ckpt.update(override)
     return ckpt
 
 
 def test_round_trip_and_atomic_write_leaves_no_temporary(tmp_path):
-    path = tmp_path / "c.pt"
+    path = tmp_path / "c.safetensors"
+    ckpt = _minimal(backbone={"state_dict": {"conv.weight": np.arange(6, dtype=np.float32).reshape(1, 6), "n": np.array(3)}})
+    save_checkpoint(ckpt, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+    loaded = load_checkpoint(path)
+    assert loaded["format_version"] == 2 and loaded["class_names"] == ["a", "b"]
+    np.testing.assert_array_equal(loaded["head"]["weight"], np.zeros((2, 4)))
+    np.testing.assert_array_equal(loaded["backbone"]["state_dict"]["conv.weight"], ckpt["backbone"]["state_dict"]["conv.weight"])
+    # a plain safetensors reader sees the same tensors, and the metadata is JSON
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        assert sorted(f.keys()) == ["backbone.conv.weight", "backbone.n", "head.bias", "head.weight"]
+        assert json.loads(f.metadata()["camcli"])["arch"] == "resnet18"
+
+
+def test_format_1_checkpoints_of_camcli_0_1_still_load(tmp_path):
+    path = save_v1(_minimal(format_version=1), tmp_path / "old.pt")
+    loaded = load_checkpoint(path)
+    assert loaded["format_version"] == 1 and isinstance(loaded["head"]["weight"], np.ndarray)
+
+
+def test_info_reads_a_checkpoint_without_pytorch(tmp_path):
+    path = tmp_path / "c.safetensors"
     save_checkpoint(_minimal(), path)
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
-    assert torch.equal(load_checkpoint(path)["head"]["weight"], torch.zeros(2, 4))
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+            "from camcli.cli import main; sys.argv = ['camcli', 'info', sys.argv[1], '--format', 'json']; main()")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["class_names"] == ["a", "b"]
 
 
 @pytest.mark.parametrize("ckpt,message", [
@@ -34,7 +65,7 @@ def test_round_trip_and_atomic_write_leaves_no_temporary(tmp_path):
 ])
 def test_refusals(tmp_path, ckpt, message):
     path = tmp_path / "c.pt"
-    torch.save(ckpt, path)
+    save_v1(ckpt, path)
     with pytest.raises(CamcliError, match=message):
         load_checkpoint(path)
 

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from camcli.backbones import lite0_weights_path
+from camcli.checkpoint import load_checkpoint, save_checkpoint
 from camcli.cli import app
 from conftest import SAMPLE_DATA, make_image_folder, write_image
 
@@ -57,15 +58,15 @@ def _reference_features(model, path: Path) -> np.ndarray:
 
 
 def test_predict_probabilities_and_raw_maps_match_an_independent_computation(sample_run, reference_lite0, tmp_path):
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
-    weight, bias = ckpt["head"]["weight"].double().numpy(), ckpt["head"]["bias"].double().numpy()
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
+    weight, bias = ckpt["head"]["weight"].astype(np.float64), ckpt["head"]["bias"].astype(np.float64)
     images = sorted((SAMPLE_DATA / "val" / "cat").glob("*.jpg"))[:3] + sorted((SAMPLE_DATA / "val" / "coffee").glob("*.jpg"))[:2]
-    result = run("predict", *images, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--workers", "0")
+    result = run("predict", *images, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--workers", "0")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in images]
     out = tmp_path / "ov"
-    result = run("overlay", *images, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--save-raw",
+    result = run("overlay", *images, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--save-raw",
                  "--format", "json", "--workers", "0")
     assert result.exit_code == 0, result.output
     overlay_rows = json.loads(result.stdout)
@@ -103,7 +104,7 @@ def test_overlay_next_to_inputs_sizes_exif_inputs_untouched_and_reruns(sample_ru
     rotated.save(data / "turned.jpg", exif=exif)  # displayed transposed
     write_image(data / "wide.png", np.full((30, 90, 3), 90, np.uint8))
     before = _tree_digest(data)
-    ckpt = sample_run / "best.pt"
+    ckpt = sample_run / "best.safetensors"
     result = run("overlay", data, "--checkpoint", ckpt, "--format", "jsonl", "--workers", "0")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -138,7 +139,7 @@ def test_out_dir_mirrors_inputs_classes_and_colliding_stems(sample_run, tmp_path
     write_image(data / "a.png", rgb)
     write_image(data / "sub" / "b.png", rgb)
     out = tmp_path / "out"
-    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--class", "cat",
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--class", "cat",
                  "--class-index", "2", "--save-raw", "--format", "json", "--workers", "0", "--no-caption")
     assert result.exit_code == 0, result.output
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -148,7 +149,7 @@ def test_out_dir_mirrors_inputs_classes_and_colliding_stems(sample_run, tmp_path
         for label in ("cat", "coffee")
         for ext in (src_ext, ".npy")
     )
-    bad = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--class", "dog", "--out-dir", out)
+    bad = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--class", "dog", "--out-dir", out)
     assert bad.exit_code == 2 and "unknown class 'dog'" in bad.stderr
 
 
@@ -159,7 +160,7 @@ def test_vgg16_random_init_train_then_predict(tmp_path):
                  "--batch-size", "4", "--workers", "0", "--out", run_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"Results saved to {run_dir}"
-    predicted = run("predict", data, "--checkpoint", run_dir / "best.pt", "--format", "csv", "--top-k", "9")
+    predicted = run("predict", data, "--checkpoint", run_dir / "best.safetensors", "--format", "csv", "--top-k", "9")
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.stdout.splitlines()
     assert lines[0] == "path,rank,label,index,prob,outputs,box,error" and len(lines) == 1 + 8 * 2  # top-k capped at K=2
@@ -218,7 +219,7 @@ def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps(boxes))
     out = tmp_path / "eval"
-    result = run("evaluate", val, "--checkpoint", sample_run / "best.pt", "--boxes", boxes_file, "--format", "json",
+    result = run("evaluate", val, "--checkpoint", sample_run / "best.safetensors", "--boxes", boxes_file, "--format", "json",
                  "--out", out, "--calibrate", "--workers", "0")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
@@ -227,17 +228,17 @@ def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run
     assert metrics["num_images"] == len(images) and metrics["num_images_with_boxes"] == len(boxes)
     assert metrics["pointing_game"] == 1.0
     # accuracy agrees with predict's top-1
-    predicted = run("predict", val, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--top-k", "1")
+    predicted = run("predict", val, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--top-k", "1")
     rows = [json.loads(line) for line in predicted.stdout.splitlines()]
     agree = sum(Path(r["path"]).parent.name == r["predictions"][0]["label"] for r in rows) / len(rows)
     assert metrics["accuracy"] == pytest.approx(agree)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["max_box_acc"] == metrics["max_box_acc"] and len(saved["box_acc_curve"]["thresholds"]) == 100
     assert cv2.imread(str(out / "box_accuracy.png")).shape == (480, 720, 3)
-    calibrated = torch.load(out / "calibrated.pt", weights_only=True)
+    calibrated = load_checkpoint(out / "calibrated.safetensors")
     assert calibrated["cam_threshold"] == metrics["best_threshold"]
 
-    overlay = run("overlay", images[0], "--checkpoint", out / "calibrated.pt", "--out-dir", tmp_path / "ov",
+    overlay = run("overlay", images[0], "--checkpoint", out / "calibrated.safetensors", "--out-dir", tmp_path / "ov",
                   "--draw-box", "--format", "json")
     assert overlay.exit_code == 0, overlay.output
     (row,) = json.loads(overlay.stdout)
@@ -248,10 +249,10 @@ def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run
 
 
 def test_evaluate_errors(sample_run, tmp_path):
-    bad = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.pt", "--calibrate")
+    bad = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--calibrate")
     assert bad.exit_code == 2 and "--calibrate needs --boxes" in bad.stderr
     data = make_image_folder(tmp_path / "d", classes=("red",), per_class=1)
-    wrong = run("evaluate", data, "--checkpoint", sample_run / "best.pt")
+    wrong = run("evaluate", data, "--checkpoint", sample_run / "best.safetensors")
     assert wrong.exit_code == 2 and "unknown: red" in wrong.stderr
 
 
@@ -277,7 +278,7 @@ def _mixed_folder(root: Path) -> tuple[Path, list[str]]:
 def test_bad_inputs_are_reported_and_the_rest_processed(sample_run, tmp_path, workers):
     data, bad = _mixed_folder(tmp_path / "mixed")
     before = _tree_digest(data)
-    result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--workers", workers)
+    result = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--workers", workers)
     assert result.exit_code == 1
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in data.iterdir())
@@ -286,7 +287,7 @@ def test_bad_inputs_are_reported_and_the_rest_processed(sample_run, tmp_path, wo
     assert all(len(r["predictions"]) == 5 for r in rows if "error" not in r)
     assert all("failed: cannot" in line for line in result.stderr.splitlines()[:4])
     assert "4 of 9 inputs failed" in result.stderr
-    allowed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", tmp_path / "o",
+    allowed = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", tmp_path / "o",
                   "--allow-failures", "--format", "csv", "--workers", workers)
     assert allowed.exit_code == 0
     written = sorted(p.name for p in (tmp_path / "o" / "mixed").iterdir() if not p.name.startswith("."))
@@ -311,12 +312,12 @@ def test_skip_existing_finishes_only_what_is_missing(sample_run, tmp_path):
     data = tmp_path / "photos"
     shutil.copytree(SAMPLE_DATA / "val" / "rocket", data)
     out = tmp_path / "out"
-    first = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--format", "jsonl")
+    first = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--format", "jsonl")
     assert first.exit_code == 0 and len(first.stdout.splitlines()) == 6
     done = out / "photos" / "rocket_02_cam.jpg"
     kept = done.stat().st_mtime_ns
     (out / "photos" / "rocket_04_cam.jpg").unlink()
-    again = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--format", "jsonl", "--skip-existing")
+    again = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--format", "jsonl", "--skip-existing")
     assert again.exit_code == 0
     assert [Path(json.loads(line)["path"]).name for line in again.stdout.splitlines()] == ["rocket_04.jpg"]
     assert "5 inputs skipped" in again.stderr
@@ -327,7 +328,7 @@ def test_skip_existing_finishes_only_what_is_missing(sample_run, tmp_path):
 def test_an_interrupted_overlay_leaves_only_complete_outputs(sample_run, tmp_path, sig):
     data = make_image_folder(tmp_path / "many", per_class=60, size=(120, 160))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.pt"),
+    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.safetensors"),
            "--out-dir", str(out), "--batch-size", "2", "--workers", "0", "--backend", "torch", "--format", "jsonl"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()  # at least one overlay is written
@@ -345,7 +346,7 @@ def test_an_interrupted_overlay_leaves_only_complete_outputs(sample_run, tmp_pat
     else:
         assert proc.returncode == -signal.SIGKILL
     # the manifest kept up with every file written, so a resume needs no --overwrite
-    resumed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--skip-existing",
+    resumed = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--skip-existing",
                   "--format", "jsonl", "--workers", "0")
     assert resumed.exit_code == 0, resumed.output
     assert len(resumed.stdout.splitlines()) == 120 - len(written)
@@ -360,25 +361,25 @@ def test_odd_names_symlinks_and_a_file_for_an_output_folder(sample_run, tmp_path
         write_image(data / name, rgb)
     (data / "gone.jpg").symlink_to(tmp_path / "missing.jpg")  # a broken link
     (data / "loop").symlink_to(data, target_is_directory=True)  # a folder loop is not followed
-    result = run("predict", "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--", data)
+    result = run("predict", "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--", data)
     assert result.exit_code == 1  # the broken link is a failed input
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(Path(r["path"]).name for r in rows) == sorted([*names, "gone.jpg"])
     assert [Path(r["path"]).name for r in rows if "error" in r] == ["gone.jpg"]
-    dash = run("predict", "--checkpoint", sample_run / "best.pt", "--format", "json", "--", data / "-dash.jpg")
+    dash = run("predict", "--checkpoint", sample_run / "best.safetensors", "--format", "json", "--", data / "-dash.jpg")
     assert dash.exit_code == 0 and json.loads(dash.stdout)[0]["predictions"][0]["label"] == "coffee"
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    blocked = run("overlay", data / "my photo.jpg", "--checkpoint", sample_run / "best.pt", "--out-dir", blocker / "sub")
+    blocked = run("overlay", data / "my photo.jpg", "--checkpoint", sample_run / "best.safetensors", "--out-dir", blocker / "sub")
     assert blocked.exit_code == 3 and blocked.stderr.startswith("error: cannot write") and "Traceback" not in blocked.output
     assert blocker.read_text() == "not a folder"
 
 
 def test_checkpoint_whose_head_does_not_fit_the_backbone(sample_run, tmp_path):
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
-    ckpt["head"] = {"weight": torch.zeros(5, 7), "bias": torch.zeros(5)}
-    bad = tmp_path / "bad.pt"
-    torch.save(ckpt, bad)
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
+    ckpt["head"] = {"weight": np.zeros((5, 7), np.float32), "bias": np.zeros(5, np.float32)}
+    bad = tmp_path / "bad.safetensors"
+    save_checkpoint(ckpt, bad)
     result = run("predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", bad)
     assert result.exit_code == 2 and "head expects 7 features but efficientnet_lite0 gives 1280" in result.stderr
 
@@ -397,14 +398,14 @@ def test_models_reports_weights_planted_in_the_cache(tmp_path, monkeypatch):
 
 
 def test_info_shows_what_the_checkpoint_holds(sample_run):
-    result = run("info", sample_run / "best.pt", "--format", "json")
+    result = run("info", sample_run / "best.safetensors", "--format", "json")
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["arch"] == "efficientnet_lite0" and facts["backbone_stored"] == "by reference"
     assert facts["class_names"] == ["brick", "cat", "coffee", "grass", "rocket"]
     assert facts["num_features"] == 1280 and facts["preprocess"]["resize"] == "keep-aspect"
-    assert facts["metrics"]["val_acc"] == torch.load(sample_run / "best.pt", weights_only=True)["metrics"]["val_acc"]
-    table = run("info", sample_run / "best.pt")
+    assert facts["metrics"]["val_acc"] == load_checkpoint(sample_run / "best.safetensors")["metrics"]["val_acc"]
+    table = run("info", sample_run / "best.safetensors")
     assert table.exit_code == 0 and "efficientnet_lite0" in table.stdout
 
 
@@ -413,12 +414,12 @@ def test_exclude_and_paths_from_stdin(sample_run, tmp_path):
     rgb = np.full((30, 40, 3), 120, np.uint8)
     for rel in ("keep/a.jpg", "keep/b_draft.jpg", "scratch/c.jpg", "d.png"):
         write_image(data / rel, rgb)
-    result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl",
+    result = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl",
                  "--exclude", "*/scratch/*", "--exclude", "*_draft.jpg")
     assert result.exit_code == 0, result.output
     assert [Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()] == ["d.png", "a.jpg"]
     listed = f"{data / 'keep' / 'a.jpg'}\n{data / 'scratch' / 'c.jpg'}\n"
-    piped = run("overlay", "-", "--checkpoint", sample_run / "best.pt", "--out-dir", tmp_path / "o", "--format", "jsonl",
+    piped = run("overlay", "-", "--checkpoint", sample_run / "best.safetensors", "--out-dir", tmp_path / "o", "--format", "jsonl",
                 "--exclude", "*/scratch/*", input=listed)
     assert piped.exit_code == 0, piped.output
     assert [Path(json.loads(line)["path"]).name for line in piped.stdout.splitlines()] == ["a.jpg"]
@@ -457,17 +458,17 @@ def test_exclude_for_train_and_evaluate(sample_run, tmp_path):
     val = tmp_path / "val"
     shutil.copytree(SAMPLE_DATA / "val" / "cat", val / "cat")
     (val / "cat" / "junk.jpg").write_bytes(b"junk")
-    evaluated = run("evaluate", val, "--checkpoint", sample_run / "best.pt", "--exclude", "*/junk.jpg",
+    evaluated = run("evaluate", val, "--checkpoint", sample_run / "best.safetensors", "--exclude", "*/junk.jpg",
                     "--format", "json", "--out", tmp_path / "e", "--workers", "0")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["num_images"] == 6
 
 
 def test_maps_k_writes_ranked_unique_names_even_for_duplicate_labels(sample_run, tmp_path):
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
     ckpt["class_names"] = ["crane", "crane", "coffee", "grass", "rocket"]  # ImageNet has two cranes
-    twin = tmp_path / "twin.pt"
-    torch.save(ckpt, twin)
+    twin = tmp_path / "twin.safetensors"
+    save_checkpoint(ckpt, twin)
     data = tmp_path / "in"
     shutil.copytree(SAMPLE_DATA / "val" / "brick", data)
     out = tmp_path / "out"

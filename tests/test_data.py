@@ -6,7 +6,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from camcli.data import MANIFEST_NAME, Preprocess, find_images, load_image_folder, read_image
@@ -69,12 +68,12 @@ def test_preprocess_matches_a_manual_computation():
     out = pre(rgb)
     resized = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     expected = (resized - np.array([0.5, 0.4, 0.3], np.float32)) / np.array([0.2, 0.25, 0.5], np.float32)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32
+    np.testing.assert_allclose(out.transpose(1, 2, 0), expected, rtol=1e-5, atol=1e-5)
     assert Preprocess.from_dict(pre.to_dict()) == pre
     small = rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)  # both sides grow: INTER_LINEAR
     enlarged = cv2.resize(small, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
-    np.testing.assert_allclose(pre(small)[0].numpy(), (enlarged[:, :, 0] - 0.5) / 0.2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pre(small)[0], (enlarged[:, :, 0] - 0.5) / 0.2, rtol=1e-5, atol=1e-5)
 
 
 def test_train_val_layout(tmp_path):

@@ -22,9 +22,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from camcli.checkpoint import load_checkpoint
 from camcli.cli import app
 from camcli.errors import CamcliError
-from conftest import SAMPLE_DATA, make_image_folder, write_image
+from conftest import SAMPLE_DATA, make_image_folder, save_v1, write_image
 
 runner = CliRunner()
 
@@ -107,8 +108,8 @@ def test_a_fifo_among_the_inputs_is_a_failed_input_not_a_hang(sample_run, tmp_pa
     write_image(data / "good.jpg", _coffee())
     os.mkfifo(data / "x.jpg")
     with deadline():
-        result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--workers", "2")
-        direct = run("predict", data / "x.jpg", "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+        result = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--workers", "2")
+        direct = run("predict", data / "x.jpg", "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl")
     assert result.exit_code == 1 and "Traceback" not in result.output
     rows = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     assert rows["good.jpg"]["predictions"][0]["label"] == "coffee"
@@ -124,7 +125,7 @@ def test_a_planted_manifest_link_redirects_nothing(sample_run, tmp_path):
     (out / "in" / ".camcli-outputs.jsonl").symlink_to(victim)
     data = tmp_path / "in"
     write_image(data / "a.jpg", _coffee())
-    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out)
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out)
     line = one_line_error(result)
     assert "is a symbolic link" in line and ".camcli-outputs.jsonl" in line
     assert victim.read_text() == "echo hello\n"
@@ -141,7 +142,7 @@ def test_a_manifest_that_is_a_device_or_fifo_stops_nothing_and_hangs_nothing(sam
     else:
         manifest.symlink_to("/dev/zero")
     with deadline():
-        result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+        result = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl")
     line = one_line_error(result)
     assert ".camcli-outputs.jsonl" in line and ("FIFO" in line or "symbolic link" in line)
 
@@ -150,7 +151,7 @@ def test_box_and_config_files_that_are_fifos_or_devices_are_refused(sample_run, 
     fifo = tmp_path / "boxes.json"
     os.mkfifo(fifo)
     with deadline():
-        boxes = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.pt", "--boxes", fifo,
+        boxes = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--boxes", fifo,
                     "--out", tmp_path / "e")
         config = run("train", SAMPLE_DATA, "--config", "/dev/zero", "--out", tmp_path / "t")
         ckpt = run("info", "/dev/zero")
@@ -167,15 +168,15 @@ def test_names_that_look_like_markup_or_escapes_are_printed_literally(sample_run
     (data / "[").mkdir()
     (data / "[" / "x] [red]bad.jpg").write_bytes(b"not an image")  # its path holds "[/x] [red]"
     (data / "esc\x1b[31mred.jpg").write_bytes(b"not an image")
-    result = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "table")
+    result = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "table")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "holiday [copy].jpg" in result.stdout
     assert "failed: " in result.stderr and "[/x] [red]bad.jpg" in result.stderr
     assert "\x1b" not in result.stderr and "esc\\x1b[31mred.jpg" in result.stderr
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
     ckpt["class_names"] = ["[/x]", "[bold]b", "c", "d", "e"]
     crafted = tmp_path / "markup.pt"
-    torch.save(ckpt, crafted)
+    save_v1(ckpt, crafted)
     info = run("info", crafted)
     assert info.exit_code == 0 and "[/x], [bold]b" in info.stdout
     missing = run("predict", tmp_path / "[/x].jpg", "--checkpoint", crafted)
@@ -209,13 +210,13 @@ def test_outputs_stay_ours_after_a_torn_line(sample_run, tmp_path):
     data = tmp_path / "in"
     write_image(data / "a.jpg", _coffee())
     write_image(data / "b.jpg", _coffee())
-    first = run("overlay", data / "a.jpg", "--checkpoint", sample_run / "best.pt")
+    first = run("overlay", data / "a.jpg", "--checkpoint", sample_run / "best.safetensors")
     assert first.exit_code == 0, first.output
     with open(data / ".camcli-outputs.jsonl", "ab") as f:
         f.write(b'{"name": "b_cam.jpg", "si')  # killed mid-append
-    again = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+    again = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl")
     assert again.exit_code == 0, again.output
-    resumed = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--skip-existing", "--format", "jsonl")
+    resumed = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--skip-existing", "--format", "jsonl")
     assert resumed.exit_code == 0 and resumed.stdout == "" and "2 inputs skipped" in resumed.stderr
 
 
@@ -225,15 +226,15 @@ def test_long_input_and_class_names_are_shortened_deterministically(sample_run, 
     data = tmp_path / "in"
     long_stem = "p" * 245
     write_image(data / f"{long_stem}.jpg", _coffee())
-    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl", "--save-raw")
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--save-raw")
     assert result.exit_code == 0, result.output
     outputs = [Path(p) for p in json.loads(result.stdout)["outputs"]]
     assert all(p.is_file() and len(os.fsencode(p.name)) <= 255 for p in outputs)
     assert [p.suffix for p in outputs] == [".jpg", ".npy"]
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
     ckpt["class_names"] = ["x" * 300 + str(i) for i in range(5)]
     crafted = tmp_path / "long.pt"
-    torch.save(ckpt, crafted)
+    save_v1(ckpt, crafted)
     maps = run("overlay", data, "--checkpoint", crafted, "--maps", "3", "--out-dir", tmp_path / "o", "--format", "jsonl")
     assert maps.exit_code == 0, maps.output
     names = [Path(p).name for p in json.loads(maps.stdout)["outputs"]]
@@ -260,25 +261,25 @@ def test_names_that_are_not_utf8_round_trip_in_every_format(sample_run, tmp_path
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(_coffee(), cv2.COLOR_RGB2BGR))
     (data / os.fsdecode(raw_name)).write_bytes(encoded.tobytes())
     out = tmp_path / "out"
-    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--out-dir", out, "--format", "csv",
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--format", "csv",
                  "--output", tmp_path / "rows.csv", "--report", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     assert b"caf\xe9 =1.jpg" in (tmp_path / "rows.csv").read_bytes()
     assert "caf\\xe9 =1.jpg" in (tmp_path / "r.html").read_text(encoding="utf-8")
-    table = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "table", "--output", tmp_path / "t.txt")
+    table = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "table", "--output", tmp_path / "t.txt")
     assert table.exit_code == 0 and "caf\\xe9" in (tmp_path / "t.txt").read_text()
-    jsonl = run("predict", data, "--checkpoint", sample_run / "best.pt", "--format", "jsonl")
+    jsonl = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl")
     assert os.fsencode(json.loads(jsonl.stdout)["path"]).endswith(raw_name)
-    cmd = [sys.executable, "-m", "camcli", "predict", str(data), "--checkpoint", str(sample_run / "best.pt"), "--format", "csv"]
+    cmd = [sys.executable, "-m", "camcli", "predict", str(data), "--checkpoint", str(sample_run / "best.safetensors"), "--format", "csv"]
     piped = subprocess.run(cmd, capture_output=True, timeout=120)
     assert piped.returncode == 0 and raw_name in piped.stdout, piped.stderr
 
 
 def test_csv_cells_that_spreadsheets_would_run_get_a_quote(sample_run, tmp_path):
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
     ckpt["class_names"] = ["=HYPERLINK(1)", "+b", "-c", "@d", "coffee"]
     crafted = tmp_path / "formula.pt"
-    torch.save(ckpt, crafted)
+    save_v1(ckpt, crafted)
     data = tmp_path / "in"
     write_image(data / "=cmd.jpg", _coffee())
     result = run("predict", data, "--checkpoint", crafted, "--format", "csv", "--top-k", "5")
@@ -294,10 +295,10 @@ def test_csv_cells_that_spreadsheets_would_run_get_a_quote(sample_run, tmp_path)
 # ---------------------------------------------------------------- crafted checkpoints
 
 def _crafted(sample_run: Path, tmp_path: Path, change) -> Path:
-    ckpt = torch.load(sample_run / "best.pt", weights_only=True)
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
     change(ckpt)
     path = tmp_path / "crafted.pt"
-    torch.save(ckpt, path)
+    save_v1(ckpt, path)
     return path
 
 
@@ -322,8 +323,10 @@ def test_every_checkpoint_field_is_checked_before_use(sample_run, tmp_path, chan
 
 
 def test_a_checkpoint_that_inflates_is_refused(sample_run, tmp_path):
+    old = save_v1(load_checkpoint(sample_run / "best.safetensors"), tmp_path / "old.pt")  # camcli 0.1's zip format
+    assert run("info", old).exit_code == 0
     deflated = tmp_path / "deflated.pt"
-    with zipfile.ZipFile(sample_run / "best.pt") as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+    with zipfile.ZipFile(old) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
         for item in src.infolist():
             dst.writestr(item.filename, src.read(item.filename))
     assert "compressed entries" in one_line_error(run("info", deflated))
@@ -338,8 +341,8 @@ def test_an_arch_that_references_packaged_weights_it_cannot_have(sample_run, tmp
 # ---------------------------------------------------------------- --output
 
 def test_output_never_replaces_an_input_the_checkpoint_or_a_foreign_file(sample_run, tmp_path):
-    ckpt = tmp_path / "best.pt"
-    ckpt.write_bytes((sample_run / "best.pt").read_bytes())
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes((sample_run / "best.safetensors").read_bytes())
     image = write_image(tmp_path / "a.jpg", _coffee())
     mine = tmp_path / "notes.csv"
     mine.write_text("my notes\n")
@@ -361,7 +364,7 @@ def test_overwrite_onto_a_folder_is_refused_before_anything_is_written(sample_ru
     write_image(data / "a.jpg", _coffee())
     write_image(data / "b.jpg", _coffee())
     (data / "b_cam.jpg").mkdir()
-    result = run("overlay", data, "--checkpoint", sample_run / "best.pt", "--overwrite")
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--overwrite")
     assert "is a folder" in one_line_error(result)
     assert not (data / "a_cam.jpg").exists()
 
@@ -401,7 +404,7 @@ def test_malformed_boxes_files_are_one_line(tmp_path, name, content, message):
 def test_a_box_outside_its_image_is_reported_not_scored(sample_run, tmp_path):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"cat/cat_00.jpg": [0, 0, 5000, 10]}))
-    result = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.pt", "--boxes", boxes,
+    result = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--boxes", boxes,
                  "--out", tmp_path / "e", "--workers", "0")
     assert "lies outside the" in one_line_error(result)
 
@@ -440,7 +443,7 @@ def test_non_finite_scores_make_a_failed_input_never_invalid_json(tmp_path):
 
 def test_nothing_of_camcli_survives_a_sigkill(sample_run, tmp_path):
     data = make_image_folder(tmp_path / "many", per_class=60, size=(120, 160))
-    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.pt"),
+    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.safetensors"),
            "--out-dir", str(tmp_path / "out"), "--batch-size", "2", "--workers", "2", "--backend", "torch", "--format", "jsonl"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     assert proc.stdout.readline()  # mid-run: overlays are being written
@@ -488,7 +491,7 @@ def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
     with pytest.raises(CamcliError):
         train.fit(resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=1,
                                        out=str(out), exist_ok=True, workers=0))
-    assert not (out / "report.html").exists() and (out / "best.pt").is_file()
+    assert not (out / "report.html").exists() and (out / "best.safetensors").is_file()
 
 
 def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):

@@ -22,7 +22,7 @@ def report(sample_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     path = tmp / "report.html"
     result = runner.invoke(app, [
-        "overlay", str(SAMPLE_DATA / "val"), "--checkpoint", str(sample_run / "best.pt"), "--out-dir", str(tmp / "ov"),
+        "overlay", str(SAMPLE_DATA / "val"), "--checkpoint", str(sample_run / "best.safetensors"), "--out-dir", str(tmp / "ov"),
         "--draw-box", "--report", str(path), "--report-limit", "12", "--format", "jsonl", "--workers", "0",
     ])
     assert result.exit_code == 0, result.output
@@ -44,7 +44,7 @@ def test_report_is_self_contained_and_counts_what_it_left_out(report):
 def test_report_never_overwrites(sample_run, tmp_path):
     existing = tmp_path / "r.html"
     existing.write_text("mine")
-    result = runner.invoke(app, ["overlay", str(SAMPLE_DATA / "val" / "cat"), "--checkpoint", str(sample_run / "best.pt"),
+    result = runner.invoke(app, ["overlay", str(SAMPLE_DATA / "val" / "cat"), "--checkpoint", str(sample_run / "best.safetensors"),
                                  "--out-dir", str(tmp_path / "o"), "--report", str(existing)])
     assert result.exit_code == 2 and "never overwrite" in result.stderr
     assert existing.read_text() == "mine" and not (tmp_path / "o").exists()

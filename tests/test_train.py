@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,26 +21,27 @@ def _plain(value) -> bool:
         return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     if isinstance(value, list):
         return all(_plain(v) for v in value)
-    return value is None or type(value) in (str, int, float, bool, torch.Tensor)
+    return value is None or type(value) in (str, int, float, bool, np.ndarray)
 
 
 def test_same_seed_same_head_and_a_complete_run_folder(tiny_folder, tmp_path):
     a = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "a"), **SMALL))
     b = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), **SMALL))
-    ca, cb = load_checkpoint(a.run_dir / "last.pt"), load_checkpoint(b.run_dir / "last.pt")
-    assert torch.equal(ca["head"]["weight"], cb["head"]["weight"])
-    assert sorted(p.name for p in a.run_dir.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv", "report.html"]
+    ca, cb = load_checkpoint(a.run_dir / "last.safetensors"), load_checkpoint(b.run_dir / "last.safetensors")
+    assert np.array_equal(ca["head"]["weight"], cb["head"]["weight"])
+    assert sorted(p.name for p in a.run_dir.iterdir()) == [
+        "best.safetensors", "config.yaml", "last.safetensors", "metrics.csv", "report.html"]
     rows = list(csv.DictReader(open(a.run_dir / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
     assert yaml.safe_load((a.run_dir / "config.yaml").read_text())["epochs"] == 3
-    best = load_checkpoint(a.run_dir / "best.pt")
+    best = load_checkpoint(a.run_dir / "best.safetensors")
     assert best["metrics"]["val_acc"] == max(float(r["val_acc"]) for r in rows)
 
 
 def test_checkpoint_is_a_plain_self_contained_dict(tiny_folder, tmp_path):
     run = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "r"), **SMALL))
-    ckpt = torch.load(run.run_dir / "best.pt", weights_only=True)
+    ckpt = load_checkpoint(run.run_dir / "best.safetensors")
     assert _plain(ckpt)
     for key in ("format_version", "camcli_version", "arch", "class_names", "img_size", "preprocess",
                 "mean", "std", "config", "metrics", "backbone", "head"):
@@ -94,5 +96,5 @@ def test_default_backbone_head_matches_logistic_regression(sample_run):
     xtr = torch.cat(list(pooled_features(runner, [p for p, _ in train], pre, 32, 0))).numpy()
     xva = torch.cat(list(pooled_features(runner, [p for p, _ in val], pre, 32, 0))).numpy()
     reference = LogisticRegression(max_iter=5000).fit(xtr, [y for _, y in train]).score(xva, [y for _, y in val])
-    ours = load_checkpoint(sample_run / "best.pt")["metrics"]["val_acc"]
+    ours = load_checkpoint(sample_run / "best.safetensors")["metrics"]["val_acc"]
     assert ours >= reference - 0.03 - 1e-6
