@@ -505,10 +505,9 @@ def evaluate(
     from camcli.config import default_workers
     from camcli.evaluate import calibrated, load_boxes
     from camcli.evaluate import evaluate as run_evaluation
-    from camcli.files import atomic_write
+    from camcli.files import atomic_write, next_run_dir
     from camcli.jobs import box_threshold_for
     from camcli.render import plot_curves, write_image
-    from camcli.train import next_run_dir
 
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")

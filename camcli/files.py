@@ -181,6 +181,15 @@ def atomic_write(path: Path, data: bytes | str, before_rename: Callable[[os.stat
         raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
+    """The first of ``base/exp``, ``base/exp2``, ... that does not exist yet."""
+    candidate, n = base / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = base / f"{name}{n}"
+    return candidate
+
+
 # ---------------------------------------------------------------- the output manifest
 
 def read_manifest(folder: Path) -> dict[str, dict]:

@@ -30,7 +30,7 @@ from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
 from camcli.engine import extract_features, image_batches
 from camcli.errors import CamcliError
-from camcli.files import atomic_write
+from camcli.files import atomic_write, next_run_dir
 from camcli.packaged import reference_key
 from camcli.runtime import cache_dir, make_runner, resolve_device, weights_key
 
@@ -56,15 +56,6 @@ class TrainResult:
     class_names: list[str]
     num_train: int
     num_val: int
-
-
-def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
-    """The first of ``base/exp``, ``base/exp2``, ... that does not exist yet."""
-    candidate, n = base / name, 1
-    while candidate.exists():
-        n += 1
-        candidate = base / f"{name}{n}"
-    return candidate
 
 
 def pooled_features(

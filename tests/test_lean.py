@@ -66,7 +66,7 @@ def test_predict_overlay_and_evaluate_run_without_pytorch_once_the_export_is_cac
         assert a["box_label"] == b["box_label"]
 
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({"cat/cat_00.jpg": [10, 10, 100, 100]}))
+    boxes.write_text(json.dumps({"cat/cat_00.jpg": [10, 10, 60, 60]}))
     args = ["evaluate", SAMPLE_DATA / "val", "--checkpoint", ckpt, "--boxes", boxes, "--format", "json"]
     lean = without_torch(*args, "--out", tmp_path / "e1")
     ref = run(*args, "--out", tmp_path / "e2", "--backend", "torch")
