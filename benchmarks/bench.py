@@ -63,12 +63,12 @@ def forward_only(arch: str, images: int) -> dict[str, float]:
     from camcli.runtime import OnnxRunner, TorchRunner, export_onnx
 
     weights = "imagenet" if arch == "efficientnet_lite0" else "none"
-    x = torch.randn(BATCH, 3, 224, 288)
+    x = np.random.default_rng(0).standard_normal((BATCH, 3, 224, 288), dtype=np.float32)
     results = {}
     eager = build_backbone(arch, weights).features
     runners = {
-        "torch eager": lambda t: eager(t),
-        "torch channels-last": TorchRunner(build_backbone(arch, weights).features, torch.device("cpu")),
+        "torch eager": lambda t: eager(torch.from_numpy(t)),
+        "torch channels-last": TorchRunner(build_backbone(arch, weights).features, "cpu"),
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "b.onnx"
@@ -117,9 +117,10 @@ def _classifier(checkpoint: Path) -> tuple[_Classifier, nn.Module, tuple, tuple]
 
     model = load(checkpoint, device="cpu", backend="torch")
     head = nn.Linear(model.weight.shape[1], model.weight.shape[0])
-    head.load_state_dict({"weight": model.weight, "bias": model.bias})
-    clf = _Classifier(model.features, head).eval()
-    modules = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)]
+    head.load_state_dict({"weight": torch.from_numpy(model.weight), "bias": torch.from_numpy(model.bias)})
+    features = model.features_module()
+    clf = _Classifier(features, head).eval()
+    modules = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
     return clf, modules[-1], model.preprocess.mean, model.preprocess.std
 
 

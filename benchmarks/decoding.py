@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from bench import make_images
 from torch.utils.data import DataLoader
 
@@ -36,16 +35,13 @@ def _processes(paths, pre, workers):
 
 
 def _threads(paths, pre, workers):
-    yield from image_batches(paths, pre, 32, workers, torch.device("cpu"))
+    yield from image_batches(paths, pre, 32, workers)
 
 
-def measure(name: str, batches, runner=None) -> float:
+def measure(name: str, batches) -> float:
     start = time.perf_counter()
     count = 0
     for tensors, _, _, _ in batches:
-        if runner is not None:
-            for t in tensors:
-                runner(t[None])
         count += len(tensors)
     rate = count / (time.perf_counter() - start)
     print(f"{name:<40} {rate:7.1f} img/s")
@@ -61,7 +57,7 @@ def main() -> None:
         make_images(Path(tmp), args.n)
         paths = sorted(Path(tmp).rglob("*.jpg"))
         model = load("efficientnet_lite0", device="cpu", backend="onnxruntime")
-        model.prepare(len(paths))
+        model.prepare()
         pre = model.preprocess
         measure("decode+preprocess, inline", _threads(paths, pre, 0))
         measure(f"decode+preprocess, {args.workers} threads", _threads(paths, pre, args.workers))
