@@ -27,6 +27,7 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max|delta| / max|reference| accepted when verifying an export
+ONNX_CHUNK = 4  # images per ONNX Runtime run (see OnnxRunner)
 
 
 def cache_dir() -> Path:
@@ -131,7 +132,12 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        # a few images per run: ONNX Runtime's arena grows with the largest batch it has seen (1.1 GB
+        # at 32 images of 224x288 for the default backbone, 250 MB at 4), and small runs are no slower
+        # on the CPU (benchmarks/README.md, "memory")
+        parts = [self.session.run(None, {"image": x[i : i + ONNX_CHUNK]})[0] for i in range(0, len(x), ONNX_CHUNK)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def onnx_path(arch: str, key: str) -> Path:
