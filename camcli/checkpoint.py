@@ -121,6 +121,13 @@ def _load_v1(f, path: Path) -> dict:
             return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).contiguous().numpy()
         return value
 
+    try:
+        return _arrays_of(ckpt, array)
+    except Exception as exc:  # sparse, quantized or meta tensors have no plain array
+        raise CamcliError(f"{path} is not a camcli checkpoint: it holds a tensor that is not a plain dense array") from exc
+
+
+def _arrays_of(ckpt: object, array) -> object:
     if isinstance(ckpt, dict):
         if isinstance(ckpt.get("head"), dict):
             ckpt["head"] = {k: array(v) for k, v in ckpt["head"].items()}
@@ -198,6 +205,7 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
     pre = ckpt["preprocess"]
     need(isinstance(pre, dict), "preprocess", "a mapping")
     need(isinstance(pre.get("img_size"), int) and MIN_IMG_SIZE <= pre["img_size"] <= MAX_IMG_SIZE, "preprocess.img_size", sizes)
+    need(pre["img_size"] == ckpt["img_size"], "preprocess.img_size", f"equal to img_size ({ckpt['img_size']})")
     need(_finite_numbers(pre.get("mean"), 3), "preprocess.mean", "3 finite numbers")
     need(_finite_numbers(pre.get("std"), 3) and all(v > 0 for v in pre["std"]), "preprocess.std", "3 positive finite numbers")
     need(pre.get("resize", "squash") in RESIZE_MODES, "preprocess.resize", f"one of {', '.join(RESIZE_MODES)}")
@@ -240,7 +248,7 @@ def describe(checkpoint: dict) -> dict:
         "num_features": int(head.shape[1]),
         "class_names": list(checkpoint["class_names"]),
         "img_size": checkpoint["img_size"],
-        "preprocess": dict(checkpoint["preprocess"]),
+        "preprocess": _plain(checkpoint["preprocess"]),
         "cam_threshold": checkpoint.get("cam_threshold"),
         "calibration": _plain(checkpoint.get("calibration")),
         "metrics": _plain(checkpoint.get("metrics") or {}),

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camcli import __version__
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, os_error
 from camcli.files import printable
 from camcli.packaged import DEFAULT_ARCH
 
@@ -54,7 +54,14 @@ def _report_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except CamcliError as exc:
+        except BrokenPipeError:
+            # the reader went away (camcli predict ... | head): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except (CamcliError, OSError) as exc:
+            if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
+                exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
             err.print(Text.assemble(("error:", "red"), " ", printable(exc)))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
@@ -62,11 +69,6 @@ def _report_errors(command: Callable) -> Callable:
             where = f" during {stage}: {done}" + (f" of {total}" if total else "") + " done" if stage else ""
             err.print(f"interrupted{where}; outputs written so far are complete (overlay --skip-existing resumes)")
             raise typer.Exit(130) from None
-        except BrokenPipeError:
-            # the reader went away (camcli predict ... | head): stop quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(0) from None
 
     return wrapper
 
@@ -250,6 +252,11 @@ AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 ev
 MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
 
+def _check_max_pixels(max_pixels: int) -> None:
+    if not 1 <= max_pixels <= 1 << 40:
+        raise CamcliError(f"--max-pixels must be from 1 to {1 << 40:,}, got {max_pixels}")
+
+
 def _finish(count: int, failed: int, allow_failures: bool) -> None:
     """Exit 1 when some inputs failed (each was reported as it came), unless allowed."""
     if failed:
@@ -365,6 +372,7 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
+    _check_max_pixels(max_pixels)
     guard = _guard_output(output, [*inputs, checkpoint], overwrite)
     walk = iter_images(inputs, exclude=exclude or ())
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
@@ -434,6 +442,9 @@ def overlay(
     from camcli.report import check_report_path, write_overlay_report
 
     cam_sizes = _cam_sizes(cam_size, cam_scales)
+    _check_max_pixels(max_pixels)
+    if report_limit < 1:
+        raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
     if report is not None:
         check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
@@ -444,6 +455,7 @@ def overlay(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
         box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing, maps=maps,
+        reserved=[output] if output is not None else [],
     )
     with _progress(quiet) as progress:
         rows = overlay_rows(
@@ -501,13 +513,9 @@ def evaluate(
     """
     import json
 
-    from camcli.checkpoint import SUFFIX, save_checkpoint
     from camcli.config import default_workers
-    from camcli.evaluate import calibrated, load_boxes
-    from camcli.evaluate import evaluate as run_evaluation
-    from camcli.files import atomic_write, next_run_dir
+    from camcli.evaluate import evaluation_job, load_boxes
     from camcli.jobs import box_threshold_for
-    from camcli.render import plot_curves, write_image
 
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
@@ -518,29 +526,10 @@ def evaluate(
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
     threshold = box_threshold_for(model, box_threshold)
     with _progress(quiet) as progress:
-        result = run_evaluation(
-            model, data, truth, threshold, cam_sizes, batch_size, default_workers() if workers is None else workers, progress,
-            exclude=exclude or (),
+        result, run_dir = evaluation_job(
+            model, data, checkpoint, truth, threshold, cam_sizes, calibrate, out, batch_size,
+            default_workers() if workers is None else workers, progress, exclude or (),
         )
-    result["settings"] = {"checkpoint": str(checkpoint), "data": str(data), "img_size": model.preprocess.img_size,
-                          "resize": model.preprocess.resize, "cam_sizes": cam_sizes}
-    run_dir = out or next_run_dir(Path("runs/evaluate"))
-    atomic_write(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    if truth is not None:
-        curve = result["box_acc_curve"]
-        plot = plot_curves(
-            curve["thresholds"],
-            {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
-             **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
-            f"Box accuracy vs CAM threshold ({result['num_images_with_boxes']} images)",
-            "threshold (fraction of the normalized map)", "box accuracy",
-            mark=(result["best_threshold"], result["max_box_acc"]),
-        )
-        write_image(run_dir / "box_accuracy.png", plot)
-    if calibrate:
-        from camcli.checkpoint import load_checkpoint
-
-        save_checkpoint(calibrated(load_checkpoint(checkpoint), result, data), run_dir / f"calibrated{SUFFIX}")
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
     else:

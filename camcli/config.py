@@ -59,6 +59,7 @@ class TrainConfig:
              f"img_size must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {self.img_size}"),
             (0 < self.val_split < 1, f"val_split must be between 0 and 1, got {self.val_split}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (0 <= self.seed < 2**63, f"seed must be from 0 to 2**63 - 1, got {self.seed}"),
             (self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
             (self.data is not None, "no dataset given: camcli train DATA"),
         ]
@@ -80,6 +81,11 @@ def _coerce(name: str, kind: type, value: object, source: str) -> object:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
         raise CamcliError(f"{source}: {name} must be a list of glob patterns, got {_short(value)}")
+    if kind is float and isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
+        except ValueError:
+            raise CamcliError(f"{source}: {name} must be a number, got {_short(value)}") from None
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise CamcliError(f"{source}: {name} must be a finite number, got {_short(value)}")

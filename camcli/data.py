@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from camcli.errors import CamcliError
-from camcli.files import MANIFEST_NAME, read_bytes, read_manifest  # noqa: F401 - MANIFEST_NAME re-exported
+from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, real_path  # noqa: F401 - MANIFEST_NAME re-exported
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -241,7 +241,7 @@ def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
     for root, dirs, files in os.walk(folder, followlinks=False):
         here = Path(root)
         dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skip
+            d for d in dirs if not d.startswith(".") and real_path(here / d) not in skip
         )
         ours = read_manifest(here)
         for name in sorted(files):
@@ -263,26 +263,44 @@ def iter_images(
         CamcliError: an input does not exist or is not an image (checked before the first
             image for the inputs given as arguments, when reached for stdin's).
     """
-    skip = [Path(s).resolve() for s in skip]
+    skip = [real_path(s) for s in skip]
     for item in inputs:
         if str(item) != "-":
             _check_input(Path(item))
     for item in inputs:
         if str(item) == "-":
-            lines = stdin if stdin is not None else sys.stdin
-            paths = (Path(line.rstrip("\r\n")) for line in lines if line.strip())
+            paths = (Path(line) for line in stdin_lines(stdin) if line.strip())
         else:
             paths = iter([Path(item)])
         for path in paths:
             _check_input(path)
             if path.is_dir():
-                root_name = Path(path.resolve().name)
+                root_name = Path(real_path(path).name)
                 for image in walk_images(path, skip):
                     relative = root_name / image.relative_to(path)
                     if not excluded(relative, exclude):
                         yield ImageInput(image, relative)
             elif not excluded(path, exclude):
                 yield ImageInput(path, Path(path.name))
+
+
+MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: a longer line on stdin is not a path
+
+
+def stdin_lines(lines: Iterable[str] | None = None) -> Iterator[str]:
+    """Paths from stdin (or ``lines``), one a line, read as they come; a line longer than
+    ``MAX_PATH_BYTES`` (``find -print0`` output, a binary stream) stops with one error
+    instead of being read without end. Bytes that are not UTF-8 become surrogate escapes,
+    as Python does for file names."""
+    if lines is None:
+        stream = sys.stdin.buffer
+        lines = iter(lambda: stream.readline(MAX_PATH_BYTES + 2), b"")
+    for line in lines:
+        text = os.fsdecode(line) if isinstance(line, bytes) else line
+        text = text.rstrip("\r\n")
+        if len(os.fsencode(text)) > MAX_PATH_BYTES:
+            raise CamcliError(f"a line on stdin is longer than {MAX_PATH_BYTES} bytes: give one path per line (no NUL separators)")
+        yield text
 
 
 def _check_input(path: Path) -> None:
@@ -383,7 +401,7 @@ def class_folders(
         )
     samples = []
     for name in folders:
-        images = [p for p in walk_images(root / name) if not excluded(Path(base.resolve().name) / p.relative_to(base), exclude)]
+        images = [p for p in walk_images(root / name) if not excluded(Path(real_path(base).name) / p.relative_to(base), exclude)]
         if not images and known is None:
             raise CamcliError(f"class folder {root / name} holds no images")
         samples += [(p, classes.index(name)) for p in images]

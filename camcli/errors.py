@@ -6,6 +6,8 @@ raises them and never prints or exits.
 
 from __future__ import annotations
 
+import errno
+
 
 class CamcliError(Exception):
     """A request that cannot be carried out: bad input, bad option, unusable file.
@@ -20,3 +22,16 @@ class EnvironmentProblem(CamcliError):
     """The environment stopped the run: weights unavailable offline, output not writable."""
 
     exit_code = 3
+
+
+# errno values that mean the request named a path wrongly (exit 2), not that the system refused (exit 3)
+_REQUEST_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST, errno.EINVAL}
+
+
+def os_error(exc: OSError, doing: str) -> CamcliError:
+    """A one-line error for an operating-system failure while ``doing`` (e.g. "cannot write to x"):
+    a path the request got wrong (missing, not a folder, too long, a link loop) is a
+    :class:`CamcliError` (exit 2); a refusal of the system (permissions, full disk) an
+    :class:`EnvironmentProblem` (exit 3)."""
+    kind = CamcliError if exc.errno in _REQUEST_ERRNOS else EnvironmentProblem
+    return kind(f"{doing}: {exc.strerror or exc}")

@@ -34,6 +34,7 @@ Progress = Callable[[str, int, int], None]
 
 BOXES_LIMIT = 256 << 20  # bytes of a JSON boxes file (COCO's largest official file is under 0.5 GB; most are far smaller)
 VOC_LIMIT = 1 << 20  # bytes of one Pascal VOC annotation file
+MAX_BOXES_PER_IMAGE = 1000  # scoring is about 0.6 ms per box; COCO's most crowded image has a few hundred
 
 
 def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
@@ -71,6 +72,11 @@ def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
         else:
             raise CamcliError(f"{path}: expected a JSON object of path -> box(es), or COCO JSON")
     boxes = _match(raw, images)
+    crowded = next((rel for rel, listed in boxes.items() if len(listed) > MAX_BOXES_PER_IMAGE), None)
+    if crowded is not None:
+        raise CamcliError(
+            f"{path}: {len(boxes[crowded]):,} boxes for {crowded}, more than the {MAX_BOXES_PER_IMAGE:,} camcli scores per image"
+        )
     if not boxes:
         raise CamcliError(f"no box in {path} matches an image under {data_root} (keys are paths relative to DATA)")
     return boxes
@@ -317,3 +323,49 @@ def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
         "max_box_acc_v2": float(result["max_box_acc_v2"]),
     }
     return out
+
+
+def evaluation_job(
+    model: CamModel, data: Path, checkpoint: Path, boxes: dict[str, list[list[float]]] | None = None,
+    threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), calibrate: bool = False, out: Path | None = None,
+    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (),
+) -> tuple[dict, Path]:
+    """``camcli evaluate``: :func:`evaluate`, then its run folder: ``metrics.json`` (with the whole
+    box-accuracy curve), ``box_accuracy.png`` with boxes, ``calibrated.safetensors`` with ``calibrate``.
+
+    ``out`` (default the next ``runs/evaluate/expN``) may hold an earlier evaluation's files,
+    which are replaced; any other file at those names stops the job before any work.
+
+    Returns:
+        (the metrics, the run folder).
+    """
+    from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
+    from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
+    from camcli.render import plot_curves, write_image
+
+    if calibrate and boxes is None:
+        raise CamcliError("calibrate needs boxes: the threshold is chosen by box accuracy")
+    run_dir = Path(out) if out is not None else next_run_dir(Path("runs/evaluate"))
+    metrics_file, plot_file, calibrated_file = run_dir / "metrics.json", run_dir / "box_accuracy.png", run_dir / f"calibrated{SUFFIX}"
+    guard = OutputGuard({real_path(checkpoint)})
+    for path in [metrics_file] + ([plot_file] if boxes else []) + ([calibrated_file] if calibrate else []):
+        guard.check(path)
+    result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude)
+    result["settings"] = {"checkpoint": str(checkpoint), "data": str(data), "img_size": model.preprocess.img_size,
+                          "resize": model.preprocess.resize, "cam_sizes": list(cam_sizes)}
+    atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", guard.recorder(metrics_file))
+    if boxes:
+        curve = result["box_acc_curve"]
+        plot = plot_curves(
+            curve["thresholds"],
+            {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
+             **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
+            f"Box accuracy vs CAM threshold ({result['num_images_with_boxes']} images)",
+            "threshold (fraction of the normalized map)", "box accuracy",
+            mark=(result["best_threshold"], result["max_box_acc"]),
+        )
+        write_image(plot_file, plot, guard.recorder(plot_file))
+    if calibrate:
+        atomic_write(calibrated_file, checkpoint_bytes(calibrated(load_checkpoint(checkpoint), result, data)),
+                     guard.recorder(calibrated_file))
+    return result, run_dir

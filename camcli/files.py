@@ -20,11 +20,12 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from camcli.errors import CamcliError, EnvironmentProblem
+from camcli.errors import CamcliError, EnvironmentProblem, os_error
 
 # mkstemp makes 0600 files; outputs get the usual permissions (0666 less the umask), read once
 # here at import, while the process is still single-threaded
@@ -56,7 +57,7 @@ def _open_regular(path: Path, flags: int, follow_links: bool, what: str, mode: i
             raise CamcliError(f"{what} {path} is a symbolic link; camcli does not follow it: remove it") from exc
         if exc.errno == errno.ENOENT:
             raise CamcliError(f"{what} not found: {path}") from exc
-        raise EnvironmentProblem(f"cannot open {what} {path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, f"cannot open {what} {path}") from exc
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -86,7 +87,7 @@ def read_bytes(path: Path, limit: int, what: str = "file", follow_links: bool = 
         try:
             data = f.read(limit + 1)
         except OSError as exc:
-            raise EnvironmentProblem(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+            raise os_error(exc, f"cannot read {what} {path}") from exc
     if len(data) > limit:
         raise CamcliError(f"{what} {path} grew past the limit of {limit:,} bytes while being read")
     return data
@@ -101,7 +102,8 @@ def read_text(path: Path, limit: int, what: str = "file") -> str:
         raise CamcliError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from exc
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0/C1 controls, and the invisible format characters that reorder or hide text (bidi overrides, zero-width)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 
 
 def printable(text: object) -> str:
@@ -115,6 +117,11 @@ def printable(text: object) -> str:
         raw = text.encode("utf-8", "backslashreplace")
     text = raw.decode("utf-8", "backslashreplace")
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def real_path(path: Path) -> Path:
+    """The absolute path with links resolved as far as they go (``Path.resolve`` raises on a link loop)."""
+    return Path(os.path.realpath(path))
 
 
 def fit_name(name: str, limit: int = NAME_MAX) -> str:
@@ -157,7 +164,7 @@ def atomic_open(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+        raise os_error(exc, f"cannot write to {path.parent}") from exc
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
@@ -178,7 +185,7 @@ def atomic_write(path: Path, data: bytes | str, before_rename: Callable[[os.stat
         with atomic_open(path, "wb" if isinstance(data, bytes) else "w", before_rename) as f:
             f.write(data)
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, f"cannot write {path}") from exc
 
 
 def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
@@ -239,7 +246,75 @@ def append_manifest(folder: Path, name: str, info: os.stat_result) -> dict:
             if written != len(line):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
-            raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise os_error(exc, f"cannot write {path}") from exc
         finally:
             os.close(fd)
     return entry
+
+
+@dataclass
+class OutputGuard:
+    """Refuses to overwrite inputs, folders, or files camcli did not write; keeps each folder's manifest."""
+
+    inputs: set[Path]
+    overwrite: bool = False
+    reserved: set[Path] = field(default_factory=set)  # written by the job itself (the --output results file)
+    manifests: dict[Path, dict[str, dict]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _manifest(self, folder: Path) -> dict[str, dict]:
+        if folder not in self.manifests:
+            self.manifests[folder] = read_manifest(folder)
+        return self.manifests[folder]
+
+    def is_ours(self, path: Path) -> bool:
+        """Whether ``path`` is a regular file as camcli wrote it (same size and mtime as in the
+        manifest). A file the cached manifest does not know is looked up again on disk, since
+        another camcli run may have written it since."""
+        try:
+            info = path.lstat()
+        except OSError:
+            return False
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        wanted = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        with self.lock:
+            if self._manifest(path.parent).get(path.name) == wanted:
+                return True
+            self.manifests[path.parent] = read_manifest(path.parent)
+            return self.manifests[path.parent].get(path.name) == wanted
+
+    def check(self, path: Path) -> None:
+        """Refuse (before anything is written) an output path that is an input, a folder, or a
+        file camcli did not write (unless ``overwrite``); also reads the folder's manifest,
+        so an unusable one stops the job here."""
+        if real_path(path) in self.inputs:
+            raise CamcliError(f"output {path} would replace an input; choose another output path")
+        if real_path(path) in self.reserved:
+            raise CamcliError(f"output {path} is also the results file (--output); choose another one")
+        with self.lock:
+            self._manifest(path.parent)
+        if path.is_dir():
+            raise CamcliError(f"output {path} is a folder; camcli never replaces folders")
+        if os.path.lexists(path) and not self.overwrite and not self.is_ours(path):
+            raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
+
+    def recorder(self, path: Path) -> Callable[[os.stat_result], None]:
+        """A ``before_rename`` hook (see files.atomic_open) that records ``path`` in its folder's
+        manifest before the finished file is renamed into place (safe from writer threads)."""
+        return lambda info: self.record(path, info)
+
+    def record(self, path: Path, info: os.stat_result) -> None:
+        """Note a file camcli wrote in the folder's manifest, at once."""
+        entry = append_manifest(path.parent, path.name, info)
+        with self.lock:
+            self._manifest(path.parent)[path.name] = entry
+
+
+def guard_output_file(path: Path, protected: Iterable[Path], overwrite: bool = False) -> OutputGuard:
+    """Check a results file (``--output``) like overlay outputs, before any work: not an input
+    or the checkpoint, not a folder, not a file camcli did not write unless ``overwrite``.
+    Returns the guard whose ``recorder(path)`` records the file when it is written."""
+    guard = OutputGuard({real_path(p) for p in protected}, overwrite)
+    guard.check(Path(path))
+    return guard

@@ -10,12 +10,10 @@ import io
 import json
 import os
 import re
-import stat
-import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from camcli.data import ImageInput
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
 from camcli.evaluate import PAPER_THRESHOLD
-from camcli.files import append_manifest, atomic_write, fit_name, read_manifest
+from camcli.files import OutputGuard, atomic_write, fit_name, guard_output_file, real_path  # noqa: F401 (re-exported)
 from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
 
 Progress = Callable[[str, int, int | None], None]
@@ -93,6 +91,7 @@ class OverlayOptions:
         maps: write the maps of each image's top-``maps`` classes as ``<stem>_cam_<rank>_<label><ext>``.
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`CamModel.batch_maps`.
+        reserved: paths the job writes otherwise (the results file), never an overlay.
     """
 
     classes: Sequence[str] = ()
@@ -108,76 +107,12 @@ class OverlayOptions:
     draw_box: bool = False
     skip_existing: bool = False
     maps: int = 0
+    reserved: Sequence[Path] = ()
 
 
 def safe_label(label: str) -> str:
     """A class label made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
-
-
-@dataclass
-class OutputGuard:
-    """Refuses to overwrite inputs, folders, or files camcli did not write; keeps each folder's manifest."""
-
-    inputs: set[Path]
-    overwrite: bool = False
-    manifests: dict[Path, dict[str, dict]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _manifest(self, folder: Path) -> dict[str, dict]:
-        if folder not in self.manifests:
-            self.manifests[folder] = read_manifest(folder)
-        return self.manifests[folder]
-
-    def is_ours(self, path: Path) -> bool:
-        """Whether ``path`` is a regular file as camcli wrote it (same size and mtime as in the
-        manifest). A file the cached manifest does not know is looked up again on disk, since
-        another camcli run may have written it since."""
-        try:
-            info = path.lstat()
-        except OSError:
-            return False
-        if not stat.S_ISREG(info.st_mode):
-            return False
-        wanted = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
-        with self.lock:
-            if self._manifest(path.parent).get(path.name) == wanted:
-                return True
-            self.manifests[path.parent] = read_manifest(path.parent)
-            return self.manifests[path.parent].get(path.name) == wanted
-
-    def check(self, path: Path) -> None:
-        """Refuse (before anything is written) an output path that is an input, a folder, or a
-        file camcli did not write (unless ``overwrite``); also reads the folder's manifest,
-        so an unusable one stops the job here."""
-        if path.resolve() in self.inputs:
-            raise CamcliError(f"output {path} would replace an input; choose another output path")
-        with self.lock:
-            self._manifest(path.parent)
-        if path.is_dir():
-            raise CamcliError(f"output {path} is a folder; camcli never replaces folders")
-        if os.path.lexists(path) and not self.overwrite and not self.is_ours(path):
-            raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
-
-    def recorder(self, path: Path) -> Callable[[os.stat_result], None]:
-        """A ``before_rename`` hook (see files.atomic_open) that records ``path`` in its folder's
-        manifest before the finished file is renamed into place (safe from writer threads)."""
-        return lambda info: self.record(path, info)
-
-    def record(self, path: Path, info: os.stat_result) -> None:
-        """Note a file camcli wrote in the folder's manifest, at once."""
-        entry = append_manifest(path.parent, path.name, info)
-        with self.lock:
-            self._manifest(path.parent)[path.name] = entry
-
-
-def guard_output_file(path: Path, protected: Iterable[Path], overwrite: bool = False) -> OutputGuard:
-    """Check a results file (``--output``) like overlay outputs, before any work: not an input
-    or the checkpoint, not a folder, not a file camcli did not write unless ``overwrite``.
-    Returns the guard whose ``recorder(path)`` records the file when it is written."""
-    guard = OutputGuard({Path(p).resolve() for p in protected}, overwrite)
-    guard.check(Path(path))
-    return guard
 
 
 def output_bases(images: Sequence[ImageInput], options: OverlayOptions) -> list[tuple[Path, str, str]]:
@@ -186,13 +121,18 @@ def output_bases(images: Sequence[ImageInput], options: OverlayOptions) -> list[
     Inputs whose stems collide in one output folder (``a.jpg``, ``a.png``) keep their
     extension in the stem (``a_jpg``) so no output overwrites another.
     """
+    seen: dict[Path, Path] = {}
+    for image in images:
+        first = seen.setdefault(real_path(image.path), image.path)
+        if first is not image.path:
+            raise CamcliError(f"{image.path} is the same file as {first}: give each image once")
     folders = [(options.out_dir / i.relative.parent) if options.out_dir else i.path.parent for i in images]
-    stems = Counter((f.resolve(), i.path.stem) for f, i in zip(folders, images))
+    stems = Counter((real_path(f), i.path.stem) for f, i in zip(folders, images))
     bases = []
     for folder, image in zip(folders, images):
         stem = image.path.stem
-        if stems[(folder.resolve(), stem)] > 1:
-            stem = f"{stem}_{image.path.suffix.lstrip('.').lower()}"
+        if stems[(real_path(folder), stem)] > 1:
+            stem = f"{stem}_{image.path.suffix.lstrip('.')}"
         bases.append((folder, stem, image.path.suffix))
     return bases
 
@@ -221,7 +161,7 @@ class FixedNames:
 
     def check_all(self) -> None:
         planned = [p for paths in self.plans for p in paths]
-        duplicates = [p for p, n in Counter(p.resolve() for p in planned).items() if n > 1]
+        duplicates = [p for p, n in Counter(real_path(p) for p in planned).items() if n > 1]
         if duplicates:
             raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
         for path in planned:
@@ -250,13 +190,16 @@ class RankedNames:
         return self.listings[folder]
 
     def check_all(self) -> None:
-        same = [b for b, n in Counter((f.resolve(), stem, ext) for f, stem, ext in self.bases).items() if n > 1]
+        same = [b for b, n in Counter((real_path(f), stem, ext) for f, stem, ext in self.bases).items() if n > 1]
         if same:
             raise CamcliError(f"two inputs would write the same outputs {same[0][0] / same[0][1]}_cam_*; use --out-dir or rename one")
         for folder, stem, _ in self.bases:
             for name in self._listing(folder):
                 if name.startswith(f"{stem}_cam_"):
                     self.guard.check(folder / name)
+            for path in self.guard.reserved:
+                if path.parent == real_path(folder) and path.name.startswith(f"{stem}_cam_"):
+                    raise CamcliError(f"the results file (--output) {path} has the name of a --maps output; choose another one")
 
     def paths(self, k: int, class_names: Sequence[str]) -> list[Path]:
         paths = output_paths(self.bases[k], rank_tags(class_names), self.save_raw)
@@ -299,7 +242,7 @@ def overlay_rows(
     if options.maps < 0 or (options.maps and chosen):
         raise CamcliError("--maps takes a positive K and excludes --class / --class-index")
     maps_k = min(options.maps, model.num_classes)
-    guard = OutputGuard({i.path.resolve() for i in images}, options.overwrite)
+    guard = OutputGuard({real_path(i.path) for i in images}, options.overwrite, {real_path(p) for p in options.reserved})
     if maps_k:
         plan: FixedNames | RankedNames = RankedNames(images, maps_k, options, guard)
     else:
@@ -424,7 +367,8 @@ def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
         everything = list(rows)
         stream.write(json.dumps(everything, indent=2) + "\n")
         return len(everything)
-    writer = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+    # RFC 4180's CRLF: a field holding a CR or LF (a file name may) is then always quoted
+    writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
     if writer:
         writer.writerow(CSV_COLUMNS)
     for row in rows:

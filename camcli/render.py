@@ -9,7 +9,7 @@ import numpy as np
 
 from camcli.cam import heatmap
 from camcli.errors import CamcliError
-from camcli.files import atomic_write
+from camcli.files import atomic_write, printable
 
 COLORMAPS = {
     name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
@@ -52,7 +52,11 @@ def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap:
 
 
 def draw_caption(image_rgb: np.ndarray, text: str) -> np.ndarray:
-    """Write ``text`` in the top-left corner on a dark band, scaled to the image width."""
+    """Write ``text`` in the top-left corner on a dark band, scaled to the image width.
+
+    OpenCV's fonts draw ASCII only (and crash on text that is not UTF-8): the text is made
+    printable (see files.printable) and anything else becomes ``?``."""
+    text = printable(text).encode("ascii", "replace").decode("ascii")
     out = image_rgb.copy()
     h, w = out.shape[:2]
     scale = max(0.3, min(1.2, w / 640))

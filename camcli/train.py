@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
 from camcli.engine import extract_features, image_batches
 from camcli.errors import CamcliError
-from camcli.files import atomic_write, next_run_dir
+from camcli.files import atomic_write, next_run_dir, real_path
 from camcli.packaged import reference_key
 from camcli.runtime import cache_dir, make_runner, resolve_device, weights_key
 
@@ -82,7 +83,7 @@ def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preproces
     files = []
     for p in paths:
         stat = p.stat()
-        files.append([str(p.resolve()), stat.st_size, stat.st_mtime_ns])
+        files.append([str(real_path(p)), stat.st_size, stat.st_mtime_ns])
     key = json.dumps({"files": files, "weights": weights_id, "preprocess": preprocess.to_dict(), "backend": backend, "v": 1})
     return cache_dir() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()}.pt"
 
@@ -248,6 +249,11 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         train_loss, train_acc = train_one_epoch(head, epoch_batches(epoch), optimizer)
         val_loss, val_acc, _ = evaluate(head, val_x, val_y)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(torch.isfinite(head.weight).all())):
+            raise CamcliError(
+                f"training diverged at epoch {epoch} (the loss is not a finite number): lower lr (now {config.lr:g})"
+                + (f"; {run_dir} keeps the checkpoints of epoch{'s 1-' if epoch > 2 else ' '}{epoch - 1}" if epoch > 1 else "")
+            )
         row = dict(zip(METRIC_COLUMNS, (epoch, train_loss, train_acc, val_loss, val_acc)))
         history.append(row)
         checkpoint = make_checkpoint(backbone, head, class_names, preprocess, config, row, stored_backbone)

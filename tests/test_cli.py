@@ -371,7 +371,7 @@ def test_odd_names_symlinks_and_a_file_for_an_output_folder(sample_run, tmp_path
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     blocked = run("overlay", data / "my photo.jpg", "--checkpoint", sample_run / "best.safetensors", "--out-dir", blocker / "sub")
-    assert blocked.exit_code == 3 and blocked.stderr.startswith("error: cannot write") and "Traceback" not in blocked.output
+    assert blocked.exit_code == 2 and blocked.stderr.startswith("error: cannot write") and "Traceback" not in blocked.output
     assert blocker.read_text() == "not a folder"
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from camcli.checkpoint import load_checkpoint
+from camcli.checkpoint import load_checkpoint, save_checkpoint
 from camcli.cli import app
 from camcli.errors import CamcliError
 from conftest import SAMPLE_DATA, make_image_folder, save_v1, write_image
@@ -503,3 +503,109 @@ def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):
     (tmp_path / "a_cam_1_cat.jpg").write_bytes(b"written by another run")
     late.record(tmp_path / "a_cam_1_cat.jpg", (tmp_path / "a_cam_1_cat.jpg").stat())
     early.check(tmp_path / "a_cam_1_cat.jpg")  # no "exists and was not written by camcli"
+
+
+# ---------------------------------------------------------------- found by a hostile review
+
+def test_a_class_name_that_is_not_utf8_is_drawn_escaped_not_a_crash(sample_run, tmp_path):
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
+    ckpt["class_names"] = ["caf\udce9", "b", "c", "d", "e"]  # a class folder whose name is not UTF-8
+    crafted = tmp_path / "names.safetensors"
+    save_checkpoint(ckpt, crafted)
+    data = tmp_path / "in"
+    write_image(data / "a.jpg", _coffee())
+    result = run("overlay", data, "--checkpoint", crafted, "--class-index", "0", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert (data / "a_cam.jpg").is_file()
+
+
+def test_the_results_file_cannot_be_one_of_the_overlays(sample_run, tmp_path):
+    data = tmp_path / "in"
+    write_image(data / "cat.jpg", _coffee())
+    for extra in ([], ["--maps", "2"]):
+        target = data / ("cat_cam.jpg" if not extra else "cat_cam_1_x.jpg")
+        result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--output", target, "--format", "json", *extra)
+        assert "results file" in one_line_error(result)
+        assert not target.exists() and not (data / "cat_cam.jpg").exists()
+
+
+def test_evaluate_never_replaces_a_file_it_did_not_write(sample_run, tmp_path):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "metrics.json").write_text("mine")
+    args = ["evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--workers", "0", "--format", "json"]
+    assert "not written by camcli" in one_line_error(run(*args, "--out", out))
+    assert (out / "metrics.json").read_text() == "mine"
+    ours = tmp_path / "ours"
+    assert run(*args, "--out", ours).exit_code == 0
+    assert run(*args, "--out", ours).exit_code == 0  # its own files: replaced
+
+
+def test_training_that_diverges_stops_with_one_line(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=4)
+    line = one_line_error(run("train", data, "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--lr", "1e30",
+                              "--epochs", "3", "--workers", "0", "--out", tmp_path / "r", "--quiet"))
+    assert "training diverged" in line
+
+
+def test_links_that_loop_and_names_too_long_for_the_file_system(sample_run, tmp_path):
+    data = tmp_path / "in"
+    write_image(data / "good.jpg", _coffee())
+    (data / "loop1.jpg").symlink_to(data / "loop2.jpg")
+    (data / "loop2.jpg").symlink_to(data / "loop1.jpg")
+    looped = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl")
+    assert looped.exit_code == 1 and "Traceback" not in looped.output and (data / "good_cam.jpg").is_file()
+    long = "x" * 300
+    for args in (["predict", tmp_path / f"{long}.jpg"], ["overlay", data / "good.jpg", "--out-dir", tmp_path / long, "--overwrite"],
+                 ["predict", data / "good.jpg", "--output", tmp_path / f"{long}.csv"]):
+        assert "File name too long" in one_line_error(run(*args, "--checkpoint", sample_run / "best.safetensors"))
+    assert "File name too long" in one_line_error(run("train", tmp_path / long))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-pixels", "0"], "--max-pixels must be from 1"),
+    (["--max-pixels", "99999999999999999999999"], "--max-pixels must be from 1"),
+])
+def test_option_values_out_of_range(sample_run, args, message):
+    result = run("predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", sample_run / "best.safetensors", *args)
+    assert message in one_line_error(result)
+
+
+def test_a_huge_seed_and_yaml_numbers_without_a_dot(tmp_path):
+    assert "seed must be from 0" in one_line_error(run("train", SAMPLE_DATA, "--seed", str(10**23), "--out", tmp_path / "r"))
+    from camcli.config import resolve_train_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 1e-3\n")  # YAML 1.1 reads this as text
+    assert resolve_train_config(config, data="x").lr == 1e-3
+
+
+def test_stdin_without_newlines_is_refused_not_read_without_end(sample_run):
+    result = run("predict", "-", "--checkpoint", sample_run / "best.safetensors", input="a" * 100_000)
+    assert "longer than 4096 bytes" in one_line_error(result)
+
+
+def test_too_many_boxes_for_one_image(tmp_path):
+    from camcli.evaluate import load_boxes
+
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"cat/cat_00.jpg": [[0, 0, 10, 10]] * 1001}))
+    with pytest.raises(CamcliError, match="1,001 boxes for cat/cat_00.jpg"):
+        load_boxes(path, SAMPLE_DATA / "val")
+
+
+def test_csv_quotes_a_carriage_return_in_a_name_and_names_keep_their_case(sample_run, tmp_path):
+    import csv
+
+    data = tmp_path / "in"
+    for name in ("cr\rx.jpg", "a.jpg", "a.JPG", "\u202egpj.exe.jpg"):
+        write_image(data / name, _coffee())
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--format", "csv", "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout, newline="")))
+    assert len(rows) == 1 + 4 and all(len(r) == 8 for r in rows)
+    assert {Path(r[5]).name for r in rows[1:]} >= {"a_jpg_cam.jpg", "a_JPG_cam.JPG"}
+    table = run("predict", data, "--checkpoint", sample_run / "best.safetensors", "--format", "table")
+    assert "\u202e" not in table.stdout and "\\u202egpj.exe.jpg" in table.stdout
+    twice = run("overlay", data / "a.jpg", data / "." / "a.jpg", "--checkpoint", sample_run / "best.safetensors")
+    assert "is the same file as" in one_line_error(twice)
