@@ -12,12 +12,8 @@ exif_orientation; see README "Checkpoint format"), ``outputs`` (a one-line descr
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +21,8 @@ import numpy as np
 
 from camcli import __version__, cam
 from camcli.engine import CamModel
-from camcli.errors import CamcliError, EnvironmentProblem
-from camcli.runtime import ONNX_OPSET, ONNX_TOLERANCE, OnnxRunner
+from camcli.errors import CamcliError
+from camcli.runtime import ONNX_TOLERANCE, OnnxRunner, export_verified
 
 OUTPUTS = "probabilities (N, K): softmax of the head; maps (N, K, h, w): raw class activation maps"
 
@@ -59,40 +55,17 @@ def export_model(model: CamModel, path: Path, before_rename: Callable[[os.stat_r
             maps = torch.einsum("kc,nchw->nkhw", self.weight, feats)
             return torch.softmax(logits, dim=1), maps
 
-    path = Path(path)
-    graph = CamGraph(model.features_module().to("cpu", memory_format=torch.contiguous_format), model.weight, model.bias).eval()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".camcli-export-", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
-    try:
-        quiet = io.StringIO()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                graph, (torch.zeros(1, 3, 224, 224),), tmp, input_names=["image"], output_names=["probabilities", "maps"],
-                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "probabilities": {0: "n"}, "maps": {0: "n", 2: "fh", 3: "fw"}},
-                opset_version=ONNX_OPSET, dynamo=False,
-            )
+    def add_metadata(tmp: str) -> None:
         proto = onnx.load(tmp)
         meta = {"camcli_version": __version__, "arch": model.arch, "class_names": json.dumps(model.class_names),
                 "preprocess": json.dumps(model.preprocess.to_dict()), "outputs": OUTPUTS}
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.save(proto, tmp)
-        measured = _check(model, Path(tmp))
-        if before_rename is not None:
-            before_rename(os.stat(tmp))
-        os.replace(tmp, path)
-    except CamcliError:
-        raise
-    except Exception as exc:  # exporters and runtimes fail in many ways
-        raise CamcliError(f"ONNX export failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+
+    graph = CamGraph(model.features_module(), model.weight, model.bias)
+    outputs = {"probabilities": {0: "n"}, "maps": {0: "n", 2: "fh", 3: "fw"}}
+    measured = export_verified(graph, Path(path), outputs, lambda tmp: _check(model, tmp), add_metadata, before_rename)
     return {"path": str(path), **measured}
 
 

@@ -147,28 +147,65 @@ def onnx_path(arch: str, key: str) -> Path:
     return cache_dir() / "onnx" / f"{arch.replace(':', '_').replace('/', '_')}-{digest}.onnx"
 
 
+def export_verified(
+    module, path: Path, outputs: dict[str, dict[int, str]], check: Callable[[Path], object],
+    edit: Callable[[str], None] | None = None, before_rename: Callable[[os.stat_result], None] | None = None,
+) -> object:
+    """Export a PyTorch module taking ``image`` (N, 3, H, W; dynamic batch, height, width) to
+    ``path`` atomically: to a temporary file beside it, then ``edit(tmp)`` (e.g. add metadata),
+    then ``check(tmp)`` (raises CamcliError on a mismatch), then the rename.
+
+    Returns:
+        what ``check`` returned.
+
+    Raises:
+        CamcliError: the export failed or the check refused it.
+    """
+    import torch
+
+    from camcli.errors import os_error
+
+    module = module.eval().to("cpu", memory_format=torch.contiguous_format)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".camcli-export-", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise os_error(exc, f"cannot write to {path.parent}") from exc
+    try:
+        quiet = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (torch.zeros(1, 3, 224, 224),), tmp, input_names=["image"], output_names=list(outputs),
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, **outputs}, opset_version=ONNX_OPSET, dynamo=False,
+            )
+        if edit is not None:
+            edit(tmp)
+        measured = check(Path(tmp))
+        if before_rename is not None:
+            before_rename(os.stat(tmp))
+        os.replace(tmp, path)
+        return measured
+    except CamcliError:
+        raise
+    except Exception as exc:  # exporters and runtimes fail in many ways
+        raise CamcliError(f"ONNX export failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def export_onnx(features, path: Path) -> None:
-    """Export the PyTorch module ``features`` to ``path`` (atomically), and check it reproduces PyTorch.
+    """Export the backbone ``features`` (image -> feature maps) to ``path``, checked against PyTorch.
 
     Raises:
         CamcliError: the export failed or its outputs differ from PyTorch's.
     """
     import torch
 
-    features = features.eval().to("cpu", memory_format=torch.contiguous_format)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".camcli-export-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        quiet = io.StringIO()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                features, (torch.zeros(1, 3, 224, 224),), tmp, input_names=["image"], output_names=["features"],
-                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"}},
-                opset_version=ONNX_OPSET, dynamo=False,
-            )
-        runner = OnnxRunner(Path(tmp))
+    def check(tmp: Path) -> None:
+        runner = OnnxRunner(tmp)
         rng = np.random.default_rng(0)
         for shape in ((2, 3, 224, 224), (1, 3, 224, 320)):
             x = rng.standard_normal(shape, dtype=np.float32)
@@ -177,14 +214,8 @@ def export_onnx(features, path: Path) -> None:
             error = float(np.abs(runner(x) - reference).max() / max(float(np.abs(reference).max()), 1e-12))
             if error > ONNX_TOLERANCE:
                 raise CamcliError(f"the ONNX export differs from PyTorch (relative error {error:.1e})")
-        os.replace(tmp, path)
-    except CamcliError:
-        raise
-    except Exception as exc:  # exporters and runtimes fail in many ways
-        raise CamcliError(f"ONNX export failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+
+    export_verified(features, path, {"features": {0: "n", 2: "fh", 3: "fw"}}, check)
 
 
 def onnx_ready(arch: str, key: str, device: str, backend: str) -> bool:
