@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-# the tests never touch the user's cache (ONNX exports, pooled features)
+# the tests never touch the user's cache (ONNX exports, pooled features), and leave none behind
 os.environ["CAMCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="camcli-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CAMCLI_CACHE_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "sample_data"
