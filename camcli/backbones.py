@@ -402,6 +402,6 @@ def restore_backbone(arch: str, state: dict) -> Backbone:
     try:
         backbone.features.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["state_dict"].items()})
     except (RuntimeError, KeyError) as exc:
-        raise CamcliError(f"checkpoint's backbone weights do not fit {arch}: {str(exc).splitlines()[0]}") from exc
+        raise CamcliError(f"checkpoint's backbone weights do not fit {arch}: {' '.join(str(exc).split())[:200]}") from exc
     backbone.head, backbone.class_names = None, None
     return backbone

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def _load_v1(f, path: Path) -> dict:
     except ImportError as exc:
         raise CamcliError(f"{path} is a format-1 (PyTorch) checkpoint, which needs PyTorch to read") from exc
     try:
-        ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's deprecation notes about odd storages are not for the user
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CamcliError(
             f"{path} is not a loadable camcli checkpoint: it holds objects other than tensors and plain "
@@ -122,7 +125,9 @@ def _load_v1(f, path: Path) -> dict:
         return value
 
     try:
-        return _arrays_of(ckpt, array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _arrays_of(ckpt, array)
     except Exception as exc:  # sparse, quantized or meta tensors have no plain array
         raise CamcliError(f"{path} is not a camcli checkpoint: it holds a tensor that is not a plain dense array") from exc
 
@@ -169,9 +174,12 @@ def _finite_numbers(value: object, n: int) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
 
 
-def _finite_tensor(value: object, ndim: int) -> bool:
-    return (isinstance(value, np.ndarray) and value.ndim == ndim and value.dtype.kind == "f"
-            and bool(np.isfinite(value).all()))
+def _finite_tensor(value: object, ndim: int | None) -> bool:
+    """A float array (of ``ndim`` dimensions) whose values stay finite as float32, the precision camcli runs in."""
+    if not (isinstance(value, np.ndarray) and (ndim is None or value.ndim == ndim) and value.dtype.kind == "f"):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(value.astype(np.float32)).all())
 
 
 def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
@@ -206,8 +214,10 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
     need(isinstance(pre, dict), "preprocess", "a mapping")
     need(isinstance(pre.get("img_size"), int) and MIN_IMG_SIZE <= pre["img_size"] <= MAX_IMG_SIZE, "preprocess.img_size", sizes)
     need(pre["img_size"] == ckpt["img_size"], "preprocess.img_size", f"equal to img_size ({ckpt['img_size']})")
-    need(_finite_numbers(pre.get("mean"), 3), "preprocess.mean", "3 finite numbers")
-    need(_finite_numbers(pre.get("std"), 3) and all(v > 0 for v in pre["std"]), "preprocess.std", "3 positive finite numbers")
+    need(_finite_numbers(pre.get("mean"), 3) and all(abs(v) <= 1e3 for v in pre["mean"]), "preprocess.mean",
+         "3 numbers from -1000 to 1000")
+    need(_finite_numbers(pre.get("std"), 3) and all(1e-6 <= v <= 1e3 for v in pre["std"]), "preprocess.std",
+         "3 numbers from 1e-6 to 1000")
     need(pre.get("resize", "squash") in RESIZE_MODES, "preprocess.resize", f"one of {', '.join(RESIZE_MODES)}")
     need(isinstance(pre.get("stride", 32), int) and 1 <= pre.get("stride", 32) <= 1024, "preprocess.stride", "an integer from 1 to 1024")
     for key in ("interpolation", "color", "exif_orientation"):
@@ -227,6 +237,10 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
     in_full = isinstance(backbone, dict) and isinstance(backbone.get("state_dict"), dict) and all(
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in backbone["state_dict"].items())
     need(by_reference or in_full, "backbone", "{'reference': {package, file, sha256}} or {'state_dict': {name: tensor}}")
+    if in_full:
+        for name, value in backbone["state_dict"].items():
+            ok = value.dtype.kind in "iu" or (value.dtype.kind == "f" and _finite_tensor(value, None))
+            need(ok, f"backbone.{name}", "a tensor of finite floats (or integers)")
     threshold = ckpt.get("cam_threshold")
     need(threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1),
          "cam_threshold", "a number in [0, 1)")

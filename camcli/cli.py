@@ -576,6 +576,8 @@ def export(
     from camcli.engine import load
     from camcli.export import export_model
 
+    if not os.path.lexists(checkpoint):
+        raise CamcliError(f"checkpoint not found: {checkpoint}")
     out = out or checkpoint.with_suffix(".onnx")
     guard = _guard_output(out, [checkpoint], overwrite)
     model = load(checkpoint, device="cpu", backend="torch")

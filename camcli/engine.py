@@ -7,6 +7,7 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -355,6 +356,16 @@ def model_from_checkpoint(
     return CamModel(arch, build, head, ckpt["class_names"], preprocess, device, ckpt, backend, amp, weights_id=key)
 
 
+def _loads(path: Path) -> bool:
+    from camcli.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except CamcliError:
+        return False
+    return True
+
+
 def imagenet_head_cache(arch: str, key: str) -> Path:
     """Where the packaged backbone's own ImageNet head is kept as a checkpoint, so that a
     later ``camcli predict photo.jpg`` needs no PyTorch."""
@@ -386,7 +397,8 @@ def load(
     from camcli.checkpoint import load_checkpoint, save_checkpoint
 
     source = Path(checkpoint_or_arch)
-    if source.suffix in (".safetensors", ".pt", ".pth") or source.is_file():
+    text = str(checkpoint_or_arch)
+    if source.suffix in (".safetensors", ".pt", ".pth", ".onnx") or "/" in text or os.sep in text or os.path.lexists(source):
         return model_from_checkpoint(load_checkpoint(source), device, img_size, resize, backend, amp)
     arch = str(checkpoint_or_arch)
     if weights == "none":
@@ -396,9 +408,10 @@ def load(
         key = reference_key(lite0_reference())
         cached = imagenet_head_cache(arch, key)
         if cached.is_file() and onnx_ready(arch, key, resolve_device(device), backend):
-            model = model_from_checkpoint(load_checkpoint(cached), device, img_size, resize, backend, amp)
-            model.checkpoint = None
-            return model
+            with contextlib.suppress(CamcliError):  # a damaged cache entry is rebuilt below
+                model = model_from_checkpoint(load_checkpoint(cached), device, img_size, resize, backend, amp)
+                model.checkpoint = None
+                return model
     from camcli.backbones import build_backbone
 
     backbone = build_backbone(arch, weights)
@@ -416,7 +429,7 @@ def load(
         from camcli.backbones import backbone_state
         from camcli.train import make_checkpoint
 
-        if not cached.exists():
+        if not cached.is_file() or not _loads(cached):
             with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
                 save_checkpoint(make_checkpoint(backbone, (model.weight, model.bias), model.class_names,
                                                 replace(preprocess, img_size=224, resize=DEFAULT_RESIZE), None, {},

@@ -296,6 +296,10 @@ class OutputGuard:
             self._manifest(path.parent)
         if path.is_dir():
             raise CamcliError(f"output {path} is a folder; camcli never replaces folders")
+        with contextlib.suppress(OSError):
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise CamcliError(f"output {path} is {_kind(mode)}; camcli replaces only regular files")
         if os.path.lexists(path) and not self.overwrite and not self.is_ours(path):
             raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
 

@@ -304,12 +304,12 @@ def _crafted(sample_run: Path, tmp_path: Path, change) -> Path:
 
 @pytest.mark.parametrize("change,culprit", [
     (lambda c: c.update(head=[1, 2]), "head must be a mapping"),
-    (lambda c: c["preprocess"].update(mean=[0.5, 0.5]), "preprocess.mean must be 3 finite numbers"),
+    (lambda c: c["preprocess"].update(mean=[0.5, 0.5]), "preprocess.mean must be 3 numbers from -1000 to 1000"),
     (lambda c: c.pop("preprocess"), "is not a camcli checkpoint (expected keys"),
     (lambda c: c.update(class_names=[1, 2, 3, 4, 5]), "class_names must be a list of 1 to"),
     (lambda c: c.update(img_size=100000), "img_size must be an integer from 32 to 2048"),
     (lambda c: c["preprocess"].update(img_size=100000), "preprocess.img_size must be an integer from 32 to 2048"),
-    (lambda c: c["preprocess"].update(std=[0.0, 0.5, 0.5]), "preprocess.std must be 3 positive finite numbers"),
+    (lambda c: c["preprocess"].update(std=[0.0, 0.5, 0.5]), "preprocess.std must be 3 numbers from 1e-6 to 1000"),
     (lambda c: c["head"]["weight"].__setitem__((0, 0), float("nan")), "head.weight must be a 2-D tensor of finite floats"),
     (lambda c: c.update(format_version="2"), "format_version must be a positive integer"),
     (lambda c: c.update(cam_threshold=7.0), "cam_threshold must be a number in [0, 1)"),
@@ -609,3 +609,66 @@ def test_csv_quotes_a_carriage_return_in_a_name_and_names_keep_their_case(sample
     assert "\u202e" not in table.stdout and "\\u202egpj.exe.jpg" in table.stdout
     twice = run("overlay", data / "a.jpg", data / "." / "a.jpg", "--checkpoint", sample_run / "best.safetensors")
     assert "is the same file as" in one_line_error(twice)
+
+
+# ---------------------------------------------------------------- found by a second hostile review (safetensors, export, cache)
+
+def test_outputs_that_are_fifos_or_devices_are_never_replaced(sample_run, tmp_path):
+    fifo = tmp_path / "out.onnx"
+    os.mkfifo(fifo)
+    for args in (["export", sample_run / "best.safetensors", "--out", fifo, "--overwrite"],
+                 ["predict", SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", "--checkpoint", sample_run / "best.safetensors",
+                  "--output", fifo, "--overwrite"]):
+        with deadline():
+            assert "is a FIFO; camcli replaces only regular files" in one_line_error(run(*args))
+    assert fifo.is_fifo()
+
+
+def test_an_overlay_batch_in_which_every_image_fails(sample_run, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    result = run("overlay", tmp_path / "empty.jpg", "--checkpoint", sample_run / "best.safetensors", "--out-dir", tmp_path / "o")
+    assert result.exit_code == 1 and "Traceback" not in result.output and "the file is empty" in result.stderr
+
+
+def test_a_fifo_in_the_onnx_cache_is_replaced_not_waited_on(tmp_path, monkeypatch):
+    from torch import nn
+
+    from camcli.runtime import OnnxRunner, make_runner, onnx_path
+
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path))
+    path = onnx_path("tiny", "k")
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    with deadline():
+        runner, _ = make_runner(lambda: nn.Conv2d(3, 4, 3), "tiny", "cpu", "auto", key=lambda: "k")
+    assert isinstance(runner, OnnxRunner) and path.is_file()
+
+
+def test_an_export_that_gives_nan_is_refused(tmp_path, monkeypatch):
+    from torch import nn
+
+    from camcli.runtime import TorchRunner, make_runner
+
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path))
+    conv = nn.Conv2d(3, 4, 3)
+    nn.init.constant_(conv.weight, float("nan"))
+    runner, note = make_runner(lambda: conv, "nan", "cpu", "auto", key=lambda: "n")
+    assert isinstance(runner, TorchRunner) and note.startswith("warning: ONNX Runtime unavailable")
+
+
+@pytest.mark.parametrize("change,culprit", [
+    (lambda c: c["head"].update(weight=c["head"]["weight"].astype(np.float64) * 1e300),
+     "head.weight must be a 2-D tensor of finite floats"),
+    (lambda c: c.update(arch="resnet18", backbone={"state_dict": {"conv1.weight": np.full((64, 3, 7, 7), np.nan, np.float32)}}),
+     "backbone.conv1.weight must be a tensor of finite floats"),
+    (lambda c: c["preprocess"].update(std=[1e-308] * 3), "preprocess.std must be 3 numbers from 1e-6 to 1000"),
+    (lambda c: c["preprocess"].update(mean=[1e308, 0.0, 0.0]), "preprocess.mean must be 3 numbers from -1000 to 1000"),
+])
+def test_values_that_overflow_float32_are_refused(sample_run, tmp_path, change, culprit):
+    path = _crafted(sample_run, tmp_path, change)
+    result = run("predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", path)
+    assert culprit in one_line_error(result)
+
+
+def test_export_of_a_checkpoint_that_does_not_exist(tmp_path):
+    assert "checkpoint not found" in one_line_error(run("export", tmp_path / "missing", "--out", tmp_path / "m.onnx"))
