@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -43,16 +42,9 @@ print([(int(i), float(v)) for v, i in zip(values, indices)])
 """
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    start = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    seconds = time.perf_counter() - start
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-800:]}")
-    return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
-
-
 def median(cmd: list[str], env: dict, repeat: int) -> tuple[float, float]:
+    from bench import timed
+
     runs = [timed(cmd, env) for _ in range(repeat)]
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 

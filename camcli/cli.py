@@ -288,7 +288,7 @@ def _guard_output(output: Optional[Path], protected: list, overwrite: bool):
     """Check --output before any work (see jobs.guard_output_file); None without --output."""
     if output is None:
         return None
-    from camcli.jobs import guard_output_file
+    from camcli.files import guard_output_file
 
     return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)
 

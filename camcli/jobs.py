@@ -24,7 +24,7 @@ from camcli.data import ImageInput
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
 from camcli.evaluate import PAPER_THRESHOLD
-from camcli.files import OutputGuard, atomic_write, fit_name, guard_output_file, real_path  # noqa: F401 (re-exported)
+from camcli.files import OutputGuard, atomic_write, fit_name, real_path
 from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
 
 Progress = Callable[[str, int, int | None], None]

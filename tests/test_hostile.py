@@ -495,7 +495,7 @@ def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
 
 
 def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):
-    from camcli.jobs import OutputGuard
+    from camcli.files import OutputGuard
 
     early = OutputGuard(set())
     early.check(tmp_path / "a_cam_1_cat.jpg")  # reads the (empty) manifest
