@@ -270,13 +270,11 @@ def overlay_rows(
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="camcli-writer") as pool:
         try:
             for batch in model.batches([images[k].path for k in todo], batch_size, workers, keep_images=True):
-                if not batch.positions:  # every image of this batch failed
-                    classes, probs, ranked, maps = np.empty((0, 1), np.int64), None, [], []
-                elif maps_k:
-                    classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, :maps_k]
-                else:
-                    classes = np.array([chosen or [int(row.argmax())] for row in batch.logits], np.int64)
-                if batch.positions:
+                if batch.positions:  # else every image of this batch failed: only failure rows below
+                    if maps_k:
+                        classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, :maps_k]
+                    else:
+                        classes = np.array([chosen or [int(row.argmax())] for row in batch.logits], np.int64)
                     probs, ranked = softmax(batch.logits), model.rank(batch.logits, top_k)
                     maps = model.batch_maps(batch, classes, options.cam_sizes)
                 entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
