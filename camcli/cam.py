@@ -80,6 +80,47 @@ def class_maps(features: np.ndarray, weight: np.ndarray, classes: np.ndarray | N
     return np.matmul(chosen, flat).reshape(n, -1, h, w)
 
 
+METHODS = ("cam", "gradcam", "gradcam++", "layercam")
+
+
+def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
+    """A gradient-weighted class map of one image, after the ReLU each method's paper applies.
+
+    Args:
+        activations: (C, h, w) feature maps A of the target layer.
+        grads: (C, h, w) gradients of the class score (the logit) with respect to A.
+        method: ``gradcam`` (Selvaraju et al. 2017: channel weights = mean gradient),
+            ``gradcam++`` (Chattopadhay et al. 2018, eq. 19: alpha = g^2 / (2 g^2 + sum(A) g^3),
+            weights = sum of alpha * ReLU(g)), or ``layercam`` (Jiang et al. 2021: ReLU(g) * A
+            summed over channels).
+
+    Returns:
+        (h, w) float map, ReLU applied (normalize with :func:`normalize_maps` to show it).
+    """
+    if method == "gradcam":
+        weights = grads.mean(axis=(1, 2))
+        return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+    if method == "gradcam++":
+        g2 = grads * grads
+        sums = activations.sum(axis=(1, 2), keepdims=True)
+        alpha = np.where(grads != 0, g2 / (2 * g2 + sums * g2 * grads + 1e-6), 0)
+        weights = (np.maximum(grads, 0) * alpha).sum(axis=(1, 2))
+        return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+    if method == "layercam":
+        return np.maximum((np.maximum(grads, 0) * activations).sum(axis=0), 0)
+    raise ValueError(f"method must be one of {', '.join(METHODS[1:])} here, got {method!r}")
+
+
+def head_gradients(weight: np.ndarray, c: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """d logit_c / d A for a GAP + linear head, exactly: W[c, k] / (h w) at every position.
+
+    (The logit is mean(M_c) + b_c = sum_k W[c, k] mean(A_k) + b_c.) So on such a model the
+    gradient methods need no backward pass, and Grad-CAM equals the ReLU of the CAM up to scale.
+    """
+    channels, h, w = shape
+    return np.broadcast_to((weight[c] / (h * w)).astype(np.float32)[:, None, None], (channels, h, w))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, K) logits, computed stably (max subtracted) in float64."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)

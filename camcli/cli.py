@@ -248,6 +248,9 @@ Output = Annotated[Optional[Path], typer.Option(help="Write results to this file
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
 Exclude = Annotated[Optional[list[str]], typer.Option(help="Leave out paths matching this glob, e.g. '*/tmp/*' (repeatable).")]
+Method = Annotated[str, typer.Option(
+    help="cam (the CAM M_c, min-max normalized, no ReLU), gradcam, gradcam++ or layercam (ReLU, then min-max; "
+    "on camcli's GAP + linear heads their gradients are exact, no backward pass needed).")]
 AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
 MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
@@ -360,6 +363,7 @@ def predict(
         "0.2].")] = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
+    method: Method = "cam",
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -384,7 +388,7 @@ def predict(
         everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
         rows = predict_rows(
             model, everything, top_k, batch_size, default_workers() if workers is None else workers, progress,
-            boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales),
+            boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales), method=method,
         )
         count, failed = _emit(rows, fmt, output, overlay=False, guard=guard)
     _finish(count, failed, allow_failures)
@@ -401,6 +405,7 @@ def overlay(
     resize: Resize = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
+    method: Method = "cam",
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
     class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
@@ -455,7 +460,7 @@ def overlay(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
         box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing, maps=maps,
-        reserved=[output] if output is not None else [],
+        reserved=[output] if output is not None else [], method=method,
     )
     with _progress(quiet) as progress:
         rows = overlay_rows(
@@ -492,6 +497,7 @@ def evaluate(
     resize: Resize = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
+    method: Method = "cam",
     box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's "
         "calibrated threshold, else 0.2].")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best box "
@@ -515,7 +521,7 @@ def evaluate(
 
     from camcli.config import default_workers
     from camcli.evaluate import evaluation_job, load_boxes
-    from camcli.jobs import box_threshold_for
+    from camcli.jobs import box_threshold_for, check_method
 
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
@@ -525,10 +531,11 @@ def evaluate(
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
     threshold = box_threshold_for(model, box_threshold)
+    check_method(method)
     with _progress(quiet) as progress:
         result, run_dir = evaluation_job(
             model, data, checkpoint, truth, threshold, cam_sizes, calibrate, out, batch_size,
-            default_workers() if workers is None else workers, progress, exclude or (),
+            default_workers() if workers is None else workers, progress, exclude or (), method,
         )
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))

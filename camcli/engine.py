@@ -219,7 +219,9 @@ class CamModel:
                 continue
             yield Batch(positions, logits, feats, sizes, originals, failures)
 
-    def batch_maps(self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = ()) -> list[np.ndarray]:
+    def batch_maps(
+        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "cam"
+    ) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
 
         Args:
@@ -227,6 +229,9 @@ class CamModel:
             classes: (B, J) class indices to map per image.
             cam_sizes: input sizes (``img_size`` values, same resize mode) to compute the maps
                 at; empty means the ranking pass's own features.
+            method: ``cam`` (the raw M_c, no ReLU), or ``gradcam``, ``gradcam++``, ``layercam``
+                (see :func:`camcli.cam.gradient_map`; the gradients of a GAP + linear head are
+                exact and need no backward pass, see :func:`camcli.cam.head_gradients`).
 
         Returns:
             per image a float32 (J, h, w) array. From the ranking pass or one cam size: the raw
@@ -234,15 +239,17 @@ class CamModel:
             upsampled to the largest one's resolution.
         """
         classes = np.asarray(classes, dtype=np.int64)
+        if method not in cam.METHODS:
+            raise CamcliError(f"method must be one of {', '.join(cam.METHODS)}, got {method!r}")
         if not cam_sizes:
-            return _crop(cam.class_maps(batch.features, self.weight, classes), batch.sizes)
+            return self._maps(batch.features, batch.sizes, classes, method)
         if any(o is None for o in batch.originals):
             raise ValueError("cam_sizes needs batches made with keep_images=True")
         per_scale = []
         for size in cam_sizes:
             pre = replace(self.preprocess, img_size=size)
             feats, sizes = extract_features(self.runner, [pre(o) for o in batch.originals])
-            per_scale.append(_crop(cam.class_maps(feats, self.weight, classes), sizes))
+            per_scale.append(self._maps(feats, sizes, classes, method))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
@@ -251,6 +258,17 @@ class CamModel:
             w = max(m.shape[-1] for m in maps)
             fused.append(np.mean([cam.upsample_to(cam.normalize_maps(m), (h, w)) for m in maps], axis=0))
         return fused
+
+    def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
+        """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
+        if method == "cam":
+            return _crop(cam.class_maps(feats, self.weight, classes), sizes)
+        out = []
+        for i, (h, w) in enumerate(sizes):
+            acts = feats[i, :, :h, :w]
+            out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method)
+                                 for c in classes[i]]).astype(np.float32))
+        return out
 
     def class_index(self, name: str) -> int:
         """Index of a class name; raises CamcliError listing close names when absent."""
@@ -289,12 +307,15 @@ class CamModel:
                 rows[pos] = {"path": _name(images[pos]), "predictions": [], "error": why}
         return rows
 
-    def maps(self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32) -> np.ndarray:
+    def maps(
+        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32, method: str = "cam"
+    ) -> np.ndarray:
         """Raw class activation maps (before normalization) at feature resolution.
 
         Args:
             images: paths or RGB uint8 (H, W, 3) arrays.
             classes: class indices to map (the same for every image); None maps all K.
+            method: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`batch_maps`).
 
         Returns:
             float32 array (N, K or len(classes), h, w).
@@ -309,10 +330,8 @@ class CamModel:
         for batch in self.batches(images, batch_size):
             if batch.failures:
                 raise CamcliError(batch.failures[0][1])
-            if chosen is None:
-                out += _crop(cam.class_maps(batch.features, self.weight), batch.sizes)
-            else:
-                out += self.batch_maps(batch, np.broadcast_to(chosen, (len(batch.positions), len(chosen))))
+            every = np.arange(self.num_classes) if chosen is None else chosen
+            out += self.batch_maps(batch, np.broadcast_to(every, (len(batch.positions), len(every))), method=method)
         if len({m.shape for m in out}) > 1:
             raise CamcliError(
                 "keep-aspect maps of differently shaped images cannot form one array: "

@@ -264,12 +264,12 @@ def labeled_images(root: Path, class_names: list[str], exclude: Sequence[str] = 
 def evaluate(
     model: CamModel, data: Path, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), batch_size: int = 32,
-    workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (),
+    workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "cam",
 ) -> dict:
     """Classification and, with boxes, localization metrics of ``model`` on an ImageFolder.
 
-    Localization uses the map of each image's ground-truth class (GT-known), normalized
-    and upsampled to the original image size.
+    Localization uses the ``method``'s map of each image's ground-truth class (GT-known),
+    normalized and upsampled to the original image size.
     """
     data = Path(data)
     samples = labeled_images(data, model.class_names, exclude)
@@ -285,7 +285,7 @@ def evaluate(
         true += labels
         pred += predicted
         if need_maps:
-            maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), cam_sizes)
+            maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), cam_sizes, method)
             for b, pos in enumerate(batch.positions):
                 rel = samples[pos][0].relative_to(data).as_posix()
                 if rel not in boxes:
@@ -297,7 +297,7 @@ def evaluate(
             progress("evaluate", done, len(samples))
     result = classification_metrics(true, pred, model.class_names)
     if need_maps:
-        result.update(tally.result())
+        result.update(tally.result(), method=method)
     return result
 
 
@@ -328,7 +328,7 @@ def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
 def evaluation_job(
     model: CamModel, data: Path, checkpoint: Path, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), calibrate: bool = False, out: Path | None = None,
-    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (),
+    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "cam",
 ) -> tuple[dict, Path]:
     """``camcli evaluate``: :func:`evaluate`, then its run folder: ``metrics.json`` (with the whole
     box-accuracy curve), ``box_accuracy.png`` with boxes, ``calibrated.safetensors`` with ``calibrate``.
@@ -350,7 +350,7 @@ def evaluation_job(
     guard = OutputGuard({real_path(checkpoint)})
     for path in [metrics_file] + ([plot_file] if boxes else []) + ([calibrated_file] if calibrate else []):
         guard.check(path)
-    result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude)
+    result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude, method)
     result["settings"] = {"checkpoint": str(checkpoint), "data": str(data), "img_size": model.preprocess.img_size,
                           "resize": model.preprocess.resize, "cam_sizes": list(cam_sizes)}
     atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", guard.recorder(metrics_file))

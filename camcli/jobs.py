@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli.cam import heatmap, largest_component_box, softmax
+from camcli.cam import METHODS, heatmap, largest_component_box, softmax
 from camcli.data import ImageInput
 from camcli.engine import CamModel
 from camcli.errors import CamcliError
@@ -28,6 +28,11 @@ from camcli.files import OutputGuard, atomic_write, fit_name, real_path
 from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
 
 Progress = Callable[[str, int, int | None], None]
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise CamcliError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def box_threshold_for(model: CamModel, threshold: float | None) -> float:
@@ -42,7 +47,7 @@ def box_threshold_for(model: CamModel, threshold: float | None) -> float:
 def predict_rows(
     model: CamModel, images: Iterable[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
     progress: Progress | None = None, chunk_size: int = 1024, boxes: bool = False,
-    box_threshold: float | None = None, cam_sizes: Sequence[int] = (),
+    box_threshold: float | None = None, cam_sizes: Sequence[int] = (), method: str = "cam",
 ) -> Iterator[dict]:
     """Rank classes for every image; rows come out in input order, batch by batch.
 
@@ -51,6 +56,7 @@ def predict_rows(
     rows add the top-1 class's box (see :func:`overlay_rows`).
     """
     model.rank(np.zeros((1, model.num_classes), np.float32), top_k)  # validates top_k before any work
+    check_method(method)
     threshold = box_threshold_for(model, box_threshold) if boxes else None
     total = len(images) if isinstance(images, Sized) else None
     done = 0
@@ -61,10 +67,10 @@ def predict_rows(
                     for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k))}
             if boxes and batch.positions:
                 top1 = batch.logits.argmax(axis=1)[:, None]
-                for b, (pos, cam_map) in enumerate(zip(batch.positions, model.batch_maps(batch, top1, cam_sizes))):
+                for b, (pos, cam_map) in enumerate(zip(batch.positions, model.batch_maps(batch, top1, cam_sizes, method))):
                     heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
                     rows[pos].update(box=largest_component_box(heat, threshold), box_label=model.class_names[int(top1[b, 0])],
-                                     box_threshold=threshold)
+                                     box_threshold=threshold, method=method)
             rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
             yield from (rows[pos] for pos in sorted(rows))
             done += len(rows)
@@ -92,6 +98,7 @@ class OverlayOptions:
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`CamModel.batch_maps`.
         reserved: paths the job writes otherwise (the results file), never an overlay.
+        method: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`CamModel.batch_maps`).
     """
 
     classes: Sequence[str] = ()
@@ -108,6 +115,7 @@ class OverlayOptions:
     skip_existing: bool = False
     maps: int = 0
     reserved: Sequence[Path] = ()
+    method: str = "cam"
 
 
 def safe_label(label: str) -> str:
@@ -229,6 +237,7 @@ def overlay_rows(
     pool (OpenCV releases the GIL), so the next batch's forward pass overlaps them.
     """
     colormap_id(options.colormap)
+    check_method(options.method)
     threshold = box_threshold_for(model, options.box_threshold)
     if not 0.0 <= options.alpha <= 1.0:
         raise CamcliError(f"alpha must be between 0 and 1, got {options.alpha}")
@@ -276,7 +285,7 @@ def overlay_rows(
                     else:
                         classes = np.array([chosen or [int(row.argmax())] for row in batch.logits], np.int64)
                     probs, ranked = softmax(batch.logits), model.rank(batch.logits, top_k)
-                    maps = model.batch_maps(batch, classes, options.cam_sizes)
+                    maps = model.batch_maps(batch, classes, options.cam_sizes, options.method)
                 entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
                 entries.update({pos: (None, why) for pos, why in batch.failures})
                 for pos in sorted(entries):
@@ -291,7 +300,8 @@ def overlay_rows(
                         _write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names, paths,
                         options, threshold, guard.recorder,
                     )
-                    row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]], "box_threshold": threshold}
+                    row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]], "box_threshold": threshold,
+                           "method": options.method}
                     pending.append((row, future))
                 while len(pending) > batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
                     yield finish_oldest()

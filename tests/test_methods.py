@@ -1,0 +1,83 @@
+"""Gradient-weighted maps for GAP + linear heads, against pytorch-grad-cam (the oracle) and the CAM theorem."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+
+from camcli.cam import class_maps, normalize_maps, upsample_to
+from camcli.data import Preprocess
+from camcli.engine import CamModel
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    model = tvm.resnet18(weights=None, num_classes=5).eval()
+    features = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
+                                   model.layer3, model.layer4)
+    ours = CamModel("resnet18", copy.deepcopy(features), model.fc, list("abcde"), Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"),
+                    device="cpu", backend="torch")
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    return model, ours, x
+
+
+def _our_maps(ours, x, classes, method):
+    logits, feats, sizes = ours.forward(list(x.numpy()))
+    from camcli.engine import Batch
+
+    batch = Batch([0, 1], logits, feats, sizes, [None, None], [])
+    return ours.batch_maps(batch, np.array([[c] for c in classes]), method=method)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_methods_equal_pytorch_grad_cam_on_a_gap_linear_model(resnet, method):
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, ours, x = resnet
+    classes = [1, 3]
+    oracle_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}[method]
+    with oracle_class(model=model, target_layers=[model.layer4]) as oracle:
+        expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])  # (N, H, W) in [0, 1]
+    for i, maps in enumerate(_our_maps(ours, x, classes, method)):
+        ours_at_input = normalize_maps(upsample_to(normalize_maps(maps[0]), (96, 128)))
+        np.testing.assert_allclose(ours_at_input, expected[i], atol=1e-4)
+
+
+def test_gradcam_of_a_gap_linear_head_is_the_relu_of_the_cam(resnet):
+    _, ours, x = resnet
+    logits, feats, sizes = ours.forward(list(x.numpy()))
+    cams = class_maps(feats, ours.weight, np.array([[2], [4]]))
+    for i, maps in enumerate(_our_maps(ours, x, [2, 4], "gradcam")):
+        np.testing.assert_allclose(normalize_maps(maps[0]), normalize_maps(np.maximum(cams[i, 0], 0)), atol=1e-5)
+
+
+def test_method_on_the_command_line_and_in_rows(sample_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+    from conftest import SAMPLE_DATA
+
+    runner = CliRunner()
+    image = SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"
+    ckpt = sample_run / "best.safetensors"
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--out-dir", str(out), "--method", "gradcam",
+                                 "--save-raw", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["method"] == "gradcam"
+    raw = np.load(next(p for p in row["outputs"] if p.endswith(".npy")))
+    cam = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "c"), "--save-raw",
+                              "--format", "json"])
+    cam_raw = np.load(next(p for p in json.loads(cam.stdout)[0]["outputs"] if p.endswith(".npy")))
+    assert raw.min() >= 0 and np.allclose(normalize_maps(raw), normalize_maps(np.maximum(cam_raw, 0)), atol=1e-5)
+    boxes = runner.invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--boxes", "--method", "layercam", "--format", "json"])
+    assert boxes.exit_code == 0 and json.loads(boxes.stdout)[0]["method"] == "layercam"
+    bad = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--method", "scorecam"])
+    assert bad.exit_code == 2 and "method must be one of cam, gradcam, gradcam++, layercam" in bad.stderr
