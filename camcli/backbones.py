@@ -141,24 +141,27 @@ def _torchvision_supported(name: str) -> str | None:
     return None
 
 
-def build_backbone(arch: str = DEFAULT_ARCH, weights: str = "imagenet") -> Backbone:
+def build_backbone(arch: str = DEFAULT_ARCH, weights: str = "imagenet", num_classes: int | None = None) -> Backbone:
     """Build a backbone by name, in eval mode with frozen parameters.
 
     Args:
         arch: ``efficientnet_lite0``, a torchvision classification CNN name, or ``timm:NAME``.
         weights: ``imagenet`` (pretrained, from the local cache or the network),
             ``none`` (random init), or the path of a state dict file for the whole model.
+        num_classes: with a state dict path: the classes of its head (a classifier trained
+            elsewhere); default 1000.
 
     Raises:
         CamcliError: unknown or unsupported arch, unusable weights file.
         EnvironmentProblem: pretrained weights neither cached nor downloadable.
     """
+    classes = {"num_classes": num_classes} if num_classes and weights not in ("imagenet", "none") else {}
     if arch == DEFAULT_ARCH:
-        backbone = _efficientnet_lite0(weights)
+        backbone = _efficientnet_lite0(weights, classes)
     elif arch.startswith("timm:"):
-        backbone = _timm(arch, weights)
+        backbone = _timm(arch, weights, classes)
     else:
-        backbone = _torchvision(arch, weights)
+        backbone = _torchvision(arch, weights, classes)
     backbone.features.eval().requires_grad_(False)
     if backbone.head is not None:
         backbone.head.eval().requires_grad_(False)
@@ -189,13 +192,16 @@ def _load_into(model: nn.Module, state: dict, source: str, positional: bool = Fa
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CamcliError(f"{source}: weights do not fit the architecture: {str(exc).splitlines()[1].strip()}") from exc
+        lines = str(exc).splitlines()
+        why = lines[1].strip() if len(lines) > 1 else lines[0]
+        hint = " (a classifier with another number of classes? pass --classes with one name per class)" if "size mismatch" in why else ""
+        raise CamcliError(f"{source}: weights do not fit the architecture: {why}{hint}") from exc
 
 
-def _efficientnet_lite0(weights: str) -> Backbone:
+def _efficientnet_lite0(weights: str, classes: dict) -> Backbone:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, **classes)
     reference = None
     if weights == "imagenet":
         reference = lite0_reference()
@@ -209,7 +215,7 @@ def _efficientnet_lite0(weights: str) -> Backbone:
     return backbone
 
 
-def _timm(arch: str, weights: str) -> Backbone:
+def _timm(arch: str, weights: str, classes: dict) -> Backbone:
     import timm
 
     name = arch.removeprefix("timm:")
@@ -220,7 +226,7 @@ def _timm(arch: str, weights: str) -> Backbone:
     if weights == "imagenet":
         model = _timm_pretrained(name)
     else:
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, **classes)
         if weights != "none":
             _load_into(model, _load_state_dict_file(Path(weights)), weights)
     return _from_timm(arch, model, weights)
@@ -303,7 +309,7 @@ def _probe_features(features: nn.Module, arch: str) -> tuple[int, int]:
     return int(out.shape[1]), max(1, round(128 / out.shape[-1]))
 
 
-def _torchvision(arch: str, weights: str) -> Backbone:
+def _torchvision(arch: str, weights: str, classes: dict) -> Backbone:
     import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)
@@ -319,7 +325,7 @@ def _torchvision(arch: str, weights: str) -> Backbone:
         model = _torchvision_pretrained(arch)
         names = list(tvm.get_model_weights(arch).DEFAULT.meta["categories"])
     else:
-        model = tvm.get_model(arch, weights=None)
+        model = tvm.get_model(arch, weights=None, **classes)
         if weights != "none":
             _load_into(model, _load_state_dict_file(Path(weights)), weights)
     model.eval()

@@ -205,13 +205,16 @@ def train(
 
 def _load_model(
     checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str,
-    backend: str, amp: bool, quiet: bool,
+    backend: str, amp: bool, quiet: bool, classes: Optional[Path] = None,
 ):
+    from camcli.data import read_class_names
     from camcli.engine import load
 
+    if classes is not None and checkpoint is not None:
+        raise CamcliError("--classes names the classes of --weights; a checkpoint holds its own")
     model = load(
         checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
-        resize=resize, backend=backend, amp=amp,
+        resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None,
     )
     note = model.prepare()
     if note and not quiet:
@@ -234,7 +237,10 @@ def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
 Arch = Annotated[str, typer.Option(help="Without --checkpoint: a backbone whose own ImageNet head is GAP + linear.")]
-Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet or a state dict path.")]
+Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet, or the state dict of a whole classifier trained "
+    "elsewhere (a GAP + linear head; give its class names with --classes).")]
+Classes = Annotated[Optional[Path], typer.Option(help="With --weights PATH: a text file of the head's class names, one a line, "
+    "in index order.")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the "
     "checkpoint's, else 224].")]
 Resize = Annotated[Optional[str], typer.Option(help="squash or keep-aspect [default: the checkpoint's, else keep-aspect].")]
@@ -344,6 +350,7 @@ def predict(
     checkpoint: Checkpoint = None,
     arch: Arch = DEFAULT_ARCH,
     weights: Weights = "imagenet",
+    classes: Classes = None,
     img_size: ImgSize = None,
     resize: Resize = None,
     top_k: TopK = 5,
@@ -382,7 +389,7 @@ def predict(
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes)
     model.max_pixels = max_pixels
     with _progress(quiet) as progress:
         everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
@@ -401,6 +408,7 @@ def overlay(
     checkpoint: Checkpoint = None,
     arch: Arch = DEFAULT_ARCH,
     weights: Weights = "imagenet",
+    classes: Classes = None,
     img_size: ImgSize = None,
     resize: Resize = None,
     cam_size: CamSize = None,
@@ -454,7 +462,7 @@ def overlay(
         check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
     guard = _guard_output(output, [*inputs, *(i.path for i in images), checkpoint], overwrite)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes)
     model.max_pixels = max_pixels
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,

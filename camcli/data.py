@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from camcli.errors import CamcliError
-from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, real_path  # noqa: F401 - MANIFEST_NAME re-exported
+from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, real_path  # noqa: F401 - MANIFEST_NAME re-exported
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -282,6 +282,21 @@ def iter_images(
                         yield ImageInput(image, relative)
             elif not excluded(path, exclude):
                 yield ImageInput(path, Path(path.name))
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names for a classifier trained elsewhere: one a line, in index order (blank lines
+    and surrounding spaces ignored). At most 100,000 names of 1,000 characters, 16 MiB.
+
+    Raises:
+        CamcliError: unreadable, not UTF-8, empty, or over those limits.
+    """
+    names = [line.strip() for line in read_text(Path(path), 16 << 20, "classes file").splitlines() if line.strip()]
+    if not names:
+        raise CamcliError(f"classes file {path} names no class (one name a line)")
+    if len(names) > 100_000 or max(len(n) for n in names) > 1000:
+        raise CamcliError(f"classes file {path}: at most 100,000 names of at most 1,000 characters")
+    return names
 
 
 MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: a longer line on stdin is not a path

@@ -396,8 +396,10 @@ def imagenet_head_cache(arch: str, key: str) -> Path:
 def load(
     checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet",
     img_size: int | None = None, resize: str | None = None, backend: str = "auto", amp: bool = True,
+    classes: Sequence[str] | None = None,
 ) -> CamModel:
-    """Load a trained checkpoint, or a backbone with its own pretrained GAP + linear head.
+    """Load a trained checkpoint, or a classifier with its own GAP + linear head: ImageNet's, or
+    one trained elsewhere (``weights`` a state dict of the whole model, ``classes`` its names).
 
     Args:
         checkpoint_or_arch: a checkpoint path (``.safetensors``, or a camcli 0.1 ``.pt``), or
@@ -406,7 +408,9 @@ def load(
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         backend: ``auto``, ``torch`` or ``onnxruntime``.
         amp: autocast on CUDA.
-        weights: for an arch: ``imagenet`` or a state dict path.
+        weights: for an arch: ``imagenet`` or a state dict path (``torch.load(..., weights_only=True)``).
+        classes: for an arch: the class names of the head, in index order (their number sets
+            the head's size for a state dict path).
         img_size: input size (the shorter side with keep-aspect); default: the checkpoint's, or 224.
         resize: ``squash`` or ``keep-aspect``; default: the checkpoint's, or keep-aspect.
 
@@ -422,7 +426,9 @@ def load(
     arch = str(checkpoint_or_arch)
     if weights == "none":
         raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
-    packaged = arch == DEFAULT_ARCH and weights == "imagenet"
+    if classes is not None and not classes:
+        raise CamcliError("the classes file names no class")
+    packaged = arch == DEFAULT_ARCH and weights == "imagenet" and classes is None
     if packaged:
         key = reference_key(lite0_reference())
         cached = imagenet_head_cache(arch, key)
@@ -433,12 +439,16 @@ def load(
                 return model
     from camcli.backbones import build_backbone
 
-    backbone = build_backbone(arch, weights)
+    backbone = build_backbone(arch, weights, len(classes) if classes else None)
     if backbone.head is None:
         raise CamcliError(
             f"{backbone.head_problem}, so it has no class maps of its own: "
             f"train a head with `camcli train DATA --arch {arch}` and pass --checkpoint"
         )
+    if classes is not None:
+        if len(classes) != backbone.head.out_features:
+            raise CamcliError(f"{arch}'s head has {backbone.head.out_features} outputs but {len(classes)} class names were given")
+        backbone.class_names = list(classes)
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
     preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)

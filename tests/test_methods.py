@@ -1,6 +1,7 @@
 """Gradient-weighted maps for GAP + linear heads, against pytorch-grad-cam (the oracle) and the CAM theorem."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,41 @@ def test_method_on_the_command_line_and_in_rows(sample_run, tmp_path):
     assert boxes.exit_code == 0 and json.loads(boxes.stdout)[0]["method"] == "layercam"
     bad = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--method", "scorecam"])
     assert bad.exit_code == 2 and "method must be one of cam, gradcam, gradcam++, layercam" in bad.stderr
+
+
+def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_train(tmp_path):
+    """A torchvision resnet18 with a 3-class fc (random init) saved as a state dict, plus a labels file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+    from camcli.data import read_image
+    from camcli.engine import load
+    from conftest import SAMPLE_DATA
+
+    torch.manual_seed(0)
+    model = tvm.resnet18(weights=None, num_classes=3).eval()
+    weights = tmp_path / "mine.pth"
+    torch.save(model.state_dict(), weights)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("tabby\n\nespresso\nrocket\n")
+    images = [SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", SAMPLE_DATA / "val" / "coffee" / "coffee_01.jpg"]
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", *map(str, images), "--arch", "resnet18", "--weights", str(weights), "--classes",
+                                 str(labels), "--backend", "torch", "--format", "json", "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    preprocess = load("resnet18", weights=str(weights), classes=["a", "b", "c"], backend="torch").preprocess
+    for image, row in zip(images, json.loads(result.stdout)):
+        with torch.no_grad():
+            expected = torch.softmax(model(torch.from_numpy(preprocess(read_image(image)))[None]).double(), dim=1)[0].numpy()
+        got = {p["label"]: p["prob"] for p in row["predictions"]}
+        np.testing.assert_allclose([got["tabby"], got["espresso"], got["rocket"]], expected, atol=1e-6)
+    out = tmp_path / "o"
+    overlay = runner.invoke(app, ["overlay", str(images[0]), "--arch", "resnet18", "--weights", str(weights), "--classes",
+                                  str(labels), "--out-dir", str(out), "--method", "gradcam", "--format", "json"])
+    assert overlay.exit_code == 0, overlay.output
+    assert Path(json.loads(overlay.stdout)[0]["outputs"][0]).is_file()
+    labels.write_text("only\ntwo\n")
+    wrong = runner.invoke(app, ["predict", str(images[0]), "--arch", "resnet18", "--weights", str(weights), "--classes", str(labels)])
+    assert wrong.exit_code == 2 and "size mismatch" in wrong.stderr and "--classes" in wrong.stderr
