@@ -27,6 +27,7 @@ from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_ref
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit")
+VGG_GAP_SUFFIX = "_gap"  # vgg16_gap: VGG16 without its last pooling (the CAM paper's VGGnet-GAP geometry)
 
 
 @dataclass
@@ -135,7 +136,8 @@ def _lite0_installed() -> bool:
 
 def _torchvision_supported(name: str) -> str | None:
     if name.startswith(TRANSFORMER_PREFIXES):
-        return f"{name} is a vision transformer: it has no convolutional (N, C, h, w) feature map for CAM"
+        return (f"{name} is a vision transformer: it has no convolutional (N, C, h, w) feature map to train a CAM head on "
+                "(its own head gives gradient maps: camcli overlay --arch {name})").replace("{name}", name)
     if name.startswith(("googlenet", "inception")):
         return f"{name} is not supported (auxiliary heads and input transforms); use resnet50 or timm:inception_v3"
     return None
@@ -160,6 +162,8 @@ def build_backbone(arch: str = DEFAULT_ARCH, weights: str = "imagenet", num_clas
         backbone = _efficientnet_lite0(weights, classes)
     elif arch.startswith("timm:"):
         backbone = _timm(arch, weights, classes)
+    elif arch.startswith("vgg") and arch.endswith(VGG_GAP_SUFFIX):
+        backbone = _vgg_gap(arch, weights)
     else:
         backbone = _torchvision(arch, weights, classes)
     backbone.features.eval().requires_grad_(False)
@@ -198,7 +202,8 @@ def _load_into(model: nn.Module, state: dict, source: str, positional: bool = Fa
         raise CamcliError(f"{source}: weights do not fit the architecture: {why}{hint}") from exc
 
 
-def _efficientnet_lite0(weights: str, classes: dict) -> Backbone:
+def _lite0_model(weights: str, classes: dict) -> tuple[nn.Module, dict | None]:
+    """The default backbone's whole timm model and, with the packaged weights, their reference."""
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, **classes)
@@ -210,12 +215,21 @@ def _efficientnet_lite0(weights: str, classes: dict) -> Backbone:
         _load_into(model, torch.load(path, map_location="cpu", weights_only=True), str(path), positional=True)
     elif weights != "none":
         _load_into(model, _load_state_dict_file(Path(weights)), weights, positional=True)
+    return model, reference
+
+
+def _efficientnet_lite0(weights: str, classes: dict) -> Backbone:
+    model, reference = _lite0_model(weights, classes)
     backbone = _from_timm(DEFAULT_ARCH, model, weights)
     backbone.reference = reference
     return backbone
 
 
 def _timm(arch: str, weights: str, classes: dict) -> Backbone:
+    return _from_timm(arch, _timm_model(arch, weights, classes), weights)
+
+
+def _timm_model(arch: str, weights: str, classes: dict) -> nn.Module:
     import timm
 
     name = arch.removeprefix("timm:")
@@ -224,12 +238,11 @@ def _timm(arch: str, weights: str, classes: dict) -> Backbone:
         hint = f" (did you mean {', '.join('timm:' + c for c in close)}?)" if close else ""
         raise CamcliError(f"unknown timm model {name!r}{hint}")
     if weights == "imagenet":
-        model = _timm_pretrained(name)
-    else:
-        model = timm.create_model(name, pretrained=False, **classes)
-        if weights != "none":
-            _load_into(model, _load_state_dict_file(Path(weights)), weights)
-    return _from_timm(arch, model, weights)
+        return _timm_pretrained(name)
+    model = timm.create_model(name, pretrained=False, **classes)
+    if weights != "none":
+        _load_into(model, _load_state_dict_file(Path(weights)), weights)
+    return model
 
 
 def _timm_pretrained(name: str) -> nn.Module:
@@ -265,7 +278,9 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_timm(arch: str, model: nn.Module, weights: str) -> Backbone:
+def _from_timm(arch: str, model: nn.Module, weights: str, keep_whole: bool = False) -> Backbone:
+    """Split a timm model into features and its GAP + linear head; without such a head and
+    with ``keep_whole``, the model keeps its own classifier (for gradient maps)."""
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
@@ -290,7 +305,8 @@ def _from_timm(arch: str, model: nn.Module, weights: str) -> Backbone:
         else:
             head = nn.Linear(classifier.in_features, classifier.out_features)
             head.load_state_dict(classifier.state_dict())
-    model.reset_classifier(0)
+    if head is not None or not keep_whole:
+        model.reset_classifier(0)
     names = None
     if head is not None and weights == "imagenet":
         names = imagenet_class_names() if head.out_features == 1000 else [f"class_{i}" for i in range(head.out_features)]
@@ -310,16 +326,35 @@ def _probe_features(features: nn.Module, arch: str) -> tuple[int, int]:
 
 
 def _torchvision(arch: str, weights: str, classes: dict) -> Backbone:
+    refusal = _torchvision_supported(arch)
+    if refusal and arch in _torchvision_names():
+        raise CamcliError(refusal)
+    model, names = _torchvision_model(arch, weights, classes)
+    features, head, problem = _torchvision_parts(arch, model)
+    return Backbone(
+        arch, features, *_probe_features(features, arch), IMAGENET_MEAN, IMAGENET_STD,
+        head, problem, names if head is not None else None,
+    )
+
+
+def _torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
-    known = tvm.list_models(module=tvm)
+    return tvm.list_models(module=tvm)
+
+
+def _torchvision_model(arch: str, weights: str, classes: dict) -> tuple[nn.Module, list[str] | None]:
+    """A whole torchvision classifier in eval mode and, with ImageNet weights, its class names."""
+    import torchvision.models as tvm
+
+    known = _torchvision_names()
     if arch not in known:
         close = difflib.get_close_matches(arch, known + [DEFAULT_ARCH], n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CamcliError(f"unknown arch {arch!r}{hint}; use a torchvision CNN name, {DEFAULT_ARCH}, or timm:NAME")
-    refusal = _torchvision_supported(arch)
-    if refusal:
-        raise CamcliError(refusal)
+        raise CamcliError(f"unknown arch {arch!r}{hint}; use a torchvision model name, {DEFAULT_ARCH}, or timm:NAME")
+    if arch.startswith(("googlenet", "inception", "maxvit")):
+        raise CamcliError(f"{arch} is not supported (auxiliary heads, input transforms or attention blocks without a "
+                          "plain grid); use resnet50, timm:inception_v3 or timm:maxvit_tiny_tf_224")
     names = None
     if weights == "imagenet":
         model = _torchvision_pretrained(arch)
@@ -328,12 +363,7 @@ def _torchvision(arch: str, weights: str, classes: dict) -> Backbone:
         model = tvm.get_model(arch, weights=None, **classes)
         if weights != "none":
             _load_into(model, _load_state_dict_file(Path(weights)), weights)
-    model.eval()
-    features, head, problem = _torchvision_parts(arch, model)
-    return Backbone(
-        arch, features, *_probe_features(features, arch), IMAGENET_MEAN, IMAGENET_STD,
-        head, problem, names if head is not None else None,
-    )
+    return model.eval(), names
 
 
 def _torchvision_pretrained(arch: str) -> nn.Module:
@@ -410,4 +440,156 @@ def restore_backbone(arch: str, state: dict) -> Backbone:
     except (RuntimeError, KeyError) as exc:
         raise CamcliError(f"checkpoint's backbone weights do not fit {arch}: {' '.join(str(exc).split())[:200]}") from exc
     backbone.head, backbone.class_names = None, None
+    return backbone
+
+
+@dataclass
+class Classifier:
+    """A whole classifier (image -> logits), for gradient-weighted maps of any head.
+
+    Attributes:
+        arch: the name it was built from.
+        model: module mapping (N, 3, H, W) images to (N, K) logits, in eval mode, frozen.
+        default_layer: the target layer when none is chosen (a name in ``model.named_modules()``):
+            the last spatial map before the head; a vision transformer's last block's first
+            LayerNorm (its class token is the only token the head reads after that block).
+        layout: how a layer's output holds the grid: ``NCHW`` (CNNs), ``NHWC`` (Swin), or
+            ``NLC`` (ViT, DeiT: ``prefix_tokens`` class/distillation tokens, then the patches row by row).
+        prefix_tokens: tokens before the patch grid (NLC).
+        patch: input pixels per token side (NLC).
+        input_size: the only (H, W) the model accepts, or None.
+        mean, std: per-channel normalization of RGB values in [0, 1].
+        class_names: the head's class names (ImageNet for ImageNet weights), if known.
+        reference: for the packaged default weights, what identifies them.
+    """
+
+    arch: str
+    model: nn.Module
+    default_layer: str
+    layout: str = "NCHW"
+    prefix_tokens: int = 0
+    patch: int = 1
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: list[str] | None = None
+    reference: dict | None = None
+
+
+# torchvision families: the layer whose output is the last spatial map before the head
+_TORCHVISION_LAST_MAP = {
+    "ResNet": "layer4", "DenseNet": "features", "EfficientNet": "features", "MobileNetV2": "features",
+    "MobileNetV3": "features", "MNASNet": "layers", "RegNet": "trunk_output", "ShuffleNetV2": "conv5", "VGG": "features",
+    "AlexNet": "features", "ConvNeXt": "features", "SqueezeNet": "features", "SwinTransformer": "norm",
+}
+
+
+def build_classifier(arch: str = DEFAULT_ARCH, weights: str = "imagenet", num_classes: int | None = None) -> Classifier:
+    """Build a whole classifier by name (same names and weights as :func:`build_backbone`),
+    in eval mode with frozen parameters.
+
+    Raises:
+        CamcliError: unknown or unsupported arch, unusable weights file.
+        EnvironmentProblem: pretrained weights neither cached nor downloadable.
+    """
+    classes = {"num_classes": num_classes} if num_classes and weights not in ("imagenet", "none") else {}
+    if arch == DEFAULT_ARCH or arch.startswith("timm:"):
+        model, reference = _lite0_model(weights, classes) if arch == DEFAULT_ARCH else (_timm_model(arch, weights, classes), None)
+        found = _timm_classifier(arch, model.eval())
+        found.reference = reference
+        heads = found.model.get_classifier()
+        if weights == "imagenet" and getattr(heads, "out_features", None) == 1000:
+            found.class_names = imagenet_class_names()
+    else:
+        model, names = _torchvision_model(arch, weights, classes)
+        found = _torchvision_classifier(arch, model)
+        found.class_names = names
+    found.model.eval().requires_grad_(False)
+    return found
+
+
+def _timm_classifier(arch: str, model: nn.Module) -> Classifier:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    embed = getattr(model, "patch_embed", None)
+    fixed = None
+    if embed is not None and getattr(embed, "strict_img_size", False) and not getattr(model, "dynamic_img_size", False):
+        fixed = tuple(int(v) for v in embed.img_size)
+    side = fixed or (224, 224)
+    with torch.no_grad():
+        try:
+            out, last = _output_module(model, model.forward_features, torch.zeros(1, 3, *side))
+        except Exception as exc:  # noqa: BLE001 - models that cannot run on a plain image
+            raise CamcliError(f"{arch} cannot run on a {side[0]}x{side[1]} image: {' '.join(str(exc).split())[:160]}") from exc
+    found = Classifier(arch, model, last or "", mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+                       input_size=fixed)
+    if out.ndim == 3:
+        found.layout, found.prefix_tokens = "NLC", int(getattr(model, "num_prefix_tokens", 0))
+        found.patch = int(embed.patch_size[0]) if embed is not None else 1
+        blocks = getattr(model, "blocks", None)
+        if blocks is not None and len(blocks) and hasattr(blocks[-1], "norm1"):
+            found.default_layer = f"blocks.{len(blocks) - 1}.norm1"
+    elif out.ndim == 4 and getattr(model, "output_fmt", "NCHW") == "NHWC":
+        found.layout = "NHWC"
+    elif out.ndim != 4:
+        raise CamcliError(f"{arch}'s features are {out.ndim}-D {tuple(out.shape)}: there is no spatial map to weight")
+    if not found.default_layer:
+        raise CamcliError(f"{arch}: no layer gives the final feature map; choose one with --layer (camcli layers --arch {arch})")
+    return found
+
+
+def _torchvision_classifier(arch: str, model: nn.Module) -> Classifier:
+    import torchvision.models as tvm
+
+    if isinstance(model, tvm.VisionTransformer):
+        side = int(model.image_size)
+        return Classifier(arch, model, f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1", "NLC", 1,
+                          int(model.patch_size), (side, side))
+    family = next((c.__name__ for c in type(model).__mro__ if c.__name__ in _TORCHVISION_LAST_MAP), None)
+    if family is None:
+        raise CamcliError(f"{arch} is not a supported model family")
+    return Classifier(arch, model, _TORCHVISION_LAST_MAP[family], "NHWC" if family == "SwinTransformer" else "NCHW")
+
+
+def _output_module(model: nn.Module, run, x: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """Run ``run(x)`` and find the last submodule of ``model`` whose output is the result itself."""
+    producer: dict[int, str] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: producer.__setitem__(id(out), name))
+               for name, m in model.named_modules() if name]
+    try:
+        out = run(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, producer.get(id(out))
+
+
+def _vgg_gap(arch: str, weights: str) -> Backbone:
+    """VGGnet-GAP's geometry (Zhou et al. 2016): VGG's features without the last max pooling,
+    so the map is 14x14 at 224 instead of 7x7 (the paper also adds a 1024-channel conv layer,
+    which a frozen backbone cannot have). There is no ImageNet head for it: train one."""
+    base = build_backbone(arch.removesuffix(VGG_GAP_SUFFIX), weights)
+    features = base.features[:-1]
+    return Backbone(arch, features, *_probe_features(features, arch), base.mean, base.std,
+                    head_problem=f"{arch} has no pretrained head of its own (train one with camcli train --arch {arch})")
+
+
+def gap_linear_backbone(classifier: Classifier, weights: str) -> Backbone | None:
+    """The classifier as a frozen backbone and its own GAP + linear head (for exact CAM), or
+    None when its head is anything else. The classifier is not usable afterwards."""
+    if classifier.layout != "NCHW":
+        return None
+    arch, model = classifier.arch, classifier.model
+    if arch == DEFAULT_ARCH or arch.startswith("timm:"):
+        backbone = _from_timm(arch, model, weights, keep_whole=True)
+        backbone.reference = classifier.reference
+    else:
+        features, head, problem = _torchvision_parts(arch, model)
+        if head is None:
+            return None
+        backbone = Backbone(arch, features, *_probe_features(features, arch), IMAGENET_MEAN, IMAGENET_STD, head, problem,
+                            classifier.class_names)
+    if backbone.head is None:
+        return None
+    backbone.features.eval().requires_grad_(False)
+    backbone.head.eval().requires_grad_(False)
     return backbone

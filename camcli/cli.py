@@ -205,7 +205,7 @@ def train(
 
 def _load_model(
     checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str,
-    backend: str, amp: bool, quiet: bool, classes: Optional[Path] = None,
+    backend: str, amp: bool, quiet: bool, classes: Optional[Path] = None, layer: Optional[str] = None,
 ):
     from camcli.data import read_class_names
     from camcli.engine import load
@@ -214,7 +214,7 @@ def _load_model(
         raise CamcliError("--classes names the classes of --weights; a checkpoint holds its own")
     model = load(
         checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
-        resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None,
+        resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None, layer=layer,
     )
     note = model.prepare()
     if note and not quiet:
@@ -236,9 +236,10 @@ def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
-Arch = Annotated[str, typer.Option(help="Without --checkpoint: a backbone whose own ImageNet head is GAP + linear.")]
+Arch = Annotated[str, typer.Option(help="Without --checkpoint: a classifier with its own head (torchvision name, timm:NAME). "
+    "A GAP + linear head gives exact CAM; any other head (vgg16, convnext, a ViT) gives gradient maps.")]
 Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet, or the state dict of a whole classifier trained "
-    "elsewhere (a GAP + linear head; give its class names with --classes).")]
+    "elsewhere (give its class names with --classes).")]
 Classes = Annotated[Optional[Path], typer.Option(help="With --weights PATH: a text file of the head's class names, one a line, "
     "in index order.")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the "
@@ -255,8 +256,10 @@ BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
 Exclude = Annotated[Optional[list[str]], typer.Option(help="Leave out paths matching this glob, e.g. '*/tmp/*' (repeatable).")]
 Method = Annotated[str, typer.Option(
-    help="cam (the CAM M_c, min-max normalized, no ReLU), gradcam, gradcam++ or layercam (ReLU, then min-max; "
-    "on camcli's GAP + linear heads their gradients are exact, no backward pass needed).")]
+    help="auto (cam for a GAP + linear head, else gradcam), cam (the CAM M_c, min-max normalized, no ReLU), gradcam, "
+    "gradcam++ or layercam (ReLU, then min-max; on a GAP + linear head their gradients are exact, no backward pass).")]
+Layer = Annotated[Optional[str], typer.Option(help="Target layer of gradient maps (names: camcli layers --arch NAME) "
+    "[default: the last spatial map].")]
 AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
 MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
@@ -370,7 +373,8 @@ def predict(
         "0.2].")] = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
-    method: Method = "cam",
+    method: Method = "auto",
+    layer: Layer = None,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -389,7 +393,7 @@ def predict(
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
     model.max_pixels = max_pixels
     with _progress(quiet) as progress:
         everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
@@ -413,7 +417,8 @@ def overlay(
     resize: Resize = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
-    method: Method = "cam",
+    method: Method = "auto",
+    layer: Layer = None,
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
     class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
@@ -462,7 +467,7 @@ def overlay(
         check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
     guard = _guard_output(output, [*inputs, *(i.path for i in images), checkpoint], overwrite)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
     model.max_pixels = max_pixels
     options = OverlayOptions(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
@@ -498,14 +503,18 @@ def overlay(
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the "
         "checkpoint.", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option(help="A checkpoint from camcli train.", show_default=False)],
+    checkpoint: Checkpoint = None,
+    arch: Arch = DEFAULT_ARCH,
+    weights: Weights = "imagenet",
+    classes: Classes = None,
     boxes: Annotated[Optional[Path], typer.Option(help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
         "Pascal VOC XML (file or folder).")] = None,
     img_size: ImgSize = None,
     resize: Resize = None,
     cam_size: CamSize = None,
     cam_scales: CamScales = None,
-    method: Method = "cam",
+    method: Method = "auto",
+    layer: Layer = None,
     box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's "
         "calibrated threshold, else 0.2].")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best box "
@@ -529,17 +538,17 @@ def evaluate(
 
     from camcli.config import default_workers
     from camcli.evaluate import evaluation_job, load_boxes
-    from camcli.jobs import box_threshold_for, check_method
+    from camcli.jobs import box_threshold_for
 
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
     cam_sizes = _cam_sizes(cam_size, cam_scales)
-    model = _load_model(checkpoint, "", "imagenet", img_size, resize, device, backend, amp, quiet)
+    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
     threshold = box_threshold_for(model, box_threshold)
-    check_method(method)
+    model.resolve_method(method)
     with _progress(quiet) as progress:
         result, run_dir = evaluation_job(
             model, data, checkpoint, truth, threshold, cam_sizes, calibrate, out, batch_size,
@@ -629,6 +638,39 @@ def models(
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["source"], "yes" if r["weights_offline"] else "no", printable(r["weights_path"]))
+    _stdout_console(soft_wrap=False).print(table)
+
+
+@app.command()
+@_report_errors
+def layers(
+    arch: Annotated[str, typer.Option(help="A classifier by name (torchvision name, timm:NAME).")] = DEFAULT_ARCH,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train (its layers are features.*).")] = None,
+    all_layers: Annotated[bool, typer.Option("--all", help="Also list layers that cannot be a target (no spatial map).")] = False,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table or jsonl [default: table on a terminal, else jsonl].")] = None,
+) -> None:
+    """List the layers --layer can name: each one's output and map size, the default marked.
+
+    Example: camcli layers --arch vgg16
+    """
+    import json
+
+    from camcli.gradients import list_layers
+
+    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    if fmt not in ("table", "jsonl"):
+        raise CamcliError(f"--format must be table or jsonl, got {fmt!r}")
+    rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch) if all_layers or r["grid"]]
+    if fmt == "jsonl":
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    table = Table(title=printable(f"{len(rows)} layers of {checkpoint or arch}, in the order they finish"))
+    for column in ("--layer", "type", "output", "map", "default"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(printable(r["name"]), printable(r["type"]), "x".join(map(str, r["output"] or [])) or "-",
+                      "x".join(map(str, r["grid"] or [])) or "-", "yes" if r["default"] else "")
     _stdout_console(soft_wrap=False).print(table)
 
 

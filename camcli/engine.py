@@ -121,77 +121,52 @@ def extract_features(
     return packed, sizes
 
 
-class CamModel:
+class Model:
     """A classifier whose every prediction comes with its class activation maps.
 
-    Args:
-        arch: backbone name.
-        backbone: the PyTorch module mapping (N, 3, H, W) to (N, C, h, w), or a function with
-            no arguments that builds it: it is called only if PyTorch runs the backbone or
-            exports it, so a model whose export is cached never imports PyTorch.
-        head: the GAP + linear classifier: a ``torch.nn.Linear``, or (weight (K, C), bias (K,)) arrays.
-        class_names: K names in class-index order.
-        preprocess: the preprocessing the head was trained with.
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        checkpoint: the loaded checkpoint, if the model came from one.
-        backend: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`camcli.runtime.make_runner`).
-        amp: autocast on CUDA.
-        weights_id: identifies the backbone's weights (the ONNX cache key); default: a hash
-            of the module's state.
+    The ranking, the batching and the maps' sizes are shared; a subclass says how a batch of
+    preprocessed images becomes logits and what its maps are made of (:meth:`forward`,
+    :meth:`_maps`): :class:`CamModel` for a GAP + linear head (exact, no backward pass, ONNX
+    Runtime or PyTorch), :class:`camcli.gradients.GradModel` for any other head (PyTorch).
     """
 
-    def __init__(
-        self, arch: str, backbone, head, class_names: list[str], preprocess: Preprocess, device: str = "auto",
-        checkpoint: dict | None = None, backend: str = "auto", amp: bool = True, weights_id: str | None = None,
-    ):
+    default_method = "cam"
+
+    def __init__(self, arch: str, class_names: list[str], preprocess: Preprocess, device: str = "auto",
+                 checkpoint: dict | None = None):
         self.arch = arch
         self.device = resolve_device(device)
-        self._backbone = backbone
-        self.backend, self.amp, self._weights_id = backend, amp, weights_id
-        self.runner: TorchRunner | OnnxRunner | None = None
-        self.max_pixels: int | None = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused
-        weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
-            if hasattr(head, "weight") else head
-        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
-        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.checkpoint = checkpoint
+        self.max_pixels: int | None = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def features_module(self):
-        """The backbone as a PyTorch module (built on first use when given as a function)."""
-        if not hasattr(self._backbone, "state_dict"):
-            self._backbone = self._backbone()
-        return self._backbone.eval().requires_grad_(False)
-
-    def weights_id(self) -> str:
-        """The backbone weights' key: the packaged file's sha256, else a hash of the state dict."""
-        if self._weights_id is None:
-            self._weights_id = weights_key(module_state(self.features_module()))
-        return self._weights_id
+    def resolve_method(self, method: str) -> str:
+        """The method a map is made with: ``auto`` is this model's default (``cam`` for a GAP + linear head)."""
+        if method == "auto":
+            return self.default_method
+        if method not in cam.METHODS:
+            raise CamcliError(f"method must be auto or one of {', '.join(cam.METHODS)}, got {method!r}")
+        return method
 
     def prepare(self) -> str | None:
-        """Build the runner; returns a one-line note for the user (an export made, a fallback) or None."""
-        if self.runner is not None:
-            return None
-        self.runner, note = make_runner(self.features_module, self.arch, self.device, self.backend, self.amp, self.weights_id)
-        return note
+        """Get ready to run; returns a one-line note for the user (an export made, a fallback) or None."""
+        raise NotImplementedError
 
-    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-        """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
+    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, object, list[tuple[int, int]]]:
+        """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, what the maps are made of, each image's map size).
 
-        See :func:`extract_features` for how images of different shapes are packed.
+        The middle value is indexable by an array of rows (``feats[keep]``) and passed back to :meth:`_maps`.
         """
-        self.prepare()
-        feats, sizes = extract_features(self.runner, tensors)
-        if feats.shape[1] != self.weight.shape[1]:
-            raise CamcliError(f"checkpoint head expects {self.weight.shape[1]} features but {self.arch} gives {feats.shape[1]}")
-        with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores become failed inputs (batches)
-            return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
+        raise NotImplementedError
+
+    def _maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
+        """Per image (J, h_i, w_i) raw maps of ``classes`` (B, J) from :meth:`forward`'s middle value."""
+        raise NotImplementedError
 
     def batches(
         self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False
@@ -220,7 +195,7 @@ class CamModel:
             yield Batch(positions, logits, feats, sizes, originals, failures)
 
     def batch_maps(
-        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "cam"
+        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto"
     ) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
 
@@ -229,9 +204,10 @@ class CamModel:
             classes: (B, J) class indices to map per image.
             cam_sizes: input sizes (``img_size`` values, same resize mode) to compute the maps
                 at; empty means the ranking pass's own features.
-            method: ``cam`` (the raw M_c, no ReLU), or ``gradcam``, ``gradcam++``, ``layercam``
-                (see :func:`camcli.cam.gradient_map`; the gradients of a GAP + linear head are
-                exact and need no backward pass, see :func:`camcli.cam.head_gradients`).
+            method: ``auto`` (the model's :attr:`default_method`), ``cam`` (the raw M_c, no ReLU),
+                or ``gradcam``, ``gradcam++``, ``layercam`` (see :func:`camcli.cam.gradient_map`;
+                the gradients of a GAP + linear head are exact and need no backward pass, see
+                :func:`camcli.cam.head_gradients`).
 
         Returns:
             per image a float32 (J, h, w) array. From the ranking pass or one cam size: the raw
@@ -239,8 +215,7 @@ class CamModel:
             upsampled to the largest one's resolution.
         """
         classes = np.asarray(classes, dtype=np.int64)
-        if method not in cam.METHODS:
-            raise CamcliError(f"method must be one of {', '.join(cam.METHODS)}, got {method!r}")
+        method = self.resolve_method(method)
         if not cam_sizes:
             return self._maps(batch.features, batch.sizes, classes, method)
         if any(o is None for o in batch.originals):
@@ -248,7 +223,7 @@ class CamModel:
         per_scale = []
         for size in cam_sizes:
             pre = replace(self.preprocess, img_size=size)
-            feats, sizes = extract_features(self.runner, [pre(o) for o in batch.originals])
+            _, feats, sizes = self.forward([pre(o) for o in batch.originals])
             per_scale.append(self._maps(feats, sizes, classes, method))
         if len(per_scale) == 1:
             return per_scale[0]
@@ -258,17 +233,6 @@ class CamModel:
             w = max(m.shape[-1] for m in maps)
             fused.append(np.mean([cam.upsample_to(cam.normalize_maps(m), (h, w)) for m in maps], axis=0))
         return fused
-
-    def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
-        """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
-        if method == "cam":
-            return _crop(cam.class_maps(feats, self.weight, classes), sizes)
-        out = []
-        for i, (h, w) in enumerate(sizes):
-            acts = feats[i, :, :h, :w]
-            out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method)
-                                 for c in classes[i]]).astype(np.float32))
-        return out
 
     def class_index(self, name: str) -> int:
         """Index of a class name; raises CamcliError listing close names when absent."""
@@ -308,14 +272,14 @@ class CamModel:
         return rows
 
     def maps(
-        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32, method: str = "cam"
+        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32, method: str = "auto"
     ) -> np.ndarray:
         """Raw class activation maps (before normalization) at feature resolution.
 
         Args:
             images: paths or RGB uint8 (H, W, 3) arrays.
             classes: class indices to map (the same for every image); None maps all K.
-            method: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`batch_maps`).
+            method: ``auto``, ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`batch_maps`).
 
         Returns:
             float32 array (N, K or len(classes), h, w).
@@ -338,6 +302,83 @@ class CamModel:
                 "pass images of one shape, or load(..., resize=\"squash\")"
             )
         return np.stack(out).astype(np.float32, copy=False)
+
+
+
+
+class CamModel(Model):
+    """A frozen backbone and a GAP + linear head: the maps are the CAM identity's M_c.
+
+    Args:
+        arch: backbone name.
+        backbone: the PyTorch module mapping (N, 3, H, W) to (N, C, h, w), or a function with
+            no arguments that builds it: it is called only if PyTorch runs the backbone or
+            exports it, so a model whose export is cached never imports PyTorch.
+        head: the GAP + linear classifier: a ``torch.nn.Linear``, or (weight (K, C), bias (K,)) arrays.
+        class_names: K names in class-index order.
+        preprocess: the preprocessing the head was trained with.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        checkpoint: the loaded checkpoint, if the model came from one.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`camcli.runtime.make_runner`).
+        amp: autocast on CUDA.
+        weights_id: identifies the backbone's weights (the ONNX cache key); default: a hash
+            of the module's state.
+    """
+
+    def __init__(
+        self, arch: str, backbone, head, class_names: list[str], preprocess: Preprocess, device: str = "auto",
+        checkpoint: dict | None = None, backend: str = "auto", amp: bool = True, weights_id: str | None = None,
+    ):
+        super().__init__(arch, class_names, preprocess, device, checkpoint)
+        self._backbone = backbone
+        self.backend, self.amp, self._weights_id = backend, amp, weights_id
+        self.runner: TorchRunner | OnnxRunner | None = None
+        weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
+            if hasattr(head, "weight") else head
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+
+    def features_module(self):
+        """The backbone as a PyTorch module (built on first use when given as a function)."""
+        if not hasattr(self._backbone, "state_dict"):
+            self._backbone = self._backbone()
+        return self._backbone.eval().requires_grad_(False)
+
+    def weights_id(self) -> str:
+        """The backbone weights' key: the packaged file's sha256, else a hash of the state dict."""
+        if self._weights_id is None:
+            self._weights_id = weights_key(module_state(self.features_module()))
+        return self._weights_id
+
+    def prepare(self) -> str | None:
+        """Build the runner; returns a one-line note for the user (an export made, a fallback) or None."""
+        if self.runner is not None:
+            return None
+        self.runner, note = make_runner(self.features_module, self.arch, self.device, self.backend, self.amp, self.weights_id)
+        return note
+
+    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
+
+        See :func:`extract_features` for how images of different shapes are packed.
+        """
+        self.prepare()
+        feats, sizes = extract_features(self.runner, tensors)
+        if feats.shape[1] != self.weight.shape[1]:
+            raise CamcliError(f"checkpoint head expects {self.weight.shape[1]} features but {self.arch} gives {feats.shape[1]}")
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores become failed inputs (batches)
+            return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
+
+    def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
+        """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
+        if method == "cam":
+            return _crop(cam.class_maps(feats, self.weight, classes), sizes)
+        out = []
+        for i, (h, w) in enumerate(sizes):
+            acts = feats[i, :, :h, :w]
+            out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method)
+                                 for c in classes[i]]).astype(np.float32))
+        return out
 
 
 def _name(image: Image) -> str:
@@ -396,39 +437,44 @@ def imagenet_head_cache(arch: str, key: str) -> Path:
 def load(
     checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet",
     img_size: int | None = None, resize: str | None = None, backend: str = "auto", amp: bool = True,
-    classes: Sequence[str] | None = None,
-) -> CamModel:
-    """Load a trained checkpoint, or a classifier with its own GAP + linear head: ImageNet's, or
-    one trained elsewhere (``weights`` a state dict of the whole model, ``classes`` its names).
+    classes: Sequence[str] | None = None, layer: str | None = None,
+) -> Model:
+    """Load a trained checkpoint, or a whole classifier with its own head: ImageNet's, or one
+    trained elsewhere (``weights`` a state dict of the whole model, ``classes`` its names).
+
+    A GAP + linear head gives a :class:`CamModel` (exact CAM, no backward pass); any other
+    head, or a chosen ``layer``, gives a :class:`camcli.gradients.GradModel` (gradient maps
+    in PyTorch).
 
     Args:
         checkpoint_or_arch: a checkpoint path (``.safetensors``, or a camcli 0.1 ``.pt``), or
-            an arch name (``efficientnet_lite0``, ``resnet50``, ``timm:NAME``) whose pretrained
-            ImageNet head is used.
+            an arch name (``efficientnet_lite0``, ``vgg16``, ``resnet50``, ``timm:NAME``).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        backend: ``auto``, ``torch`` or ``onnxruntime``.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (a GradModel runs in PyTorch).
         amp: autocast on CUDA.
         weights: for an arch: ``imagenet`` or a state dict path (``torch.load(..., weights_only=True)``).
         classes: for an arch: the class names of the head, in index order (their number sets
             the head's size for a state dict path).
         img_size: input size (the shorter side with keep-aspect); default: the checkpoint's, or 224.
         resize: ``squash`` or ``keep-aspect``; default: the checkpoint's, or keep-aspect.
+        layer: the target layer of gradient maps (see ``camcli layers``); default: the last spatial map.
 
     Raises:
-        CamcliError: unreadable checkpoint, or an arch without a GAP + linear head.
+        CamcliError: unreadable checkpoint or weights, unknown layer.
     """
     from camcli.checkpoint import load_checkpoint, save_checkpoint
 
     source = Path(checkpoint_or_arch)
     text = str(checkpoint_or_arch)
     if source.suffix in (".safetensors", ".pt", ".pth", ".onnx") or "/" in text or os.sep in text or os.path.lexists(source):
-        return model_from_checkpoint(load_checkpoint(source), device, img_size, resize, backend, amp)
+        model = model_from_checkpoint(load_checkpoint(source), device, img_size, resize, backend, amp)
+        return model if layer is None else _gradient_model(model, layer, backend)
     arch = str(checkpoint_or_arch)
     if weights == "none":
         raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
     if classes is not None and not classes:
         raise CamcliError("the classes file names no class")
-    packaged = arch == DEFAULT_ARCH and weights == "imagenet" and classes is None
+    packaged = arch == DEFAULT_ARCH and weights == "imagenet" and classes is None and layer is None
     if packaged:
         key = reference_key(lite0_reference())
         cached = imagenet_head_cache(arch, key)
@@ -437,18 +483,18 @@ def load(
                 model = model_from_checkpoint(load_checkpoint(cached), device, img_size, resize, backend, amp)
                 model.checkpoint = None
                 return model
-    from camcli.backbones import build_backbone
+    from camcli.backbones import VGG_GAP_SUFFIX, build_classifier, gap_linear_backbone
 
-    backbone = build_backbone(arch, weights, len(classes) if classes else None)
-    if backbone.head is None:
-        raise CamcliError(
-            f"{backbone.head_problem}, so it has no class maps of its own: "
-            f"train a head with `camcli train DATA --arch {arch}` and pass --checkpoint"
-        )
+    if arch.startswith("vgg") and arch.endswith(VGG_GAP_SUFFIX):
+        raise CamcliError(f"{arch} has no pretrained head of its own: train one with `camcli train DATA --arch {arch}`")
+    classifier = build_classifier(arch, weights, len(classes) if classes else None)
     if classes is not None:
-        if len(classes) != backbone.head.out_features:
-            raise CamcliError(f"{arch}'s head has {backbone.head.out_features} outputs but {len(classes)} class names were given")
-        backbone.class_names = list(classes)
+        classifier.class_names = list(classes)
+    backbone = None if layer is not None else gap_linear_backbone(classifier, weights)
+    if backbone is None:
+        return _gradient_model(classifier, layer, backend, device, img_size, resize, amp)
+    if classes is not None and len(classes) != backbone.head.out_features:
+        raise CamcliError(f"{arch}'s head has {backbone.head.out_features} outputs but {len(classes)} class names were given")
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
     preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)
@@ -463,4 +509,36 @@ def load(
                 save_checkpoint(make_checkpoint(backbone, (model.weight, model.bias), model.class_names,
                                                 replace(preprocess, img_size=224, resize=DEFAULT_RESIZE), None, {},
                                                 backbone_state(backbone)), cached)
+    return model
+
+
+def _gradient_model(source, layer: str | None, backend: str, device: str = "auto", img_size: int | None = None,
+                    resize: str | None = None, amp: bool = True) -> Model:
+    """A GradModel of a CamModel (at another layer) or of a whole classifier."""
+    from camcli.gradients import GradModel, whole_classifier
+
+    if backend == "onnxruntime":
+        raise CamcliError("gradient maps run in PyTorch (ONNX Runtime has no backward pass): use --backend auto or torch")
+    if isinstance(source, CamModel):
+        return GradModel(whole_classifier(source), source.class_names, source.preprocess, layer, source.device, source.amp,
+                         source.checkpoint)
+    classifier = source
+    if classifier.input_size is not None:
+        h, w = classifier.input_size
+        if (img_size not in (None, h) or h != w) or resize not in (None, "squash"):
+            raise CamcliError(f"{classifier.arch} takes {h}x{w} inputs only: leave out --img-size and --resize")
+        preprocess = Preprocess(h, classifier.mean, classifier.std, "squash")
+    else:
+        preprocess = Preprocess(img_size or 224, classifier.mean, classifier.std, resize or DEFAULT_RESIZE)
+    names = classifier.class_names
+    if names is None:
+        import torch
+
+        with torch.no_grad():
+            side = preprocess.img_size
+            count = classifier.model(torch.zeros(1, 3, side, side)).shape[-1]
+        names = [f"class_{i}" for i in range(count)]
+    model = GradModel(classifier, names, preprocess, layer, device, amp)
+    if backend == "auto" and model.device == "cpu":
+        model.note = f"{classifier.arch}: gradient maps run in PyTorch (ONNX Runtime has no backward pass)"
     return model

@@ -18,7 +18,7 @@ import numpy as np
 
 from camcli import cam
 from camcli.data import class_folders, walk_images
-from camcli.engine import CamModel
+from camcli.engine import Model
 from camcli.errors import CamcliError
 from camcli.files import read_bytes, read_text
 
@@ -262,9 +262,9 @@ def labeled_images(root: Path, class_names: list[str], exclude: Sequence[str] = 
 
 
 def evaluate(
-    model: CamModel, data: Path, boxes: dict[str, list[list[float]]] | None = None,
+    model: Model, data: Path, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), batch_size: int = 32,
-    workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "cam",
+    workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "auto",
 ) -> dict:
     """Classification and, with boxes, localization metrics of ``model`` on an ImageFolder.
 
@@ -272,6 +272,7 @@ def evaluate(
     normalized and upsampled to the original image size.
     """
     data = Path(data)
+    method = model.resolve_method(method)
     samples = labeled_images(data, model.class_names, exclude)
     tally = LocalizationTally(threshold)
     true, pred = [], []
@@ -326,15 +327,16 @@ def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
 
 
 def evaluation_job(
-    model: CamModel, data: Path, checkpoint: Path, boxes: dict[str, list[list[float]]] | None = None,
+    model: Model, data: Path, checkpoint: Path | None, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), calibrate: bool = False, out: Path | None = None,
-    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "cam",
+    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "auto",
 ) -> tuple[dict, Path]:
     """``camcli evaluate``: :func:`evaluate`, then its run folder: ``metrics.json`` (with the whole
     box-accuracy curve), ``box_accuracy.png`` with boxes, ``calibrated.safetensors`` with ``calibrate``.
 
     ``out`` (default the next ``runs/evaluate/expN``) may hold an earlier evaluation's files,
     which are replaced; any other file at those names stops the job before any work.
+    ``checkpoint`` is the file the model came from (None for a classifier loaded by arch).
 
     Returns:
         (the metrics, the run folder).
@@ -345,13 +347,16 @@ def evaluation_job(
 
     if calibrate and boxes is None:
         raise CamcliError("calibrate needs boxes: the threshold is chosen by box accuracy")
+    if calibrate and checkpoint is None:
+        raise CamcliError("calibrate writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
     run_dir = Path(out) if out is not None else next_run_dir(Path("runs/evaluate"))
     metrics_file, plot_file, calibrated_file = run_dir / "metrics.json", run_dir / "box_accuracy.png", run_dir / f"calibrated{SUFFIX}"
-    guard = OutputGuard({real_path(checkpoint)})
+    guard = OutputGuard({real_path(checkpoint)} if checkpoint is not None else set())
     for path in [metrics_file] + ([plot_file] if boxes else []) + ([calibrated_file] if calibrate else []):
         guard.check(path)
     result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude, method)
-    result["settings"] = {"checkpoint": str(checkpoint), "data": str(data), "img_size": model.preprocess.img_size,
+    result["settings"] = {"checkpoint": str(checkpoint) if checkpoint is not None else None, "arch": model.arch,
+                          "layer": getattr(model, "layer", None), "data": str(data), "img_size": model.preprocess.img_size,
                           "resize": model.preprocess.resize, "cam_sizes": list(cam_sizes)}
     atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", guard.recorder(metrics_file))
     if boxes:

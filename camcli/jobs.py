@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli.cam import METHODS, heatmap, largest_component_box, softmax
+from camcli.cam import heatmap, largest_component_box, softmax
 from camcli.data import ImageInput
-from camcli.engine import CamModel
+from camcli.engine import Model
 from camcli.errors import CamcliError
 from camcli.evaluate import PAPER_THRESHOLD
 from camcli.files import OutputGuard, atomic_write, fit_name, real_path
@@ -30,12 +30,7 @@ from camcli.render import blend, colormap_id, draw_box, draw_caption, write_imag
 Progress = Callable[[str, int, int | None], None]
 
 
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise CamcliError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-
-
-def box_threshold_for(model: CamModel, threshold: float | None) -> float:
+def box_threshold_for(model: Model, threshold: float | None) -> float:
     """The box threshold: the one given, else the checkpoint's calibrated one, else 0.2."""
     if threshold is None:  # a checkpoint's cam_threshold was checked when it was loaded
         return float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
@@ -45,9 +40,9 @@ def box_threshold_for(model: CamModel, threshold: float | None) -> float:
 
 
 def predict_rows(
-    model: CamModel, images: Iterable[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
+    model: Model, images: Iterable[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
     progress: Progress | None = None, chunk_size: int = 1024, boxes: bool = False,
-    box_threshold: float | None = None, cam_sizes: Sequence[int] = (), method: str = "cam",
+    box_threshold: float | None = None, cam_sizes: Sequence[int] = (), method: str = "auto",
 ) -> Iterator[dict]:
     """Rank classes for every image; rows come out in input order, batch by batch.
 
@@ -56,7 +51,7 @@ def predict_rows(
     rows add the top-1 class's box (see :func:`overlay_rows`).
     """
     model.rank(np.zeros((1, model.num_classes), np.float32), top_k)  # validates top_k before any work
-    check_method(method)
+    method = model.resolve_method(method)
     threshold = box_threshold_for(model, box_threshold) if boxes else None
     total = len(images) if isinstance(images, Sized) else None
     done = 0
@@ -96,9 +91,9 @@ class OverlayOptions:
         skip_existing: leave out (no row, no work) the inputs whose outputs camcli already wrote.
         maps: write the maps of each image's top-``maps`` classes as ``<stem>_cam_<rank>_<label><ext>``.
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
-            from the ranking pass; see :meth:`CamModel.batch_maps`.
+            from the ranking pass; see :meth:`Model.batch_maps`.
         reserved: paths the job writes otherwise (the results file), never an overlay.
-        method: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`CamModel.batch_maps`).
+        method: ``auto``, ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`Model.batch_maps`).
     """
 
     classes: Sequence[str] = ()
@@ -115,7 +110,7 @@ class OverlayOptions:
     skip_existing: bool = False
     maps: int = 0
     reserved: Sequence[Path] = ()
-    method: str = "cam"
+    method: str = "auto"
 
 
 def safe_label(label: str) -> str:
@@ -225,7 +220,7 @@ class RankedNames:
 
 
 def overlay_rows(
-    model: CamModel, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
+    model: Model, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
     batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
     notify: Callable[[str], None] | None = None,
 ) -> Iterator[dict]:
@@ -237,7 +232,7 @@ def overlay_rows(
     pool (OpenCV releases the GIL), so the next batch's forward pass overlaps them.
     """
     colormap_id(options.colormap)
-    check_method(options.method)
+    method = model.resolve_method(options.method)
     threshold = box_threshold_for(model, options.box_threshold)
     if not 0.0 <= options.alpha <= 1.0:
         raise CamcliError(f"alpha must be between 0 and 1, got {options.alpha}")
@@ -285,7 +280,7 @@ def overlay_rows(
                     else:
                         classes = np.array([chosen or [int(row.argmax())] for row in batch.logits], np.int64)
                     probs, ranked = softmax(batch.logits), model.rank(batch.logits, top_k)
-                    maps = model.batch_maps(batch, classes, options.cam_sizes, options.method)
+                    maps = model.batch_maps(batch, classes, options.cam_sizes, method)
                 entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
                 entries.update({pos: (None, why) for pos, why in batch.failures})
                 for pos in sorted(entries):
@@ -301,7 +296,7 @@ def overlay_rows(
                         options, threshold, guard.recorder,
                     )
                     row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]], "box_threshold": threshold,
-                           "method": options.method}
+                           "method": method}
                     pending.append((row, future))
                 while len(pending) > batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
                     yield finish_oldest()
