@@ -1,6 +1,8 @@
 """Localization benchmark: how input geometry changes CAM localization.
 
-    python benchmarks/localization.py            # writes the table into benchmarks/README.md
+    python benchmarks/localization.py            # input geometry: writes its table into benchmarks/README.md
+    python benchmarks/localization.py --methods  # cam, gradcam, gradcam++, layercam on one head
+    python benchmarks/localization.py --vgg      # vgg16 against vgg16_gap (needs torchvision's ImageNet VGG16 weights)
 
 Builds a composite set of its own: photographs that scikit-image and scikit-learn ship
 (cat, coffee cup, astronaut, flower, temple; licenses in sample_data/README.md and the
@@ -78,7 +80,68 @@ def build(root: Path, seed: int = 0) -> dict[str, dict]:
     return boxes
 
 
+METHODS = ("cam", "gradcam", "gradcam++", "layercam")
+
+
+def _row(name: str, r: dict, extra: str = "") -> str:
+    return (f"| {name} | {r['accuracy']:.3f} | {r['pointing_game']:.3f} | {r['gt_known_loc']:.3f} | "
+            f"{r['max_box_acc']:.3f} ({r['best_threshold']:.2f}) | {r['max_box_acc_v2']:.3f} |{extra}")
+
+
+def methods() -> None:
+    """Every method on the same keep-aspect 224 head of the default backbone, at the ranking
+    pass's maps and at cam size 320; seconds per image of the whole evaluate pass."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "composite"
+        build(root)
+        truth = load_boxes(root / "val_boxes.json", root / "val")
+        out = Path(tmp) / "run"
+        fit(resolve_train_config(data=str(root), out=str(out), workers=1))
+        model = load(out / "best.safetensors", device="cpu")
+        for cam_sizes in ([], [320]):
+            for method in METHODS:
+                start = time.perf_counter()
+                result = evaluate(model, root / "val", truth, cam_sizes=cam_sizes, workers=1, method=method)
+                per_image = (time.perf_counter() - start) / result["num_images"]
+                name = method + (f", cam {cam_sizes[0]}" if cam_sizes else "")
+                rows.append(_row(name, result, f" {per_image * 1000:.0f} |"))
+                print(rows[-1], file=sys.stderr)
+    table = "\n".join(["| method | accuracy | pointing game | GT-known loc @ 0.2 | MaxBoxAcc (best threshold) | MaxBoxAccV2 | "
+                       "ms per image (evaluate) |", "|---|---|---|---|---|---|---|", *rows])
+    print(table)
+    write_section("localization-methods", table)
+
+
+def vgg() -> None:
+    """The CAM paper's VGGnet-GAP geometry (no last pooling: 14x14) against plain VGG16 (7x7),
+    each with a trained GAP + linear head on ImageNet VGG16 features."""
+    from camcli.backbones import torchvision_cache_path
+
+    if not torchvision_cache_path("vgg16").is_file():
+        sys.exit(f"--vgg needs torchvision's ImageNet VGG16 weights at {torchvision_cache_path('vgg16')}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "composite"
+        build(root)
+        truth = load_boxes(root / "val_boxes.json", root / "val")
+        for arch in ("vgg16", "vgg16_gap"):
+            out = Path(tmp) / arch
+            fit(resolve_train_config(data=str(root), arch=arch, lr=0.001, out=str(out), workers=1))
+            result = evaluate(load(out / "best.safetensors", device="cpu"), root / "val", truth, workers=1)
+            rows.append(_row(arch, result))
+            print(rows[-1], file=sys.stderr)
+    table = "\n".join(["| backbone | accuracy | pointing game | GT-known loc @ 0.2 | MaxBoxAcc (best threshold) | MaxBoxAccV2 |",
+                       "|---|---|---|---|---|---|", *rows])
+    print(table)
+    write_section("localization-vgg", table)
+
+
 def main() -> None:
+    if "--methods" in sys.argv[1:]:
+        return methods()
+    if "--vgg" in sys.argv[1:]:
+        return vgg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "composite"
@@ -103,10 +166,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, r, _ in rows:
-        lines.append(
-            f"| {name} | {r['accuracy']:.3f} | {r['pointing_game']:.3f} | {r['gt_known_loc']:.3f} | "
-            f"{r['max_box_acc']:.3f} ({r['best_threshold']:.2f}) | {r['max_box_acc_v2']:.3f} |"
-        )
+        lines.append(_row(name, r))
     table = "\n".join(lines)
     print(table)
     write_section("localization", table)

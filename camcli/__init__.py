@@ -18,7 +18,9 @@ import importlib
 __version__ = "0.2.0"
 
 _API = {
+    "Model": "camcli.engine",
     "CamModel": "camcli.engine",
+    "GradModel": "camcli.gradients",
     "load": "camcli.engine",
     "CamcliError": "camcli.errors",
     "render_overlay": "camcli.render",
