@@ -222,6 +222,31 @@ def _load_model(
     return model
 
 
+def _ray_options(engine: str, address: Optional[str], workers: Optional[int]):
+    """RayOptions for --engine ray (checked before any work), None for the local engine."""
+    if engine not in ("local", "ray"):
+        raise CamcliError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local":
+        if address is not None or workers is not None:
+            raise CamcliError("--ray-address and --ray-workers go with --engine ray")
+        return None
+    if workers is not None and workers < 1:
+        raise CamcliError(f"--ray-workers must be at least 1, got {workers}")
+    from camcli.scaleout import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(address, workers)
+
+
+def _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, max_pixels):
+    """How the Ray workers load the driver's model: the same arguments, the backend it resolved."""
+    from camcli.scaleout import ModelSpec
+
+    backend = model.runner.name if getattr(model, "runner", None) is not None else "torch"
+    return ModelSpec(str(checkpoint) if checkpoint is not None else arch, weights, list(model.class_names) if classes else None,
+                     layer, img_size, resize, backend, device, amp, max_pixels)
+
+
 def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
     if cam_size is not None and cam_scales is not None:
         raise CamcliError("give --cam-size or --cam-scales, not both")
@@ -260,6 +285,11 @@ Method = Annotated[str, typer.Option(
     "gradcam++ or layercam (ReLU, then min-max; on a GAP + linear head their gradients are exact, no backward pass).")]
 Layer = Annotated[Optional[str], typer.Option(help="Target layer of gradient maps (names: camcli layers --arch NAME) "
     "[default: the last spatial map].")]
+Engine = Annotated[str, typer.Option(help="local, or ray: run on a Ray cluster (pip install 'camcli[ray]'; the output tree must "
+    "be on storage every node reaches).")]
+RayAddress = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join, e.g. ray://head:10001 or auto "
+    "[default: start a local Ray instance for this command].")]
+RayWorkers = Annotated[Optional[int], typer.Option(help="With --engine ray: model actors [default: one per 2 CPUs of the cluster].")]
 AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
 MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
@@ -375,6 +405,9 @@ def predict(
     cam_scales: CamScales = None,
     method: Method = "auto",
     layer: Layer = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
     quiet: Quiet = False,
 ) -> None:
     """Rank classes by softmax for every image.
@@ -388,6 +421,7 @@ def predict(
     from camcli.jobs import predict_rows
 
     _check_max_pixels(max_pixels)
+    ray_options = _ray_options(engine, ray_address, ray_workers)
     guard = _guard_output(output, [*inputs, checkpoint], overwrite)
     walk = iter_images(inputs, exclude=exclude or ())
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
@@ -397,10 +431,15 @@ def predict(
     model.max_pixels = max_pixels
     with _progress(quiet) as progress:
         everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
-        rows = predict_rows(
-            model, everything, top_k, batch_size, default_workers() if workers is None else workers, progress,
-            boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales), method=method,
-        )
+        settings = dict(boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales), method=method)
+        if ray_options is not None:
+            from camcli.scaleout import ray_predict_rows
+
+            spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, max_pixels)
+            rows = ray_predict_rows(spec, list(everything), ray_options, top_k, batch_size, progress, **settings)
+        else:
+            rows = predict_rows(model, everything, top_k, batch_size, default_workers() if workers is None else workers, progress,
+                                **settings)
         count, failed = _emit(rows, fmt, output, overlay=False, guard=guard)
     _finish(count, failed, allow_failures)
 
@@ -419,6 +458,9 @@ def overlay(
     cam_scales: CamScales = None,
     method: Method = "auto",
     layer: Layer = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
     class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
@@ -461,6 +503,7 @@ def overlay(
 
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     _check_max_pixels(max_pixels)
+    ray_options = _ray_options(engine, ray_address, ray_workers)
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
     if report is not None:
@@ -476,10 +519,17 @@ def overlay(
         reserved=[output] if output is not None else [], method=method,
     )
     with _progress(quiet) as progress:
-        rows = overlay_rows(
-            model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress,
-            notify=None if quiet else _say,
-        )
+        if ray_options is not None:
+            from camcli.scaleout import ray_overlay_rows
+
+            spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, max_pixels)
+            rows = ray_overlay_rows(spec, model, images, options, ray_options, top_k, batch_size, progress,
+                                    notify=None if quiet else _say)
+        else:
+            rows = overlay_rows(
+                model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress,
+                notify=None if quiet else _say,
+            )
         kept: list[dict] = []
 
         def keep_for_report(source: Iterator[dict]) -> Iterator[dict]:

@@ -176,6 +176,12 @@ class FixedNames:
     def finished(self, k: int) -> bool:
         return all(self.guard.is_ours(p) for p in self.plans[k])
 
+    def subset(self, ks: Sequence[int], guard: OutputGuard) -> FixedNames:
+        """The plans of images ``ks`` only (in that order), checking with ``guard`` (for a worker)."""
+        part = object.__new__(FixedNames)
+        part.plans, part.guard = [self.plans[k] for k in ks], guard
+        return part
+
 
 class RankedNames:
     """``--maps K``: ``<stem>_cam_<rank>_<label><ext>`` for each image's top-K classes, names
@@ -210,6 +216,12 @@ class RankedNames:
             self.guard.check(path)
         return paths
 
+    def subset(self, ks: Sequence[int], guard: OutputGuard) -> RankedNames:
+        """The plans of images ``ks`` only (in that order), checking with ``guard`` (for a worker)."""
+        part = object.__new__(RankedNames)
+        part.bases, part.k, part.save_raw, part.guard, part.listings = [self.bases[k] for k in ks], self.k, self.save_raw, guard, {}
+        return part
+
     def finished(self, k: int) -> bool:
         folder, stem, ext = self.bases[k]
         names = self._listing(folder)
@@ -219,18 +231,26 @@ class RankedNames:
         )
 
 
-def overlay_rows(
-    model: Model, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
-    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
-    notify: Callable[[str], None] | None = None,
-) -> Iterator[dict]:
-    """Write a CAM overlay for every image (see :class:`FixedNames`, :class:`RankedNames`) and
-    yield its row, in input order.
+@dataclass
+class OverlayPlan:
+    """An overlay job checked and planned, before any work: see :func:`plan_overlays`."""
 
-    Every output path is checked before any work, so a refused overwrite stops the job
-    before anything is written. Colormap, blend, encoding and writing run in a small thread
-    pool (OpenCV releases the GIL), so the next batch's forward pass overlaps them.
-    """
+    method: str  # resolved (never auto)
+    threshold: float
+    chosen: list[int]  # classes to map for every image; empty: top-1 (or top-maps_k)
+    maps_k: int
+    guard: OutputGuard
+    names: FixedNames | RankedNames
+    todo: list[int]  # the images to process (all but those --skip-existing leaves out)
+
+
+def plan_overlays(
+    model: Model, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
+    notify: Callable[[str], None] | None = None,
+) -> OverlayPlan:
+    """Check the options and every output path of an overlay job before any work, so a refused
+    overwrite stops the job before anything is written; leave out finished inputs with
+    ``skip_existing``."""
     colormap_id(options.colormap)
     method = model.resolve_method(options.method)
     threshold = box_threshold_for(model, options.box_threshold)
@@ -248,15 +268,34 @@ def overlay_rows(
     maps_k = min(options.maps, model.num_classes)
     guard = OutputGuard({real_path(i.path) for i in images}, options.overwrite, {real_path(p) for p in options.reserved})
     if maps_k:
-        plan: FixedNames | RankedNames = RankedNames(images, maps_k, options, guard)
+        names: FixedNames | RankedNames = RankedNames(images, maps_k, options, guard)
     else:
-        plan = FixedNames(images, [model.class_names[c] for c in chosen] if chosen else ["top1"], options, guard)
-    plan.check_all()
+        names = FixedNames(images, [model.class_names[c] for c in chosen] if chosen else ["top1"], options, guard)
+    names.check_all()
     todo = list(range(len(images)))
     if options.skip_existing:
-        todo = [k for k in todo if not plan.finished(k)]
+        todo = [k for k in todo if not names.finished(k)]
         if notify and len(todo) < len(images):
             notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (--skip-existing)")
+    return OverlayPlan(method, threshold, chosen, maps_k, guard, names, todo)
+
+
+def overlay_rows(
+    model: Model, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
+    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
+    notify: Callable[[str], None] | None = None, plan: OverlayPlan | None = None,
+) -> Iterator[dict]:
+    """Write a CAM overlay for every image (see :class:`FixedNames`, :class:`RankedNames`) and
+    yield its row, in input order.
+
+    Every output path is checked before any work (:func:`plan_overlays`, unless a ``plan`` of
+    these images is given). Colormap, blend, encoding and writing run in a small thread pool
+    (OpenCV releases the GIL), so the next batch's forward pass overlaps them.
+    """
+    if plan is None:
+        plan = plan_overlays(model, images, options, top_k, notify)
+    method, threshold, chosen, maps_k, guard, names, todo = (
+        plan.method, plan.threshold, plan.chosen, plan.maps_k, plan.guard, plan.names, plan.todo)
     pending: deque[tuple[dict, Future | None]] = deque()
     done = 0
 
@@ -290,7 +329,7 @@ def overlay_rows(
                         pending.append(({"path": path, "predictions": [], "outputs": [], "box": None, "error": why}, None))
                         continue
                     mapped = classes[b].tolist()
-                    paths = plan.paths(todo[pos], [model.class_names[c] for c in mapped])
+                    paths = names.paths(todo[pos], [model.class_names[c] for c in mapped])
                     future = pool.submit(
                         _write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names, paths,
                         options, threshold, guard.recorder,

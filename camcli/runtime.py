@@ -123,7 +123,7 @@ class OnnxRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or int(os.environ.get("CAMCLI_THREADS") or 0) or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # spinning intra-op threads would take the CPU from the decoding threads between batches

@@ -1,0 +1,82 @@
+"""The Ray engine: the same rows, files and exit codes as the local engine, on a local Ray instance."""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from camcli.cli import app
+from conftest import SAMPLE_DATA
+
+
+def _folder(root: Path) -> Path:
+    images = root / "imgs"
+    (images / "sub").mkdir(parents=True)
+    for name in ("cat_00", "cat_01", "cat_02"):
+        shutil.copy(SAMPLE_DATA / "val" / "cat" / f"{name}.jpg", images / "sub" / f"{name}.jpg")
+    for name in ("coffee_00", "coffee_01"):
+        shutil.copy(SAMPLE_DATA / "val" / "coffee" / f"{name}.jpg", images / f"{name}.jpg")
+    (images / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "empty.png").write_bytes(b"")
+    return images
+
+
+def _ray_leftovers() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(("ray", "camcli-ray"))}
+
+
+def _rows(result, out_dir: Path) -> list[dict]:
+    text = result.stdout.replace(str(out_dir), "OUT")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _files(out_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(out_dir).as_posix(): p.read_bytes() for p in sorted(out_dir.rglob("*"))
+            if p.is_file() and p.name != ".camcli-outputs.jsonl"}
+
+
+def test_ray_engine_gives_the_local_engines_rows_files_and_exit_codes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path)
+    runner = CliRunner()
+    common = ["--batch-size", "2", "--format", "jsonl", "--quiet"]
+    temp_before = _ray_leftovers()
+
+    local_p = runner.invoke(app, ["predict", "imgs", *common, "--boxes"])
+    ray_p = runner.invoke(app, ["predict", "imgs", *common, "--boxes", "--engine", "ray", "--ray-workers", "2"])
+    assert local_p.exit_code == ray_p.exit_code == 1, ray_p.output  # two inputs cannot be read
+    assert _rows(ray_p, tmp_path) == _rows(local_p, tmp_path)  # keys, values and input order
+    assert sum("error" in r for r in _rows(ray_p, tmp_path)) == 2
+    assert ray_p.stderr.count("failed:") == local_p.stderr.count("failed:") == 2
+
+    overlay = ["overlay", "imgs", *common, "--maps", "2", "--save-raw"]
+    local_o = runner.invoke(app, [*overlay, "--out-dir", "local"])
+    ray_o = runner.invoke(app, [*overlay, "--out-dir", "ray", "--engine", "ray"])
+    assert local_o.exit_code == ray_o.exit_code == 1, ray_o.output
+    assert [json.dumps(r) for r in _rows(ray_o, tmp_path / "ray")] == \
+        [json.dumps(r).replace("local/", "ray/") for r in _rows(local_o, tmp_path / "local")]
+    written = _files(tmp_path / "ray")
+    assert len(written) == 5 * 2 * 2 and written == _files(tmp_path / "local")  # byte-identical overlays and maps
+
+    # an interrupted run: some outputs never made it; --skip-existing on Ray completes the set
+    for pattern in ("imgs/sub/cat_01_cam_1_*", "imgs/coffee_00_cam_2_*"):
+        for path in (tmp_path / "ray").glob(pattern):
+            path.unlink()
+    assert len(_files(tmp_path / "ray")) < len(written)
+    resumed = runner.invoke(app, [*overlay, "--out-dir", "ray", "--engine", "ray", "--skip-existing"])
+    assert resumed.exit_code == 1 and len(_rows(resumed, tmp_path)) == 4  # two redone, two still unreadable
+    assert _files(tmp_path / "ray") == written
+    assert _ray_leftovers() == temp_before  # the local Ray instance left no temp folder, socket or token behind
+    assert not list(Path.home().glob(".ray*"))
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(app, ["predict", str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"), "--engine", "ray"])
+    assert result.exit_code == 3 and "pip install 'camcli[ray]'" in result.stderr and "Traceback" not in result.output
+    wrong = CliRunner().invoke(app, ["predict", str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"), "--ray-workers", "2"])
+    assert wrong.exit_code == 2 and "--engine ray" in wrong.stderr
