@@ -170,6 +170,10 @@ def train(
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out images matching this glob, as '<DATA name>/<path inside>' "
         "(repeatable).")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: compute the backbone features on a Ray cluster (the epochs run "
+        "here; --augment epochs too).")] = "local",
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result and errors.")] = False,
 ) -> None:
     """Train the GAP + linear head of a frozen backbone on an ImageFolder dataset.
@@ -193,8 +197,14 @@ def train(
                 f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
             )
 
-    with _progress(quiet) as progress:
-        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say)
+    ray_options = _ray_options(engine, ray_address, ray_workers)
+    stream, session = None, contextlib.nullcontext()
+    if ray_options is not None:
+        from camcli.scaleout import ray_feature_stream, ray_session
+
+        stream, session = ray_feature_stream(ray_options), ray_session(ray_options)  # one Ray instance for both splits
+    with session, _progress(quiet) as progress:
+        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, feature_stream=stream)
     best = result.best
     err.print(
         f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
@@ -565,6 +575,9 @@ def evaluate(
     cam_scales: CamScales = None,
     method: Method = "auto",
     layer: Layer = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
     box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's "
         "calibrated threshold, else 0.2].")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best box "
@@ -593,7 +606,14 @@ def evaluate(
     if fmt not in ("table", "json"):
         raise CamcliError(f"--format must be table or json, got {fmt!r}")
     cam_sizes = _cam_sizes(cam_size, cam_scales)
+    ray_options = _ray_options(engine, ray_address, ray_workers)
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
+    counter = None
+    if ray_options is not None:
+        from camcli.scaleout import ray_counter
+
+        counter = ray_counter(_model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, None),
+                              ray_options)
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
@@ -602,7 +622,7 @@ def evaluate(
     with _progress(quiet) as progress:
         result, run_dir = evaluation_job(
             model, data, checkpoint, truth, threshold, cam_sizes, calibrate, out, batch_size,
-            default_workers() if workers is None else workers, progress, exclude or (), method,
+            default_workers() if workers is None else workers, progress, exclude or (), method, counter,
         )
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))

@@ -7,6 +7,7 @@ Boxes are [x0, y0, x1, y1] in original-image pixel edges (see :mod:`camcli.cam`)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -206,6 +207,15 @@ class LocalizationTally:
             best = max(cam.box_iou(r, b) for _, r in regions for b in gt_boxes)
             self.v2[:, t] += [best >= iou for iou in V2_IOUS]
 
+    def merge(self, other: LocalizationTally) -> None:
+        """Add another tally's counts (of other images, same threshold)."""
+        self.images += other.images
+        self.pointing += other.pointing
+        self.gt_known += other.gt_known
+        self.top1 += other.top1
+        self.v1 = self.v1 + other.v1
+        self.v2 = self.v2 + other.v2
+
     def result(self) -> dict:
         n = max(self.images, 1)
         curve = self.v1 / n
@@ -265,15 +275,30 @@ def evaluate(
     model: Model, data: Path, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), batch_size: int = 32,
     workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "auto",
+    counter: Callable | None = None,
 ) -> dict:
     """Classification and, with boxes, localization metrics of ``model`` on an ImageFolder.
 
     Localization uses the ``method``'s map of each image's ground-truth class (GT-known),
-    normalized and upsampled to the original image size.
+    normalized and upsampled to the original image size. ``counter`` replaces
+    :func:`count_images` (the Ray engine's, which runs it on the cluster) and takes the same arguments.
     """
     data = Path(data)
     method = model.resolve_method(method)
     samples = labeled_images(data, model.class_names, exclude)
+    count = counter or functools.partial(count_images, model)
+    true, pred, tally = count(samples, data, boxes, threshold, cam_sizes, batch_size, workers, method, progress)
+    result = classification_metrics(true, pred, model.class_names)
+    if boxes:
+        result.update(tally.result(), method=method)
+    return result
+
+
+def count_images(
+    model: Model, samples: Sequence[tuple[Path, int]], data: Path, boxes: dict[str, list[list[float]]] | None,
+    threshold: float, cam_sizes: Sequence[int], batch_size: int, workers: int, method: str, progress: Progress | None = None,
+) -> tuple[list[int], list[int], LocalizationTally]:
+    """(true classes, predicted classes, localization tally) of labeled ``samples`` (path, class), in order."""
     tally = LocalizationTally(threshold)
     true, pred = [], []
     done = 0
@@ -296,10 +321,7 @@ def evaluate(
         done += len(batch.positions)
         if progress:
             progress("evaluate", done, len(samples))
-    result = classification_metrics(true, pred, model.class_names)
-    if need_maps:
-        result.update(tally.result(), method=method)
-    return result
+    return true, pred, tally
 
 
 def _check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) -> None:
@@ -330,6 +352,7 @@ def evaluation_job(
     model: Model, data: Path, checkpoint: Path | None, boxes: dict[str, list[list[float]]] | None = None,
     threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), calibrate: bool = False, out: Path | None = None,
     batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "auto",
+    counter: Callable | None = None,
 ) -> tuple[dict, Path]:
     """``camcli evaluate``: :func:`evaluate`, then its run folder: ``metrics.json`` (with the whole
     box-accuracy curve), ``box_accuracy.png`` with boxes, ``calibrated.safetensors`` with ``calibrate``.
@@ -354,7 +377,7 @@ def evaluation_job(
     guard = OutputGuard({real_path(checkpoint)} if checkpoint is not None else set())
     for path in [metrics_file] + ([plot_file] if boxes else []) + ([calibrated_file] if calibrate else []):
         guard.check(path)
-    result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude, method)
+    result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude, method, counter)
     result["settings"] = {"checkpoint": str(checkpoint) if checkpoint is not None else None, "arch": model.arch,
                           "layer": getattr(model, "layer", None), "data": str(data), "img_size": model.preprocess.img_size,
                           "resize": model.preprocess.resize, "cam_sizes": list(cam_sizes)}

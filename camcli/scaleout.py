@@ -57,6 +57,35 @@ class ModelSpec:
 
 
 @dataclass
+class BackboneSpec:
+    """How every worker rebuilds ``camcli train``'s backbone: its checkpoint form (a reference to
+    the packaged weights, or the state dict), and the runner the driver resolved."""
+
+    arch: str
+    stored: dict
+    key: str
+    backend: str
+    device: str = "auto"
+    amp: bool = True
+
+    def load(self) -> _Features:
+        return _Features(self)
+
+
+class _Features:
+    def __init__(self, spec: BackboneSpec):
+        self.spec, self.runner = spec, None
+
+    def prepare(self) -> None:
+        from camcli.backbones import restore_backbone
+        from camcli.runtime import make_runner, resolve_device
+
+        spec = self.spec
+        self.runner, _ = make_runner(lambda: restore_backbone(spec.arch, spec.stored).features, spec.arch,
+                                     resolve_device(spec.device), spec.backend, spec.amp, lambda: spec.key)
+
+
+@dataclass
 class RayOptions:
     """``--ray-address`` (None: start a local instance sized to this machine) and ``--ray-workers``
     (actors; None: one per 2 CPUs of the cluster)."""
@@ -125,8 +154,8 @@ def _quiet_ray_data() -> None:
     ctx.enable_progress_bars = False  # camcli draws its own
     with contextlib.suppress(AttributeError):
         ctx.print_on_execution_start = False
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):  # Ray Data logs a worker's failure as a traceback; camcli says it in one line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class _Worker:
@@ -161,9 +190,21 @@ class _Worker:
         return {"result": out}
 
     def _run(self, work: dict) -> Iterator[dict]:
+        from camcli.evaluate import count_images
         from camcli.jobs import overlay_rows, predict_rows
 
         s = self.settings
+        if self.job == "features":
+            import numpy as np
+
+            from camcli.train import pooled_features
+
+            parts = pooled_features(self.model.runner, work["paths"], s["preprocess"], s["batch_size"], self.threads)
+            return iter([{"features": np.concatenate([p.numpy() for p in parts])}])
+        if self.job == "evaluate":
+            true, pred, tally = count_images(self.model, work["samples"], s["data"], work["boxes"], s["threshold"], s["cam_sizes"],
+                                             s["batch_size"], self.threads, s["method"])
+            return iter([{"true": true, "pred": pred, "tally": tally}])
         if self.job == "predict":
             return predict_rows(self.model, work["images"], s["top_k"], s["batch_size"], self.threads, boxes=s["boxes"],
                                 box_threshold=s["box_threshold"], cam_sizes=s["cam_sizes"], method=s["method"])
@@ -174,11 +215,12 @@ class _Worker:
 
 
 def run_on_ray(
-    spec: ModelSpec, job: str, works: Sequence[dict], settings: dict, options: RayOptions, total: int,
+    spec: ModelSpec | BackboneSpec, job: str, works: Sequence[dict], settings: dict, options: RayOptions, total: int,
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> Iterator[dict]:
-    """Run ``job`` (``predict`` or ``overlay``) on Ray: ``works`` are the local engine's batches
-    (``{"images": [ImageInput, ...], ...}``), rows come back in input order as they arrive."""
+    """Run ``job`` (``predict``, ``overlay``, ``evaluate`` or ``features``) on Ray: ``works`` are
+    the local engine's batches (``{"images": [ImageInput, ...], ...}``); their results come back
+    in input order as they arrive."""
     ray = require_ray()
     settings = {**settings, "cwd": os.getcwd()}
     with ray_session(options) as workers:
@@ -202,13 +244,14 @@ def run_on_ray(
                 fn_constructor_kwargs={"spec": spec, "job": job, "settings": settings, "threads": max(1, round(share))},
                 max_restarts=0, **resources,
             )
+        stream = results.iter_rows()
         try:
-            for row in results.iter_rows():
+            for row in stream:
                 result = pickle.loads(row["result"])
                 if "error" in result:
                     raise (EnvironmentProblem if result["kind"] == "EnvironmentProblem" else CamcliError)(result["error"])
                 for r in result["rows"]:
-                    done += 1
+                    done += len(r["true"]) if job == "evaluate" else len(r["features"]) if job == "features" else 1
                     if progress:
                         progress(job, done, total)
                     yield r
@@ -219,6 +262,9 @@ def run_on_ray(
             if cause is not None:
                 raise cause from None
             raise CamcliError(f"a Ray worker failed: {' '.join(str(exc).split())[:300]}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()  # stops Ray Data's executor before the instance goes (Ctrl-C, a refused output)
 
 
 def _camcli_cause(exc: BaseException) -> CamcliError | None:
@@ -262,3 +308,42 @@ def ray_overlay_rows(
     settings = {"top_k": top_k, "batch_size": batch_size, "options": overlay,
                 "plan": replace(plan, guard=None, names=None, todo=[])}
     yield from run_on_ray(spec, "overlay", works, settings, options, len(plan.todo), progress)
+
+
+def ray_counter(spec: ModelSpec, options: RayOptions) -> Callable:
+    """A :func:`camcli.evaluate.count_images` that runs on Ray (for ``evaluate(..., counter=)``):
+    the local engine's batches on the actors, their counts summed here."""
+
+    def count(samples, data, boxes, threshold, cam_sizes, batch_size, workers, method, progress=None):
+        from camcli.evaluate import LocalizationTally
+
+        works = []
+        for i in range(0, len(samples), batch_size):
+            chunk = list(samples[i : i + batch_size])
+            rels = [p.relative_to(data).as_posix() for p, _ in chunk]
+            works.append({"samples": chunk, "boxes": {r: boxes[r] for r in rels if r in boxes} if boxes else None})
+        settings = {"data": data, "threshold": threshold, "cam_sizes": list(cam_sizes), "batch_size": batch_size, "method": method}
+        true, pred, tally = [], [], LocalizationTally(threshold)
+        for part in run_on_ray(spec, "evaluate", works, settings, options, len(samples), progress):
+            true += part["true"]
+            pred += part["pred"]
+            tally.merge(part["tally"])
+        return true, pred, tally
+
+    return count
+
+
+def ray_feature_stream(options: RayOptions) -> Callable:
+    """For ``camcli train``: pooled backbone features of paths, computed on Ray (see
+    :func:`camcli.train.pooled_features`); one (B, C) float32 tensor per batch, in order."""
+
+    def stream(spec: BackboneSpec, paths, preprocess, batch_size, progress=None, stage="features"):
+        import torch
+
+        works = [{"paths": list(paths[i : i + batch_size])} for i in range(0, len(paths), batch_size)]
+        settings = {"preprocess": preprocess, "batch_size": batch_size}
+        for part in run_on_ray(spec, "features", works, settings, options, len(paths),
+                               (lambda _, done, total: progress(stage, done, total)) if progress else None):
+            yield torch.from_numpy(part["features"])
+
+    return stream

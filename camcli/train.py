@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -91,9 +92,11 @@ def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preproces
 def cached_pooled_features(
     runner: Callable[[np.ndarray], np.ndarray], paths: list[Path], preprocess: Preprocess, weights_id: str,
     batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
+    stream: Callable[[], Iterator[torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """(N, C) pooled features of ``paths`` from the feature cache, computing and caching them
-    on a miss. Returns (features, whether they came from the cache)."""
+    on a miss (with ``stream``, which yields them as :func:`pooled_features` would: the Ray
+    engine's). Returns (features, whether they came from the cache)."""
     path = feature_cache_file(paths, weights_id, preprocess, getattr(runner, "name", "torch"))
     if path.is_file():
         try:
@@ -102,7 +105,8 @@ def cached_pooled_features(
                 return cached, True
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
             pass
-    feats = torch.cat(list(pooled_features(runner, paths, preprocess, batch_size, workers, progress, stage)))
+    parts = stream() if stream else pooled_features(runner, paths, preprocess, batch_size, workers, progress, stage)
+    feats = torch.cat(list(parts))
     with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
         buffer = io.BytesIO()
         torch.save(feats, buffer)
@@ -184,13 +188,15 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
 def fit(
     config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
-    notify: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None, feature_stream: Callable | None = None,
 ) -> TrainResult:
     """Train a head on ``config.data`` and save the run (best.pt, last.pt, metrics.csv, config.yaml).
 
     Without ``augment``, pooled features come from the feature cache (computed once per
     data, weights, preprocessing and backend), so more epochs cost no more forward passes.
     ``notify`` receives one-line notes for the user (cache use, backend fallback).
+    ``feature_stream`` computes the cache's features elsewhere (see
+    :func:`camcli.scaleout.ray_feature_stream`); augmented epochs run here.
     """
     config.validate()
     train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
@@ -208,8 +214,15 @@ def fit(
         say(note)
 
     def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        paths = [p for p, _ in samples]
+        stream = None
+        if feature_stream is not None:
+            from camcli.scaleout import BackboneSpec
+
+            spec = BackboneSpec(config.arch, stored_backbone, weights_id, getattr(runner, "name", "torch"), device, config.amp)
+            stream = functools.partial(feature_stream, spec, paths, preprocess, config.batch_size, progress, stage)
         feats, hit = cached_pooled_features(
-            runner, [p for p, _ in samples], preprocess, weights_id, config.batch_size, config.workers, progress, stage
+            runner, paths, preprocess, weights_id, config.batch_size, config.workers, progress, stage, stream
         )
         if hit:
             say(f"{stage}: {len(samples)} images from the feature cache")

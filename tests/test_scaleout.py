@@ -74,6 +74,30 @@ def test_ray_engine_gives_the_local_engines_rows_files_and_exit_codes(tmp_path, 
     assert not list(Path.home().glob(".ray*"))
 
 
+def test_ray_engine_trains_and_evaluates_as_the_local_engine(tmp_path, monkeypatch):
+    """train's feature pass and evaluate's counts run on Ray; the head, metrics and files equal the local run's."""
+    from camcli.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    runs = {}
+    for engine in ("local", "ray"):
+        monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path / f"cache_{engine}"))  # no shared feature cache
+        trained = runner.invoke(app, ["train", str(SAMPLE_DATA), "--epochs", "2", "--out", f"t_{engine}", "--quiet", "--engine", engine])
+        assert trained.exit_code == 0, trained.output
+        boxes = tmp_path / "boxes.json"
+        boxes.write_text(json.dumps({"cat/cat_00.jpg": [10, 10, 60, 70], "coffee/coffee_01.jpg": [0, 0, 40, 40]}))
+        evaluated = runner.invoke(app, ["evaluate", str(SAMPLE_DATA / "val"), "--checkpoint", f"t_{engine}/best.safetensors",
+                                        "--boxes", str(boxes), "--format", "json", "--out", f"e_{engine}", "--quiet", "--engine", engine])
+        assert evaluated.exit_code == 0, evaluated.output
+        runs[engine] = (load_checkpoint(tmp_path / f"t_{engine}" / "best.safetensors"), json.loads(evaluated.stdout))
+    (local_ckpt, local_metrics), (ray_ckpt, ray_metrics) = runs["local"], runs["ray"]
+    assert (tmp_path / "t_local" / "metrics.csv").read_bytes() == (tmp_path / "t_ray" / "metrics.csv").read_bytes()
+    assert (local_ckpt["head"]["weight"] == ray_ckpt["head"]["weight"]).all()
+    assert local_metrics == ray_metrics and local_metrics["num_images_with_boxes"] == 2
+    assert (tmp_path / "e_local" / "box_accuracy.png").read_bytes() == (tmp_path / "e_ray" / "box_accuracy.png").read_bytes()
+
+
 def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     result = CliRunner().invoke(app, ["predict", str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"), "--engine", "ray"])
