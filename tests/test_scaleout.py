@@ -94,6 +94,8 @@ def test_ray_engine_trains_and_evaluates_as_the_local_engine(tmp_path, monkeypat
     (local_ckpt, local_metrics), (ray_ckpt, ray_metrics) = runs["local"], runs["ray"]
     assert (tmp_path / "t_local" / "metrics.csv").read_bytes() == (tmp_path / "t_ray" / "metrics.csv").read_bytes()
     assert (local_ckpt["head"]["weight"] == ray_ckpt["head"]["weight"]).all()
+    assert local_metrics.pop("settings")["checkpoint"] == "t_local/best.safetensors"
+    assert ray_metrics.pop("settings")["checkpoint"] == "t_ray/best.safetensors"
     assert local_metrics == ray_metrics and local_metrics["num_images_with_boxes"] == 2
     assert (tmp_path / "e_local" / "box_accuracy.png").read_bytes() == (tmp_path / "e_ray" / "box_accuracy.png").read_bytes()
 
