@@ -122,6 +122,7 @@ def ray_session(options: RayOptions) -> Iterator[int]:
                 temp = tempfile.mkdtemp(prefix="camcli-ray-")
                 ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=temp, **common)
             else:
+                _check_reachable(options.address)
                 try:
                     ray.init(address=options.address, **common)
                 except Exception as exc:  # noqa: BLE001 - connection errors come in many types
@@ -144,6 +145,22 @@ def ray_session(options: RayOptions) -> Iterator[int]:
                 os.environ[key] = value
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once an address where nothing answers (Ray itself retries for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise CamcliError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def _quiet_ray_data() -> None:
