@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camcli import __version__
+from camcli.defaults import TRAIN
 from camcli.errors import CamcliError, os_error
 from camcli.files import printable
 from camcli.packaged import DEFAULT_ARCH
@@ -32,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    rich_markup_mode=None,  # help text is plain text: "[default: 30]" and "[x0,y0,x1,y1]" stay as written
 )
 # Text from outside (file names, class names, library messages) is never markup: every
 # console is made with markup and emoji codes off, and such text passes through `printable`.
@@ -148,19 +150,21 @@ def train(
         "DATA/<class>/*.", show_default=False)] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options; flags override it.")] = None,
     arch: Annotated[Optional[str], typer.Option(help=f"Backbone [default: {DEFAULT_ARCH}]: a torchvision CNN name or timm:NAME.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a state dict path [default: "
-        "imagenet].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 30].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 32].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate [default: 0.01].")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: "
-        "224].")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect [default: "
-        "keep-aspect].")] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* [default: 0.2].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps [default: auto].")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, torch or onnxruntime (see predict --help) [default: auto].")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a state dict path "
+        f"[default: {TRAIN['weights']}].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs [default: {TRAIN['epochs']}].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Batch size [default: {TRAIN['batch_size']}].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"AdamW learning rate [default: {TRAIN['lr']}].")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect "
+        f"[default: {TRAIN['img_size']}].")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect "
+        f"[default: {TRAIN['resize']}].")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* "
+        f"[default: {TRAIN['val_split']}].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed [default: {TRAIN['seed']}].")] = None,
+    device: Annotated[Optional[str], typer.Option(help=f"auto, cpu, cuda or mps [default: {TRAIN['device']}].")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, torch or onnxruntime (see predict --help) "
+        f"[default: {TRAIN['backend']}].")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Autocast to float16 on CUDA [default: "
         "on].", show_default=False)] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crops and flips; turns the feature "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from camcli.data import DEFAULT_RESIZE, MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
+from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
+from camcli.defaults import TRAIN
 from camcli.errors import CamcliError
 from camcli.files import read_text
 from camcli.packaged import DEFAULT_ARCH
@@ -27,17 +28,17 @@ class TrainConfig:
 
     data: str | None = None
     arch: str = DEFAULT_ARCH
-    weights: str = "imagenet"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.01
-    weight_decay: float = 0.0001
-    img_size: int = 224
-    resize: str = DEFAULT_RESIZE
-    val_split: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    backend: str = "auto"
+    weights: str = TRAIN["weights"]
+    epochs: int = TRAIN["epochs"]
+    batch_size: int = TRAIN["batch_size"]
+    lr: float = TRAIN["lr"]
+    weight_decay: float = TRAIN["weight_decay"]
+    img_size: int = TRAIN["img_size"]
+    resize: str = TRAIN["resize"]
+    val_split: float = TRAIN["val_split"]
+    seed: int = TRAIN["seed"]
+    device: str = TRAIN["device"]
+    backend: str = TRAIN["backend"]
     amp: bool = True
     augment: bool = False
     workers: int = dataclasses.field(default_factory=default_workers)

@@ -496,3 +496,19 @@ def test_maps_k_writes_ranked_unique_names_even_for_duplicate_labels(sample_run,
 def test_every_command_explains_itself_with_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0 and "Example: camcli " in result.stdout
+
+
+def test_help_shows_defaults_and_box_format_from_the_code():
+    from camcli.config import TrainConfig
+
+    runner = CliRunner()
+    def help_of(command: str) -> str:
+        return " ".join(runner.invoke(app, [command, "--help"]).stdout.split())  # as one line, however it wraps
+
+    train_help = help_of("train")
+    defaults = TrainConfig()
+    for text in (f"Epochs [default: {defaults.epochs}]", f"[default: {defaults.lr}]", f"[default: {defaults.img_size}]",
+                 f"[default: {defaults.resize}]", f"[default: {defaults.val_split}]", "[default: the CPU count, at most 4]"):
+        assert text in train_help, text
+    assert "[x0,y0,x1,y1]" in help_of("evaluate")
+    assert "Classes per image. [default: 5]" in help_of("predict")
