@@ -308,6 +308,24 @@ AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 ev
 MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
 
 
+def _check_values(top_k: int | None = None, batch_size: int | None = None, img_size: int | None = None,
+                  alpha: float | None = None, fmt: str | None = None, formats: tuple[str, ...] = ("table", "csv", "json", "jsonl"),
+                  workers: int | None = None) -> None:
+    """Refuse option values no job can use, before any model loads (exit 2, one line)."""
+    if top_k is not None and top_k < 1:
+        raise CamcliError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size is not None and batch_size < 1:
+        raise CamcliError(f"--batch-size must be at least 1, got {batch_size}")
+    if img_size is not None and not 32 <= img_size <= 2048:
+        raise CamcliError(f"--img-size must be from 32 to 2048, got {img_size}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
+    if fmt is not None and fmt not in formats:
+        raise CamcliError(f"--format must be one of {', '.join(formats)}, got {fmt!r}")
+    if workers is not None and workers < 0:
+        raise CamcliError(f"--workers must be 0 or more, got {workers}")
+
+
 def _check_max_pixels(max_pixels: int) -> None:
     if not 1 <= max_pixels <= 1 << 40:
         raise CamcliError(f"--max-pixels must be from 1 to {1 << 40:,}, got {max_pixels}")
@@ -434,6 +452,7 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
+    _check_values(top_k, batch_size, img_size, fmt=fmt, workers=workers)
     _check_max_pixels(max_pixels)
     ray_options = _ray_options(engine, ray_address, ray_workers)
     guard = _guard_output(output, [*inputs, checkpoint], overwrite)
@@ -515,6 +534,10 @@ def overlay(
     from camcli.jobs import OverlayOptions, overlay_rows
     from camcli.report import check_report_path, write_overlay_report
 
+    _check_values(top_k, batch_size, img_size, alpha, fmt, workers=workers)
+    from camcli.render import colormap_id
+
+    colormap_id(colormap)
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     _check_max_pixels(max_pixels)
     ray_options = _ray_options(engine, ray_address, ray_workers)
@@ -607,8 +630,7 @@ def evaluate(
     from camcli.evaluate import evaluation_job, load_boxes
     from camcli.jobs import box_threshold_for
 
-    if fmt not in ("table", "json"):
-        raise CamcliError(f"--format must be table or json, got {fmt!r}")
+    _check_values(batch_size=batch_size, img_size=img_size, fmt=fmt, formats=("table", "json"), workers=workers)
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     ray_options = _ray_options(engine, ray_address, ray_workers)
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)

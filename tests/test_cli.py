@@ -512,3 +512,27 @@ def test_help_shows_defaults_and_box_format_from_the_code():
         assert text in train_help, text
     assert "[x0,y0,x1,y1]" in help_of("evaluate")
     assert "Classes per image. [default: 5]" in help_of("predict")
+
+
+@pytest.mark.parametrize("command,bad,message", [
+    ("predict", ["--top-k", "0"], "--top-k must be at least 1"),
+    ("predict", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("predict", ["--img-size", "7"], "--img-size must be from 32 to 2048"),
+    ("predict", ["--format", "xml"], "--format must be one of table, csv, json, jsonl"),
+    ("overlay", ["--alpha", "2"], "--alpha must be between 0 and 1"),
+    ("overlay", ["--top-k", "0"], "--top-k must be at least 1"),
+    ("overlay", ["--colormap", "rainbowish"], "colormap"),
+    ("evaluate", ["--img-size", "7"], "--img-size must be from 32 to 2048"),
+    ("evaluate", ["--format", "csv"], "--format must be one of table, json"),
+])
+def test_invalid_values_fail_before_any_model_loads(command, bad, message, monkeypatch, tmp_path):
+    import camcli.engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(camcli.engine, "load", no_load)
+    target = str(SAMPLE_DATA / "val") if command == "evaluate" else str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg")
+    result = CliRunner().invoke(app, [command, target, *bad, "--out-dir" if command == "overlay" else "--quiet", *(
+        [str(tmp_path)] if command == "overlay" else [])])
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.output
