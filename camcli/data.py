@@ -24,6 +24,10 @@ from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, re
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
+# OpenCV's own warnings ("PNG input buffer is incomplete") would reach the terminal beside
+# camcli's one-line "failed:" report of the same file
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 
 RESIZE_MODES = ("squash", "keep-aspect")
 DEFAULT_RESIZE = TRAIN["resize"]  # keep-aspect; see README, "Localization": better maps, same accuracy

@@ -536,3 +536,13 @@ def test_invalid_values_fail_before_any_model_loads(command, bad, message, monke
     result = CliRunner().invoke(app, [command, target, *bad, "--out-dir" if command == "overlay" else "--quiet", *(
         [str(tmp_path)] if command == "overlay" else [])])
     assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.output
+
+
+def test_no_opencv_warning_reaches_the_terminal_for_a_truncated_png(tmp_path):
+    ok, png = cv2.imencode(".png", np.full((40, 40, 3), 100, np.uint8))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png.tobytes()[:-30])
+    # OpenCV writes its warnings to the process's stderr itself: run a real process
+    done = subprocess.run([sys.executable, "-m", "camcli", "predict", str(broken), "--format", "jsonl"], capture_output=True, text=True)
+    assert done.returncode == 1 and "not a readable image" in done.stderr
+    assert "WARN" not in done.stderr and "incomplete" not in done.stderr
