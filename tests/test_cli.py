@@ -543,6 +543,7 @@ def test_no_opencv_warning_reaches_the_terminal_for_a_truncated_png(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(png.tobytes()[:-30])
     # OpenCV writes its warnings to the process's stderr itself: run a real process
-    done = subprocess.run([sys.executable, "-m", "camcli", "predict", str(broken), "--format", "jsonl"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "camcli", "predict", str(broken), "--format", "jsonl", "--backend", "torch"],
+                          capture_output=True, text=True)
     assert done.returncode == 1 and "not a readable image" in done.stderr
     assert "WARN" not in done.stderr and "incomplete" not in done.stderr
