@@ -328,6 +328,9 @@ def _check_input(path: Path) -> None:
     regular file is found out when it is read (a failed input, not a stopped run)."""
     if path.is_dir():
         return
+    if str(path).lower().startswith(("http:/", "https:/", "ftp:/")):  # Path folds "https://" to "https:/"
+        url = str(path).replace(":/", "://", 1)
+        raise CamcliError(f"{url}: camcli reads local files, not URLs; download it first (e.g. curl -O {url})")
     if not os.path.lexists(path):
         raise CamcliError(f"input not found: {path}")
     if path.suffix.lower() not in IMAGE_EXTENSIONS:

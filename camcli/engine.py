@@ -240,9 +240,11 @@ class Model:
             return self.class_names.index(name)
         import difflib
 
+        if self.num_classes <= 20:
+            raise CamcliError(f"unknown class {name!r}; the classes are: {', '.join(self.class_names)}")
         close = difflib.get_close_matches(name, self.class_names, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CamcliError(f"unknown class {name!r}{hint}")
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CamcliError(f"unknown class {name!r} ({hint}{self.num_classes} classes; --class-index takes an index)")
 
     def rank(self, logits: np.ndarray, top_k: int) -> list[list[dict]]:
         """Softmax ranking: for each row of (N, K) logits the top-k {label, index, prob}."""

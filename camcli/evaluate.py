@@ -265,6 +265,9 @@ def labeled_images(root: Path, class_names: list[str], exclude: Sequence[str] = 
     root = Path(root)
     if not root.is_dir():
         raise CamcliError(f"dataset folder not found: {root}")
+    splits = [s for s in ("val", "test", "train") if (root / s).is_dir() and s not in class_names]
+    if splits:
+        raise CamcliError(f"{root} holds the splits {', '.join(splits)}: pass one of them, e.g. {root / splits[0]}")
     samples, _ = class_folders(root, exclude, known=class_names)
     if not samples:
         raise CamcliError(f"no images found under {root}")

@@ -547,3 +547,15 @@ def test_no_opencv_warning_reaches_the_terminal_for_a_truncated_png(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 1 and "not a readable image" in done.stderr
     assert "WARN" not in done.stderr and "incomplete" not in done.stderr
+
+
+def test_messages_for_the_usual_mistakes(sample_run, tmp_path):
+    runner = CliRunner()
+    ckpt = str(sample_run / "best.safetensors")
+    url = runner.invoke(app, ["predict", "https://example.com/cat.jpg"])
+    assert url.exit_code == 2 and "https://example.com/cat.jpg: camcli reads local files, not URLs" in url.stderr
+    root = runner.invoke(app, ["evaluate", str(SAMPLE_DATA), "--checkpoint", ckpt, "--quiet"])
+    assert root.exit_code == 2 and "holds the splits val, train: pass one of them" in root.stderr
+    image = str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg")
+    unknown = runner.invoke(app, ["overlay", image, "--checkpoint", ckpt, "--class", "dgo", "--out-dir", str(tmp_path)])
+    assert unknown.exit_code == 2 and "the classes are: brick, cat, coffee, grass, rocket" in unknown.stderr
