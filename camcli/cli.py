@@ -713,28 +713,40 @@ def export(
 def models(
     timm_pattern: Annotated[Optional[str], typer.Option("--timm", help="Also list timm models matching this pattern, e.g. "
         "'resnet*'.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table or jsonl [default: table on a terminal, else jsonl].")] = None,
 ) -> None:
-    """List the backbones and whether their pretrained weights are on this machine (no network needed).
+    """List the models, what their own head gives without a checkpoint (cam or gradcam), and whether
+    their pretrained weights are on this machine (no network needed).
 
     Example: camcli models --timm 'efficientnet*'
     """
     import json
 
     from camcli.backbones import available_models
+    from camcli.jobs import is_tty
 
+    fmt = _listing_format(fmt)
     rows = available_models(timm_pattern)
-    if fmt == "json":
-        typer.echo(json.dumps(rows))
+    if fmt == "jsonl":
+        for r in rows:
+            typer.echo(json.dumps(r))
         return
-    if fmt != "table":
-        raise CamcliError(f"--format must be table or json, got {fmt!r}")
-    table = Table(title=f"{len(rows)} backbones")
-    for column in ("--arch", "source", "weights offline", "weights file"):
+    table = Table(title=f"{len(rows)} models")
+    for column in ("--arch", "source", "maps of its own head", "weights offline", "weights file"):
         table.add_column(column, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["source"], "yes" if r["weights_offline"] else "no", printable(r["weights_path"]))
-    _stdout_console(soft_wrap=False).print(table)
+        table.add_row(r["name"], r["source"], r["maps"], "yes" if r["weights_offline"] else "no", printable(r["weights_path"]))
+    _stdout_console(soft_wrap=False, width=None if is_tty(sys.stdout) else 400).print(table)
+
+
+def _listing_format(fmt: Optional[str]) -> str:
+    """models, layers, info: a table on a terminal, JSON lines otherwise (``json`` is read as jsonl)."""
+    from camcli.jobs import is_tty
+
+    fmt = {"json": "jsonl"}.get(fmt or "", fmt) or ("table" if is_tty(sys.stdout) else "jsonl")
+    if fmt not in ("table", "jsonl"):
+        raise CamcliError(f"--format must be table or jsonl, got {fmt!r}")
+    return fmt
 
 
 @app.command()
@@ -753,9 +765,7 @@ def layers(
 
     from camcli.gradients import list_layers
 
-    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
-    if fmt not in ("table", "jsonl"):
-        raise CamcliError(f"--format must be table or jsonl, got {fmt!r}")
+    fmt = _listing_format(fmt)
     rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch) if all_layers or r["grid"]]
     if fmt == "jsonl":
         for r in rows:
@@ -774,7 +784,8 @@ def layers(
 @_report_errors
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table or jsonl (one JSON object) [default: table on a terminal, "
+        "else jsonl].")] = None,
 ) -> None:
     """Show a checkpoint's arch, classes, input size, training metrics and config.
 
@@ -784,12 +795,11 @@ def info(
 
     from camcli.checkpoint import describe, load_checkpoint
 
+    fmt = _listing_format(fmt)
     facts = describe(load_checkpoint(checkpoint))
-    if fmt == "json":
+    if fmt == "jsonl":
         typer.echo(json.dumps(facts))
         return
-    if fmt != "table":
-        raise CamcliError(f"--format must be table or json, got {fmt!r}")
     table = Table("key", "value", title=printable(checkpoint), show_header=False)
     for key, value in facts.items():
         shown = ", ".join(value) if key == "class_names" else json.dumps(value) if isinstance(value, dict) else str(value)

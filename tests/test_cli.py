@@ -386,14 +386,15 @@ def test_checkpoint_whose_head_does_not_fit_the_backbone(sample_run, tmp_path):
 
 def test_models_reports_weights_planted_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    before = {r["name"]: r for r in json.loads(run("models", "--format", "json").stdout)}
+    before = {r["name"]: r for r in map(json.loads, run("models").stdout.splitlines())}  # not a terminal: JSON lines
     assert before["efficientnet_lite0"]["weights_offline"] is True
-    assert before["resnet18"]["weights_offline"] is False and "vit_b_16" not in before
+    assert before["resnet18"]["weights_offline"] is False and "googlenet" not in before
+    assert (before["resnet18"]["maps"], before["vgg16"]["maps"], before["vit_b_16"]["maps"]) == ("cam", "gradcam", "gradcam")
     planted = Path(before["resnet18"]["weights_path"])
     assert planted.parent == tmp_path / "hub" / "checkpoints"
     planted.parent.mkdir(parents=True)
     torch.save({}, planted)
-    after = {r["name"]: r for r in json.loads(run("models", "--format", "json").stdout)}
+    after = {r["name"]: r for r in map(json.loads, run("models", "--format", "jsonl").stdout.splitlines())}
     assert after["resnet18"]["weights_offline"] is True and after["resnet50"]["weights_offline"] is False
 
 
@@ -405,8 +406,8 @@ def test_info_shows_what_the_checkpoint_holds(sample_run):
     assert facts["class_names"] == ["brick", "cat", "coffee", "grass", "rocket"]
     assert facts["num_features"] == 1280 and facts["preprocess"]["resize"] == "keep-aspect"
     assert facts["metrics"]["val_acc"] == load_checkpoint(sample_run / "best.safetensors")["metrics"]["val_acc"]
-    table = run("info", sample_run / "best.safetensors")
-    assert table.exit_code == 0 and "efficientnet_lite0" in table.stdout
+    table = run("info", sample_run / "best.safetensors", "--format", "table")
+    assert table.exit_code == 0 and "efficientnet_lite0" in table.stdout and not table.stdout.startswith("{")
 
 
 def test_exclude_and_paths_from_stdin(sample_run, tmp_path):
