@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from camcli.errors import CamcliError, EnvironmentProblem
+from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_reference, lite0_weights_path  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,7 +188,9 @@ def _load_state_dict_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad or unsafe files
-        raise CamcliError(f"--weights: cannot load {path} as a plain state dict: {str(exc).splitlines()[0]}") from exc
+        # torch's own text suggests weights_only=False, which would run code from the file: not said here
+        raise CamcliError(f"--weights: {path} is not a plain state dict that loads without running code "
+                          f"(torch.load(..., weights_only=True): {first_line(exc).split('. ')[0]})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -211,7 +213,10 @@ def _built_with(make, state: dict, source: str, positional: bool = False) -> nn.
     except (NotImplementedError, RuntimeError):  # a constructor that computes with tensors (regnet's widths)
         model = None
     if model is not None:
-        _load_into(model, state, source, positional, assign=True)
+        try:
+            _load_into(model, state, source, positional, assign=True)
+        except CamcliError:  # assigning keeps the file's dtypes (integer weights): load the ordinary way, which casts
+            model = None
     if model is None or any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
         model = make()
         _load_into(model, state, source, positional)
@@ -228,9 +233,11 @@ def _load_into(model: nn.Module, state: dict, source: str, positional: bool = Fa
     try:
         model.load_state_dict(state, assign=assign)
     except RuntimeError as exc:
-        lines = str(exc).splitlines()
-        why = lines[1].strip() if len(lines) > 1 else lines[0]
-        hint = " (a classifier with another number of classes? pass --classes with one name per class)" if "size mismatch" in why else ""
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        why = lines[1] if len(lines) > 1 else lines[0]
+        why = why if len(why) <= 300 else why[:299] + "…"
+        hint = " (a classifier with another number of classes? predict, overlay and evaluate take --classes with one name " \
+               "per class)" if "size mismatch" in why else ""
         raise CamcliError(f"{source}: weights do not fit the architecture: {why}{hint}") from exc
 
 
@@ -298,7 +305,7 @@ def _timm_pretrained(name: str) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True)
     except Exception as exc:  # network and hub errors come in many types
-        raise EnvironmentProblem(f"cannot load pretrained weights for timm:{name} ({cache_dir}): {str(exc).splitlines()[0]}") from exc
+        raise EnvironmentProblem(f"cannot load pretrained weights for timm:{name} ({cache_dir}): {first_line(exc)}") from exc
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -351,7 +358,7 @@ def _probe_features(features: nn.Module, arch: str) -> tuple[int, int]:
         try:
             out = features(torch.zeros(1, 3, 128, 128))
         except Exception as exc:  # noqa: BLE001 - fixed-size transformers fail here
-            raise CamcliError(f"{arch} does not produce a convolutional feature map for CAM: {str(exc).splitlines()[0]}") from exc
+            raise CamcliError(f"{arch} does not produce a convolutional feature map for CAM: {first_line(exc)}") from exc
     if out.ndim != 4:
         raise CamcliError(f"{arch} produces {out.ndim}-D features {tuple(out.shape)}, not a (N, C, h, w) map: CAM needs a CNN")
     return int(out.shape[1]), max(1, round(128 / out.shape[-1]))
@@ -412,7 +419,7 @@ def _torchvision_pretrained(arch: str) -> nn.Module:
     try:
         return tvm.get_model(arch, weights=default)
     except Exception as exc:  # network, hash and file errors come in many types
-        raise EnvironmentProblem(f"cannot load pretrained weights for {arch} ({cache}): {str(exc).splitlines()[0]}") from exc
+        raise EnvironmentProblem(f"cannot load pretrained weights for {arch} ({cache}): {first_line(exc)}") from exc
 
 
 def _torchvision_parts(arch: str, model: nn.Module) -> tuple[nn.Module, nn.Linear | None, str | None]:
@@ -623,6 +630,8 @@ def gap_linear_backbone(classifier: Classifier, weights: str) -> Backbone | None
                             classifier.class_names)
     if backbone.head is None:
         return None
+    if classifier.class_names is not None:
+        backbone.class_names = classifier.class_names
     backbone.features.eval().requires_grad_(False)
     backbone.head.eval().requires_grad_(False)
     return backbone

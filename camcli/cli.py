@@ -766,7 +766,8 @@ def layers(
     from camcli.gradients import list_layers
 
     fmt = _listing_format(fmt)
-    rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch) if all_layers or r["grid"]]
+    rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch, is_checkpoint=checkpoint is not None)
+            if all_layers or r["grid"]]
     if fmt == "jsonl":
         for r in rows:
             typer.echo(json.dumps(r))

@@ -12,7 +12,7 @@ import yaml
 
 from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
 from camcli.defaults import TRAIN
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, first_line
 from camcli.files import read_text
 from camcli.packaged import DEFAULT_ARCH
 
@@ -113,7 +113,7 @@ def load_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise CamcliError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise CamcliError(f"config {path} is not valid YAML: {first_line(exc)}") from exc
     except RecursionError:
         raise CamcliError(f"config {path} is nested too deeply to be a config") from None
     if not isinstance(data, dict):

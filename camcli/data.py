@@ -296,7 +296,8 @@ def read_class_names(path: Path) -> list[str]:
     Raises:
         CamcliError: unreadable, not UTF-8, empty, or over those limits.
     """
-    names = [line.strip() for line in read_text(Path(path), 16 << 20, "classes file").splitlines() if line.strip()]
+    # split on newlines only: str.splitlines also splits on form feeds, U+2028 and others, which would shift every label after them
+    names = [line.strip() for line in read_text(Path(path), 16 << 20, "classes file").split("\n") if line.strip()]
     if not names:
         raise CamcliError(f"classes file {path} names no class (one name a line)")
     if len(names) > 100_000 or max(len(n) for n in names) > 1000:

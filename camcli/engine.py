@@ -157,10 +157,11 @@ class Model:
         """Get ready to run; returns a one-line note for the user (an export made, a fallback) or None."""
         raise NotImplementedError
 
-    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, object, list[tuple[int, int]]]:
+    def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, object, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, what the maps are made of, each image's map size).
 
-        The middle value is indexable by an array of rows (``feats[keep]``) and passed back to :meth:`_maps`.
+        The middle value is indexable by an array of rows (``feats[keep]``) and passed back to
+        :meth:`_maps` (when ``maps``: a model may skip what only maps need).
         """
         raise NotImplementedError
 
@@ -169,19 +170,22 @@ class Model:
         raise NotImplementedError
 
     def batches(
-        self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False
+        self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False,
+        for_maps: bool | None = None,
     ) -> Iterator[Batch]:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time.
 
         An image whose scores come out non-finite (NaN or infinity) is a failure of its batch:
-        no row ever carries a NaN probability.
+        no row ever carries a NaN probability. ``for_maps`` (default ``keep_images``): the
+        batches will be passed to :meth:`batch_maps` (a gradient model then keeps its graph).
         """
+        for_maps = keep_images if for_maps is None else for_maps
         self.prepare()
         for tensors, positions, originals, failures in image_batches(
             images, self.preprocess, batch_size, workers, keep_images, max_pixels=self.max_pixels
         ):
             if tensors:
-                logits, feats, sizes = self.forward(tensors)
+                logits, feats, sizes = self.forward(tensors, for_maps)
                 finite = np.isfinite(logits).all(axis=1)
                 failures = failures + [(positions[b], f"{_name(images[positions[b]])}: the model gave non-finite scores "
                                         "(NaN or infinity) for this image") for b in np.flatnonzero(~finite)]
@@ -293,7 +297,7 @@ class Model:
                 raise CamcliError(f"class index {bad[0]} out of range 0..{self.num_classes - 1}")
             chosen = np.asarray(list(classes), dtype=np.int64)
         out: list[np.ndarray] = []
-        for batch in self.batches(images, batch_size):
+        for batch in self.batches(images, batch_size, for_maps=True):
             if batch.failures:
                 raise CamcliError(batch.failures[0][1])
             every = np.arange(self.num_classes) if chosen is None else chosen
@@ -359,7 +363,7 @@ class CamModel(Model):
         self.runner, note = make_runner(self.features_module, self.arch, self.device, self.backend, self.amp, self.weights_id)
         return note
 
-    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
 
         See :func:`extract_features` for how images of different shapes are packed.

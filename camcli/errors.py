@@ -35,3 +35,11 @@ def os_error(exc: OSError, doing: str) -> CamcliError:
     :class:`EnvironmentProblem` (exit 3)."""
     kind = CamcliError if exc.errno in _REQUEST_ERRNOS else EnvironmentProblem
     return kind(f"{doing}: {exc.strerror or exc}")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A library exception as one short line for a camcli message: its first non-blank line
+    (its type when it has none), whitespace folded, cut at ``limit`` characters."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

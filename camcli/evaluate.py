@@ -20,7 +20,7 @@ import numpy as np
 from camcli import cam
 from camcli.data import class_folders, walk_images
 from camcli.engine import Model
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, first_line
 from camcli.files import read_bytes, read_text
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # Choe et al.'s grid
@@ -147,7 +147,7 @@ def _read_voc(path: Path) -> dict[str, list[list[float]]]:
         try:
             root = fromstring(read_bytes(xml, VOC_LIMIT, "VOC annotation"))
         except (ParseError, DefusedXmlException, ValueError) as exc:
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = first_line(exc)
             raise CamcliError(f"{xml} is not a Pascal VOC annotation: {why}") from exc
         name = root.findtext("filename")
         if not name:
@@ -375,6 +375,9 @@ def evaluation_job(
         raise CamcliError("calibrate needs boxes: the threshold is chosen by box accuracy")
     if calibrate and checkpoint is None:
         raise CamcliError("calibrate writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
+    if calibrate and (model.resolve_method(method) != "cam" or getattr(model, "layer", None) is not None):
+        raise CamcliError("calibrate measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
+                          "leave out method and layer")
     run_dir = Path(out) if out is not None else next_run_dir(Path("runs/evaluate"))
     metrics_file, plot_file, calibrated_file = run_dir / "metrics.json", run_dir / "box_accuracy.png", run_dir / f"calibrated{SUFFIX}"
     guard = OutputGuard({real_path(checkpoint)} if checkpoint is not None else set())

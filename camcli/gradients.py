@@ -75,9 +75,10 @@ class GradModel(Model):
         self.amp = amp
         self.backend = "torch"
         names = dict(classifier.model.named_modules())
+        self.listing = "camcli layers --checkpoint CKPT" if checkpoint is not None else f"camcli layers --arch {self.arch}"
         if self.layer not in names or not self.layer:
             close = _close_names(self.layer, [n for n in names if n])
-            raise CamcliError(f"{self.arch} has no layer {self.layer!r}{close}; list them with `camcli layers --arch {self.arch}`")
+            raise CamcliError(f"{self.arch} has no layer {self.layer!r}{close}; list them with `{self.listing}`")
         self._target = names[self.layer]
         self._ready = False
         self.note: str | None = None  # said once, by the first prepare()
@@ -85,8 +86,8 @@ class GradModel(Model):
     def resolve_method(self, method: str) -> str:
         method = super().resolve_method(method)
         if method == "cam":
-            raise CamcliError(f"{self.arch}'s head is not global average pooling + one linear layer, so it has no CAM: "
-                              "use --method gradcam (or gradcam++, layercam)")
+            raise CamcliError("--method cam is the map of a GAP + linear head at its last feature map; for this head or a "
+                              "chosen --layer use --method gradcam (or gradcam++, layercam)")
         return method
 
     def prepare(self) -> str | None:
@@ -104,11 +105,15 @@ class GradModel(Model):
             raise
         return self.note
 
-    def forward(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, Graph, list[tuple[int, int]]]:
+    def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, Graph, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, the graph for the maps, each image's grid size).
 
-        Images of one shape run together (see :func:`camcli.engine.extract_features`)."""
+        Images of one shape run together (see :func:`camcli.engine.extract_features`). Without
+        ``maps`` no graph is kept (a ranking only: about half the memory)."""
         self.prepare()
+        fixed = self.classifier.input_size
+        if fixed is not None and any(tuple(t.shape[-2:]) != tuple(fixed) for t in tensors):
+            raise CamcliError(f"{self.arch} takes {fixed[0]}x{fixed[1]} inputs only: leave out --cam-size and --cam-scales")
         shapes: dict[tuple[int, ...], list[int]] = {}
         for i, t in enumerate(tensors):
             shapes.setdefault(tuple(t.shape), []).append(i)
@@ -120,7 +125,7 @@ class GradModel(Model):
         step = CPU_CHUNK if self.device == "cpu" else len(tensors)
         chunks = [(shape, rows[i : i + step]) for shape, rows in shapes.items() for i in range(0, len(rows), step)]
         for shape, rows in chunks:
-            group = self._run(np.stack([tensors[i] for i in rows]))
+            group = self._run(np.stack([tensors[i] for i in rows]), maps)
             if group.logits.shape[-1] != self.num_classes:
                 raise CamcliError(f"{self.arch} gives {group.logits.shape[-1]} scores per image but {self.num_classes} class names "
                                   "were given")
@@ -132,7 +137,7 @@ class GradModel(Model):
             groups.append(group)
         return logits, Graph(groups, np.arange(len(tensors))), sizes
 
-    def _run(self, x: np.ndarray) -> _Group:
+    def _run(self, x: np.ndarray, maps: bool = True) -> _Group:
         device = torch.device(self.device)
         batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
         if device.type in ("cpu", "cuda"):
@@ -142,23 +147,26 @@ class GradModel(Model):
         def swap(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise CamcliError(f"layer {self.layer!r} gives a {type(output).__name__}, not a tensor: choose another "
-                                  f"(camcli layers --arch {self.arch})")
+                                  f"({self.listing})")
+            if not maps:
+                kept.append(output.detach())
+                return None
             leaf = output.detach().requires_grad_(True)
             kept.append(leaf)
             return leaf + 0  # not the leaf itself: an in-place op after the layer (ReLU(inplace=True)) must not change it
 
         handle = self._target.register_forward_hook(swap)
         try:
-            with torch.enable_grad(), torch.autocast(device.type, enabled=self.amp and device.type == "cuda"):
+            with torch.set_grad_enabled(maps), torch.autocast(device.type, enabled=self.amp and device.type == "cuda"):
                 logits = self.classifier.model(batch)
         finally:
             handle.remove()
         if not kept:
             raise CamcliError(f"layer {self.layer!r} is not used when {self.arch} classifies an image: choose another "
-                              f"(camcli layers --arch {self.arch})")
+                              f"({self.listing})")
         if len(kept) > 1:
             raise CamcliError(f"layer {self.layer!r} runs {len(kept)} times per image: choose a layer that runs once "
-                              f"(camcli layers --arch {self.arch})")
+                              f"({self.listing})")
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise CamcliError(f"{self.arch} does not give one row of scores per image")
         return _Group([], tuple(x.shape[-2:]), logits, kept[0])
@@ -167,7 +175,11 @@ class GradModel(Model):
         """A layer's (m, ...) output as an (m, C, h, w) grid, or a one-line refusal."""
         c = self.classifier
         if t.ndim == 4:
-            return t.permute(0, 3, 1, 2) if c.layout == "NHWC" else t
+            grid = t.permute(0, 3, 1, 2) if _channels_last(t, input_hw, c.layout == "NHWC") else t
+            if grid.shape[-2:] == (1, 1):
+                raise CamcliError(f"layer {self.layer!r} gives a 1x1 map (a pooled vector): choose a layer before the pooling "
+                                  f"({self.listing})")
+            return grid
         if t.ndim == 3:
             tokens = t.shape[1] - c.prefix_tokens
             h, w = input_hw[0] // c.patch, input_hw[1] // c.patch
@@ -177,13 +189,15 @@ class GradModel(Model):
             if c.layout == "NLC" and side * side == tokens and tokens > 0:
                 return t[:, c.prefix_tokens:].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
             raise CamcliError(f"layer {self.layer!r} gives {tuple(t.shape[1:])} tokens that do not form a grid of "
-                              f"{h}x{w} patches: choose a layer inside the blocks (camcli layers --arch {self.arch})")
+                              f"{h}x{w} patches: choose a layer inside the blocks ({self.listing})")
         raise CamcliError(f"layer {self.layer!r} gives {t.ndim}-D outputs {tuple(t.shape[1:])}, not a spatial map: choose a "
-                          f"layer before the head (camcli layers --arch {self.arch})")
+                          f"layer before the head ({self.listing})")
 
     def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
         if method not in cam.METHODS or method == "cam":
             raise ValueError(f"not a gradient method: {method!r}")
+        if any(not g.leaf.requires_grad for g in graph.groups):
+            raise ValueError("maps of a batch made without a graph: pass for_maps=True to batches()")
         out: list[list[np.ndarray]] = [[] for _ in graph.rows]
         where = {int(row): i for i, row in enumerate(graph.rows)}
         for group in graph.groups:
@@ -203,6 +217,21 @@ class GradModel(Model):
                 for (k, i) in members:
                     out[i].append(cam.gradient_map(group.acts[k], grads[k], method))
         return [np.stack(maps).astype(np.float32) for maps in out]
+
+
+def _channels_last(t: torch.Tensor, input_hw: Sequence[int], default: bool) -> bool:
+    """Whether a 4-D layer output is (N, h, w, C): the layout whose two spatial sides shrink
+    the input by the same factor. Swin and ConvNeXt mix layouts from layer to layer; when both
+    or neither fit, the model family's layout decides."""
+    if len(input_hw) != 2:
+        return default
+
+    def fits(h: int, w: int) -> bool:
+        sh, sw = input_hw[0] / h, input_hw[1] / w
+        return abs(sh - sw) <= 0.15 * max(sh, sw)
+
+    first, last = fits(t.shape[2], t.shape[3]), fits(t.shape[1], t.shape[2])
+    return default if first == last else last
 
 
 def _close_names(name: str, names: list[str]) -> str:
@@ -234,12 +263,13 @@ def whole_classifier(model) -> Classifier:
                       "features", mean=tuple(pre.mean), std=tuple(pre.std))
 
 
-def list_layers(checkpoint_or_arch, img_size: int = 224) -> list[dict]:
+def list_layers(checkpoint_or_arch, img_size: int = 224, is_checkpoint: bool | None = None) -> list[dict]:
     """The layers of a model that ``--layer`` can name, in the order they run on one image.
 
     Args:
         checkpoint_or_arch: a checkpoint path or an arch name (its weights do not matter here).
         img_size: the probe image's side (a fixed-size transformer uses its own).
+        is_checkpoint: whether it is a checkpoint; default: a path with a checkpoint suffix or a slash.
 
     Returns:
         rows ``{"name", "type", "output": shape without the batch, "grid": [h, w] or None
@@ -251,7 +281,7 @@ def list_layers(checkpoint_or_arch, img_size: int = 224) -> list[dict]:
     from camcli.engine import CamModel, load
 
     text = str(checkpoint_or_arch)
-    if Path(text).suffix in (".safetensors", ".pt", ".pth") or "/" in text:
+    if is_checkpoint or (is_checkpoint is None and (Path(text).suffix in (".safetensors", ".pt", ".pth") or "/" in text)):
         model = load(text, device="cpu", backend="torch")
         if not isinstance(model, CamModel):
             raise ValueError("a checkpoint gives a CamModel")
@@ -280,7 +310,7 @@ def list_layers(checkpoint_or_arch, img_size: int = 224) -> list[dict]:
         grid = None
         if isinstance(out, torch.Tensor) and calls[name] == 1:  # a module run twice is no single target
             probe.layer = name
-            try:
+            try:  # the same checks as --layer
                 grid = list(probe._grid(out, side).shape[-2:])
             except CamcliError:
                 grid = None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, first_line
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -190,7 +190,7 @@ def export_verified(
     except CamcliError:
         raise
     except Exception as exc:  # exporters and runtimes fail in many ways
-        raise CamcliError(f"ONNX export failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+        raise CamcliError(f"ONNX export failed: {first_line(exc)}") from exc
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

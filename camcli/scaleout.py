@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from camcli.errors import CamcliError, EnvironmentProblem
+from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.jobs import OverlayOptions
 
 ENGINES = ("local", "ray")
@@ -289,7 +289,7 @@ def _camcli_cause(exc: BaseException) -> CamcliError | None:
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, CamcliError):
-            return type(exc)(str(exc).splitlines()[0])
+            return type(exc)(first_line(exc, 400))
         exc = getattr(exc, "cause", None) or exc.__cause__
         seen += 1
     return None

@@ -87,7 +87,7 @@ def test_a_gap_linear_model_through_the_backward_engine_equals_its_exact_head_gr
     for method in ("gradcam", "gradcam++", "layercam"):
         np.testing.assert_allclose(hooked.maps(images, [0, 2], method=method), exact.maps(images, [0, 2], method=method),
                                    rtol=1e-4, atol=1e-6)
-    with pytest.raises(CamcliError, match="has no CAM: use --method gradcam"):
+    with pytest.raises(CamcliError, match="for this head or a chosen --layer use --method gradcam"):
         hooked.maps(images, [0], method="cam")
 
 
@@ -143,7 +143,7 @@ def test_the_command_line_maps_a_classifier_trained_elsewhere_with_any_head(tmp_
                                 "--format", "json"])
     assert layer.exit_code == 0 and json.loads(layer.stdout)[0]["method"] == "layercam"
     for extra, message in (
-        (["--method", "cam"], "has no CAM: use --method gradcam"),
+        (["--method", "cam"], "use --method gradcam"),
         (["--layer", "classifier.6"], "not a spatial map"),
         (["--layer", "featurs"], "did you mean features"),
         (["--backend", "onnxruntime"], "ONNX Runtime has no backward pass"),
@@ -195,3 +195,48 @@ def test_vgg_gap_geometry_drops_the_last_pooling():
     with torch.no_grad():
         assert plain.features(x).shape[-2:] == (7, 7) and gap.features(x).shape[-2:] == (14, 14)
     assert gap.stride == 16 and gap.head is None and "train" in gap.head_problem
+
+
+def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
+    """What a hostile review found: each case once."""
+    import shutil
+
+    import timm
+
+    from camcli.data import read_class_names
+    from camcli.gradients import list_layers
+
+    runner = CliRunner()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\fb\nc\n")  # a form feed is not a line break
+    assert read_class_names(labels) == ["a\fb", "c"]
+    labels.write_text("tabby\nespresso\nrocket\n")
+    torch.manual_seed(0)
+    timm_weights = tmp_path / "timm_r18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), timm_weights)
+    row = json.loads(runner.invoke(app, ["predict", str(IMAGE), "--arch", "timm:resnet18", "--weights", str(timm_weights),
+                                         "--classes", str(labels), "--format", "json", "--backend", "torch"]).stdout)[0]
+    assert {p["label"] for p in row["predictions"]} == {"tabby", "espresso", "rocket"}  # a GAP + linear timm head keeps the names
+
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    refused = runner.invoke(app, ["predict", str(IMAGE), "--arch", "resnet18", "--weights", str(empty), "--classes", str(labels)])
+    assert refused.exit_code == 2 and "not a plain state dict" in refused.stderr and "weights_only False" not in refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+    vit = build_classifier("timm:vit_tiny_patch16_224", "none")
+    model = GradModel(vit, [f"c{i}" for i in range(1000)], Preprocess(224, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
+    with pytest.raises(CamcliError, match="takes 224x224 inputs only: leave out --cam-size"):
+        model.forward([np.zeros((3, 320, 320), np.float32)])
+
+    swin = {r["name"]: r["grid"] for r in list_layers("swin_t")}
+    assert swin["features.0.0"] == [56, 56] and swin["norm"] == [7, 7]  # an NCHW conv inside an NHWC model
+    assert list_layers("resnet18", is_checkpoint=False) and "avgpool" not in {r["name"] for r in list_layers("resnet18") if r["grid"]}
+    with pytest.raises(CamcliError, match="1x1 map"):
+        GradModel(build_classifier("resnet18", "none"), [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"),
+                  layer="avgpool", device="cpu").prepare()
+
+    plain = tmp_path / "ck"  # a checkpoint without a suffix
+    shutil.copy(sample_run / "best.safetensors", plain)
+    listed = runner.invoke(app, ["layers", "--checkpoint", str(plain), "--format", "jsonl"])
+    assert listed.exit_code == 0 and any(json.loads(line)["name"] == "features" for line in listed.stdout.splitlines())
