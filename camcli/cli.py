@@ -638,7 +638,7 @@ def evaluate(
     if ray_options is not None:
         from camcli.scaleout import ray_counter
 
-        counter = ray_counter(_model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, None),
+        counter = ray_counter(_model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, model.max_pixels),
                               ray_options)
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
