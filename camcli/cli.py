@@ -68,14 +68,21 @@ def _report_errors(command: Callable) -> Callable:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stage, done, total = _LAST_PROGRESS.get("stage"), _LAST_PROGRESS.get("done", 0), _LAST_PROGRESS.get("total")
-            where = f" during {stage}: {done}" + (f" of {total}" if total else "") + " done" if stage else ""
-            err.print(f"interrupted{where}; outputs written so far are complete (overlay --skip-existing resumes)")
+            where = f" during {stage}: {done}" + (f" of {total}" if total else "") + " images done" if stage else ""
+            err.print(f"interrupted{where}{_AFTER_INTERRUPT.get(command.__name__, '')}")
             raise typer.Exit(130) from None
 
     return wrapper
 
 
 _LAST_PROGRESS: dict = {}  # the latest progress report, for the Ctrl-C message
+_AFTER_INTERRUPT = {  # what a Ctrl-C leaves behind, per command
+    "train": "; the run is incomplete: train again (with --exist-ok for the same --out)",
+    "predict": "; the rows written so far are complete (rerun the rest: there is no resume)",
+    "overlay": "; every file on disk is complete (overlay --skip-existing resumes)",
+    "evaluate": "; nothing was written (metrics are written at the end)",
+    "export": "; nothing was written",
+}
 
 
 class _Rate(ProgressColumn):
@@ -568,9 +575,12 @@ def overlay(
                 notify=None if quiet else _say,
             )
         kept: list[dict] = []
+        files = 0
 
         def keep_for_report(source: Iterator[dict]) -> Iterator[dict]:
+            nonlocal files
             for row in source:
+                files += len(row.get("outputs", []))
                 if report is not None and len(kept) < report_limit:
                     kept.append(row)
                 yield row
@@ -581,7 +591,9 @@ def overlay(
         if not quiet:
             _say(f"Report saved to {report}")
     if not quiet:
-        _say(f"{count - failed} overlays written" + (f" under {out_dir}" if out_dir else " next to the inputs"))
+        images = count - failed
+        _say(f"{files} file{'s' * (files != 1)} written for {images} image{'s' * (images != 1)}"
+             + (f" under {out_dir}" if out_dir else " next to the inputs"))
     _finish(count, failed, allow_failures)
 
 
@@ -638,8 +650,8 @@ def evaluate(
     if ray_options is not None:
         from camcli.scaleout import ray_counter
 
-        counter = ray_counter(_model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, model.max_pixels),
-                              ray_options)
+        spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, model.max_pixels)
+        counter = ray_counter(spec, ray_options)
     truth = load_boxes(boxes, data) if boxes is not None else None
     if calibrate and truth is None:
         raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
