@@ -137,6 +137,33 @@ def heatmap(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return upsample_to(normalize_maps(np.asarray(cam_map, dtype=np.float32)), size)
 
 
+NORMALIZATIONS = ("shared", "relu", "minmax")
+
+
+def display_maps(maps: np.ndarray, mode: str = "shared") -> np.ndarray:
+    """The maps of one image scaled to [0, 1] for display.
+
+    Args:
+        maps: (J, h, w) raw maps of one image (J classes).
+        mode: ``shared`` (ReLU, then divided by the largest value of all J maps: one scale for
+            the image, so a weak class looks weak; for one map the same as ``relu``), ``relu``
+            (ReLU, then each map divided by its own maximum: a map with no positive evidence
+            stays empty), or ``minmax`` (each map on its own, no ReLU: the original tutorial's
+            ``returnCAM``, where a class's least negative region shows as hot).
+
+    Returns:
+        float32 (J, h, w) in [0, 1].
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if mode == "minmax":
+        return normalize_maps(maps)
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {mode!r}")
+    positive = np.maximum(maps, 0)
+    top = positive.max(axis=(-2, -1), keepdims=True) if mode == "relu" else positive.max(keepdims=True)
+    return np.where(top > 0, positive / np.where(top > 0, top, 1), 0).astype(np.float32)
+
+
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
     """Min-max normalize each map (last two dims) to [0, 1]; a constant map becomes zeros.
 

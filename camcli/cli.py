@@ -514,6 +514,9 @@ def overlay(
     box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: "
         "the checkpoint's calibrated threshold, else 0.2].")] = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
+    normalize: Annotated[str, typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an image: weak classes "
+        "look weak), relu (ReLU, each map to its own maximum) or minmax (each map on its own, no ReLU: the original tutorial's, "
+        "where a class without evidence still shows a hot region). Boxes always threshold the min-max map.")] = "shared",
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written "
         "yet.")] = False,
     maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: <stem>_cam_<rank>_<label>.<ext>.")] = 0,
@@ -545,6 +548,8 @@ def overlay(
     from camcli.render import colormap_id
 
     colormap_id(colormap)
+    if normalize not in ("shared", "relu", "minmax"):
+        raise CamcliError(f"--normalize must be shared, relu or minmax, got {normalize!r}")
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     _check_max_pixels(max_pixels)
     ray_options = _ray_options(engine, ray_address, ray_workers)
@@ -560,7 +565,7 @@ def overlay(
         classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
         caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
         box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing, maps=maps,
-        reserved=[output] if output is not None else [], method=method,
+        reserved=[output] if output is not None else [], method=method, normalize=normalize,
     )
     with _progress(quiet) as progress:
         if ray_options is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli.cam import heatmap, largest_component_box, softmax
+from camcli.cam import NORMALIZATIONS, display_maps, heatmap, largest_component_box, softmax, upsample_to
 from camcli.data import ImageInput
 from camcli.engine import Model
 from camcli.errors import CamcliError
@@ -94,6 +94,7 @@ class OverlayOptions:
             from the ranking pass; see :meth:`Model.batch_maps`.
         reserved: paths the job writes otherwise (the results file), never an overlay.
         method: ``auto``, ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`Model.batch_maps`).
+        normalize: how the heatmaps are scaled for display (see :func:`camcli.cam.display_maps`).
     """
 
     classes: Sequence[str] = ()
@@ -111,6 +112,7 @@ class OverlayOptions:
     maps: int = 0
     reserved: Sequence[Path] = ()
     method: str = "auto"
+    normalize: str = "shared"
 
 
 def safe_label(label: str) -> str:
@@ -252,6 +254,8 @@ def plan_overlays(
     overwrite stops the job before anything is written; leave out finished inputs with
     ``skip_existing``."""
     colormap_id(options.colormap)
+    if options.normalize not in NORMALIZATIONS:
+        raise CamcliError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {options.normalize!r}")
     method = model.resolve_method(options.method)
     threshold = box_threshold_for(model, options.box_threshold)
     if not 0.0 <= options.alpha <= 1.0:
@@ -335,7 +339,7 @@ def overlay_rows(
                         options, threshold, guard.recorder,
                     )
                     row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]], "box_threshold": threshold,
-                           "method": method}
+                           "method": method, "normalize": options.normalize}
                     pending.append((row, future))
                 while len(pending) > batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
                     yield finish_oldest()
@@ -359,11 +363,11 @@ def _write_overlays(
         ``threshold``, original-image pixels) or None.
     """
     box = None
+    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize)
     for j, c in enumerate(classes):
-        heat = heatmap(maps[j], image_rgb.shape[:2])
-        if j == 0:
-            box = largest_component_box(heat, threshold)
-        overlay = blend(image_rgb, heat, options.alpha, options.colormap)
+        if j == 0:  # boxes threshold the min-max map, as evaluate and calibration do
+            box = largest_component_box(heatmap(maps[j], image_rgb.shape[:2]), threshold)
+        overlay = blend(image_rgb, upsample_to(shown[j], image_rgb.shape[:2]), options.alpha, options.colormap)
         if options.draw_box and j == 0 and box is not None:
             overlay = draw_box(overlay, box)
         if options.caption:

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camcli.cam import heatmap
+from camcli.cam import display_maps, upsample_to
 from camcli.errors import CamcliError
 from camcli.files import atomic_write, printable
 
@@ -24,22 +24,26 @@ def colormap_id(name: str) -> int:
         raise CamcliError(f"unknown colormap {name!r}; choose one of {', '.join(sorted(COLORMAPS))}") from None
 
 
-def render_overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+def render_overlay(
+    image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet", normalize: str = "relu"
+) -> np.ndarray:
     """Blend a class activation map over an image.
 
     Args:
         image_rgb: (H, W, 3) uint8 RGB image.
-        cam: (h, w) map at any resolution, raw or normalized; it is min-max normalized
-            and bilinearly upsampled to (H, W).
+        cam: (h, w) map at any resolution, raw or normalized; it is scaled to [0, 1] by
+            ``normalize`` (see :func:`camcli.cam.display_maps`) and bilinearly upsampled to (H, W).
         alpha: weight of the heatmap in the blend, in [0, 1].
         colormap: OpenCV colormap name.
+        normalize: ``relu`` (default, as ``camcli overlay`` shows one map) or ``minmax``.
 
     Returns:
         (H, W, 3) uint8 RGB overlay, the same size as ``image_rgb``.
     """
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"image_rgb must be (H, W, 3) uint8, got {image_rgb.dtype} {image_rgb.shape}")
-    return blend(image_rgb, heatmap(np.asarray(cam), image_rgb.shape[:2]), alpha, colormap)
+    shown = display_maps(np.asarray(cam, dtype=np.float32)[None], normalize)[0]
+    return blend(image_rgb, upsample_to(shown, image_rgb.shape[:2]), alpha, colormap)
 
 
 def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:

@@ -124,7 +124,7 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
         )
         box = row.get("box")
         box_text = f"box {box} for {_esc(row.get('box_label', ''))} at threshold {row.get('box_threshold')}" if box else "no box"
-        box_text = f"{_esc(row.get('method', 'cam'))} map; {box_text}"
+        box_text = f"{_esc(row.get('method', 'cam'))} map, {_esc(row.get('normalize', 'minmax'))} scale; {box_text}"
         cards.append(
             f'<div class="card" data-label="{_esc(top["label"])}" data-prob="{top["prob"]:.6f}">'
             f'<div class="pics">{images}</div><div class="path">{name}</div>{preds}<div class="box">{box_text}</div></div>'

@@ -100,3 +100,22 @@ def test_heatmap_normalizes_then_upsamples():
     out = heatmap(grid, (20, 30))
     assert out.shape == (20, 30) and out.dtype == np.float32
     np.testing.assert_allclose(out, normalize_maps(upsample_to(grid, (20, 30))), atol=1e-5)
+
+
+def test_display_maps_scales_as_documented():
+    from camcli.cam import display_maps
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(3, 5, 6)).astype(np.float32)
+    maps[1] *= 0.1  # a weak class
+    maps[2] = -np.abs(maps[2]) - 0.5  # no positive evidence at all
+    shared, relu, minmax = (display_maps(maps, m) for m in ("shared", "relu", "minmax"))
+    top = np.maximum(maps, 0).max()
+    np.testing.assert_allclose(shared, np.maximum(maps, 0) / top, rtol=1e-6)
+    assert shared[1].max() < 0.2 < shared[0].max() == 1.0 and not shared[2].any()
+    for j in range(2):
+        np.testing.assert_allclose(relu[j], np.maximum(maps[j], 0) / np.maximum(maps[j], 0).max(), rtol=1e-6)
+    assert not relu[2].any() and minmax[2].max() == 1.0  # min-max paints the least negative region of a class with no evidence
+    for j in range(3):
+        np.testing.assert_allclose(minmax[j], (maps[j] - maps[j].min()) / (maps[j].max() - maps[j].min()), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(display_maps(maps[:1], "shared"), display_maps(maps[:1], "relu"))

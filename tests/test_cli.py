@@ -560,3 +560,18 @@ def test_messages_for_the_usual_mistakes(sample_run, tmp_path):
     image = str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg")
     unknown = runner.invoke(app, ["overlay", image, "--checkpoint", ckpt, "--class", "dgo", "--out-dir", str(tmp_path)])
     assert unknown.exit_code == 2 and "the classes are: brick, cat, coffee, grass, rocket" in unknown.stderr
+
+
+def test_overlay_records_the_normalization_and_counts_files(sample_run, tmp_path):
+    image = str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg")
+    ckpt = str(sample_run / "best.safetensors")
+    result = CliRunner().invoke(app, ["overlay", image, "--checkpoint", ckpt, "--maps", "2", "--save-raw", "--out-dir",
+                                      str(tmp_path / "s"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["normalize"] == "shared" and "4 files written for 1 image under" in result.stderr
+    minmax = CliRunner().invoke(app, ["overlay", image, "--checkpoint", ckpt, "--maps", "2", "--normalize", "minmax",
+                                      "--out-dir", str(tmp_path / "m"), "--format", "json"])
+    assert json.loads(minmax.stdout)[0]["normalize"] == "minmax" and "2 files written for 1 image" in minmax.stderr
+    bad = CliRunner().invoke(app, ["overlay", image, "--checkpoint", ckpt, "--normalize", "log", "--out-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--normalize must be shared, relu or minmax" in bad.stderr
