@@ -177,7 +177,7 @@ def test_names_that_look_like_markup_or_escapes_are_printed_literally(sample_run
     ckpt["class_names"] = ["[/x]", "[bold]b", "c", "d", "e"]
     crafted = tmp_path / "markup.pt"
     save_v1(ckpt, crafted)
-    info = run("info", crafted)
+    info = run("info", crafted, "--format", "table")
     assert info.exit_code == 0 and "[/x], [bold]b" in info.stdout
     missing = run("predict", tmp_path / "[/x].jpg", "--checkpoint", crafted)
     assert "[/x].jpg" in one_line_error(missing)
