@@ -233,6 +233,10 @@ def _load_model(
 
     if classes is not None and checkpoint is not None:
         raise CamcliError("--classes names the classes of --weights; a checkpoint holds its own")
+    if checkpoint is not None and weights != "imagenet":
+        raise CamcliError("--weights is for a model given by --arch; a checkpoint holds its own weights")
+    if layer is not None and not layer.strip():
+        raise CamcliError("--layer needs a layer name (camcli layers lists them)")
     model = load(
         checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
         resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None, layer=layer,

@@ -236,6 +236,12 @@ def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
         GradModel(build_classifier("resnet18", "none"), [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"),
                   layer="avgpool", device="cpu").prepare()
 
+    for extra, message in ((["--layer", " "], "--layer needs a layer name"),
+                           (["--checkpoint", str(sample_run / "best.safetensors"), "--weights", str(timm_weights)],
+                            "a checkpoint holds its own weights")):
+        mixed = runner.invoke(app, ["predict", str(IMAGE), *extra])
+        assert mixed.exit_code == 2 and message in mixed.stderr
+
     plain = tmp_path / "ck"  # a checkpoint without a suffix
     shutil.copy(sample_run / "best.safetensors", plain)
     listed = runner.invoke(app, ["layers", "--checkpoint", str(plain), "--format", "jsonl"])
