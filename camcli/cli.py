@@ -412,10 +412,13 @@ def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
         extra = ", ".join(f"{printable(p['label'])} {p['prob']:.1%}" for p in others)
         outputs = [", ".join(map(printable, row["outputs"]))] if overlay else []
         table.add_row(path, printable(first["label"]), f"{first['prob']:.1%}", extra, *outputs)
-    if stream is None:
+    from camcli.jobs import is_tty
+
+    # off a terminal (a pipe, a file) nothing wraps: each column is as wide as its longest cell
+    if stream is None and is_tty(sys.stdout):
         _stdout_console(soft_wrap=False).print(table)
     else:
-        _stdout_console(file=stream, width=200).print(table)
+        _stdout_console(file=stream, width=100_000).print(table)
     return count
 
 

@@ -575,3 +575,11 @@ def test_overlay_records_the_normalization_and_counts_files(sample_run, tmp_path
     assert json.loads(minmax.stdout)[0]["normalize"] == "minmax" and "2 files written for 1 image" in minmax.stderr
     bad = CliRunner().invoke(app, ["overlay", image, "--checkpoint", ckpt, "--normalize", "log", "--out-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "--normalize must be shared, relu or minmax" in bad.stderr
+
+
+def test_a_table_off_a_terminal_never_wraps_a_path(sample_run, tmp_path):
+    deep = tmp_path / ("a_long_folder_name_" * 6) / ("and_a_long_image_name_" * 4 + ".jpg")
+    deep.parent.mkdir(parents=True)
+    shutil.copy(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", deep)
+    result = CliRunner().invoke(app, ["predict", str(deep), "--checkpoint", str(sample_run / "best.safetensors"), "--format", "table"])
+    assert result.exit_code == 0 and any(str(deep) in line for line in result.stdout.splitlines())
