@@ -261,15 +261,17 @@ class Model:
             for row, top in zip(probs, order)
         ]
 
-    def predict(self, images: Sequence[Image], top_k: int = 5, batch_size: int = 32, workers: int = 0) -> list[dict]:
-        """Rank classes for each image.
+    def predict(
+        self, images: Sequence[Image], top_k: int = 5, batch_size: int = 32, workers: int = 0, progress: bool = False
+    ) -> list[dict]:
+        """Rank classes for each image (``progress``: a tqdm bar, a widget in notebooks).
 
         Returns:
             one row per image, in order: ``{"path": str | None, "predictions": [{"label", "index", "prob"}, ...]}``
             sorted by prob descending; ``path`` is None for array inputs.
         """
         rows: list[dict | None] = [None] * len(images)
-        for batch in self.batches(images, batch_size, workers):
+        for batch in _with_bar(self.batches(images, batch_size, workers), len(images), "predict", progress):
             for pos, preds in zip(batch.positions, self.rank(batch.logits, top_k)):
                 item = images[pos]
                 rows[pos] = {"path": None if isinstance(item, np.ndarray) else str(item), "predictions": preds}
@@ -278,7 +280,8 @@ class Model:
         return rows
 
     def maps(
-        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32, method: str = "auto"
+        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32, method: str = "auto",
+        progress: bool = False,
     ) -> np.ndarray:
         """Raw class activation maps (before normalization) at feature resolution.
 
@@ -286,6 +289,7 @@ class Model:
             images: paths or RGB uint8 (H, W, 3) arrays.
             classes: class indices to map (the same for every image); None maps all K.
             method: ``auto``, ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`batch_maps`).
+            progress: show a tqdm progress bar (a widget in notebooks).
 
         Returns:
             float32 array (N, K or len(classes), h, w).
@@ -297,7 +301,7 @@ class Model:
                 raise CamcliError(f"class index {bad[0]} out of range 0..{self.num_classes - 1}")
             chosen = np.asarray(list(classes), dtype=np.int64)
         out: list[np.ndarray] = []
-        for batch in self.batches(images, batch_size, for_maps=True):
+        for batch in _with_bar(self.batches(images, batch_size, for_maps=True), len(images), "maps", progress):
             if batch.failures:
                 raise CamcliError(batch.failures[0][1])
             every = np.arange(self.num_classes) if chosen is None else chosen
@@ -385,6 +389,19 @@ class CamModel(Model):
             out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method)
                                  for c in classes[i]]).astype(np.float32))
         return out
+
+
+def _with_bar(batches: Iterator[Batch], total: int, what: str, enabled: bool) -> Iterator[Batch]:
+    """The batches, counted on a tqdm.auto bar when ``enabled`` (the command line draws its own with rich)."""
+    if not enabled:
+        yield from batches
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=what, unit="img") as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch.positions) + len(batch.failures))
 
 
 def _name(image: Image) -> str:

@@ -68,3 +68,16 @@ def test_cam_sizes_give_maps_at_that_resolution_and_fuse_several(model):
 def test_maps_of_all_classes(model):
     maps = model.maps([_images()[2]])
     assert maps.shape == (1, 3, 2, 2) and maps.dtype == np.float32
+
+
+def test_the_api_shows_a_tqdm_bar_when_asked(sample_run, capsys):
+    from camcli.engine import load
+    from conftest import SAMPLE_DATA
+
+    model = load(sample_run / "best.safetensors", device="cpu")
+    images = sorted((SAMPLE_DATA / "val" / "cat").glob("*.jpg"))[:3]
+    model.predict(images, batch_size=2)
+    assert capsys.readouterr().err == ""
+    model.predict(images, batch_size=2, progress=True)
+    shown = capsys.readouterr().err
+    assert "predict" in shown and "3/3" in shown
