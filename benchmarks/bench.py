@@ -125,11 +125,17 @@ def _classifier(checkpoint: Path) -> tuple[_Classifier, nn.Module, tuple, tuple]
 
 
 def peer_gradcam(checkpoint: Path, paths: list[Path], out: Path) -> float:
+    model, layer, mean, std = _classifier(checkpoint)
+    return gradcam_loop(model, layer, mean, std, paths, out)
+
+
+def gradcam_loop(model: nn.Module, layer: nn.Module, mean, std, paths: list[Path], out: Path) -> float:
+    """pytorch-grad-cam's documented pipeline: decode, resize to 224x224, GradCAM (its forward and
+    backward), show_cam_on_image, write; images per second."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
 
-    model, layer, mean, std = _classifier(checkpoint)
-    model.requires_grad_(True)  # GradCAM needs a graph to backpropagate through
+    model = model.eval().requires_grad_(True)  # GradCAM needs a graph to backpropagate through
     start = time.perf_counter()
     with GradCAM(model=model, target_layers=[layer]) as method:
         for i in range(0, len(paths), BATCH):

@@ -28,28 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
-from bench import BATCH, make_images, timed
+from bench import BATCH, gradcam_loop, make_images, timed
 from readme_section import write_section
-
-
-def peer(model: torch.nn.Module, layer: torch.nn.Module, mean, std, paths: list[Path], out: Path) -> float:
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
-
-    model = model.eval().requires_grad_(True)  # GradCAM backpropagates through the model
-    start = time.perf_counter()
-    with GradCAM(model=model, target_layers=[layer]) as method:
-        for i in range(0, len(paths), BATCH):
-            rgbs = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths[i : i + BATCH]]
-            floats = [cv2.resize(r, (224, 224)).astype(np.float32) / 255 for r in rgbs]
-            x = torch.cat([preprocess_image(f, mean=list(mean), std=list(std)) for f in floats])
-            cams = method(input_tensor=x, targets=None)
-            for p, f, c in zip(paths[i : i + BATCH], floats, cams):
-                cv2.imwrite(str(out / f"gradcam_{p.name}"), cv2.cvtColor(show_cam_on_image(f, c, use_rgb=True), cv2.COLOR_RGB2BGR))
-    return len(paths) / (time.perf_counter() - start)
 
 
 def run(arch: str, n: int, work: Path, log) -> dict:
@@ -79,7 +60,7 @@ def run(arch: str, n: int, work: Path, log) -> dict:
     out = work / f"peer_{arch}"
     out.mkdir()
     layer = dict(classifier.model.named_modules())[classifier.default_layer]
-    peer_rate = peer(classifier.model, layer, classifier.mean, classifier.std, sorted(data.rglob("*.jpg")), out)
+    peer_rate = gradcam_loop(classifier.model, layer, classifier.mean, classifier.std, sorted(data.rglob("*.jpg")), out)
     return {"arch": arch, "n": n, "whole": n / small[0], "steady": 3 * n / (large[0] - small[0]), "rss": large[1],
             "peer": peer_rate, "layer": classifier.default_layer}
 
