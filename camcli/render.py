@@ -91,7 +91,7 @@ def draw_box(image_rgb: np.ndarray, box: list[int], color: tuple[int, int, int] 
 
 def plot_curves(
     xs: list[float], curves: dict[str, list[float]], title: str, x_label: str, y_label: str,
-    mark: tuple[float, float] | None = None, size: tuple[int, int] = (720, 480),
+    mark: tuple[float, float] | None = None, size: tuple[int, int] = (880, 480),
 ) -> np.ndarray:
     """A line chart of curves over [0, 1] x [0, 1], drawn with OpenCV; returns RGB uint8.
 
@@ -101,7 +101,7 @@ def plot_curves(
         mark: an (x, y) point to circle, e.g. the best threshold.
     """
     width, height = size
-    left, right, top, bottom = 70, 20, 56, 55
+    left, right, top, bottom = 70, 220, 56, 55  # the legend stands right of the plot: no curve runs through it
     img = np.full((height, width, 3), 255, np.uint8)
     pw, ph = width - left - right, height - top - bottom
 
@@ -123,9 +123,9 @@ def plot_curves(
         color = palette[i % len(palette)]
         points = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
         cv2.polylines(img, [points], False, color, 2, cv2.LINE_AA)
-        y = top + 18 + 20 * i
-        cv2.line(img, (left + pw - 230, y - 4), (left + pw - 205, y - 4), color, 2)
-        cv2.putText(img, label, (left + pw - 200, y), font, 0.45, black, 1, cv2.LINE_AA)
+        y = top + 12 + 22 * i
+        cv2.line(img, (left + pw + 12, y - 4), (left + pw + 34, y - 4), color, 2)
+        cv2.putText(img, label, (left + pw + 40, y), font, 0.42, black, 1, cv2.LINE_AA)
     if mark is not None:
         cv2.circle(img, at(*mark), 6, black, 2, cv2.LINE_AA)
         x, y = at(*mark)

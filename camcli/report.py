@@ -145,7 +145,7 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
     n = max(len(v) for v in series.values())
     top = max(max(v) for v in series.values()) or 1.0
     top = 1.0 if top <= 1.0 else top * 1.05
-    left, right, upper, lower = 48, 12, 28, 36
+    left, right, upper, lower = 58, 12, 30, 36
     pw, ph = width - left - right, height - upper - lower
 
     def x(i: int) -> float:
@@ -155,8 +155,10 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
         return upper + ph * (1 - v / top)
 
     colors = ["#3b7dd8", "#d8493b", "#2e9e44", "#8d5fd3"]
+    # the title above the plot on the left, the legend above it on the right, the y label along
+    # the axis: nothing overlaps, and no curve runs under the legend
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{left}" y="16" font-size="13">{_esc(title)}</text>',
+             f'<text x="{left}" y="18" font-size="13" font-weight="bold">{_esc(title)}</text>',
              f'<rect x="{left}" y="{upper}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
     for k in range(5):
         value = top * k / 4
@@ -165,13 +167,17 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
     for i in sorted({0, n - 1, (n - 1) // 2}):
         parts.append(f'<text x="{x(i):.1f}" y="{upper + ph + 14}" font-size="10" text-anchor="middle">{i + 1}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">epoch</text>')
-    parts.append(f'<text x="4" y="{upper - 8}" font-size="11">{_esc(y_label)}</text>')
-    for j, (label, values) in enumerate(series.items()):
+    parts.append(f'<text transform="translate(14 {upper + ph / 2:.1f}) rotate(-90)" font-size="11" text-anchor="middle">'
+                 f'{_esc(y_label)}</text>')
+    entry_x = left + pw
+    for j, (label, values) in reversed(list(enumerate(series.items()))):
         color = colors[j % len(colors)]
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + pw - 4}" y="{upper + 14 + 14 * j}" font-size="11" text-anchor="end" '
-                     f'fill="{color}">{_esc(label)}</text>')
+        text_x = entry_x - 8 * len(str(label)) - 4
+        parts.append(f'<line x1="{text_x - 22}" x2="{text_x - 4}" y1="14" y2="14" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<text x="{entry_x}" y="18" font-size="11" text-anchor="end">{_esc(label)}</text>')
+        entry_x = text_x - 30
     parts.append("</svg>")
     return "".join(parts)
 

@@ -319,7 +319,7 @@ def _write_report(
             probs = softmax(batch.logits)
             for b, (pos, maps) in enumerate(zip(batch.positions, model.batch_maps(batch, top))):
                 predicted, prob = class_names[int(top[b, 0])], float(probs[b, top[b, 0]])
-                overlay = draw_caption(render_overlay(batch.originals[b], maps[0]), f"{predicted} {prob:.0%}")
+                overlay = draw_caption(render_overlay(batch.originals[b], maps[0]), f"{predicted} {prob:.1%}")
                 examples.append((overlay, class_names[val_set[chosen[pos]][1]], predicted, prob))
     best = checkpoint["metrics"]
     summary = (f"{config.arch}, {len(val_set)} validation images, {len(class_names)} classes; best epoch {best['epoch']} "
