@@ -234,7 +234,7 @@ def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run
     assert metrics["accuracy"] == pytest.approx(agree)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["max_box_acc"] == metrics["max_box_acc"] and len(saved["box_acc_curve"]["thresholds"]) == 100
-    assert cv2.imread(str(out / "box_accuracy.png")).shape == (480, 720, 3)
+    assert cv2.imread(str(out / "box_accuracy.png")).shape == (480, 880, 3)
     calibrated = load_checkpoint(out / "calibrated.safetensors")
     assert calibrated["cam_threshold"] == metrics["best_threshold"]
 
