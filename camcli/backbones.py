@@ -28,6 +28,7 @@ from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_ref
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit")
+TORCHVISION_UNSUPPORTED = ("googlenet", "inception", "maxvit")  # auxiliary heads, input transforms, no plain grid
 GRADIENT_FAMILIES = ("vgg", "alexnet", "mobilenet_v3", "convnext", "squeezenet", "vit_", "swin_")  # heads that are not GAP + linear
 VGG_GAP_SUFFIX = "_gap"  # vgg16_gap: VGG16 without its last pooling (the CAM paper's VGGnet-GAP geometry)
 
@@ -81,13 +82,6 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def list_torchvision_cnns() -> list[str]:
-    """Torchvision classification models camcli can use as backbones."""
-    import torchvision.models as tvm
-
-    return [n for n in tvm.list_models(module=tvm) if _torchvision_supported(n) is None]
-
-
 def torchvision_cache_path(arch: str) -> Path:
     """Where torchvision keeps (or would download) an arch's default ImageNet weights."""
     import torchvision.models as tvm
@@ -112,7 +106,7 @@ def available_models(timm_pattern: str | None = None) -> list[dict]:
     import torchvision.models as tvm
 
     for arch in tvm.list_models(module=tvm):
-        if arch.startswith(("googlenet", "inception", "maxvit")):
+        if arch.startswith(TORCHVISION_UNSUPPORTED):
             continue
         path = torchvision_cache_path(arch)
         maps = "gradcam" if arch.startswith(GRADIENT_FAMILIES) else "cam"
@@ -145,11 +139,10 @@ def _lite0_installed() -> bool:
 
 
 def _torchvision_supported(name: str) -> str | None:
+    """Why a torchvision model cannot be a CAM backbone (unsupported families are refused in _torchvision_model)."""
     if name.startswith(TRANSFORMER_PREFIXES):
         return (f"{name} is a vision transformer: it has no convolutional (N, C, h, w) feature map to train a CAM head on "
-                "(its own head gives gradient maps: camcli overlay --arch {name})").replace("{name}", name)
-    if name.startswith(("googlenet", "inception")):
-        return f"{name} is not supported (auxiliary heads and input transforms); use resnet50 or timm:inception_v3"
+                f"(its own head gives gradient maps: camcli overlay --arch {name})")
     return None
 
 
@@ -391,7 +384,7 @@ def _torchvision_model(arch: str, weights: str, classes: dict) -> tuple[nn.Modul
         close = difflib.get_close_matches(arch, known + [DEFAULT_ARCH], n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise CamcliError(f"unknown arch {arch!r}{hint}; use a torchvision model name, {DEFAULT_ARCH}, or timm:NAME")
-    if arch.startswith(("googlenet", "inception", "maxvit")):
+    if arch.startswith(TORCHVISION_UNSUPPORTED):
         raise CamcliError(f"{arch} is not supported (auxiliary heads, input transforms or attention blocks without a "
                           "plain grid); use resnet50, timm:inception_v3 or timm:maxvit_tiny_tf_224")
     names = None

@@ -68,3 +68,14 @@ def save_v1(checkpoint: dict, path: Path) -> Path:
 
     torch.save(tensors(checkpoint), path)
     return path
+
+
+def with_class_names(sample_run: Path, path: Path, names: list[str]) -> Path:
+    """The sample run's checkpoint with other class names, saved at ``path``: camcli 0.1's
+    unchecked format for a ``.pt`` path (see :func:`save_v1`), else safetensors."""
+    from camcli.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(sample_run / "best.safetensors")
+    checkpoint["class_names"] = list(names)
+    save_v1(checkpoint, path) if path.suffix == ".pt" else save_checkpoint(checkpoint, path)
+    return path

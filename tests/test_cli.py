@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from camcli.backbones import lite0_weights_path
 from camcli.checkpoint import load_checkpoint, save_checkpoint
 from camcli.cli import app
-from conftest import SAMPLE_DATA, make_image_folder, write_image
+from conftest import SAMPLE_DATA, make_image_folder, with_class_names, write_image
 
 runner = CliRunner()
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -466,10 +466,8 @@ def test_exclude_for_train_and_evaluate(sample_run, tmp_path):
 
 
 def test_maps_k_writes_ranked_unique_names_even_for_duplicate_labels(sample_run, tmp_path):
-    ckpt = load_checkpoint(sample_run / "best.safetensors")
-    ckpt["class_names"] = ["crane", "crane", "coffee", "grass", "rocket"]  # ImageNet has two cranes
-    twin = tmp_path / "twin.safetensors"
-    save_checkpoint(ckpt, twin)
+    # ImageNet has two cranes
+    twin = with_class_names(sample_run, tmp_path / "twin.safetensors", ["crane", "crane", "coffee", "grass", "rocket"])
     data = tmp_path / "in"
     shutil.copytree(SAMPLE_DATA / "val" / "brick", data)
     out = tmp_path / "out"

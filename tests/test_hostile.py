@@ -22,10 +22,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from camcli.checkpoint import load_checkpoint, save_checkpoint
+from camcli.checkpoint import load_checkpoint
 from camcli.cli import app
 from camcli.errors import CamcliError
-from conftest import SAMPLE_DATA, make_image_folder, save_v1, write_image
+from conftest import SAMPLE_DATA, make_image_folder, save_v1, with_class_names, write_image
 
 runner = CliRunner()
 
@@ -173,10 +173,7 @@ def test_names_that_look_like_markup_or_escapes_are_printed_literally(sample_run
     assert "holiday [copy].jpg" in result.stdout
     assert "failed: " in result.stderr and "[/x] [red]bad.jpg" in result.stderr
     assert "\x1b" not in result.stderr and "esc\\x1b[31mred.jpg" in result.stderr
-    ckpt = load_checkpoint(sample_run / "best.safetensors")
-    ckpt["class_names"] = ["[/x]", "[bold]b", "c", "d", "e"]
-    crafted = tmp_path / "markup.pt"
-    save_v1(ckpt, crafted)
+    crafted = with_class_names(sample_run, tmp_path / "markup.pt", ["[/x]", "[bold]b", "c", "d", "e"])
     info = run("info", crafted, "--format", "table")
     assert info.exit_code == 0 and "[/x], [bold]b" in info.stdout
     missing = run("predict", tmp_path / "[/x].jpg", "--checkpoint", crafted)
@@ -231,10 +228,7 @@ def test_long_input_and_class_names_are_shortened_deterministically(sample_run, 
     outputs = [Path(p) for p in json.loads(result.stdout)["outputs"]]
     assert all(p.is_file() and len(os.fsencode(p.name)) <= 255 for p in outputs)
     assert [p.suffix for p in outputs] == [".jpg", ".npy"]
-    ckpt = load_checkpoint(sample_run / "best.safetensors")
-    ckpt["class_names"] = ["x" * 300 + str(i) for i in range(5)]
-    crafted = tmp_path / "long.pt"
-    save_v1(ckpt, crafted)
+    crafted = with_class_names(sample_run, tmp_path / "long.pt", ["x" * 300 + str(i) for i in range(5)])
     maps = run("overlay", data, "--checkpoint", crafted, "--maps", "3", "--out-dir", tmp_path / "o", "--format", "jsonl")
     assert maps.exit_code == 0, maps.output
     names = [Path(p).name for p in json.loads(maps.stdout)["outputs"]]
@@ -276,10 +270,7 @@ def test_names_that_are_not_utf8_round_trip_in_every_format(sample_run, tmp_path
 
 
 def test_csv_cells_that_spreadsheets_would_run_get_a_quote(sample_run, tmp_path):
-    ckpt = load_checkpoint(sample_run / "best.safetensors")
-    ckpt["class_names"] = ["=HYPERLINK(1)", "+b", "-c", "@d", "coffee"]
-    crafted = tmp_path / "formula.pt"
-    save_v1(ckpt, crafted)
+    crafted = with_class_names(sample_run, tmp_path / "formula.pt", ["=HYPERLINK(1)", "+b", "-c", "@d", "coffee"])
     data = tmp_path / "in"
     write_image(data / "=cmd.jpg", _coffee())
     result = run("predict", data, "--checkpoint", crafted, "--format", "csv", "--top-k", "5")
@@ -508,10 +499,8 @@ def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):
 # ---------------------------------------------------------------- found by a hostile review
 
 def test_a_class_name_that_is_not_utf8_is_drawn_escaped_not_a_crash(sample_run, tmp_path):
-    ckpt = load_checkpoint(sample_run / "best.safetensors")
-    ckpt["class_names"] = ["caf\udce9", "b", "c", "d", "e"]  # a class folder whose name is not UTF-8
-    crafted = tmp_path / "names.safetensors"
-    save_checkpoint(ckpt, crafted)
+    # a class folder whose name is not UTF-8
+    crafted = with_class_names(sample_run, tmp_path / "names.safetensors", ["caf\udce9", "b", "c", "d", "e"])
     data = tmp_path / "in"
     write_image(data / "a.jpg", _coffee())
     result = run("overlay", data, "--checkpoint", crafted, "--class-index", "0", "--format", "jsonl")
