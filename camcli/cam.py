@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from camcli.defaults import METHODS, NORMALIZATIONS
+
 Size = tuple[int, int]
 
 
@@ -80,7 +82,6 @@ def class_maps(features: np.ndarray, weight: np.ndarray, classes: np.ndarray | N
     return np.matmul(chosen, flat).reshape(n, -1, h, w)
 
 
-METHODS = ("cam", "gradcam", "gradcam++", "layercam")
 
 
 def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
@@ -137,7 +138,6 @@ def heatmap(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return upsample_to(normalize_maps(np.asarray(cam_map, dtype=np.float32)), size)
 
 
-NORMALIZATIONS = ("shared", "relu", "minmax")
 
 
 def display_maps(maps: np.ndarray, mode: str = "shared") -> np.ndarray:

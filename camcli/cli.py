@@ -13,21 +13,54 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from camcli import __version__
-from camcli.defaults import TRAIN
+from camcli.defaults import BACKENDS, COLORMAPS, DEVICES, ENGINES, FORMATS, METHODS, NORMALIZATIONS, RESIZE_MODES, TRAIN
 from camcli.errors import CamcliError, os_error
 from camcli.files import printable
 from camcli.packaged import DEFAULT_ARCH
 
+# click's exception classes (typer vendors click, and exports only some of them)
+_ClickException, _UsageError = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                                 for name in ("ClickException", "UsageError"))
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, a value outside the choices) in one line, exit 2, as every
+    other camcli error; click would print the usage, a hint and the error on four lines."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `camcli` or `camcli predict`: the help
+                exc.show()
+            else:
+                command = exc.ctx.command_path if exc.ctx is not None else prog_name or "camcli"
+                message = " ".join(exc.format_message().replace("Value error, ", "").split())
+                err.print(Text.assemble(("error:", "red"), " ", printable(f"{message} (see {command} --help)")))
+            sys.exit(exc.exit_code)
+        except _ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("Aborted!")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Class Activation Mapping for PyTorch image classifiers: train a GAP + linear head, "
     "rank classes, and see where the model looks.",
     no_args_is_help=True,
@@ -143,9 +176,9 @@ def _root(
     """camcli: see where an image classifier looks."""
 
 
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-Backend = Annotated[str, typer.Option(help="auto (ONNX Runtime on the CPU for jobs of 256+ images or a cached export, else PyTorch), "
-    "torch or onnxruntime.")]
+Device = Annotated[Literal[DEVICES], typer.Option(help="Where to run; auto takes CUDA, then MPS, then the CPU.")]
+Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime on the CPU for jobs of 256+ images or with a cached "
+    "export, else PyTorch.")]
 Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA.")]
 Workers = Annotated[Optional[int], typer.Option(help="Image decoding threads [default: the CPU count, at most 4].")]
 
@@ -164,13 +197,14 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help=f"AdamW learning rate [default: {TRAIN['lr']}].")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect "
         f"[default: {TRAIN['img_size']}].")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect "
-        f"[default: {TRAIN['resize']}].")] = None,
+    resize: Annotated[Optional[Literal[RESIZE_MODES]], typer.Option(help="squash (whole image to img_size x img_size) or keep-aspect "
+        f"(shorter side to img_size) [default: {TRAIN['resize']}].")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Validation fraction for a flat DATA/<class>/* "
         f"[default: {TRAIN['val_split']}].")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed [default: {TRAIN['seed']}].")] = None,
-    device: Annotated[Optional[str], typer.Option(help=f"auto, cpu, cuda or mps [default: {TRAIN['device']}].")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, torch or onnxruntime (see predict --help) "
+    device: Annotated[Optional[Literal[DEVICES]], typer.Option(help="Where to run; auto takes CUDA, then MPS, then the CPU "
+        f"[default: {TRAIN['device']}].")] = None,
+    backend: Annotated[Optional[Literal[BACKENDS]], typer.Option(help="Feature extraction runtime (see predict --help) "
         f"[default: {TRAIN['backend']}].")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Autocast to float16 on CUDA [default: "
         "on].", show_default=False)] = None,
@@ -181,7 +215,7 @@ def train(
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out images matching this glob, as '<DATA name>/<path inside>' "
         "(repeatable).")] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray: compute the backbone features on a Ray cluster (the epochs run "
+    engine: Annotated[Literal[ENGINES], typer.Option(help="local, or ray: compute the backbone features on a Ray cluster (the epochs run "
         "here; --augment epochs too).")] = "local",
     ray_address: RayAddress = None,
     ray_workers: RayWorkers = None,
@@ -249,8 +283,6 @@ def _load_model(
 
 def _ray_options(engine: str, address: Optional[str], workers: Optional[int]):
     """RayOptions for --engine ray (checked before any work), None for the local engine."""
-    if engine not in ("local", "ray"):
-        raise CamcliError(f"--engine must be local or ray, got {engine!r}")
     if engine == "local":
         if address is not None or workers is not None:
             raise CamcliError("--ray-address and --ray-workers go with --engine ray")
@@ -294,24 +326,25 @@ Classes = Annotated[Optional[Path], typer.Option(help="With --weights PATH: a te
     "in index order.")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the "
     "checkpoint's, else 224].")]
-Resize = Annotated[Optional[str], typer.Option(help="squash or keep-aspect [default: the checkpoint's, else keep-aspect].")]
+Resize = Annotated[Optional[Literal[RESIZE_MODES]], typer.Option(help="squash (whole image to img-size x img-size) or keep-aspect "
+    "(shorter side to img-size) [default: the checkpoint's, else keep-aspect].")]
 CamSize = Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at --img-size).")]
 CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of normalized "
     "maps).")]
 TopK = Annotated[int, typer.Option(help="Classes per image.")]
-Format = Annotated[Optional[str], typer.Option("--format", help="table, csv, json or jsonl [default: from the --output suffix (.csv, "
+Format = Annotated[Optional[Literal[FORMATS]], typer.Option("--format", help="Output format [default: from the --output suffix (.csv, "
     ".json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")]
 Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
 Exclude = Annotated[Optional[list[str]], typer.Option(help="Leave out paths matching this glob, e.g. '*/tmp/*' (repeatable).")]
-Method = Annotated[str, typer.Option(
+Method = Annotated[Literal[("auto", *METHODS)], typer.Option(
     help="auto (cam for a GAP + linear head, else gradcam), cam (the CAM M_c, min-max normalized, no ReLU), gradcam, "
     "gradcam++ or layercam (ReLU, then min-max; on a GAP + linear head their gradients are exact, no backward pass).")]
 Layer = Annotated[Optional[str], typer.Option(help="Target layer of gradient maps (names: camcli layers --arch NAME) "
     "[default: the last spatial map].")]
-Engine = Annotated[str, typer.Option(help="local, or ray: run on a Ray cluster (pip install 'camcli[ray]'; the output tree must "
-    "be on storage every node reaches).")]
+Engine = Annotated[Literal[ENGINES], typer.Option(help="local, or ray: run on a Ray cluster (pip install 'camcli[ray]'; the output "
+    "tree must be on storage every node reaches).")]
 RayAddress = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join, e.g. ray://head:10001 or auto "
     "[default: start a local Ray instance for this command].")]
 RayWorkers = Annotated[Optional[int], typer.Option(help="With --engine ray: model actors [default: one per 2 CPUs of the cluster].")]
@@ -320,8 +353,7 @@ MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declare
 
 
 def _check_values(top_k: int | None = None, batch_size: int | None = None, img_size: int | None = None,
-                  alpha: float | None = None, fmt: str | None = None, formats: tuple[str, ...] = ("table", "csv", "json", "jsonl"),
-                  workers: int | None = None) -> None:
+                  alpha: float | None = None, workers: int | None = None) -> None:
     """Refuse option values no job can use, before any model loads (exit 2, one line)."""
     if top_k is not None and top_k < 1:
         raise CamcliError(f"--top-k must be at least 1, got {top_k}")
@@ -331,8 +363,6 @@ def _check_values(top_k: int | None = None, batch_size: int | None = None, img_s
         raise CamcliError(f"--img-size must be from 32 to 2048, got {img_size}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
-    if fmt is not None and fmt not in formats:
-        raise CamcliError(f"--format must be one of {', '.join(formats)}, got {fmt!r}")
     if workers is not None and workers < 0:
         raise CamcliError(f"--workers must be 0 or more, got {workers}")
 
@@ -380,13 +410,11 @@ def _guard_output(output: Optional[Path], protected: list, overwrite: bool):
 
 def _write(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool, guard=None) -> int:
     from camcli.files import atomic_open
-    from camcli.jobs import FORMATS, default_format, is_tty, write_rows
+    from camcli.jobs import default_format, is_tty, write_rows
 
     if fmt is None and output is not None:  # --output preds.csv: the format its suffix names
         fmt = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}.get(output.suffix.lower())
     fmt = fmt or default_format(output is None and is_tty(sys.stdout))
-    if fmt not in FORMATS:
-        raise CamcliError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if output is None:
         return _print_table(rows, overlay, None) if fmt == "table" else write_rows(rows, fmt, sys.stdout)
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
@@ -466,7 +494,7 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
-    _check_values(top_k, batch_size, img_size, fmt=fmt, workers=workers)
+    _check_values(top_k, batch_size, img_size, workers=workers)
     _check_max_pixels(max_pixels)
     ray_options = _ray_options(engine, ray_address, ray_workers)
     guard = _guard_output(output, [*inputs, checkpoint], overwrite)
@@ -512,7 +540,7 @@ def overlay(
     class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
         "next to each input].")] = None,
-    colormap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, inferno, ...")] = "jet",
+    colormap: Annotated[Literal[COLORMAPS], typer.Option(metavar="<name>", help=f"OpenCV colormap: {', '.join(COLORMAPS)}.")] = "jet",
     alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = 0.5,
     caption: Annotated[bool, typer.Option(help="Draw the label and its probability.")] = True,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write <stem>_cam.npy: the raw float32 map at feature "
@@ -521,9 +549,10 @@ def overlay(
     box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: "
         "the checkpoint's calibrated threshold, else 0.2].")] = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
-    normalize: Annotated[str, typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an image: weak classes "
-        "look weak), relu (ReLU, each map to its own maximum) or minmax (each map on its own, no ReLU: the original tutorial's, "
-        "where a class without evidence still shows a hot region). Boxes always threshold the min-max map.")] = "shared",
+    normalize: Annotated[Literal[NORMALIZATIONS], typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an "
+        "image: weak classes look weak), relu (ReLU, each map to its own maximum) or minmax (each map on its own, no ReLU: the "
+        "original tutorial's, where a class without evidence still shows a hot region). Boxes always threshold the min-max "
+        "map.")] = "shared",
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written "
         "yet.")] = False,
     maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: <stem>_cam_<rank>_<label>.<ext>.")] = 0,
@@ -551,12 +580,7 @@ def overlay(
     from camcli.jobs import OverlayOptions, overlay_rows
     from camcli.report import check_report_path, write_overlay_report
 
-    _check_values(top_k, batch_size, img_size, alpha, fmt, workers=workers)
-    from camcli.render import colormap_id
-
-    colormap_id(colormap)
-    if normalize not in ("shared", "relu", "minmax"):
-        raise CamcliError(f"--normalize must be shared, relu or minmax, got {normalize!r}")
+    _check_values(top_k, batch_size, img_size, alpha, workers=workers)
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     _check_max_pixels(max_pixels)
     ray_options = _ray_options(engine, ray_address, ray_workers)
@@ -634,7 +658,7 @@ def evaluate(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best box "
         "threshold, which overlay then uses.")] = False,
     exclude: Exclude = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the box-accuracy plot [default: "
         "runs/evaluate/expN].")] = None,
     batch_size: BatchSize = 32,
@@ -654,7 +678,7 @@ def evaluate(
     from camcli.evaluate import evaluation_job, load_boxes
     from camcli.jobs import box_threshold_for
 
-    _check_values(batch_size=batch_size, img_size=img_size, fmt=fmt, formats=("table", "json"), workers=workers)
+    _check_values(batch_size=batch_size, img_size=img_size, workers=workers)
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     ray_options = _ray_options(engine, ray_address, ray_workers)
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
@@ -737,7 +761,7 @@ def export(
 def models(
     timm_pattern: Annotated[Optional[str], typer.Option("--timm", help="Also list timm models matching this pattern, e.g. "
         "'resnet*'.")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="table or jsonl [default: table on a terminal, else jsonl].")] = None,
+    fmt: Listing = None,
 ) -> None:
     """List the models, what their own head gives without a checkpoint (cam or gradcam), and whether
     their pretrained weights are on this machine (no network needed).
@@ -763,14 +787,15 @@ def models(
     _stdout_console(soft_wrap=False, width=None if is_tty(sys.stdout) else 400).print(table)
 
 
+Listing = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("--format", help="Output format: json is read as "
+    "jsonl (one JSON object a line) [default: table on a terminal, else jsonl].")]
+
+
 def _listing_format(fmt: Optional[str]) -> str:
     """models, layers, info: a table on a terminal, JSON lines otherwise (``json`` is read as jsonl)."""
     from camcli.jobs import is_tty
 
-    fmt = {"json": "jsonl"}.get(fmt or "", fmt) or ("table" if is_tty(sys.stdout) else "jsonl")
-    if fmt not in ("table", "jsonl"):
-        raise CamcliError(f"--format must be table or jsonl, got {fmt!r}")
-    return fmt
+    return {"json": "jsonl"}.get(fmt or "", fmt) or ("table" if is_tty(sys.stdout) else "jsonl")
 
 
 @app.command()
@@ -779,7 +804,7 @@ def layers(
     arch: Annotated[str, typer.Option(help="A classifier by name (torchvision name, timm:NAME).")] = DEFAULT_ARCH,
     checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train (its layers are features.*).")] = None,
     all_layers: Annotated[bool, typer.Option("--all", help="Also list layers that cannot be a target (no spatial map).")] = False,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="table or jsonl [default: table on a terminal, else jsonl].")] = None,
+    fmt: Listing = None,
 ) -> None:
     """List the layers --layer can name: each one's output and map size, the default marked.
 
@@ -809,8 +834,7 @@ def layers(
 @_report_errors
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="table or jsonl (one JSON object) [default: table on a terminal, "
-        "else jsonl].")] = None,
+    fmt: Listing = None,
 ) -> None:
     """Show a checkpoint's arch, classes, input size, training metrics and config.
 

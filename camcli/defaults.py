@@ -1,5 +1,6 @@
-"""Training defaults, in one place: ``TrainConfig`` uses them and ``camcli train --help`` shows
-them. No imports, so the command line's start stays light."""
+"""Defaults and fixed choices, in one place: the library checks values against them and the
+command line's parser lists and checks them in --help. No imports, so the command line's start
+stays light."""
 
 TRAIN = {
     "weights": "imagenet",
@@ -14,3 +15,15 @@ TRAIN = {
     "device": "auto",
     "backend": "auto",
 }
+
+# the fixed choices (a value outside them is refused by the parser, in one line)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BACKENDS = ("auto", "torch", "onnxruntime")
+RESIZE_MODES = ("squash", "keep-aspect")
+METHODS = ("cam", "gradcam", "gradcam++", "layercam")
+NORMALIZATIONS = ("shared", "relu", "minmax")
+FORMATS = ("table", "csv", "json", "jsonl")
+ENGINES = ("local", "ray")
+# OpenCV's colormaps (cv2.COLORMAP_<NAME>), in OpenCV's order; a test checks the list is complete
+COLORMAPS = ("autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv", "pink", "hot", "parula",
+             "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "twilight_shifted", "turbo", "deepgreen")

@@ -393,7 +393,6 @@ def is_tty(stream: object) -> bool:
         return False
 
 
-FORMATS = ("table", "csv", "json", "jsonl")
 CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
 
 

@@ -7,13 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from camcli import defaults
 from camcli.cam import display_maps, upsample_to
 from camcli.errors import CamcliError
 from camcli.files import atomic_write, printable
 
-COLORMAPS = {
-    name.removeprefix("COLORMAP_").lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
-}
+COLORMAPS = {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in defaults.COLORMAPS}
 
 
 def colormap_id(name: str) -> int:

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from camcli.defaults import BACKENDS, DEVICES
 from camcli.errors import CamcliError, first_line
 
-BACKENDS = ("auto", "torch", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max|delta| / max|reference| accepted when verifying an export
 ONNX_CHUNK = 4  # images per ONNX Runtime run (see OnnxRunner)

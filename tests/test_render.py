@@ -25,6 +25,13 @@ def test_alpha_zero_returns_the_image_and_constant_map_is_finite():
     assert render_overlay(image, np.full((4, 4), 3.0), alpha=0.5).shape == image.shape
 
 
+def test_every_opencv_colormap_is_offered():
+    from camcli.defaults import COLORMAPS
+
+    names = {n.removeprefix("COLORMAP_").lower() for n in dir(cv2) if n.startswith("COLORMAP_")}
+    assert set(COLORMAPS) == names  # the --colormap choices of the parser, without importing OpenCV at start-up
+
+
 def test_bad_arguments():
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(CamcliError, match="unknown colormap"):
