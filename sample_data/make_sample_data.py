@@ -1,76 +1,84 @@
-"""Regenerate ``sample_data/`` from photographs that scikit-image ships in its wheel.
+"""Regenerate ``sample_data/``: objects from freely licensed photographs, pasted into scenes at
+recorded boxes.
 
-Run from the repository root with scikit-image installed (``pip install -e .[test]``)::
+Run from the repository root with the test extras installed (``pip install -e '.[test]'``, for
+scikit-image and scikit-learn, whose wheels hold the photographs)::
 
     python sample_data/make_sample_data.py
 
-Each class comes from one photograph. The photograph is cut along its longer side
-into a training region (first 60%) and a validation region (last 35%, after a 5% gap),
-and crops are drawn from each region only, so validation crops never share a pixel
-with training crops. The output is deterministic (fixed seed).
+Each class is one object cut from one photograph (licenses in sample_data/README.md). Each image
+is a scene: a crop of a texture photograph (brick, grass or gravel), tinted and resized to a
+landscape or portrait canvas, with the object pasted at a random place and size, sometimes
+mirrored. The box it was pasted at is recorded in ``train_boxes.json`` and ``val_boxes.json``
+as ``{"<class>/<file>": [x0, y0, x1, y1]}`` (pixels; x1, y1 exclusive). Training scenes take
+their backgrounds from the top half of each texture and validation scenes from the bottom half,
+so no validation background shares a pixel with a training one. The output is deterministic.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import skimage.data
+from sklearn.datasets import load_sample_image
 
-# class name -> scikit-image loader; licenses are in sample_data/README.md
-PHOTOS = {
-    "brick": skimage.data.brick,
-    "cat": skimage.data.chelsea,
-    "coffee": skimage.data.coffee,
-    "grass": skimage.data.grass,
-    "rocket": skimage.data.rocket,
+# class -> (photograph, the object's region in it as y0, y1, x0, x1)
+OBJECTS = {
+    "astronaut": (skimage.data.astronaut, (0, 512, 40, 470)),
+    "cat": (skimage.data.chelsea, (0, 300, 0, 390)),
+    "coffee": (skimage.data.coffee, (15, 390, 60, 545)),
+    "flower": (lambda: load_sample_image("flower.jpg"), (70, 370, 150, 460)),
+    "rocket": (skimage.data.rocket, (60, 427, 160, 290)),
 }
-N_TRAIN, N_VAL = 16, 6
-MAX_SIDE = 256
+TEXTURES = (skimage.data.brick, skimage.data.grass, skimage.data.gravel)  # 512 x 512 grey, CC0
+PER_CLASS = {"train": 16, "val": 8}
+QUALITY = 85
 
 
-def _regions(h: int, w: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """Train and val regions as (y0, y1, x0, x1), split along the longer side."""
-    if w >= h:
-        return (0, h, 0, int(0.60 * w)), (0, h, int(0.65 * w), w)
-    return (0, int(0.60 * h), 0, w), (int(0.65 * h), h, 0, w)
-
-
-def _crop(image: np.ndarray, region: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
-    y0, y1, x0, x1 = region
-    rh, rw = y1 - y0, x1 - x0
-    side = min(rh, rw)
-    ch = int(rng.uniform(0.6, 1.0) * side)
-    cw = int(min(rw, ch * rng.uniform(0.75, 1.33)))
-    ch = min(ch, rh)
-    top = y0 + int(rng.integers(0, rh - ch + 1))
-    left = x0 + int(rng.integers(0, rw - cw + 1))
-    crop = image[top : top + ch, left : left + cw]
+def scene(obj: np.ndarray, texture: np.ndarray, rows: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """One RGB scene with the object pasted in it, and the object's box [x0, y0, x1, y1]."""
+    ch, cw = int(rng.integers(240, 320)), int(rng.integers(340, 440))
+    if rng.random() < 0.3:
+        ch, cw = cw, ch  # some portrait canvases
+    side = int(rng.integers(160, 230))
+    y = int(rng.integers(rows[0], rows[1] - side + 1))
+    x = int(rng.integers(0, texture.shape[1] - side + 1))
+    crop = texture[y : y + side, x : x + side].astype(np.float32)
+    tint = rng.uniform(0.6, 1.1) * rng.uniform(0.8, 1.2, size=3)  # brightness, then a mild colour cast
+    canvas = np.clip(cv2.resize(crop, (cw, ch))[..., None] * tint, 0, 255).astype(np.uint8)
+    scale = rng.uniform(0.45, 0.75) * min(ch, cw) / max(obj.shape[:2])
+    oh, ow = round(obj.shape[0] * scale), round(obj.shape[1] * scale)
+    patch = cv2.resize(obj, (ow, oh), interpolation=cv2.INTER_AREA)
     if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    scale = MAX_SIDE / max(crop.shape[:2])
-    if scale < 1:
-        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(crop)
+        patch = patch[:, ::-1]
+    top, left = int(rng.integers(0, ch - oh + 1)), int(rng.integers(0, cw - ow + 1))
+    canvas[top : top + oh, left : left + ow] = patch
+    return canvas, [left, top, left + ow, top + oh]
 
 
 def main(root: Path = Path(__file__).resolve().parent) -> None:
     rng = np.random.default_rng(0)
-    for split in ("train", "val"):
+    objects = {}
+    for name, (load, (y0, y1, x0, x1)) in OBJECTS.items():
+        objects[name] = np.ascontiguousarray(load()[y0:y1, x0:x1])
+    textures = [t() for t in TEXTURES]
+    halves = {"train": (0, 256), "val": (256, 512)}
+    for split, count in PER_CLASS.items():
         shutil.rmtree(root / split, ignore_errors=True)
-    for name, loader in PHOTOS.items():
-        rgb = loader()
-        if rgb.ndim == 2:
-            rgb = np.stack([rgb] * 3, axis=-1)
-        train_region, val_region = _regions(*rgb.shape[:2])
-        for split, region, count in (("train", train_region, N_TRAIN), ("val", val_region, N_VAL)):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
+        boxes = {}
+        for name, obj in objects.items():
+            (root / split / name).mkdir(parents=True)
             for i in range(count):
-                crop = _crop(rgb, region, rng)
-                cv2.imwrite(str(folder / f"{name}_{i:02d}.jpg"), crop[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+                texture = textures[int(rng.integers(len(textures)))]
+                rgb, box = scene(obj, texture, halves[split], rng)
+                rel = f"{name}/{name}_{i:02d}.jpg"
+                cv2.imwrite(str(root / split / rel), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+                boxes[rel] = box
+        (root / f"{split}_boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_a_gap_linear_model_through_the_backward_engine_equals_its_exact_head_gr
     exact = load(ckpt, device="cpu", backend="torch", resize="squash")
     hooked = load(ckpt, device="cpu", layer="features", resize="squash")
     assert isinstance(exact, CamModel) and isinstance(hooked, GradModel)
-    images = [SAMPLE_DATA / "val" / c / f"{c}_00.jpg" for c in ("cat", "brick")]
+    images = [SAMPLE_DATA / "val" / c / f"{c}_00.jpg" for c in ("cat", "astronaut")]
     for method in ("gradcam", "gradcam++", "layercam"):
         np.testing.assert_allclose(hooked.maps(images, [0, 2], method=method), exact.maps(images, [0, 2], method=method),
                                    rtol=1e-4, atol=1e-6)
@@ -137,7 +137,7 @@ def test_the_command_line_maps_a_classifier_trained_elsewhere_with_any_head(tmp_
     (row,) = json.loads(result.stdout)
     assert row["method"] == "gradcam"  # auto: not a GAP + linear head
     raw = [np.load(p) for p in row["outputs"] if p.endswith(".npy")]
-    assert len(raw) == 2 and all(r.shape == (7, 7) and r.min() >= 0 and r.max() > 0 for r in raw)  # Grad-CAM's ReLU
+    assert len(raw) == 2 and all(min(r.shape) == 7 and r.min() >= 0 and r.max() > 0 for r in raw)  # ReLU; shorter side 224 px: 7 cells
     assert "gradient maps run in PyTorch" in result.stderr
     layer = runner.invoke(app, ["predict", str(IMAGE), *own, "--boxes", "--layer", "features.15", "--method", "layercam",
                                 "--format", "json"])

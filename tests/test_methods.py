@@ -81,7 +81,7 @@ def test_method_on_the_command_line_and_in_rows(sample_run, tmp_path):
     boxes = runner.invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--boxes", "--method", "layercam", "--format", "json"])
     assert boxes.exit_code == 0 and json.loads(boxes.stdout)[0]["method"] == "layercam"
     bad = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--method", "scorecam"])
-    assert bad.exit_code == 2 and "method must be auto or one of cam, gradcam, gradcam++, layercam" in bad.stderr
+    assert bad.exit_code == 2 and "'scorecam' is not one of 'auto', 'cam', 'gradcam', 'gradcam++', 'layercam'" in bad.stderr
 
 
 def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_train(tmp_path):

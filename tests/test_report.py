@@ -32,7 +32,8 @@ def report(sample_run, tmp_path_factory):
 def test_report_is_self_contained_and_counts_what_it_left_out(report):
     path, rows = report
     page = path.read_text()
-    assert len(rows) == 30 and "12 of 30 images; 18 left out (--report-limit)" in page
+    total = len(list((SAMPLE_DATA / "val").rglob("*.jpg")))
+    assert len(rows) == total and f"12 of {total} images; {total - 12} left out (--report-limit)" in page
     assert page.count('<div class="card"') == 12
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == 24 and all(s.startswith("data:image/jpeg;base64,") for s in sources)
