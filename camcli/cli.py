@@ -46,7 +46,8 @@ class _OneLineErrors(TyperGroup):
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `camcli` or `camcli predict`: the help
                 exc.show()
             else:
-                command = exc.ctx.command_path if exc.ctx is not None else prog_name or "camcli"
+                named = [a for a in (sys.argv[1:] if args is None else args) if a in self.commands][:1]
+                command = exc.ctx.command_path if exc.ctx is not None else " ".join([prog_name or "camcli", *named])
                 message = " ".join(exc.format_message().replace("Value error, ", "").split())
                 err.print(Text.assemble(("error:", "red"), " ", printable(f"{message} (see {command} --help)")))
             sys.exit(exc.exit_code)
@@ -316,7 +317,8 @@ def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
     return sizes
 
 
-Inputs = Annotated[list[str], typer.Argument(help="Image files, folders (recursive), or - to read paths from stdin.", show_default=False)]
+Inputs = Annotated[list[str], typer.Argument(metavar="input", help="Image files, folders (recursive), or - to read paths from "
+    "stdin.", show_default=False)]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
 Arch = Annotated[str, typer.Option(help="Without --checkpoint: a classifier with its own head (torchvision name, timm:NAME). "
     "A GAP + linear head gives exact CAM; any other head (vgg16, convnext, a ViT) gives gradient maps.")]

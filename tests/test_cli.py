@@ -207,8 +207,16 @@ def test_console_script_closed_stdout_and_version(tmp_path):
         f"{' '.join(camcli)} predict {data} --img-size 64 --batch-size 1 --workers 0 --format jsonl | head -n 1",
         shell=True, capture_output=True, text=True,
     )
-    assert all(re.fullmatch(r"predict: \d+/40 \(\d+%\) images", line) for line in pipe.stderr.splitlines())
+    progress = [line for line in pipe.stderr.splitlines() if not line.startswith("exported ")]  # a note on a fresh cache
+    assert progress and all(re.fullmatch(r"predict: \d+/40 \(\d+%\) images", line) for line in progress)
     assert len(pipe.stdout.splitlines()) == 1 and json.loads(pipe.stdout)["path"].endswith("blue_0.png")
+    # usage errors of the console script: one line naming the command's help, exit 2
+    for args, message in ((["predict", str(data), "--format"], "Option '--format' requires an argument. (see camcli predict --help)"),
+                          (["overlay", str(data), "--alpha", "x"], "(see camcli overlay --help)"),
+                          (["nosuch"], "No such command 'nosuch'. (see camcli --help)")):
+        usage = subprocess.run([*camcli, *args], capture_output=True, text=True)
+        assert usage.returncode == 2 and usage.stdout == "" and usage.stderr.startswith("error: "), usage.stderr
+        assert usage.stderr.count("\n") == 1 and message in usage.stderr, usage.stderr
 
 
 def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run, tmp_path):
@@ -305,7 +313,7 @@ def test_training_on_an_unreadable_image_is_a_one_line_error(tmp_path):
     (data / "red" / "broken.png").write_bytes(b"\x89PNG broken")
     result = run("train", data, "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--workers", "2",
                  "--out", tmp_path / "r")
-    errors = [line for line in result.stderr.splitlines() if not re.match(r"(train|val) features: ", line)]
+    errors = [line for line in result.stderr.splitlines() if not re.match(r"(train|val) features: |exported ", line)]
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith("error:")
     assert "broken.png" in errors[0] and "Traceback" not in result.output
 
