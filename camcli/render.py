@@ -120,10 +120,11 @@ def plot_curves(
     palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
     for i, (label, ys) in enumerate(curves.items()):
         color = palette[i % len(palette)]
+        thickness = 5 if i == 0 else 2  # the first curve widest: where a later one covers it, it still shows at the edges
         points = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
-        cv2.polylines(img, [points], False, color, 2, cv2.LINE_AA)
+        cv2.polylines(img, [points], False, color, thickness, cv2.LINE_AA)
         y = top + 12 + 22 * i
-        cv2.line(img, (left + pw + 12, y - 4), (left + pw + 34, y - 4), color, 2)
+        cv2.line(img, (left + pw + 12, y - 4), (left + pw + 34, y - 4), color, thickness)
         cv2.putText(img, label, (left + pw + 40, y), font, 0.42, black, 1, cv2.LINE_AA)
     if mark is not None:
         cv2.circle(img, at(*mark), 6, black, 2, cv2.LINE_AA)
