@@ -169,13 +169,14 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
     parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">epoch</text>')
     parts.append(f'<text transform="translate(14 {upper + ph / 2:.1f}) rotate(-90)" font-size="11" text-anchor="middle">'
                  f'{_esc(y_label)}</text>')
-    entry_x = left + pw
-    for j, (label, values) in reversed(list(enumerate(series.items()))):
-        color = colors[j % len(colors)]
+    for j, values in enumerate(series.values()):  # the first series widest: where a later one covers it, it shows at the edges
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colors[j % len(colors)]}" stroke-width="{4 if j == 0 else 2}"/>')
+    entry_x = left + pw
+    for j, label in reversed(list(enumerate(series))):
+        color = colors[j % len(colors)]
         text_x = entry_x - 8 * len(str(label)) - 4
-        parts.append(f'<line x1="{text_x - 22}" x2="{text_x - 4}" y1="14" y2="14" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<line x1="{text_x - 22}" x2="{text_x - 4}" y1="14" y2="14" stroke="{color}" stroke-width="{4 if j == 0 else 2}"/>')
         parts.append(f'<text x="{entry_x}" y="18" font-size="11" text-anchor="end">{_esc(label)}</text>')
         entry_x = text_x - 30
     parts.append("</svg>")
