@@ -178,8 +178,8 @@ def _root(
 
 
 Device = Annotated[Literal[DEVICES], typer.Option(help="Where to run; auto takes CUDA, then MPS, then the CPU.")]
-Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime on the CPU for jobs of 256+ images or with a cached "
-    "export, else PyTorch.")]
+Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime on the CPU (the backbone is exported on first use "
+    "and cached) and PyTorch on a GPU.")]
 Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA.")]
 Workers = Annotated[Optional[int], typer.Option(help="Image decoding threads [default: the CPU count, at most 4].")]
 

@@ -83,7 +83,7 @@ def write_image(path: Path, image_rgb: np.ndarray, before_rename=None) -> None:
 def draw_box(image_rgb: np.ndarray, box: list[int], color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
     """Draw an [x0, y0, x1, y1] pixel-edge box, its line width scaled to the image."""
     out = image_rgb.copy()
-    thickness = max(1, round(max(out.shape[:2]) / 250))
+    thickness = max(2, round(max(out.shape[:2]) / 150))
     cv2.rectangle(out, (box[0], box[1]), (box[2] - 1, box[3] - 1), color, thickness)
     return out
 

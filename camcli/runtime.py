@@ -234,7 +234,7 @@ def make_runner(
 ) -> tuple[TorchRunner | OnnxRunner, str | None]:
     """Choose and build the runner.
 
-    On the CPU, ``auto`` takes ONNX Runtime (about 2x PyTorch here), exporting the backbone
+    On the CPU, ``auto`` takes ONNX Runtime (2x to 5x PyTorch eager here), exporting the backbone
     on its first use; on a GPU, PyTorch. When ONNX Runtime fails, PyTorch takes over.
     ``build`` makes the PyTorch module and is called only when PyTorch runs or exports it.
 

@@ -45,7 +45,7 @@ class TrainResult:
     """Where a run was saved and how it did.
 
     Attributes:
-        run_dir: the run's folder (best.pt, last.pt, metrics.csv, config.yaml).
+        run_dir: the run's folder (best.safetensors, last.safetensors, metrics.csv, config.yaml, report.html).
         history: one dict per epoch with METRIC_COLUMNS.
         best: the history row of the best epoch (by val accuracy, then val loss).
         class_names: the classes in index order.
@@ -190,7 +190,8 @@ def fit(
     config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
     notify: Callable[[str], None] | None = None, feature_stream: Callable | None = None,
 ) -> TrainResult:
-    """Train a head on ``config.data`` and save the run (best.pt, last.pt, metrics.csv, config.yaml).
+    """Train a head on ``config.data`` and save the run (best.safetensors, last.safetensors, metrics.csv, config.yaml,
+    report.html).
 
     Without ``augment``, pooled features come from the feature cache (computed once per
     data, weights, preprocessing and backend), so more epochs cost no more forward passes.

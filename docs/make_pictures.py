@@ -50,10 +50,10 @@ def main() -> None:
         if chromium:
             shot = Path(tmp) / "report.png"
             subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                            "--no-first-run", f"--user-data-dir={Path(tmp) / 'profile'}", "--window-size=1000,1150",
+                            "--no-first-run", f"--user-data-dir={Path(tmp) / 'profile'}", "--window-size=1000,1500",
                             f"--screenshot={shot}", (run / "report.html").as_uri()], check=True, capture_output=True)
             image = cv2.imread(str(shot))
-            cv2.imwrite(str(DOCS / "report.png"), cv2.resize(image, (600, 690), interpolation=cv2.INTER_AREA),
+            cv2.imwrite(str(DOCS / "report.png"), cv2.resize(image, (600, 900), interpolation=cv2.INTER_AREA),
                         [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
