@@ -56,9 +56,10 @@ def checkpoint_bytes(checkpoint: dict) -> bytes:
     return save(tensors, metadata={"camcli": json.dumps(_plain(meta), allow_nan=False)})
 
 
-def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (a temporary file renamed into place)."""
-    atomic_write(Path(path), checkpoint_bytes(checkpoint))
+def save_checkpoint(checkpoint: dict, path: Path, before_rename=None) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (a temporary file renamed into place);
+    ``before_rename`` as in :func:`camcli.files.atomic_open`."""
+    atomic_write(Path(path), checkpoint_bytes(checkpoint), before_rename)
 
 
 def load_checkpoint(path: Path) -> dict:

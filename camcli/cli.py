@@ -67,6 +67,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,  # help text is plain text: "[default: 30]" and "[x0,y0,x1,y1]" stay as written
 )
 # Text from outside (file names, class names, library messages) is never markup: every
@@ -164,6 +165,14 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
         yield update
 
 
+def _a_value(value):
+    """A path option's value that is an option (`--out --exist-ok`) is a forgotten value, not a path."""
+    if isinstance(value, (str, Path)) and str(value).startswith("-") and str(value) != "-":
+        raise typer.BadParameter(f"{str(value)!r} looks like an option, not a value (a file of that name: give a path with "
+                                 f"its folder, e.g. $PWD/{value})")
+    return value
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"camcli {__version__}")
@@ -180,18 +189,20 @@ def _root(
 Device = Annotated[Literal[DEVICES], typer.Option(help="Where to run; auto takes CUDA, then MPS, then the CPU.")]
 Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime on the CPU (the backbone is exported on first use "
     "and cached) and PyTorch on a GPU.")]
-Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA.")]
+Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA [default: on].", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option(help="Image decoding threads [default: the CPU count, at most 4].")]
 
 
-@app.command()
+@app.command(short_help="Train a CAM head on an ImageFolder dataset.")
 @_report_errors
 def train(
     data: Annotated[Optional[Path], typer.Argument(help="ImageFolder: DATA/train/<class>/*, DATA/val/<class>/* or "
         "DATA/<class>/*.", show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file of options; flags override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="YAML file of options; flags override it.")] = None,
     arch: Annotated[Optional[str], typer.Option(help=f"Backbone [default: {DEFAULT_ARCH}]: a torchvision CNN name or timm:NAME.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a state dict path "
+    weights: Annotated[Optional[str], typer.Option(
+        callback=_a_value, help="Backbone weights: imagenet, none, or a state dict path "
         f"[default: {TRAIN['weights']}].")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs [default: {TRAIN['epochs']}].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Batch size [default: {TRAIN['batch_size']}].")] = None,
@@ -212,9 +223,11 @@ def train(
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crops and flips; turns the feature "
         "cache off [default: off].", show_default=False)] = None,
     workers: Workers = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/train/expN, never overwritten].")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="Run folder [default: runs/train/expN, never overwritten].")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out images matching this glob, as '<DATA name>/<path inside>' "
+    exclude: Annotated[Optional[list[str]], typer.Option(metavar="<glob>", help="Leave out images matching this glob, as "
+        "'<DATA name>/<path inside>' "
         "(repeatable).")] = None,
     engine: Annotated[Literal[ENGINES], typer.Option(help="local, or ray: compute the backbone features on a Ray cluster (the epochs run "
         "here; --augment epochs too).")] = "local",
@@ -224,6 +237,7 @@ def train(
 ) -> None:
     """Train the GAP + linear head of a frozen backbone on an ImageFolder dataset.
 
+    \b
     Example: camcli train sample_data --epochs 20
     """
     from camcli.config import resolve_train_config
@@ -252,10 +266,11 @@ def train(
     with session, _progress(quiet) as progress:
         result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, feature_stream=stream)
     best = result.best
-    err.print(
-        f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
-        f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']})"
-    )
+    if not quiet:
+        err.print(
+            f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
+            f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']})"
+        )
     typer.echo(printable(f"Results saved to {result.run_dir}"))
 
 
@@ -309,22 +324,25 @@ def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
     if cam_size is not None and cam_scales is not None:
         raise CamcliError("give --cam-size or --cam-scales, not both")
     try:
-        sizes = [cam_size] if cam_size is not None else [int(s) for s in cam_scales.split(",")] if cam_scales else []
+        sizes = [cam_size] if cam_size is not None else [int(s) for s in cam_scales.split(",")] if cam_scales is not None else []
     except ValueError:
         raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {cam_scales!r}") from None
     if any(s < 32 for s in sizes):
-        raise CamcliError(f"cam sizes must be at least 32, got {sizes}")
+        raise CamcliError(f"--cam-size and --cam-scales sizes must be at least 32, got {', '.join(map(str, sizes))}")
     return sizes
 
 
 Inputs = Annotated[list[str], typer.Argument(metavar="input", help="Image files, folders (recursive), or - to read paths from "
     "stdin.", show_default=False)]
-Checkpoint = Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train.")]
+Checkpoint = Annotated[Optional[Path], typer.Option(
+    callback=_a_value, help="A checkpoint from camcli train.")]
 Arch = Annotated[str, typer.Option(help="Without --checkpoint: a classifier with its own head (torchvision name, timm:NAME). "
     "A GAP + linear head gives exact CAM; any other head (vgg16, convnext, a ViT) gives gradient maps.")]
-Weights = Annotated[str, typer.Option(help="Without --checkpoint: imagenet, or the state dict of a whole classifier trained "
+Weights = Annotated[str, typer.Option(
+    callback=_a_value, help="Without --checkpoint: imagenet, or the state dict of a whole classifier trained "
     "elsewhere (give its class names with --classes).")]
-Classes = Annotated[Optional[Path], typer.Option(help="With --weights PATH: a text file of the head's class names, one a line, "
+Classes = Annotated[Optional[Path], typer.Option(
+    callback=_a_value, help="With --weights PATH: a text file of the head's class names, one a line, "
     "in index order.")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the "
     "checkpoint's, else 224].")]
@@ -336,10 +354,12 @@ CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at se
 TopK = Annotated[int, typer.Option(help="Classes per image.")]
 Format = Annotated[Optional[Literal[FORMATS]], typer.Option("--format", help="Output format [default: from the --output suffix (.csv, "
     ".json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")]
-Output = Annotated[Optional[Path], typer.Option(help="Write results to this file instead of stdout.")]
+Output = Annotated[Optional[Path], typer.Option(
+    callback=_a_value, help="Write results to this file instead of stdout.")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
-Exclude = Annotated[Optional[list[str]], typer.Option(help="Leave out paths matching this glob, e.g. '*/tmp/*' (repeatable).")]
+Exclude = Annotated[Optional[list[str]], typer.Option(metavar="<glob>", help="Leave out paths matching this glob, e.g. '*/tmp/*' "
+    "(repeatable).")]
 Method = Annotated[Literal[("auto", *METHODS)], typer.Option(
     help="auto (cam for a GAP + linear head, else gradcam), cam (the CAM M_c, min-max normalized, no ReLU), gradcam, "
     "gradcam++ or layercam (ReLU, then min-max; on a GAP + linear head their gradients are exact, no backward pass).")]
@@ -355,7 +375,7 @@ MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declare
 
 
 def _check_values(top_k: int | None = None, batch_size: int | None = None, img_size: int | None = None,
-                  alpha: float | None = None, workers: int | None = None) -> None:
+                  alpha: float | None = None, workers: int | None = None, box_threshold: float | None = None) -> None:
     """Refuse option values no job can use, before any model loads (exit 2, one line)."""
     if top_k is not None and top_k < 1:
         raise CamcliError(f"--top-k must be at least 1, got {top_k}")
@@ -367,6 +387,8 @@ def _check_values(top_k: int | None = None, batch_size: int | None = None, img_s
         raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
     if workers is not None and workers < 0:
         raise CamcliError(f"--workers must be 0 or more, got {workers}")
+    if box_threshold is not None and not 0.0 <= box_threshold < 1.0:
+        raise CamcliError(f"--box-threshold must be from 0 to below 1, got {box_threshold}")
 
 
 def _check_max_pixels(max_pixels: int) -> None:
@@ -452,7 +474,7 @@ def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
     return count
 
 
-@app.command()
+@app.command(short_help="Rank classes for every image.")
 @_report_errors
 def predict(
     inputs: Inputs,
@@ -488,6 +510,7 @@ def predict(
 ) -> None:
     """Rank classes by softmax for every image.
 
+    \b
     Example: camcli predict photos/ --checkpoint runs/train/exp/best.safetensors --format jsonl
     """
     from itertools import chain, islice
@@ -496,8 +519,9 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import predict_rows
 
-    _check_values(top_k, batch_size, img_size, workers=workers)
+    _check_values(top_k, batch_size, img_size, workers=workers, box_threshold=box_threshold)
     _check_max_pixels(max_pixels)
+    cam_sizes = _cam_sizes(cam_size, cam_scales)
     ray_options = _ray_options(engine, ray_address, ray_workers)
     guard = _guard_output(output, [*inputs, checkpoint], overwrite)
     walk = iter_images(inputs, exclude=exclude or ())
@@ -508,7 +532,7 @@ def predict(
     model.max_pixels = max_pixels
     with _progress(quiet) as progress:
         everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
-        settings = dict(boxes=boxes, box_threshold=box_threshold, cam_sizes=_cam_sizes(cam_size, cam_scales), method=method)
+        settings = dict(boxes=boxes, box_threshold=box_threshold, cam_sizes=cam_sizes, method=method)
         if ray_options is not None:
             from camcli.scaleout import ray_predict_rows
 
@@ -521,7 +545,7 @@ def predict(
     _finish(count, failed, allow_failures)
 
 
-@app.command()
+@app.command(short_help="Write CAM heatmap overlays of images.")
 @_report_errors
 def overlay(
     inputs: Inputs,
@@ -538,15 +562,18 @@ def overlay(
     engine: Engine = "local",
     ray_address: RayAddress = None,
     ray_workers: RayWorkers = None,
-    class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Map this class (repeatable) [default: top-1].")] = None,
-    class_index: Annotated[Optional[list[int]], typer.Option(help="Map this class index (repeatable).")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option(help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
+    class_name: Annotated[Optional[list[str]], typer.Option("--class", metavar="<name>",
+                                                         help="Map this class (repeatable) [default: top-1].")] = None,
+    class_index: Annotated[Optional[list[int]], typer.Option(metavar="<int>", help="Map this class index (repeatable).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
         "next to each input].")] = None,
     colormap: Annotated[Literal[COLORMAPS], typer.Option(metavar="<name>", help=f"OpenCV colormap: {', '.join(COLORMAPS)}.")] = "jet",
     alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = 0.5,
-    caption: Annotated[bool, typer.Option(help="Draw the label and its probability.")] = True,
-    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write <stem>_cam.npy: the raw float32 map at feature "
-        "resolution.")] = False,
+    caption: Annotated[bool, typer.Option(help="Draw the label and its probability [default: on].",
+                                                 show_default=False)] = True,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write the raw float32 map at feature "
+        "resolution beside each overlay, as .npy (<stem>_cam.npy, ...).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
     box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: "
         "the checkpoint's calibrated threshold, else 0.2].")] = None,
@@ -557,8 +584,10 @@ def overlay(
         "map.")] = "shared",
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written "
         "yet.")] = False,
-    maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: <stem>_cam_<rank>_<label>.<ext>.")] = 0,
-    report: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
+    maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: "
+        "<stem>_cam_<rank>_<label>.<ext> (0: the classes of --class, else the top-1's, as <stem>_cam.<ext>).")] = 0,
+    report: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
     top_k: TopK = 5,
     fmt: Format = None,
@@ -575,6 +604,7 @@ def overlay(
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
 
+    \b
     Example: camcli overlay photos/ --checkpoint runs/train/exp/best.safetensors --out-dir runs/overlay
     """
     from camcli.config import default_workers
@@ -582,7 +612,7 @@ def overlay(
     from camcli.jobs import OverlayOptions, overlay_rows
     from camcli.report import check_report_path, write_overlay_report
 
-    _check_values(top_k, batch_size, img_size, alpha, workers=workers)
+    _check_values(top_k, batch_size, img_size, alpha, workers=workers, box_threshold=box_threshold)
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     _check_max_pixels(max_pixels)
     ray_options = _ray_options(engine, ray_address, ray_workers)
@@ -635,7 +665,7 @@ def overlay(
     _finish(count, failed, allow_failures)
 
 
-@app.command()
+@app.command(short_help="Measure accuracy and CAM localization.")
 @_report_errors
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the "
@@ -644,7 +674,8 @@ def evaluate(
     arch: Arch = DEFAULT_ARCH,
     weights: Weights = "imagenet",
     classes: Classes = None,
-    boxes: Annotated[Optional[Path], typer.Option(help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
+    boxes: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
         "Pascal VOC XML (file or folder).")] = None,
     img_size: ImgSize = None,
     resize: Resize = None,
@@ -661,7 +692,8 @@ def evaluate(
         "threshold, which overlay then uses.")] = False,
     exclude: Exclude = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the box-accuracy plot [default: "
+    out: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="Folder for metrics.json and the box-accuracy plot [default: "
         "runs/evaluate/expN].")] = None,
     batch_size: BatchSize = 32,
     workers: Workers = None,
@@ -672,6 +704,7 @@ def evaluate(
 ) -> None:
     """Measure classification and, with --boxes, CAM localization (pointing game, MaxBoxAcc, MaxBoxAccV2).
 
+    \b
     Example: camcli evaluate data/val --checkpoint runs/train/exp/best.safetensors --boxes boxes.json --calibrate
     """
     import json
@@ -680,7 +713,9 @@ def evaluate(
     from camcli.evaluate import evaluation_job, load_boxes
     from camcli.jobs import box_threshold_for
 
-    _check_values(batch_size=batch_size, img_size=img_size, workers=workers)
+    _check_values(batch_size=batch_size, img_size=img_size, workers=workers, box_threshold=box_threshold)
+    if calibrate and boxes is None:
+        raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
     cam_sizes = _cam_sizes(cam_size, cam_scales)
     ray_options = _ray_options(engine, ray_address, ray_workers)
     model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
@@ -690,9 +725,11 @@ def evaluate(
 
         spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, model.max_pixels)
         counter = ray_counter(spec, ray_options)
-    truth = load_boxes(boxes, data) if boxes is not None else None
-    if calibrate and truth is None:
-        raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
+    unmatched: list[str] = []
+    truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
+    if unmatched and not quiet:
+        _say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "
+             "their boxes are not scored")
     threshold = box_threshold_for(model, box_threshold)
     model.resolve_method(method)
     with _progress(quiet) as progress:
@@ -705,6 +742,9 @@ def evaluate(
     else:
         _print_evaluation(result)
     if not quiet:
+        if calibrate:
+            _say(f"calibrated box threshold {result['best_threshold']:.2f} saved in {run_dir / 'calibrated.safetensors'} "
+                 "(overlay and predict --boxes with that checkpoint use it)")
         _say(f"Results saved to {run_dir}")
 
 
@@ -731,16 +771,18 @@ def _print_evaluation(result: dict) -> None:
     console.print(confusion)
 
 
-@app.command()
+@app.command(short_help="Write a checkpoint as one ONNX model.")
 @_report_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option(help="The ONNX file to write [default: the checkpoint's path with .onnx].")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        callback=_a_value, help="The ONNX file to write [default: the checkpoint's path with .onnx].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file camcli did not write.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Write one self-contained ONNX model: image -> class probabilities and class maps, preprocessing in its metadata.
 
+    \b
     Example: camcli export runs/train/exp/best.safetensors --out model.onnx
     """
     from camcli.engine import load
@@ -758,7 +800,7 @@ def export(
     typer.echo(printable(f"Results saved to {out}"))
 
 
-@app.command()
+@app.command(short_help="List the models --arch can name.")
 @_report_errors
 def models(
     timm_pattern: Annotated[Optional[str], typer.Option("--timm", help="Also list timm models matching this pattern, e.g. "
@@ -768,19 +810,17 @@ def models(
     """List the models, what their own head gives without a checkpoint (cam or gradcam), and whether
     their pretrained weights are on this machine (no network needed).
 
+    \b
     Example: camcli models --timm 'efficientnet*'
     """
-    import json
 
     from camcli.backbones import available_models
     from camcli.jobs import is_tty
 
     fmt = _listing_format(fmt)
     rows = available_models(timm_pattern)
-    if fmt == "jsonl":
-        for r in rows:
-            typer.echo(json.dumps(r))
-        return
+    if fmt != "table":
+        return _echo_json_rows(rows, fmt)
     table = Table(title=f"{len(rows)} models")
     for column in ("--arch", "source", "maps of its own head", "weights offline", "weights file"):
         table.add_column(column, overflow="fold")
@@ -789,18 +829,28 @@ def models(
     _stdout_console(soft_wrap=False, width=None if is_tty(sys.stdout) else 400).print(table)
 
 
-Listing = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("--format", help="Output format: json is read as "
-    "jsonl (one JSON object a line) [default: table on a terminal, else jsonl].")]
+Listing = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("--format", help="Output format: jsonl is one JSON "
+    "object a line, json one JSON array (info: one object either way) [default: table on a terminal, else jsonl].")]
 
 
 def _listing_format(fmt: Optional[str]) -> str:
-    """models, layers, info: a table on a terminal, JSON lines otherwise (``json`` is read as jsonl)."""
+    """models, layers, info: a table on a terminal, JSON lines otherwise."""
     from camcli.jobs import is_tty
 
-    return {"json": "jsonl"}.get(fmt or "", fmt) or ("table" if is_tty(sys.stdout) else "jsonl")
+    return fmt or ("table" if is_tty(sys.stdout) else "jsonl")
 
 
-@app.command()
+def _echo_json_rows(rows: list[dict], fmt: str) -> None:
+    import json
+
+    if fmt == "json":
+        typer.echo(json.dumps(rows))
+    else:
+        for r in rows:
+            typer.echo(json.dumps(r))
+
+
+@app.command(short_help="List the layers --layer can name.")
 @_report_errors
 def layers(
     arch: Annotated[str, typer.Option(help="A classifier by name (torchvision name, timm:NAME).")] = DEFAULT_ARCH,
@@ -810,19 +860,17 @@ def layers(
 ) -> None:
     """List the layers --layer can name: each one's output and map size, the default marked.
 
+    \b
     Example: camcli layers --arch vgg16
     """
-    import json
 
     from camcli.gradients import list_layers
 
     fmt = _listing_format(fmt)
     rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch, is_checkpoint=checkpoint is not None)
             if all_layers or r["grid"]]
-    if fmt == "jsonl":
-        for r in rows:
-            typer.echo(json.dumps(r))
-        return
+    if fmt != "table":
+        return _echo_json_rows(rows, fmt)
     table = Table(title=printable(f"{len(rows)} layers of {checkpoint or arch}, in the order they finish"))
     for column in ("--layer", "type", "output", "map", "default"):
         table.add_column(column, overflow="fold")
@@ -832,7 +880,7 @@ def layers(
     _stdout_console(soft_wrap=False).print(table)
 
 
-@app.command()
+@app.command(short_help="Show what a checkpoint holds.")
 @_report_errors
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
@@ -840,6 +888,7 @@ def info(
 ) -> None:
     """Show a checkpoint's arch, classes, input size, training metrics and config.
 
+    \b
     Example: camcli info runs/train/exp/best.safetensors --format json
     """
     import json
@@ -848,12 +897,13 @@ def info(
 
     fmt = _listing_format(fmt)
     facts = describe(load_checkpoint(checkpoint))
-    if fmt == "jsonl":
+    if fmt != "table":
         typer.echo(json.dumps(facts))
         return
     table = Table("key", "value", title=printable(checkpoint), show_header=False)
     for key, value in facts.items():
-        shown = ", ".join(value) if key == "class_names" else json.dumps(value) if isinstance(value, dict) else str(value)
+        shown = (", ".join(value) if key == "class_names" else json.dumps(value) if isinstance(value, dict)
+                 else "-" if value is None else str(value))
         table.add_row(key, printable(shown))
     _stdout_console().print(table)
 

@@ -62,7 +62,7 @@ class TrainConfig:
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
             (0 <= self.seed < 2**63, f"seed must be from 0 to 2**63 - 1, got {self.seed}"),
             (self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
-            (self.data is not None, "no dataset given: camcli train DATA"),
+            (self.data is not None, "no dataset given: camcli train DATA (see camcli train --help)"),
         ]
         for ok, message in checks:
             if not ok:

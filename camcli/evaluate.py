@@ -38,19 +38,25 @@ VOC_LIMIT = 1 << 20  # bytes of one Pascal VOC annotation file
 MAX_BOXES_PER_IMAGE = 1000  # scoring is about 0.6 ms per box; COCO's most crowded image has a few hundred
 
 
-def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
+def load_boxes(path: Path, data_root: Path, unmatched: list[str] | None = None) -> dict[str, list[list[float]]]:
     """Ground-truth boxes keyed by image path relative to ``data_root`` (forward slashes).
 
     Accepts a JSON object ``{"rel/path.jpg": [x0, y0, x1, y1] or [[...], ...]}``, a COCO JSON
     file (``images`` + ``annotations`` with ``bbox = [x, y, w, h]``), or Pascal VOC XML
-    (one file, or a folder of them; VOC's 1-based inclusive corners become pixel edges).
-    VOC and COCO file names are matched to DATA's images by relative path, else by a
-    unique file name. Files are read only if regular and bounded in size; XML is parsed with
-    defusedxml (no entity expansion, no external references).
+    (one file, or a folder of them; VOC's 1-based inclusive corners become pixel edges, a 0
+    written by a 0-based tool stays 0). Keys of the plain JSON object must be paths relative
+    to DATA (``./`` and backslashes allowed), each image named once; VOC and COCO file names
+    are matched by relative path, else by a unique file name. Files are read only if regular
+    and bounded in size; XML is parsed with defusedxml (no entity expansion, no external
+    references).
+
+    Args:
+        unmatched: if given, receives the keys (file names) that match no image in DATA.
 
     Raises:
         CamcliError: unreadable or malformed file, a box that is not four finite, non-negative
-            coordinates with x1 > x0 and y1 > y0, or no box matching any image in DATA.
+            coordinates with x1 > x0 and y1 > y0, a key given twice, or no box matching any
+            image in DATA.
     """
     path = Path(path)
     if not os.path.lexists(path):
@@ -61,7 +67,9 @@ def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
     else:
         text = read_text(path, BOXES_LIMIT, "boxes file")
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as exc:
+            raise CamcliError(f"boxes file {path}: the key {_short(exc.args[0])} appears twice") from None
         except ValueError as exc:
             raise CamcliError(f"boxes file {path} is not valid JSON: {exc}") from exc
         except RecursionError:
@@ -70,9 +78,26 @@ def load_boxes(path: Path, data_root: Path) -> dict[str, list[list[float]]]:
             raw = _read_coco(data, path)
         elif isinstance(data, dict):
             raw = {str(k): _box_list(v, f"{path}: {k}") for k, v in data.items()}
+            return _checked(_exact(raw, images, path, unmatched), path, data_root)
         else:
             raise CamcliError(f"{path}: expected a JSON object of path -> box(es), or COCO JSON")
-    boxes = _match(raw, images)
+    return _checked(_match(raw, images, unmatched), path, data_root)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _checked(boxes: dict[str, list[list[float]]], path: Path, data_root: Path) -> dict[str, list[list[float]]]:
     crowded = next((rel for rel, listed in boxes.items() if len(listed) > MAX_BOXES_PER_IMAGE), None)
     if crowded is not None:
         raise CamcliError(
@@ -99,7 +124,11 @@ def _box_list(value: object, where: str) -> list[list[float]]:
     for box in value if many else [value]:
         if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
             raise CamcliError(f"{where}: a box must be [x0, y0, x1, y1], got {_short(box)}")
-        if not all(math.isfinite(v) for v in box):
+        try:
+            finite = all(math.isfinite(v) for v in box)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
             raise CamcliError(f"{where}: box {_short(list(box))} has a coordinate that is not a finite number")
         if min(box) < 0:
             raise CamcliError(f"{where}: box {list(box)} has a negative coordinate")
@@ -140,6 +169,8 @@ def _read_voc(path: Path) -> dict[str, list[list[float]]]:
 
     if path.is_dir():
         files = sorted(Path(root) / name for root, _, names in os.walk(path) for name in names if name.lower().endswith(".xml"))
+        if not files:
+            raise CamcliError(f"the boxes folder {path} holds no Pascal VOC .xml files (give a JSON or COCO file itself)")
     else:
         files = [path]
     out: dict[str, list[list[float]]] = {}
@@ -158,21 +189,50 @@ def _read_voc(path: Path) -> dict[str, list[list[float]]]:
                 x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
                 raise CamcliError(f"{xml}: an <object> needs a <bndbox> with numeric xmin, ymin, xmax and ymax") from None
-            out.setdefault(name, []).extend(_box_list([x0 - 1, y0 - 1, x1, y1], str(xml)))
+            # 1-based inclusive corners to pixel edges; a 0 from a 0-based tool stays 0
+            out.setdefault(name, []).extend(_box_list([max(0.0, x0 - 1), max(0.0, y0 - 1), x1, y1], str(xml)))
     return out
 
 
-def _match(raw: dict[str, list[list[float]]], images: list[str]) -> dict[str, list[list[float]]]:
+def _normal_key(key: str) -> str:
+    key = key.replace("\\", "/")
+    while key.startswith("./"):
+        key = key[2:]
+    return key
+
+
+def _exact(raw: dict[str, list[list[float]]], images: list[str], path: Path,
+           unmatched: list[str] | None) -> dict[str, list[list[float]]]:
+    """Plain JSON: each key is an image's path relative to DATA, and names one image once."""
+    known = set(images)
+    out: dict[str, list[list[float]]] = {}
+    first: dict[str, str] = {}
+    for key, boxes in raw.items():
+        rel = _normal_key(key)
+        if rel not in known:
+            if unmatched is not None:
+                unmatched.append(key)
+            continue
+        if rel in first:
+            raise CamcliError(f"boxes file {path}: the keys {_short(first[rel])} and {_short(key)} name the same image")
+        first[rel] = key
+        out[rel] = boxes
+    return out
+
+
+def _match(raw: dict[str, list[list[float]]], images: list[str], unmatched: list[str] | None) -> dict[str, list[list[float]]]:
     known = set(images)
     by_name: dict[str, list[str]] = {}
     for rel in images:
         by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
     out: dict[str, list[list[float]]] = {}
     for key, boxes in raw.items():
-        key = key.replace("\\", "/").removeprefix("./")
-        candidates = [key] if key in known else by_name.get(key.rsplit("/", 1)[-1], [])
+        rel = _normal_key(key)
+        candidates = [rel] if rel in known else by_name.get(rel.rsplit("/", 1)[-1], [])
         if len(candidates) == 1:
             out.setdefault(candidates[0], []).extend(boxes)
+        elif unmatched is not None:
+            unmatched.append(key)
     return out
 
 
@@ -328,11 +388,13 @@ def count_images(
 
 
 def _check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) -> None:
-    """A ground-truth box must lie within its image (pixel edges: x1 <= width, y1 <= height)."""
+    """A ground-truth box must lie within its image (pixel edges: x1 <= width, y1 <= height); up
+    to 1 px past the edge is clipped."""
     height, width = shape
     for box in boxes:
-        if box[2] > width or box[3] > height:
-            raise CamcliError(f"boxes file: box {box} for {rel} lies outside the {width}x{height} image")
+        if box[2] > width + 1 or box[3] > height + 1:
+            raise CamcliError(f"--boxes: box {box} for {rel} lies outside the {width}x{height} image (more than 1 px past its edge)")
+        box[2], box[3] = min(box[2], width), min(box[3], height)  # rounding of float annotations at the edge
 
 
 def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
@@ -380,7 +442,8 @@ def evaluation_job(
                           "leave out method and layer")
     run_dir = Path(out) if out is not None else next_run_dir(Path("runs/evaluate"))
     metrics_file, plot_file, calibrated_file = run_dir / "metrics.json", run_dir / "box_accuracy.png", run_dir / f"calibrated{SUFFIX}"
-    guard = OutputGuard({real_path(checkpoint)} if checkpoint is not None else set())
+    guard = OutputGuard({real_path(checkpoint)} if checkpoint is not None else set(),
+                        remedy="evaluate replaces only its own earlier results: choose another --out")
     for path in [metrics_file] + ([plot_file] if boxes else []) + ([calibrated_file] if calibrate else []):
         guard.check(path)
     result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude, method, counter)

@@ -259,6 +259,7 @@ class OutputGuard:
     inputs: set[Path]
     overwrite: bool = False
     reserved: set[Path] = field(default_factory=set)  # written by the job itself (the --output results file)
+    remedy: str = "pass --overwrite to replace it"  # what the user can do about a file camcli did not write
     manifests: dict[Path, dict[str, dict]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -301,7 +302,7 @@ class OutputGuard:
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 raise CamcliError(f"output {path} is {_kind(mode)}; camcli replaces only regular files")
         if os.path.lexists(path) and not self.overwrite and not self.is_ours(path):
-            raise CamcliError(f"{path} exists and was not written by camcli; pass --overwrite to replace it")
+            raise CamcliError(f"{path} exists and was not written by camcli; {self.remedy}")
 
     def recorder(self, path: Path) -> Callable[[os.stat_result], None]:
         """A ``before_rename`` hook (see files.atomic_open) that records ``path`` in its folder's

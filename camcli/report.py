@@ -185,7 +185,7 @@ def svg_chart(series: dict[str, list[float]], title: str, y_label: str, width: i
 
 def write_train_report(
     path: Path, history: list[dict], class_names: list[str], confusion: list[list[int]],
-    examples: list[tuple[np.ndarray, str, str, float]], summary: str,
+    examples: list[tuple[np.ndarray, str, str, float]], summary: str, before_rename=None,
 ) -> None:
     """RUN_DIR/report.html: loss and accuracy curves, the validation confusion matrix, and
     validation overlays, correctly classified beside misclassified.
@@ -229,4 +229,4 @@ document.querySelectorAll("img").forEach(function(i){{if(i.complete&&i.naturalWi
 document.body.dataset.loaded=String(n);}});</script>
 </body></html>
 """
-    atomic_write(Path(path), page)
+    atomic_write(Path(path), page, before_rename)

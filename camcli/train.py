@@ -32,7 +32,7 @@ from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
 from camcli.engine import extract_features, image_batches
 from camcli.errors import CamcliError
-from camcli.files import atomic_write, next_run_dir, real_path
+from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
 from camcli.packaged import reference_key
 from camcli.runtime import cache_dir, make_runner, resolve_device, weights_key
 
@@ -174,16 +174,25 @@ def make_checkpoint(
     }
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """The run folder: ``--out`` (an existing run there needs ``exist_ok``) or the next ``runs/train/expN``."""
+RUN_FILES = ("config.yaml", f"best{SUFFIX}", f"last{SUFFIX}", "metrics.csv", "report.html")
+
+
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, OutputGuard]:
+    """The run folder: ``--out`` (an existing run there needs ``exist_ok``) or the next
+    ``runs/train/expN``, and the guard of its files: with ``exist_ok``, a run's file that
+    camcli did not write (not in the folder's manifest as it is now) stops training before
+    anything is written."""
+    guard = OutputGuard(set(), remedy="train replaces only a previous run's files: choose another --out")
     if config.out is None:
-        return next_run_dir()
+        return next_run_dir(), guard
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise CamcliError(f"--out {run_dir} is a file, not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not config.exist_ok:
         raise CamcliError(f"--out {run_dir} already holds files; choose another folder or pass --exist-ok")
-    return run_dir
+    for name in RUN_FILES:
+        guard.check(run_dir / name)
+    return run_dir, guard
 
 
 def fit(
@@ -201,7 +210,7 @@ def fit(
     """
     config.validate()
     train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
-    run_dir = prepare_run_dir(config)
+    run_dir, guard = prepare_run_dir(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
@@ -254,10 +263,10 @@ def fit(
         return zip(feats, labels)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    # a reused run folder (--exist-ok): the previous run's report would describe other checkpoints
+    # a reused run folder (--exist-ok): the previous run's report (checked to be camcli's) would describe other checkpoints
     with contextlib.suppress(OSError):
         (run_dir / "report.html").unlink()
-    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False), guard.recorder(run_dir / "config.yaml"))
     history: list[dict] = []
     best: dict | None = None
     for epoch in range(1, config.epochs + 1):
@@ -273,19 +282,20 @@ def fit(
         checkpoint = make_checkpoint(backbone, head, class_names, preprocess, config, row, stored_backbone)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
             best, best_checkpoint = row, checkpoint
-            save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}")
-        save_checkpoint(checkpoint, run_dir / f"last{SUFFIX}")
-        _write_metrics(run_dir / "metrics.csv", history)
+            save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}", guard.recorder(run_dir / f"best{SUFFIX}"))
+        save_checkpoint(checkpoint, run_dir / f"last{SUFFIX}", guard.recorder(run_dir / f"last{SUFFIX}"))
+        _write_metrics(run_dir / "metrics.csv", history, guard.recorder(run_dir / "metrics.csv"))
         if on_epoch:
             on_epoch(row)
-    _write_report(run_dir, best_checkpoint, backbone, preprocess, config, val_x, val_y, val_set, class_names, history)
+    _write_report(run_dir, best_checkpoint, backbone, preprocess, config, val_x, val_y, val_set, class_names, history,
+                  before_rename=guard.recorder(run_dir / "report.html"))
     return TrainResult(run_dir, history, best, class_names, len(train_set), len(val_set))
 
 
 def _write_report(
     run_dir: Path, checkpoint: dict, backbone: Backbone, preprocess: Preprocess, config: TrainConfig,
     val_x: torch.Tensor, val_y: torch.Tensor, val_set: list[tuple[Path, int]], class_names: list[str],
-    history: list[dict], per_kind: int = 6,
+    history: list[dict], per_kind: int = 6, before_rename=None,
 ) -> None:
     """RUN_DIR/report.html for the best epoch: curves, confusion matrix, and validation
     overlays of up to ``per_kind`` correct and ``per_kind`` misclassified images."""
@@ -325,13 +335,13 @@ def _write_report(
     best = checkpoint["metrics"]
     summary = (f"{config.arch}, {len(val_set)} validation images, {len(class_names)} classes; best epoch {best['epoch']} "
                f"of {len(history)}: val accuracy {best['val_acc']:.3f}, val loss {best['val_loss']:.4f}")
-    write_train_report(run_dir / "report.html", history, class_names, confusion, examples, summary)
+    write_train_report(run_dir / "report.html", history, class_names, confusion, examples, summary, before_rename)
 
 
-def _write_metrics(path: Path, history: list[dict]) -> None:
+def _write_metrics(path: Path, history: list[dict], before_rename=None) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), before_rename)

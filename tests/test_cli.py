@@ -159,7 +159,7 @@ def test_vgg16_random_init_train_then_predict(tmp_path):
     result = run("train", data, "--arch", "vgg16", "--weights", "none", "--img-size", "32", "--epochs", "2",
                  "--batch-size", "4", "--workers", "0", "--out", run_dir, "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"Results saved to {run_dir}"
+    assert result.stdout.strip() == f"Results saved to {run_dir}" and result.stderr == ""  # --quiet: the result only
     predicted = run("predict", data, "--checkpoint", run_dir / "best.safetensors", "--format", "csv", "--top-k", "9")
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.stdout.splitlines()
@@ -407,6 +407,7 @@ def test_models_reports_weights_planted_in_the_cache(tmp_path, monkeypatch):
     torch.save({}, planted)
     after = {r["name"]: r for r in map(json.loads, run("models", "--format", "jsonl").stdout.splitlines())}
     assert after["resnet18"]["weights_offline"] is True and after["resnet50"]["weights_offline"] is False
+    assert json.loads(run("models", "--format", "json").stdout) == list(after.values())  # one JSON document
 
 
 def test_info_shows_what_the_checkpoint_holds(sample_run):
@@ -507,6 +508,9 @@ def test_maps_k_writes_ranked_unique_names_even_for_duplicate_labels(sample_run,
 def test_every_command_explains_itself_with_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0 and "Example: camcli " in result.stdout
+    example = next(line for line in result.stdout.splitlines() if "Example: camcli " in line)
+    assert example.rstrip().endswith(("20", "jsonl", "overlay", "--calibrate", "onnx", "*'", "vgg16", "json"))  # never wrapped
+    assert run(command, "-h").stdout == result.stdout
 
 
 def test_help_shows_defaults_and_box_format_from_the_code():
@@ -550,6 +554,13 @@ def test_help_shows_defaults_and_box_format_from_the_code():
     ("overlay", ["--colormap", "rainbowish"], "colormap"),
     ("evaluate", ["--img-size", "7"], "--img-size must be from 32 to 2048"),
     ("evaluate", ["--format", "csv"], "'csv' is not one of 'table', 'json'"),
+    ("predict", ["--box-threshold", "5"], "--box-threshold must be from 0 to below 1, got 5.0"),
+    ("predict", ["--cam-scales", ""], "--cam-scales must be sizes separated by commas"),
+    ("predict", ["--cam-size", "0"], "--cam-size and --cam-scales sizes must be at least 32, got 0"),
+    ("evaluate", ["--calibrate"], "--calibrate needs --boxes"),
+    ("predict", ["--checkpoint", "-q"], "Invalid value for '--checkpoint': '-q' looks like an option, not a value"),
+    ("overlay", ["--report", "--draw-box"], "'--draw-box' looks like an option, not a value"),
+    ("evaluate", ["--out", "--quiet"], "'--quiet' looks like an option, not a value"),
 ])
 def test_invalid_values_fail_before_any_model_loads(command, bad, message, monkeypatch, tmp_path):
     import camcli.engine

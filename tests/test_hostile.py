@@ -372,6 +372,10 @@ def test_overwrite_onto_a_folder_is_refused_before_anything_is_written(sample_ru
     ("b.json", {"cat/cat_00.jpg": [0, 0, float("inf"), 5]}, "not a finite number"),
     ("b.json", {"cat/cat_00.jpg": [0, 0, float("nan"), 5]}, "not a finite number"),
     ("b.json", {"cat/cat_00.jpg": [-3, 0, 10, 5]}, "negative coordinate"),
+    ("b.json", '{"cat/cat_00.jpg": [0, 0, 1' + "0" * 400 + ', 5]}', "not a finite number"),  # too large for a float
+    ("b.json", '{"cat/cat_00.jpg": [0, 0, 5, 5], "cat/cat_00.jpg": [1, 1, 5, 5]}', "the key 'cat/cat_00.jpg' appears twice"),
+    ("b.json", {"cat/cat_00.jpg": [0, 0, 5, 5], "./cat/cat_00.jpg": [1, 1, 5, 5]}, "name the same image"),
+    ("b.json", {"astronaut/cat_00.jpg": [0, 0, 5, 5]}, "no box in"),  # plain JSON keys are paths: no match by file name
     ("deep.json", "[" * 100000 + "]" * 100000, "nested too deeply"),
     ("v.xml", "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>",
      "has no <filename>"),
@@ -392,12 +396,36 @@ def test_malformed_boxes_files_are_one_line(tmp_path, name, content, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_boxes_file_edges_tolerated_and_explained(tmp_path):
+    from camcli.evaluate import load_boxes
+
+    voc = tmp_path / "v.xml"  # a 0-based tool's xmin 0 in a 1-based format
+    voc.write_text("<annotation><filename>cat_00.jpg</filename><object><bndbox><xmin>0</xmin><ymin>3</ymin><xmax>9</xmax>"
+                   "<ymax>9</ymax></bndbox></object></annotation>")
+    assert load_boxes(voc, SAMPLE_DATA / "val") == {"cat/cat_00.jpg": [[0.0, 2.0, 9.0, 9.0]]}
+    empty = tmp_path / "folder"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "boxes.json").write_text("{}")
+    with pytest.raises(CamcliError, match="holds no Pascal VOC .xml files"):
+        load_boxes(empty, SAMPLE_DATA / "val")
+    unmatched: list[str] = []
+    plain = tmp_path / "b.json"
+    plain.write_text(json.dumps({"cat/cat_00.jpg": [0, 0, 5, 5], "cat/typo.jpg": [0, 0, 5, 5]}))
+    assert list(load_boxes(plain, SAMPLE_DATA / "val", unmatched)) == ["cat/cat_00.jpg"] and unmatched == ["cat/typo.jpg"]
+
+
 def test_a_box_outside_its_image_is_reported_not_scored(sample_run, tmp_path):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"cat/cat_00.jpg": [0, 0, 5000, 10]}))
     result = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--boxes", boxes,
                  "--out", tmp_path / "e", "--workers", "0")
     assert "lies outside the" in one_line_error(result)
+    height, width = cv2.imread(str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg")).shape[:2]
+    boxes.write_text(json.dumps({"cat/cat_00.jpg": [0, 0, width + 0.5, height], "cat/nope.jpg": [0, 0, 4, 4]}))  # rounding
+    edge = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--boxes", boxes,
+               "--out", tmp_path / "e2", "--workers", "0", "--format", "json")
+    assert edge.exit_code == 0 and json.loads(edge.stdout)["num_images_with_boxes"] == 1, edge.output
+    assert "note: 1 of the names in" in edge.stderr and "'cat/nope.jpg'" in edge.stderr
 
 
 @pytest.mark.parametrize("text,message", [
@@ -472,16 +500,17 @@ def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
 
     data = make_image_folder(tmp_path / "d", per_class=3)
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "report.html").write_text("the previous run")
+    config = resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=1, out=str(out),
+                                  exist_ok=True, workers=0)
+    train.fit(config)  # the previous run
+    assert (out / "report.html").is_file()
 
     def fails(*_args, **_kwargs):
         raise CamcliError("stopped")
 
     monkeypatch.setattr(train, "_write_report", fails)
-    with pytest.raises(CamcliError):
-        train.fit(resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=1,
-                                       out=str(out), exist_ok=True, workers=0))
+    with pytest.raises(CamcliError, match="stopped"):
+        train.fit(config)
     assert not (out / "report.html").exists() and (out / "best.safetensors").is_file()
 
 

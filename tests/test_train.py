@@ -11,6 +11,7 @@ from camcli.backbones import build_backbone
 from camcli.checkpoint import load_checkpoint
 from camcli.config import resolve_train_config
 from camcli.errors import CamcliError
+from camcli.files import MANIFEST_NAME, read_manifest
 from camcli.train import fit, next_run_dir
 
 SMALL = dict(arch="resnet18", weights="none", img_size=32, epochs=3, batch_size=4, workers=0)
@@ -29,8 +30,9 @@ def test_same_seed_same_head_and_a_complete_run_folder(tiny_folder, tmp_path):
     b = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), **SMALL))
     ca, cb = load_checkpoint(a.run_dir / "last.safetensors"), load_checkpoint(b.run_dir / "last.safetensors")
     assert np.array_equal(ca["head"]["weight"], cb["head"]["weight"])
-    assert sorted(p.name for p in a.run_dir.iterdir()) == [
-        "best.safetensors", "config.yaml", "last.safetensors", "metrics.csv", "report.html"]
+    files = ["best.safetensors", "config.yaml", "last.safetensors", "metrics.csv", "report.html"]
+    assert sorted(p.name for p in a.run_dir.iterdir()) == [MANIFEST_NAME, *files]
+    assert sorted(read_manifest(a.run_dir)) == files  # camcli's own files: a rerun with --exist-ok may replace them
     rows = list(csv.DictReader(open(a.run_dir / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
@@ -78,6 +80,13 @@ def test_runs_are_numbered_and_out_is_protected(tiny_folder, tmp_path, monkeypat
     with pytest.raises(CamcliError, match="--exist-ok"):
         fit(resolve_train_config(data=str(tiny_folder), out="runs/train/exp", **SMALL))
     fit(resolve_train_config(data=str(tiny_folder), out="runs/train/exp", exist_ok=True, **SMALL))
+    # --exist-ok replaces a previous run's files, never a file camcli did not write
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("my numbers\n")
+    with pytest.raises(CamcliError, match="metrics.csv exists and was not written by camcli; train replaces only a previous run"):
+        fit(resolve_train_config(data=str(tiny_folder), out=str(mine), exist_ok=True, **SMALL))
+    assert sorted(p.name for p in mine.iterdir()) == ["metrics.csv"] and (mine / "metrics.csv").read_text() == "my numbers\n"
 
 
 def test_default_backbone_head_matches_logistic_regression(sample_run):
