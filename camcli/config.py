@@ -49,24 +49,29 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, sources: dict[str, str] | None = None) -> "TrainConfig":
+        """Check every value; ``sources`` (key -> ``option`` or the config file's path) lets the
+        message name the flag or the file a bad value came from."""
         checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive finite number, got {self.lr}"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay must be a finite number, 0 or more, got {self.weight_decay}"),
-            (MIN_IMG_SIZE <= self.img_size <= MAX_IMG_SIZE,
-             f"img_size must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {self.img_size}"),
-            (0 < self.val_split < 1, f"val_split must be between 0 and 1, got {self.val_split}"),
-            (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
-            (0 <= self.seed < 2**63, f"seed must be from 0 to 2**63 - 1, got {self.seed}"),
-            (self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
-            (self.data is not None, "no dataset given: camcli train DATA (see camcli train --help)"),
+            ("epochs", self.epochs >= 1, f"must be at least 1, got {self.epochs}"),
+            ("batch_size", self.batch_size >= 1, f"must be at least 1, got {self.batch_size}"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, f"must be a positive finite number, got {self.lr}"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"must be a finite number, 0 or more, got {self.weight_decay}"),
+            ("img_size", MIN_IMG_SIZE <= self.img_size <= MAX_IMG_SIZE,
+             f"must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {self.img_size}"),
+            ("val_split", 0 < self.val_split < 1, f"must be between 0 and 1, got {self.val_split}"),
+            ("workers", self.workers >= 0, f"must be 0 or more, got {self.workers}"),
+            ("seed", 0 <= self.seed < 2**63, f"must be from 0 to 2**63 - 1, got {self.seed}"),
+            ("resize", self.resize in RESIZE_MODES, f"must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
         ]
-        for ok, message in checks:
+        for name, ok, message in checks:
             if not ok:
-                raise CamcliError(message)
+                where = (sources or {}).get(name)
+                subject = f"--{name.replace('_', '-')}" if where == "option" else f"config {where}: {name}" if where else name
+                raise CamcliError(f"{subject} {message}")
+        if self.data is None:
+            raise CamcliError("no dataset given: camcli train DATA (see camcli train --help)")
         return self
 
 
@@ -128,10 +133,12 @@ def load_yaml(path: Path) -> dict:
 def resolve_train_config(config_file: Path | None = None, **flags: object) -> TrainConfig:
     """Defaults, overridden by the file's values, overridden by flags that were given (not None)."""
     values = load_yaml(config_file) if config_file is not None else {}
+    sources = {key: str(config_file) for key in values}
     types = _field_types()
     for key, value in flags.items():
         if key not in types:
             raise ValueError(f"unknown config key {key!r}")
         if value is not None:
             values[key] = _coerce(key, types[key], value, "option")
-    return TrainConfig(**values).validate()
+            sources[key] = "option"
+    return TrainConfig(**values).validate(sources)
