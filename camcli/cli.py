@@ -165,9 +165,14 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
         yield update
 
 
-def _a_value(value):
-    """A path option's value that is an option (`--out --exist-ok`) is a forgotten value, not a path."""
-    if isinstance(value, (str, Path)) and str(value).startswith("-") and str(value) != "-":
+def _a_value(param: typer.CallbackParam, value):
+    """A path option's value that is an option (`--out --exist-ok`) is a forgotten value, not a path;
+    `-` is standard output for --output and refused elsewhere (it is not a file here)."""
+    if isinstance(value, (str, Path)) and str(value) == "-":
+        if param.name == "output":
+            return None  # stdout, as without --output
+        raise typer.BadParameter("- (standard input or output) is not a file this option can use; give a path")
+    if isinstance(value, (str, Path)) and str(value).startswith("-"):
         raise typer.BadParameter(f"{str(value)!r} looks like an option, not a value (a file of that name: give a path with "
                                  f"its folder, e.g. $PWD/{value})")
     return value
@@ -287,6 +292,8 @@ def _load_model(
         raise CamcliError("--weights is for a model given by --arch; a checkpoint holds its own weights")
     if layer is not None and not layer.strip():
         raise CamcliError("--layer needs a layer name (camcli layers lists them)")
+    if checkpoint is not None and not os.path.lexists(checkpoint):
+        raise CamcliError(f"checkpoint not found: {checkpoint}")
     model = load(
         checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
         resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None, layer=layer,
@@ -854,7 +861,8 @@ def _echo_json_rows(rows: list[dict], fmt: str) -> None:
 @_report_errors
 def layers(
     arch: Annotated[str, typer.Option(help="A classifier by name (torchvision name, timm:NAME).")] = DEFAULT_ARCH,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint from camcli train (its layers are features.*).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(callback=_a_value, help="A checkpoint from camcli train (its layers are "
+        "features.*).")] = None,
     all_layers: Annotated[bool, typer.Option("--all", help="Also list layers that cannot be a target (no spatial map).")] = False,
     fmt: Listing = None,
 ) -> None:
@@ -867,6 +875,8 @@ def layers(
     from camcli.gradients import list_layers
 
     fmt = _listing_format(fmt)
+    if checkpoint is not None and not os.path.lexists(checkpoint):
+        raise CamcliError(f"checkpoint not found: {checkpoint}")
     rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch, is_checkpoint=checkpoint is not None)
             if all_layers or r["grid"]]
     if fmt != "table":

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
-from camcli.defaults import TRAIN
+from camcli.defaults import BACKENDS, DEVICES, TRAIN
 from camcli.errors import CamcliError, first_line
 from camcli.files import read_text
 from camcli.packaged import DEFAULT_ARCH
@@ -64,6 +64,8 @@ class TrainConfig:
             ("workers", self.workers >= 0, f"must be 0 or more, got {self.workers}"),
             ("seed", 0 <= self.seed < 2**63, f"must be from 0 to 2**63 - 1, got {self.seed}"),
             ("resize", self.resize in RESIZE_MODES, f"must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
+            ("device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
+            ("backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
         ]
         for name, ok, message in checks:
             if not ok:
@@ -81,26 +83,28 @@ def _short(value: object) -> str:
 
 
 def _coerce(name: str, kind: type, value: object, source: str) -> object:
+    """``value`` as the field's type; ``source`` is ``option`` (a flag) or ``config FILE``."""
+    where = f"--{name.replace('_', '-')}" if source == "option" else f"{source}: {name}"
     if value is None:
         return None
     if kind is list:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
-        raise CamcliError(f"{source}: {name} must be a list of glob patterns, got {_short(value)}")
+        raise CamcliError(f"{where} must be a list of glob patterns, got {_short(value)}")
     if kind is float and isinstance(value, str):
         try:
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
         except ValueError:
-            raise CamcliError(f"{source}: {name} must be a number, got {_short(value)}") from None
+            raise CamcliError(f"{where} must be a number, got {_short(value)}") from None
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise CamcliError(f"{source}: {name} must be a finite number, got {_short(value)}")
+            raise CamcliError(f"{where} must be a finite number, got {_short(value)}")
         return float(value)
     if kind is str and isinstance(value, (str, Path)):
         return str(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise CamcliError(f"{source}: {name} must be {kind.__name__}, got {_short(value)}")
+    raise CamcliError(f"{where} must be {kind.__name__}, got {_short(value)}")
 
 
 def _field_types() -> dict[str, type]:

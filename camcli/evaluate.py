@@ -146,6 +146,8 @@ def _read_coco(data: dict, path: Path) -> dict[str, list[list[float]]]:
     for k, img in enumerate(images):
         if not (isinstance(img, dict) and isinstance(img.get("id"), (int, str)) and isinstance(img.get("file_name"), str)):
             raise CamcliError(f"{path}: COCO image entry {k} needs an id and a file_name, got {_short(img)}")
+        if img["id"] in names:
+            raise CamcliError(f"{path}: COCO image id {_short(img['id'])} is listed twice")
         names[img["id"]] = img["file_name"]
     out: dict[str, list[list[float]]] = {}
     for k, ann in enumerate(annotations):
@@ -159,7 +161,11 @@ def _read_coco(data: dict, path: Path) -> dict[str, list[list[float]]]:
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise CamcliError(f"{where}: bbox must be [x, y, width, height], got {_short(bbox)}")
         x, y, w, h = bbox
-        out.setdefault(names[image_id], []).extend(_box_list([x, y, x + w, y + h], where))
+        try:
+            corners = [float(x), float(y), float(x) + float(w), float(y) + float(h)]
+        except OverflowError:  # an integer too large for a float
+            raise CamcliError(f"{where}: bbox {_short(bbox)} has a coordinate that is not a finite number") from None
+        out.setdefault(names[image_id], []).extend(_box_list(corners, where))
     return out
 
 
@@ -189,8 +195,8 @@ def _read_voc(path: Path) -> dict[str, list[list[float]]]:
                 x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
                 raise CamcliError(f"{xml}: an <object> needs a <bndbox> with numeric xmin, ymin, xmax and ymax") from None
-            # 1-based inclusive corners to pixel edges; a 0 from a 0-based tool stays 0
-            out.setdefault(name, []).extend(_box_list([max(0.0, x0 - 1), max(0.0, y0 - 1), x1, y1], str(xml)))
+            # 1-based inclusive corners to pixel edges; a 0 from a 0-based tool stays 0 (a negative one is refused)
+            out.setdefault(name, []).extend(_box_list([x0 - 1 if x0 >= 1 else x0, y0 - 1 if y0 >= 1 else y0, x1, y1], str(xml)))
     return out
 
 
@@ -349,6 +355,9 @@ def evaluate(
     data = Path(data)
     method = model.resolve_method(method)
     samples = labeled_images(data, model.class_names, exclude)
+    if boxes and not any(path.relative_to(data).as_posix() in boxes for path, _ in samples):
+        raise CamcliError("none of the images to evaluate has a box: the boxes name images that --exclude leaves out or that "
+                          "lie outside DATA's class folders")
     count = counter or functools.partial(count_images, model)
     true, pred, tally = count(samples, data, boxes, threshold, cam_sizes, batch_size, workers, method, progress)
     result = classification_metrics(true, pred, model.class_names)
@@ -392,7 +401,7 @@ def _check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) ->
     to 1 px past the edge is clipped."""
     height, width = shape
     for box in boxes:
-        if box[2] > width + 1 or box[3] > height + 1:
+        if box[2] > width + 1 or box[3] > height + 1 or box[0] >= width or box[1] >= height:
             raise CamcliError(f"--boxes: box {box} for {rel} lies outside the {width}x{height} image (more than 1 px past its edge)")
         box[2], box[3] = min(box[2], width), min(box[3], height)  # rounding of float annotations at the edge
 

@@ -218,7 +218,7 @@ def read_manifest(folder: Path) -> dict[str, dict]:
         try:
             entry = json.loads(line)
             files[str(entry["name"])] = {"size": int(entry["size"]), "mtime_ns": int(entry["mtime_ns"])}
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # e.g. a size of 1e400
             continue
     return files
 

@@ -29,6 +29,7 @@ def test_unknown_keys_list_the_valid_ones(tmp_path):
     ("data: [\n", "not valid YAML"),
     ("data: d\nepochs: 0\n", r"config .*c\.yaml: epochs must be at least 1"),  # names the file the value came from
     ("data: d\nresize: bogus\n", r"config .*c\.yaml: resize must be one of squash, keep-aspect, got 'bogus'"),
+    ("data: d\ndevice: tpu\n", r"config .*c\.yaml: device must be one of auto, cpu, cuda, mps, got 'tpu'"),
 ])
 def test_bad_files(tmp_path, text, message):
     path = tmp_path / "c.yaml"
@@ -42,6 +43,8 @@ def test_a_bad_flag_value_names_the_flag(tmp_path):
     path.write_text("data: d\nval_split: 0.3\n")
     with pytest.raises(CamcliError, match="^--val-split must be between 0 and 1, got 1.5$"):
         resolve_train_config(path, val_split=1.5)
+    with pytest.raises(CamcliError, match="^--lr must be a finite number, got nan$"):
+        resolve_train_config(path, lr=float("nan"))
     with pytest.raises(CamcliError, match="^val_split must be between 0 and 1"):  # the API: the field's name
         TrainConfig(data="d", val_split=2.0).validate()
 

@@ -19,7 +19,8 @@ def test_find_images_walks_folders_and_skips_dot_files_and_outputs(tmp_path):
     for rel in ["a.jpg", "b.PNG", "sub/c.jpeg", ".hidden.jpg", ".dotdir/d.jpg", "notes.txt", "mine_cam.jpg"]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         write_image(root / rel, rgb) if rel.endswith(("jpg", "PNG", "jpeg")) else (root / rel).write_text("x")
-    (root / MANIFEST_NAME).write_text(json.dumps({"name": "mine_cam.jpg", "size": 1, "mtime_ns": 1}) + "\n{torn")
+    (root / MANIFEST_NAME).write_text(json.dumps({"name": "mine_cam.jpg", "size": 1, "mtime_ns": 1}) + "\n{torn\n"
+                                      '{"name": "x", "size": 1e400, "mtime_ns": Infinity}\n')  # tampered: skipped
     found = find_images([root])
     assert [str(i.relative) for i in found] == ["pics/a.jpg", "pics/b.PNG", "pics/sub/c.jpeg"]
 

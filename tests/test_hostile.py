@@ -348,6 +348,8 @@ def test_output_never_replaces_an_input_the_checkpoint_or_a_foreign_file(sample_
     assert run("predict", image, "--checkpoint", ckpt, "--output", ours).exit_code == 0  # camcli's own: replaced
     assert run("predict", image, "--checkpoint", ckpt, "--output", mine, "--overwrite").exit_code == 0
     assert mine.read_text().startswith("path,")
+    stdout = run("predict", image, "--checkpoint", ckpt, "--format", "csv", "--output", "-")  # -: standard output
+    assert stdout.exit_code == 0 and stdout.stdout.startswith("path,") and not os.path.lexists("-")
 
 
 def test_overwrite_onto_a_folder_is_refused_before_anything_is_written(sample_run, tmp_path):
@@ -375,7 +377,13 @@ def test_overwrite_onto_a_folder_is_refused_before_anything_is_written(sample_ru
     ("b.json", '{"cat/cat_00.jpg": [0, 0, 1' + "0" * 400 + ', 5]}', "not a finite number"),  # too large for a float
     ("b.json", '{"cat/cat_00.jpg": [0, 0, 5, 5], "cat/cat_00.jpg": [1, 1, 5, 5]}', "the key 'cat/cat_00.jpg' appears twice"),
     ("b.json", {"cat/cat_00.jpg": [0, 0, 5, 5], "./cat/cat_00.jpg": [1, 1, 5, 5]}, "name the same image"),
-    ("b.json", {"astronaut/cat_00.jpg": [0, 0, 5, 5]}, "no box in"),  # plain JSON keys are paths: no match by file name
+    ("b.json", {"astronaut/cat_00.jpg": [0, 0, 5, 5]}, "no box in"),
+    ("coco.json", {"images": [{"id": 1, "file_name": "cat_00.jpg"}],
+                   "annotations": [{"id": 1, "image_id": 1, "bbox": [10.5, 10, 10**400, 5]}]}, "not a finite number"),
+    ("coco.json", {"images": [{"id": 1, "file_name": "cat_00.jpg"}, {"id": 1, "file_name": "cat_01.jpg"}], "annotations": []},
+     "COCO image id 1 is listed twice"),
+    ("v.xml", "<annotation><filename>cat_00.jpg</filename><object><bndbox><xmin>-5</xmin><ymin>1</ymin><xmax>5</xmax>"
+              "<ymax>5</ymax></bndbox></object></annotation>", "negative coordinate"),  # plain JSON keys are paths: no match by file name
     ("deep.json", "[" * 100000 + "]" * 100000, "nested too deeply"),
     ("v.xml", "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>",
      "has no <filename>"),
@@ -426,6 +434,13 @@ def test_a_box_outside_its_image_is_reported_not_scored(sample_run, tmp_path):
                "--out", tmp_path / "e2", "--workers", "0", "--format", "json")
     assert edge.exit_code == 0 and json.loads(edge.stdout)["num_images_with_boxes"] == 1, edge.output
     assert "note: 1 of the names in" in edge.stderr and "'cat/nope.jpg'" in edge.stderr
+    boxes.write_text(json.dumps({"cat/cat_00.jpg": [width, 0, width + 1, height]}))  # all of it in the tolerated overhang
+    assert "lies outside the" in one_line_error(run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors",
+                                                    "--boxes", boxes, "--out", tmp_path / "e3", "--workers", "0"))
+    boxes.write_text(json.dumps({"cat/cat_00.jpg": [0, 0, 10, 10]}))
+    none = run("evaluate", SAMPLE_DATA / "val", "--checkpoint", sample_run / "best.safetensors", "--boxes", boxes, "--calibrate",
+               "--exclude", "*/cat_00.jpg", "--out", tmp_path / "e4", "--workers", "0")
+    assert "none of the images to evaluate has a box" in one_line_error(none) and not (tmp_path / "e4").exists()
 
 
 @pytest.mark.parametrize("text,message", [
