@@ -31,6 +31,7 @@ from camcli.errors import CamcliError, EnvironmentProblem, os_error
 # here at import, while the process is still single-threaded
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+OUTPUT_MODE = 0o666 & ~_UMASK
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 # Every folder camcli writes outputs into holds this manifest of what it wrote there;
@@ -166,7 +167,7 @@ def atomic_open(
     except OSError as exc:
         raise os_error(exc, f"cannot write to {path.parent}") from exc
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, OUTPUT_MODE)
         text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
         with os.fdopen(fd, mode, **text) as f:
             yield f
@@ -237,7 +238,7 @@ def append_manifest(folder: Path, name: str, info: os.stat_result) -> dict:
     entry = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
     line = (json.dumps({"name": name, **entry}) + "\n").encode("ascii")
     with _APPEND_LOCK:
-        fd = _open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, False, "output manifest", 0o666 & ~_UMASK)
+        fd = _open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, False, "output manifest", OUTPUT_MODE)
         try:
             end = os.fstat(fd).st_size
             if end and os.pread(fd, 1, end - 1) != b"\n":

@@ -182,6 +182,9 @@ def export_verified(
         if edit is not None:
             edit(tmp)
         measured = check(Path(tmp))
+        from camcli.files import OUTPUT_MODE
+
+        os.chmod(tmp, OUTPUT_MODE)  # mkstemp made it 0600; an export is an ordinary output
         if before_rename is not None:
             before_rename(os.stat(tmp))
         os.replace(tmp, path)

@@ -93,6 +93,9 @@ def test_export_runs_on_onnxruntime_alone_and_matches_predict_and_save_raw(sampl
     out = tmp_path / "model.onnx"
     result = run("export", ckpt, "--out", out)
     assert result.exit_code == 0, result.output
+    from camcli.files import OUTPUT_MODE
+
+    assert out.stat().st_mode & 0o777 == OUTPUT_MODE  # as every other output (0666 less the umask), not mkstemp's 0600
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     names = json.loads(meta["class_names"])
