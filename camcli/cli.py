@@ -434,6 +434,9 @@ def _guard_output(output: Optional[Path], protected: list, overwrite: bool):
     """Check --output before any work (see jobs.guard_output_file); None without --output."""
     if output is None:
         return None
+    if output.suffix.lower() in (".safetensors", ".pt", ".pth", ".onnx", ".npy"):
+        raise CamcliError(f"--output {output}: results are text (table, csv, json, jsonl); {output.suffix} names a model or "
+                          "array file, which results would replace")
     from camcli.files import guard_output_file
 
     return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)

@@ -563,6 +563,7 @@ def test_help_shows_defaults_and_box_format_from_the_code():
     ("evaluate", ["--out", "--quiet"], "'--quiet' looks like an option, not a value"),
     ("overlay", ["--report", "-"], "- (standard input or output) is not a file this option can use"),
     ("predict", ["--checkpoint", "efficientnet_lite0"], "checkpoint not found: efficientnet_lite0"),
+    ("predict", ["--output", "runs/x/last.safetensors"], "results are text (table, csv, json, jsonl); .safetensors names a model"),
 ])
 def test_invalid_values_fail_before_any_model_loads(command, bad, message, monkeypatch, tmp_path):
     import camcli.engine
