@@ -263,9 +263,11 @@ def fit(
         return zip(feats, labels)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    # a reused run folder (--exist-ok): the previous run's report (checked to be camcli's) would describe other checkpoints
-    with contextlib.suppress(OSError):
-        (run_dir / "report.html").unlink()
+    # a reused run folder (--exist-ok): the previous run's files (checked to be camcli's) go first, so a run that
+    # stops early never leaves a mix of two runs (its config.yaml beside the previous run's checkpoints)
+    for name in RUN_FILES:
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink()
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False), guard.recorder(run_dir / "config.yaml"))
     history: list[dict] = []
     best: dict | None = None

@@ -527,6 +527,12 @@ def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
     with pytest.raises(CamcliError, match="stopped"):
         train.fit(config)
     assert not (out / "report.html").exists() and (out / "best.safetensors").is_file()
+    # a rerun that diverges at once leaves no checkpoint of the previous run beside its own config.yaml
+    monkeypatch.undo()
+    monkeypatch.setattr(train, "train_one_epoch", lambda *_args: (float("nan"), 0.0))
+    with pytest.raises(CamcliError, match="training diverged at epoch 1"):
+        train.fit(config)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.yaml"]
 
 
 def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):
