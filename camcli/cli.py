@@ -430,11 +430,12 @@ def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], over
     return _write(reported(rows), fmt, output, overlay, guard), failed
 
 
-def _guard_output(output: Optional[Path], protected: list, overwrite: bool):
-    """Check --output before any work (see jobs.guard_output_file); None without --output."""
+def _guard_output(output: Optional[Path], protected: list, overwrite: bool, results: bool = True):
+    """Check --output (the results file, or export's model) before any work (see files.guard_output_file);
+    None without --output."""
     if output is None:
         return None
-    if output.suffix.lower() in (".safetensors", ".pt", ".pth", ".onnx", ".npy"):
+    if results and output.suffix.lower() in (".safetensors", ".pt", ".pth", ".onnx", ".npy"):
         raise CamcliError(f"--output {output}: results are text (table, csv, json, jsonl); {output.suffix} names a model or "
                           "array file, which results would replace")
     from camcli.files import guard_output_file
@@ -801,7 +802,7 @@ def export(
     if not os.path.lexists(checkpoint):
         raise CamcliError(f"checkpoint not found: {checkpoint}")
     out = out or checkpoint.with_suffix(".onnx")
-    guard = _guard_output(out, [checkpoint], overwrite)
+    guard = _guard_output(out, [checkpoint], overwrite, results=False)
     model = load(checkpoint, device="cpu", backend="torch")
     measured = export_model(model, out, guard.recorder(out))
     if not quiet:

@@ -653,14 +653,15 @@ def test_csv_quotes_a_carriage_return_in_a_name_and_names_keep_their_case(sample
 # ---------------------------------------------------------------- found by a second hostile review (safetensors, export, cache)
 
 def test_outputs_that_are_fifos_or_devices_are_never_replaced(sample_run, tmp_path):
-    fifo = tmp_path / "out.onnx"
+    fifo, rows = tmp_path / "out.onnx", tmp_path / "rows.csv"
     os.mkfifo(fifo)
+    os.mkfifo(rows)
     for args in (["export", sample_run / "best.safetensors", "--out", fifo, "--overwrite"],
                  ["predict", SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", "--checkpoint", sample_run / "best.safetensors",
-                  "--output", fifo, "--overwrite"]):
+                  "--output", rows, "--overwrite"]):
         with deadline():
             assert "is a FIFO; camcli replaces only regular files" in one_line_error(run(*args))
-    assert fifo.is_fifo()
+    assert fifo.is_fifo() and rows.is_fifo()
 
 
 def test_an_overlay_batch_in_which_every_image_fails(sample_run, tmp_path):
