@@ -23,7 +23,19 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from camcli import __version__
-from camcli.defaults import BACKENDS, COLORMAPS, DEVICES, ENGINES, FORMATS, METHODS, NORMALIZATIONS, RESIZE_MODES, TRAIN
+from camcli.defaults import (
+    BACKENDS,
+    COLORMAPS,
+    DEVICES,
+    ENGINES,
+    FORMATS,
+    MAX_IMG_SIZE,
+    METHODS,
+    MIN_IMG_SIZE,
+    NORMALIZATIONS,
+    RESIZE_MODES,
+    TRAIN,
+)
 from camcli.errors import CamcliError, os_error
 from camcli.files import printable
 from camcli.packaged import DEFAULT_ARCH
@@ -292,8 +304,7 @@ def _load_model(
         raise CamcliError("--weights is for a model given by --arch; a checkpoint holds its own weights")
     if layer is not None and not layer.strip():
         raise CamcliError("--layer needs a layer name (camcli layers lists them)")
-    if checkpoint is not None and not os.path.lexists(checkpoint):
-        raise CamcliError(f"checkpoint not found: {checkpoint}")
+    _require_checkpoint(checkpoint)
     model = load(
         checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
         resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None, layer=layer,
@@ -302,6 +313,12 @@ def _load_model(
     if note and not quiet:
         _say(note)
     return model
+
+
+def _require_checkpoint(checkpoint: Optional[Path]) -> None:
+    """A given --checkpoint must be there (never read as an arch name)."""
+    if checkpoint is not None and not os.path.lexists(checkpoint):
+        raise CamcliError(f"checkpoint not found: {checkpoint}")
 
 
 def _ray_options(engine: str, address: Optional[str], workers: Optional[int]):
@@ -334,8 +351,8 @@ def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
         sizes = [cam_size] if cam_size is not None else [int(s) for s in cam_scales.split(",")] if cam_scales is not None else []
     except ValueError:
         raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {cam_scales!r}") from None
-    if any(s < 32 for s in sizes):
-        raise CamcliError(f"--cam-size and --cam-scales sizes must be at least 32, got {', '.join(map(str, sizes))}")
+    if any(s < MIN_IMG_SIZE for s in sizes):
+        raise CamcliError(f"--cam-size and --cam-scales sizes must be at least {MIN_IMG_SIZE}, got {', '.join(map(str, sizes))}")
     return sizes
 
 
@@ -388,8 +405,8 @@ def _check_values(top_k: int | None = None, batch_size: int | None = None, img_s
         raise CamcliError(f"--top-k must be at least 1, got {top_k}")
     if batch_size is not None and batch_size < 1:
         raise CamcliError(f"--batch-size must be at least 1, got {batch_size}")
-    if img_size is not None and not 32 <= img_size <= 2048:
-        raise CamcliError(f"--img-size must be from 32 to 2048, got {img_size}")
+    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+        raise CamcliError(f"--img-size must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {img_size}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
     if workers is not None and workers < 0:
@@ -799,8 +816,7 @@ def export(
     from camcli.engine import load
     from camcli.export import export_model
 
-    if not os.path.lexists(checkpoint):
-        raise CamcliError(f"checkpoint not found: {checkpoint}")
+    _require_checkpoint(checkpoint)
     out = out or checkpoint.with_suffix(".onnx")
     guard = _guard_output(out, [checkpoint], overwrite, results=False)
     model = load(checkpoint, device="cpu", backend="torch")
@@ -879,8 +895,7 @@ def layers(
     from camcli.gradients import list_layers
 
     fmt = _listing_format(fmt)
-    if checkpoint is not None and not os.path.lexists(checkpoint):
-        raise CamcliError(f"checkpoint not found: {checkpoint}")
+    _require_checkpoint(checkpoint)
     rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch, is_checkpoint=checkpoint is not None)
             if all_layers or r["grid"]]
     if fmt != "table":

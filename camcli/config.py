@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES
-from camcli.defaults import BACKENDS, DEVICES, TRAIN
+from camcli.defaults import BACKENDS, DEVICES, MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
 from camcli.errors import CamcliError, first_line
 from camcli.files import read_text
 from camcli.packaged import DEFAULT_ARCH

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camcli.defaults import RESIZE_MODES, TRAIN
+from camcli.defaults import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
 from camcli.errors import CamcliError
 from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, real_path  # noqa: F401 - MANIFEST_NAME re-exported
 
@@ -31,7 +31,6 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 DEFAULT_RESIZE = TRAIN["resize"]  # keep-aspect; see README, "Localization": better maps, same accuracy
 MAX_ASPECT = 4.0  # keep-aspect: a longer side beyond 4x the shorter is squashed to 4x
-MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 2048  # beyond 2048 one batch of inputs alone takes tens of GB
 
 
 @dataclass(frozen=True)

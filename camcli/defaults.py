@@ -16,6 +16,8 @@ TRAIN = {
     "backend": "auto",
 }
 
+MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 2048  # input sizes; beyond 2048 one batch of inputs alone takes tens of GB
+
 # the fixed choices (a value outside them is refused by the parser, in one line)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "torch", "onnxruntime")
