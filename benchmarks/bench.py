@@ -113,7 +113,7 @@ class _Classifier(nn.Module):
 
 
 def _classifier(checkpoint: Path) -> tuple[_Classifier, nn.Module, tuple, tuple]:
-    from camcli.engine import load
+    from camcli.factory import load
 
     model = load(checkpoint, device="cpu", backend="torch")
     head = nn.Linear(model.weight.shape[1], model.weight.shape[0])

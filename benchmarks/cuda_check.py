@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camcli.config import resolve_train_config  # noqa: E402
-from camcli.engine import load  # noqa: E402
+from camcli.factory import load  # noqa: E402
 from camcli.train import fit  # noqa: E402
 
 

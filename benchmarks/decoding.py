@@ -26,7 +26,8 @@ from bench import make_images
 from torch.utils.data import DataLoader
 
 from camcli.data import ImageDataset, collate
-from camcli.engine import image_batches, load
+from camcli.engine import image_batches
+from camcli.factory import load
 
 
 def _processes(paths, pre, workers):

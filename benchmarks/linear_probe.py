@@ -16,14 +16,16 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
 from camcli.backbones import build_backbone
 from camcli.config import resolve_train_config
 from camcli.data import Preprocess, load_image_folder
+from camcli.jobs import pooled_features
 from camcli.runtime import TorchRunner
-from camcli.train import fit, pooled_features
+from camcli.train import fit
 
 
 def main() -> None:
@@ -58,8 +60,8 @@ def report(args, cfg, result) -> None:
     backbone = build_backbone(args.arch, "imagenet")
     pre = Preprocess(cfg.img_size, backbone.mean, backbone.std, cfg.resize, backbone.stride)
     runner = TorchRunner(backbone.features, torch.device("cpu"))
-    xtr = torch.cat(list(pooled_features(runner, [p for p, _ in train], pre, 32, 0))).numpy()
-    xva = torch.cat(list(pooled_features(runner, [p for p, _ in val], pre, 32, 0))).numpy()
+    xtr = np.concatenate(list(pooled_features(runner, [p for p, _ in train], pre, 32, 0)))
+    xva = np.concatenate(list(pooled_features(runner, [p for p, _ in val], pre, 32, 0)))
     ytr, yva = [y for _, y in train], [y for _, y in val]
     sk = LogisticRegression(max_iter=5000).fit(xtr, ytr).score(xva, yva)
     majority = Counter(yva).most_common(1)[0][1] / len(yva)

@@ -26,8 +26,8 @@ from readme_section import write_section
 from sklearn.datasets import load_sample_image
 
 from camcli.config import resolve_train_config
-from camcli.engine import load
 from camcli.evaluate import evaluate, load_boxes
+from camcli.factory import load
 from camcli.train import fit
 
 OBJECTS = {

@@ -177,17 +177,17 @@ def build_backbone(arch: str = DEFAULT_ARCH, weights: str = "imagenet", num_clas
 
 def _load_state_dict_file(path: Path) -> dict:
     if not path.is_file():
-        raise CamcliError(f"--weights: {path} is not a file (use 'imagenet', 'none' or a state dict path)")
+        raise CamcliError(f"`weights`: {path} is not a file (use 'imagenet', 'none' or a state dict path)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad or unsafe files
         # torch's own text suggests weights_only=False, which would run code from the file: not said here
-        raise CamcliError(f"--weights: {path} is not a plain state dict that loads without running code "
+        raise CamcliError(f"`weights`: {path} is not a plain state dict that loads without running code "
                           f"(torch.load(..., weights_only=True): {first_line(exc).split('. ')[0]})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CamcliError(f"--weights: {path} does not hold a state dict (a dict of tensors)")
+        raise CamcliError(f"`weights`: {path} does not hold a state dict (a dict of tensors)")
     return state
 
 
@@ -229,7 +229,7 @@ def _load_into(model: nn.Module, state: dict, source: str, positional: bool = Fa
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         why = lines[1] if len(lines) > 1 else lines[0]
         why = why if len(why) <= 300 else why[:299] + "…"
-        hint = " (a classifier with another number of classes? predict, overlay and evaluate take --classes with one name " \
+        hint = " (a classifier with another number of classes? predict, overlay and evaluate take `classes` with one name " \
                "per class)" if "size mismatch" in why else ""
         raise CamcliError(f"{source}: weights do not fit the architecture: {why}{hint}") from exc
 
@@ -284,7 +284,7 @@ def _timm_pretrained(name: str) -> nn.Module:
     cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg else None
     if not repo:
-        raise CamcliError(f"timm:{name} has no pretrained weights; use --weights none or --weights PATH")
+        raise CamcliError(f"timm:{name} has no pretrained weights; use `weights` none or a state dict path")
     repo_id = repo.split("@")[0]
     cached = any(
         isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("model.safetensors", "pytorch_model.bin")
@@ -293,7 +293,7 @@ def _timm_pretrained(name: str) -> nn.Module:
     if not cached and not _reachable("https://huggingface.co"):
         raise EnvironmentProblem(
             f"pretrained weights for timm:{name} are not in the local cache ({cache_dir}) and cannot be "
-            f"downloaded (no network); copy them there or pass --weights PATH"
+            f"downloaded (no network); copy them there or pass `weights` PATH"
         )
     try:
         return timm.create_model(name, pretrained=True)
@@ -407,7 +407,7 @@ def _torchvision_pretrained(arch: str) -> nn.Module:
     if not cache.is_file() and not _reachable(default.url):
         raise EnvironmentProblem(
             f"pretrained weights for {arch} are not in the local cache ({cache}) and cannot be downloaded "
-            f"(no network); copy them there or pass --weights PATH"
+            f"(no network); copy them there or pass `weights` PATH"
         )
     try:
         return tvm.get_model(arch, weights=default)
@@ -566,7 +566,7 @@ def _timm_classifier(arch: str, model: nn.Module) -> Classifier:
     elif out.ndim != 4:
         raise CamcliError(f"{arch}'s features are {out.ndim}-D {tuple(out.shape)}: there is no spatial map to weight")
     if not found.default_layer:
-        raise CamcliError(f"{arch}: no layer gives the final feature map; choose one with --layer (camcli layers --arch {arch})")
+        raise CamcliError(f"{arch}: no layer gives the final feature map; choose one with `layer` (`camcli layers --arch {arch}`)")
     return found
 
 

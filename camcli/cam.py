@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from camcli.defaults import METHODS, NORMALIZATIONS
+from camcli import methods
+from camcli.defaults import NORMALIZATIONS
 
 Size = tuple[int, int]
 
@@ -85,31 +86,41 @@ def class_maps(features: np.ndarray, weight: np.ndarray, classes: np.ndarray | N
 
 
 def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
-    """A gradient-weighted class map of one image, after the ReLU each method's paper applies.
+    """A gradient-weighted class map of one image, by the registered ``method`` (see
+    :mod:`camcli.methods`): ``gradcam``, ``gradcam++`` or ``layercam``.
 
     Args:
         activations: (C, h, w) feature maps A of the target layer.
         grads: (C, h, w) gradients of the class score (the logit) with respect to A.
-        method: ``gradcam`` (Selvaraju et al. 2017: channel weights = mean gradient),
-            ``gradcam++`` (Chattopadhay et al. 2018, eq. 19: alpha = g^2 / (2 g^2 + sum(A) g^3),
-            weights = sum of alpha * ReLU(g)), or ``layercam`` (Jiang et al. 2021: ReLU(g) * A
-            summed over channels).
 
     Returns:
         (h, w) float map, ReLU applied (normalize with :func:`normalize_maps` to show it).
     """
-    if method == "gradcam":
-        weights = grads.mean(axis=(1, 2))
-        return np.maximum(np.tensordot(weights, activations, axes=1), 0)
-    if method == "gradcam++":
-        g2 = grads * grads
-        sums = activations.sum(axis=(1, 2), keepdims=True)
-        alpha = np.where(grads != 0, g2 / (2 * g2 + sums * g2 * grads + 1e-6), 0)
-        weights = (np.maximum(grads, 0) * alpha).sum(axis=(1, 2))
-        return np.maximum(np.tensordot(weights, activations, axes=1), 0)
-    if method == "layercam":
-        return np.maximum((np.maximum(grads, 0) * activations).sum(axis=0), 0)
-    raise ValueError(f"method must be one of {', '.join(METHODS[1:])} here, got {method!r}")
+    entry = methods.get(method)
+    if not entry.gradients:
+        raise ValueError(f"method must be one of {', '.join(methods.gradient_methods())} here, got {method!r}")
+    return globals()[entry.function](activations, grads)
+
+
+def gradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): channel weights = mean gradient; ReLU of the weighted sum."""
+    weights = grads.mean(axis=(1, 2))
+    return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+
+
+def gradcampp_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): alpha = g^2 / (2 g^2 + sum(A) g^3),
+    weights = sum of alpha * ReLU(g); ReLU of the weighted sum."""
+    g2 = grads * grads
+    sums = activations.sum(axis=(1, 2), keepdims=True)
+    alpha = np.where(grads != 0, g2 / (2 * g2 + sums * g2 * grads + 1e-6), 0)
+    weights = (np.maximum(grads, 0) * alpha).sum(axis=(1, 2))
+    return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+
+
+def layercam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """LayerCAM (Jiang et al. 2021): ReLU(g) * A summed over channels, then ReLU."""
+    return np.maximum((np.maximum(grads, 0) * activations).sum(axis=0), 0)
 
 
 def head_gradients(weight: np.ndarray, c: int, shape: tuple[int, int, int]) -> np.ndarray:

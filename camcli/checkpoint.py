@@ -42,6 +42,33 @@ MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 1000
 
 
+def make_checkpoint(
+    arch: str, weight: np.ndarray, bias: np.ndarray, class_names: list[str], preprocess: Preprocess,
+    config: dict, metrics: dict, stored_backbone: dict,
+) -> dict:
+    """The checkpoint dict (see the module docstring and README, "Checkpoint format").
+
+    Args:
+        weight, bias: the GAP + linear head, (K, C) and (K,).
+        config: the resolved training config (empty for a head that was not trained here).
+        stored_backbone: ``{"reference": {...}}`` or ``{"state_dict": {name: array}}``.
+    """
+    return {
+        "format_version": FORMAT_VERSION,
+        "camcli_version": __version__,
+        "arch": arch,
+        "class_names": list(class_names),
+        "img_size": preprocess.img_size,
+        "preprocess": preprocess.to_dict(),
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+        "config": dict(config),
+        "metrics": dict(metrics),
+        "backbone": stored_backbone,
+        "head": {"weight": np.array(weight, np.float32), "bias": np.array(bias, np.float32)},
+    }
+
+
 def checkpoint_bytes(checkpoint: dict) -> bytes:
     """A checkpoint dict (see the module docstring) as a format-2 safetensors file."""
     from safetensors.numpy import save

@@ -7,11 +7,15 @@ exit status in one place, :func:`_report_errors`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import os
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -22,21 +26,22 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from camcli import __version__
+from camcli import __version__, methods
 from camcli.defaults import (
+    ALPHA,
     BACKENDS,
+    BATCH_SIZE,
     COLORMAPS,
     DEVICES,
     ENGINES,
     FORMATS,
-    MAX_IMG_SIZE,
-    METHODS,
-    MIN_IMG_SIZE,
+    MAX_PIXELS,
     NORMALIZATIONS,
     RESIZE_MODES,
+    TOP_K,
     TRAIN,
 )
-from camcli.errors import CamcliError, os_error
+from camcli.errors import CamcliError, flag_names, os_error
 from camcli.files import printable
 from camcli.packaged import DEFAULT_ARCH
 
@@ -111,7 +116,7 @@ def _report_errors(command: Callable) -> Callable:
         except (CamcliError, OSError) as exc:
             if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
                 exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
-            err.print(Text.assemble(("error:", "red"), " ", printable(exc)))
+            err.print(Text.assemble(("error:", "red"), " ", printable(flag_names(str(exc), _flag))))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stage, done, total = _LAST_PROGRESS.get("stage"), _LAST_PROGRESS.get("done", 0), _LAST_PROGRESS.get("total")
@@ -120,6 +125,14 @@ def _report_errors(command: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# the library names its parameters (`top_k`); the command line shows its flags (--top-k)
+_FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes": "--cam-size/--cam-scales", "fmt": "--format"}
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 _LAST_PROGRESS: dict = {}  # the latest progress report, for the Ctrl-C message
@@ -208,6 +221,158 @@ Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime o
     "and cached) and PyTorch on a GPU.")]
 Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA [default: on].", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option(help="Image decoding threads [default: the CPU count, at most 4].")]
+Engine = Annotated[Literal[ENGINES], typer.Option(help="local, or ray: run on a Ray cluster (pip install 'camcli[ray]'; the output "
+    "tree must be on storage every node reaches).")]
+RayAddress = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join, e.g. ray://head:10001 or auto "
+    "[default: start a local Ray instance for this command].")]
+RayWorkers = Annotated[Optional[int], typer.Option(help="With --engine ray: model actors [default: one per 2 CPUs of the cluster].")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
+
+
+# ---------------------------------------------------------------- option groups, declared once
+# A command takes a group as one parameter; _expand_groups gives typer its fields as options and
+# packs them back into the dataclass. Each group builds what the library takes (a spec, a job's values).
+
+@dataclass
+class ModelOptions:
+    """The model to load and how to run it (predict, overlay, evaluate)."""
+
+    checkpoint: Annotated[Optional[Path], typer.Option(callback=_a_value, help="A checkpoint from camcli train.")] = None
+    arch: Annotated[str, typer.Option(help="Without --checkpoint: a classifier with its own head (torchvision name, timm:NAME). "
+        "A GAP + linear head gives exact CAM; any other head (vgg16, convnext, a ViT) gives gradient maps.")] = DEFAULT_ARCH
+    weights: Annotated[str, typer.Option(callback=_a_value, help="Without --checkpoint: imagenet, or the state dict of a whole "
+        "classifier trained elsewhere (give its class names with --classes).")] = "imagenet"
+    classes: Annotated[Optional[Path], typer.Option(callback=_a_value, help="With --weights PATH: a text file of the head's class "
+        "names, one a line, in index order.")] = None
+    layer: Annotated[Optional[str], typer.Option(help="Target layer of gradient maps (names: camcli layers --arch NAME) "
+        "[default: the last spatial map].")] = None
+    img_size: Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect "
+        "[default: the checkpoint's, else 224].")] = None
+    resize: Annotated[Optional[Literal[RESIZE_MODES]], typer.Option(help="squash (whole image to img-size x img-size) or keep-aspect "
+        "(shorter side to img-size) [default: the checkpoint's, else keep-aspect].")] = None
+    device: Device = "auto"
+    backend: Backend = "auto"
+    amp: Amp = True
+    max_pixels: Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before "
+        "decoding.")] = MAX_PIXELS
+
+    def spec(self):
+        """The ModelSpec, checked (before any model loads)."""
+        from camcli.data import read_class_names
+        from camcli.factory import ModelSpec
+
+        # a classes file beside a checkpoint is refused by the spec's check, unread
+        names = None if self.classes is None else () if self.checkpoint is not None else tuple(read_class_names(self.classes))
+        spec = ModelSpec(str(self.checkpoint) if self.checkpoint is not None else None, self.arch, self.weights, names, self.layer,
+                         self.img_size, self.resize, self.device, self.backend, self.amp, self.max_pixels)
+        spec.validate()
+        return spec
+
+
+@dataclass
+class MapOptions:
+    """How the maps are made (predict --boxes, overlay, evaluate)."""
+
+    cam_size: Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at "
+        "--img-size).")] = None
+    cam_scales: Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of "
+        "normalized maps).")] = None
+    method: Annotated[Literal[(methods.AUTO, *methods.NAMES)], typer.Option(help=methods.help_text())] = methods.AUTO
+
+    def sizes(self) -> list[int]:
+        if self.cam_size is not None and self.cam_scales is not None:
+            raise CamcliError("give --cam-size or --cam-scales, not both")
+        if self.cam_size is not None:
+            return [self.cam_size]
+        try:
+            return [int(s) for s in self.cam_scales.split(",")] if self.cam_scales is not None else []
+        except ValueError:
+            raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {self.cam_scales!r}") from None
+
+
+@dataclass
+class RunOptions:
+    """Batches, threads, the engine, what to leave out, and how much to say (predict, overlay, evaluate)."""
+
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = BATCH_SIZE
+    workers: Workers = None
+    engine: Engine = "local"
+    ray_address: RayAddress = None
+    ray_workers: RayWorkers = None
+    exclude: Annotated[Optional[list[str]], typer.Option(metavar="<glob>", help="Leave out paths matching this glob, e.g. "
+        "'*/tmp/*' (repeatable).")] = None
+    quiet: Quiet = False
+
+    def threads(self) -> int:
+        from camcli.config import default_workers
+
+        return default_workers() if self.workers is None else self.workers
+
+    def make_engine(self):
+        return _make_engine(self.engine, self.ray_address, self.ray_workers)
+
+
+@dataclass
+class RowOptions:
+    """The result rows of predict and overlay."""
+
+    top_k: Annotated[int, typer.Option(help="Classes per image.")] = TOP_K
+    fmt: Annotated[Optional[Literal[FORMATS]], typer.Option("--format", help="Output format [default: from the --output suffix "
+        "(.csv, .json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")] = None
+    output: Annotated[Optional[Path], typer.Option(callback=_a_value, help="Write results to this file instead of stdout.")] = None
+    allow_failures: Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")] = False
+
+
+def _expand_groups(command: Callable) -> Callable:
+    """Give typer each option group's fields as the command's options; call the command with the groups."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    params, groups = [], {}
+    for p in inspect.signature(command).parameters.values():
+        kind = hints[p.name]
+        if dataclasses.is_dataclass(kind):
+            groups[p.name] = kind
+            field_hints = typing.get_type_hints(kind, include_extras=True)
+            params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=field_hints[f.name])
+                       for f in dataclasses.fields(kind)]
+        else:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=kind))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        for name, kind in groups.items():
+            kwargs[name] = kind(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(kind)})
+        return command(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature(params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _make_engine(engine: str, address: Optional[str], workers: Optional[int]):
+    """The engine a command runs its job on, checked before any work."""
+    from camcli.jobs import LocalEngine
+
+    if engine == "local":
+        if address is not None or workers is not None:
+            raise CamcliError("--ray-address and --ray-workers go with --engine ray")
+        return LocalEngine()
+    from camcli.scaleout import RayEngine, RayOptions, require_ray
+
+    options = RayOptions(address, workers)
+    options.validate()
+    require_ray()
+    return RayEngine(options)
+
+
+def _load(spec, quiet: bool):
+    """The model of a checked spec, ready to run; its one-line note (an export made, a fallback) on stderr."""
+    from camcli.factory import build_model
+
+    model = build_model(spec)
+    note = model.prepare()
+    if note and not quiet:
+        _say(note)
+    return model
 
 
 @app.command(short_help="Train a CAM head on an ImageFolder dataset.")
@@ -244,10 +409,9 @@ def train(
         callback=_a_value, help="Run folder [default: runs/train/expN, never overwritten].")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow --out to hold a previous run.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option(metavar="<glob>", help="Leave out images matching this glob, as "
-        "'<DATA name>/<path inside>' "
-        "(repeatable).")] = None,
-    engine: Annotated[Literal[ENGINES], typer.Option(help="local, or ray: compute the backbone features on a Ray cluster (the epochs run "
-        "here; --augment epochs too).")] = "local",
+        "'<DATA name>/<path inside>' (repeatable).")] = None,
+    engine: Annotated[Literal[ENGINES], typer.Option(help="local, or ray: compute the backbone features on a Ray cluster (the epochs "
+        "run here; --augment epochs too).")] = "local",
     ray_address: RayAddress = None,
     ray_workers: RayWorkers = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result and errors.")] = False,
@@ -263,161 +427,26 @@ def train(
     cfg = resolve_train_config(
         config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
         lr=lr, img_size=img_size, resize=resize, val_split=val_split, seed=seed, device=device, backend=backend, amp=amp,
-        augment=augment, workers=workers,
-        out=str(out) if out else None, exist_ok=exist_ok or None, exclude=exclude or None,
+        augment=augment, workers=workers, out=str(out) if out else None, exist_ok=exist_ok or None, exclude=exclude or None,
     )
 
     def on_epoch(row: dict) -> None:
         if not quiet:
-            err.print(
-                f"epoch {row['epoch']:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
-            )
+            err.print(f"epoch {row['epoch']:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                      f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}")
 
-    ray_options = _ray_options(engine, ray_address, ray_workers)
-    stream, session = None, contextlib.nullcontext()
-    if ray_options is not None:
-        from camcli.scaleout import ray_feature_stream, ray_session
-
-        stream, session = ray_feature_stream(ray_options), ray_session(ray_options)  # one Ray instance for both splits
-    with session, _progress(quiet) as progress:
-        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, feature_stream=stream)
-    best = result.best
+    with _make_engine(engine, ray_address, ray_workers) as runner, _progress(quiet) as progress:
+        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, engine=runner)
     if not quiet:
-        err.print(
-            f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
-            f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']})"
-        )
+        err.print(f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
+                  f"best val acc {result.best['val_acc']:.3f} (epoch {result.best['epoch']})")
     typer.echo(printable(f"Results saved to {result.run_dir}"))
-
-
-def _load_model(
-    checkpoint: Optional[Path], arch: str, weights: str, img_size: Optional[int], resize: Optional[str], device: str,
-    backend: str, amp: bool, quiet: bool, classes: Optional[Path] = None, layer: Optional[str] = None,
-):
-    from camcli.data import read_class_names
-    from camcli.engine import load
-
-    if classes is not None and checkpoint is not None:
-        raise CamcliError("--classes names the classes of --weights; a checkpoint holds its own")
-    if checkpoint is not None and weights != "imagenet":
-        raise CamcliError("--weights is for a model given by --arch; a checkpoint holds its own weights")
-    if layer is not None and not layer.strip():
-        raise CamcliError("--layer needs a layer name (camcli layers lists them)")
-    _require_checkpoint(checkpoint)
-    model = load(
-        checkpoint if checkpoint is not None else arch, device=device, weights=weights, img_size=img_size,
-        resize=resize, backend=backend, amp=amp, classes=read_class_names(classes) if classes is not None else None, layer=layer,
-    )
-    note = model.prepare()
-    if note and not quiet:
-        _say(note)
-    return model
 
 
 def _require_checkpoint(checkpoint: Optional[Path]) -> None:
     """A given --checkpoint must be there (never read as an arch name)."""
     if checkpoint is not None and not os.path.lexists(checkpoint):
         raise CamcliError(f"checkpoint not found: {checkpoint}")
-
-
-def _ray_options(engine: str, address: Optional[str], workers: Optional[int]):
-    """RayOptions for --engine ray (checked before any work), None for the local engine."""
-    if engine == "local":
-        if address is not None or workers is not None:
-            raise CamcliError("--ray-address and --ray-workers go with --engine ray")
-        return None
-    if workers is not None and workers < 1:
-        raise CamcliError(f"--ray-workers must be at least 1, got {workers}")
-    from camcli.scaleout import RayOptions, require_ray
-
-    require_ray()
-    return RayOptions(address, workers)
-
-
-def _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, max_pixels):
-    """How the Ray workers load the driver's model: the same arguments, the backend it resolved."""
-    from camcli.scaleout import ModelSpec
-
-    backend = model.runner.name if getattr(model, "runner", None) is not None else "torch"
-    return ModelSpec(str(checkpoint) if checkpoint is not None else arch, weights, list(model.class_names) if classes else None,
-                     layer, img_size, resize, backend, device, amp, max_pixels)
-
-
-def _cam_sizes(cam_size: Optional[int], cam_scales: Optional[str]) -> list[int]:
-    if cam_size is not None and cam_scales is not None:
-        raise CamcliError("give --cam-size or --cam-scales, not both")
-    try:
-        sizes = [cam_size] if cam_size is not None else [int(s) for s in cam_scales.split(",")] if cam_scales is not None else []
-    except ValueError:
-        raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {cam_scales!r}") from None
-    if any(s < MIN_IMG_SIZE for s in sizes):
-        raise CamcliError(f"--cam-size and --cam-scales sizes must be at least {MIN_IMG_SIZE}, got {', '.join(map(str, sizes))}")
-    return sizes
-
-
-Inputs = Annotated[list[str], typer.Argument(metavar="input", help="Image files, folders (recursive), or - to read paths from "
-    "stdin.", show_default=False)]
-Checkpoint = Annotated[Optional[Path], typer.Option(
-    callback=_a_value, help="A checkpoint from camcli train.")]
-Arch = Annotated[str, typer.Option(help="Without --checkpoint: a classifier with its own head (torchvision name, timm:NAME). "
-    "A GAP + linear head gives exact CAM; any other head (vgg16, convnext, a ViT) gives gradient maps.")]
-Weights = Annotated[str, typer.Option(
-    callback=_a_value, help="Without --checkpoint: imagenet, or the state dict of a whole classifier trained "
-    "elsewhere (give its class names with --classes).")]
-Classes = Annotated[Optional[Path], typer.Option(
-    callback=_a_value, help="With --weights PATH: a text file of the head's class names, one a line, "
-    "in index order.")]
-ImgSize = Annotated[Optional[int], typer.Option(help="Input size: the side with squash, the shorter side with keep-aspect [default: the "
-    "checkpoint's, else 224].")]
-Resize = Annotated[Optional[Literal[RESIZE_MODES]], typer.Option(help="squash (whole image to img-size x img-size) or keep-aspect "
-    "(shorter side to img-size) [default: the checkpoint's, else keep-aspect].")]
-CamSize = Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at --img-size).")]
-CamScales = Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of normalized "
-    "maps).")]
-TopK = Annotated[int, typer.Option(help="Classes per image.")]
-Format = Annotated[Optional[Literal[FORMATS]], typer.Option("--format", help="Output format [default: from the --output suffix (.csv, "
-    ".json, .jsonl), else table on a terminal, else jsonl]. json and table print when all images are done.")]
-Output = Annotated[Optional[Path], typer.Option(
-    callback=_a_value, help="Write results to this file instead of stdout.")]
-BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
-Exclude = Annotated[Optional[list[str]], typer.Option(metavar="<glob>", help="Leave out paths matching this glob, e.g. '*/tmp/*' "
-    "(repeatable).")]
-Method = Annotated[Literal[("auto", *METHODS)], typer.Option(
-    help="auto (cam for a GAP + linear head, else gradcam), cam (the CAM M_c, min-max normalized, no ReLU), gradcam, "
-    "gradcam++ or layercam (ReLU, then min-max; on a GAP + linear head their gradients are exact, no backward pass).")]
-Layer = Annotated[Optional[str], typer.Option(help="Target layer of gradient maps (names: camcli layers --arch NAME) "
-    "[default: the last spatial map].")]
-Engine = Annotated[Literal[ENGINES], typer.Option(help="local, or ray: run on a Ray cluster (pip install 'camcli[ray]'; the output "
-    "tree must be on storage every node reaches).")]
-RayAddress = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join, e.g. ray://head:10001 or auto "
-    "[default: start a local Ray instance for this command].")]
-RayWorkers = Annotated[Optional[int], typer.Option(help="With --engine ray: model actors [default: one per 2 CPUs of the cluster].")]
-AllowFailures = Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")]
-MaxPixels = Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")]
-
-
-def _check_values(top_k: int | None = None, batch_size: int | None = None, img_size: int | None = None,
-                  alpha: float | None = None, workers: int | None = None, box_threshold: float | None = None) -> None:
-    """Refuse option values no job can use, before any model loads (exit 2, one line)."""
-    if top_k is not None and top_k < 1:
-        raise CamcliError(f"--top-k must be at least 1, got {top_k}")
-    if batch_size is not None and batch_size < 1:
-        raise CamcliError(f"--batch-size must be at least 1, got {batch_size}")
-    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
-        raise CamcliError(f"--img-size must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {img_size}")
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
-    if workers is not None and workers < 0:
-        raise CamcliError(f"--workers must be 0 or more, got {workers}")
-    if box_threshold is not None and not 0.0 <= box_threshold < 1.0:
-        raise CamcliError(f"--box-threshold must be from 0 to below 1, got {box_threshold}")
-
-
-def _check_max_pixels(max_pixels: int) -> None:
-    if not 1 <= max_pixels <= 1 << 40:
-        raise CamcliError(f"--max-pixels must be from 1 to {1 << 40:,}, got {max_pixels}")
 
 
 def _finish(count: int, failed: int, allow_failures: bool) -> None:
@@ -428,12 +457,15 @@ def _finish(count: int, failed: int, allow_failures: bool) -> None:
             raise typer.Exit(1)
 
 
-def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool, guard=None) -> tuple[int, int]:
+def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None) -> tuple[int, int]:
     """Write rows in the chosen format; report each failed input on stderr as it comes.
 
     Returns:
         (rows written, inputs that failed).
     """
+    from camcli.files import atomic_open
+    from camcli.results import choose_format, is_tty, write_rows
+
     failed = 0
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
@@ -444,7 +476,13 @@ def _emit(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], over
                 err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
             yield row
 
-    return _write(reported(rows), fmt, output, overlay, guard), failed
+    fmt, output = choose_format(options.fmt, options.output, is_tty(sys.stdout)), options.output
+    if output is None:
+        count = _print_table(reported(rows), overlay, None) if fmt == "table" else write_rows(reported(rows), fmt, sys.stdout)
+    else:
+        with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
+            count = _print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream)
+    return count, failed
 
 
 def _guard_output(output: Optional[Path], protected: list, overwrite: bool, results: bool = True):
@@ -452,7 +490,9 @@ def _guard_output(output: Optional[Path], protected: list, overwrite: bool, resu
     None without --output."""
     if output is None:
         return None
-    if results and output.suffix.lower() in (".safetensors", ".pt", ".pth", ".onnx", ".npy"):
+    from camcli.results import MODEL_SUFFIXES
+
+    if results and output.suffix.lower() in MODEL_SUFFIXES:
         raise CamcliError(f"--output {output}: results are text (table, csv, json, jsonl); {output.suffix} names a model or "
                           "array file, which results would replace")
     from camcli.files import guard_output_file
@@ -460,20 +500,9 @@ def _guard_output(output: Optional[Path], protected: list, overwrite: bool, resu
     return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)
 
 
-def _write(rows: Iterator[dict], fmt: Optional[str], output: Optional[Path], overlay: bool, guard=None) -> int:
-    from camcli.files import atomic_open
-    from camcli.jobs import default_format, is_tty, write_rows
-
-    if fmt is None and output is not None:  # --output preds.csv: the format its suffix names
-        fmt = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}.get(output.suffix.lower())
-    fmt = fmt or default_format(output is None and is_tty(sys.stdout))
-    if output is None:
-        return _print_table(rows, overlay, None) if fmt == "table" else write_rows(rows, fmt, sys.stdout)
-    with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
-        return _print_table(rows, overlay, stream) if fmt == "table" else write_rows(rows, fmt, stream)
-
-
 def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
+    from camcli.results import is_tty, table_cells
+
     table = Table()
     table.add_column("path", overflow="fold", ratio=3)
     table.add_column("top-1", overflow="fold", ratio=1)
@@ -484,16 +513,9 @@ def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
     count = 0
     for row in rows:
         count += 1
-        path = printable(row["path"])
-        if "error" in row:
-            table.add_row(path, Text("failed", style="red"), "", printable(row["error"]), *([""] if overlay else []))
-            continue
-        first, *others = row["predictions"]
-        extra = ", ".join(f"{printable(p['label'])} {p['prob']:.1%}" for p in others)
-        outputs = [", ".join(map(printable, row["outputs"]))] if overlay else []
-        table.add_row(path, printable(first["label"]), f"{first['prob']:.1%}", extra, *outputs)
-    from camcli.jobs import is_tty
-
+        cells, failed = table_cells(row, overlay)
+        shown = [printable(c) for c in cells]
+        table.add_row(*shown[:1], Text("failed", style="red") if failed else shown[1], *shown[2:])
     # off a terminal (a pipe, a file) nothing wraps: each column is as wide as its longest cell
     if stream is None and is_tty(sys.stdout):
         _stdout_console(soft_wrap=False).print(table)
@@ -502,39 +524,32 @@ def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
     return count
 
 
+Inputs = Annotated[list[str], typer.Argument(metavar="input", help="Image files, folders (recursive), or - to read paths from "
+    "stdin.", show_default=False)]
+BoxThreshold = Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the normalized map "
+    "[default: the checkpoint's calibrated threshold, else 0.2].")]
+
+
+def _checked(spec_of: ModelOptions, *jobs_and_more):
+    """Every check that needs no model, in one place, before any model loads: the spec's, each job's."""
+    spec = spec_of.spec()
+    for item in jobs_and_more:
+        item.validate()
+    return spec
+
+
 @app.command(short_help="Rank classes for every image.")
 @_report_errors
+@_expand_groups
 def predict(
     inputs: Inputs,
-    checkpoint: Checkpoint = None,
-    arch: Arch = DEFAULT_ARCH,
-    weights: Weights = "imagenet",
-    classes: Classes = None,
-    img_size: ImgSize = None,
-    resize: Resize = None,
-    top_k: TopK = 5,
-    fmt: Format = None,
-    output: Output = None,
-    batch_size: BatchSize = 32,
-    workers: Workers = None,
-    device: Device = "auto",
-    backend: Backend = "auto",
-    amp: Amp = True,
-    allow_failures: AllowFailures = False,
-    max_pixels: MaxPixels = 178_956_970,
-    exclude: Exclude = None,
+    model: ModelOptions,
+    mapping: MapOptions,
+    run: RunOptions,
+    rows: RowOptions,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace an existing file camcli did not write.")] = False,
     boxes: Annotated[bool, typer.Option("--boxes", help="Add the top-1 class's CAM box to each row (original-image pixels).")] = False,
-    box_threshold: Annotated[Optional[float], typer.Option(help="With --boxes: threshold [default: the checkpoint's calibrated one, else "
-        "0.2].")] = None,
-    cam_size: CamSize = None,
-    cam_scales: CamScales = None,
-    method: Method = "auto",
-    layer: Layer = None,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    ray_workers: RayWorkers = None,
-    quiet: Quiet = False,
+    box_threshold: BoxThreshold = None,
 ) -> None:
     """Rank classes by softmax for every image.
 
@@ -543,53 +558,30 @@ def predict(
     """
     from itertools import chain, islice
 
-    from camcli.config import default_workers
     from camcli.data import iter_images
-    from camcli.jobs import predict_rows
+    from camcli.jobs import PredictJob
 
-    _check_values(top_k, batch_size, img_size, workers=workers, box_threshold=box_threshold)
-    _check_max_pixels(max_pixels)
-    cam_sizes = _cam_sizes(cam_size, cam_scales)
-    ray_options = _ray_options(engine, ray_address, ray_workers)
-    guard = _guard_output(output, [*inputs, checkpoint], overwrite)
-    walk = iter_images(inputs, exclude=exclude or ())
+    job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.method, run.batch_size, run.threads())
+    spec, engine = _checked(model, job), run.make_engine()
+    guard = _guard_output(rows.output, [*inputs, model.checkpoint], overwrite)
+    walk = iter_images(inputs, exclude=run.exclude or ())
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
-    model.max_pixels = max_pixels
-    with _progress(quiet) as progress:
-        everything = head if len(head) < 1024 else chain(head, walk)  # a list when the walk is done: known total
-        settings = dict(boxes=boxes, box_threshold=box_threshold, cam_sizes=cam_sizes, method=method)
-        if ray_options is not None:
-            from camcli.scaleout import ray_predict_rows
-
-            spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, max_pixels)
-            rows = ray_predict_rows(spec, list(everything), ray_options, top_k, batch_size, progress, **settings)
-        else:
-            rows = predict_rows(model, everything, top_k, batch_size, default_workers() if workers is None else workers, progress,
-                                **settings)
-        count, failed = _emit(rows, fmt, output, overlay=False, guard=guard)
-    _finish(count, failed, allow_failures)
+    loaded = _load(spec, run.quiet)
+    job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
+    with engine, _progress(run.quiet) as progress:
+        count, failed = _emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
+    _finish(count, failed, rows.allow_failures)
 
 
 @app.command(short_help="Write CAM heatmap overlays of images.")
 @_report_errors
+@_expand_groups
 def overlay(
     inputs: Inputs,
-    checkpoint: Checkpoint = None,
-    arch: Arch = DEFAULT_ARCH,
-    weights: Weights = "imagenet",
-    classes: Classes = None,
-    img_size: ImgSize = None,
-    resize: Resize = None,
-    cam_size: CamSize = None,
-    cam_scales: CamScales = None,
-    method: Method = "auto",
-    layer: Layer = None,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    ray_workers: RayWorkers = None,
+    model: ModelOptions,
+    mapping: MapOptions,
     class_name: Annotated[Optional[list[str]], typer.Option("--class", metavar="<name>",
                                                          help="Map this class (repeatable) [default: top-1].")] = None,
     class_index: Annotated[Optional[list[int]], typer.Option(metavar="<int>", help="Map this class index (repeatable).")] = None,
@@ -597,138 +589,92 @@ def overlay(
         callback=_a_value, help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
         "next to each input].")] = None,
     colormap: Annotated[Literal[COLORMAPS], typer.Option(metavar="<name>", help=f"OpenCV colormap: {', '.join(COLORMAPS)}.")] = "jet",
-    alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = 0.5,
-    caption: Annotated[bool, typer.Option(help="Draw the label and its probability [default: on].",
-                                                 show_default=False)] = True,
+    alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = ALPHA,
+    caption: Annotated[bool, typer.Option(help="Draw the label and its probability [default: on].", show_default=False)] = True,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write the raw float32 map at feature "
         "resolution beside each overlay, as .npy (<stem>_cam.npy, ...).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
-    box_threshold: Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the map [default: "
-        "the checkpoint's calibrated threshold, else 0.2].")] = None,
+    box_threshold: BoxThreshold = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
     normalize: Annotated[Literal[NORMALIZATIONS], typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an "
         "image: weak classes look weak), relu (ReLU, each map to its own maximum) or minmax (each map on its own, no ReLU: the "
         "original tutorial's, where a class without evidence still shows a hot region). Boxes always threshold the min-max "
         "map.")] = "shared",
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not written "
-        "yet.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not "
+        "written yet.")] = False,
     maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: "
         "<stem>_cam_<rank>_<label>.<ext> (0: the classes of --class, else the top-1's, as <stem>_cam.<ext>).")] = 0,
     report: Annotated[Optional[Path], typer.Option(
         callback=_a_value, help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
-    top_k: TopK = 5,
-    fmt: Format = None,
-    output: Output = None,
-    batch_size: BatchSize = 32,
-    workers: Workers = None,
-    device: Device = "auto",
-    backend: Backend = "auto",
-    amp: Amp = True,
-    allow_failures: AllowFailures = False,
-    max_pixels: MaxPixels = 178_956_970,
-    exclude: Exclude = None,
-    quiet: Quiet = False,
+    run: RunOptions = None,
+    rows: RowOptions = None,
 ) -> None:
     """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
 
     \b
     Example: camcli overlay photos/ --checkpoint runs/train/exp/best.safetensors --out-dir runs/overlay
     """
-    from camcli.config import default_workers
     from camcli.data import find_images
-    from camcli.jobs import OverlayOptions, overlay_rows
+    from camcli.jobs import OverlayJob
     from camcli.report import check_report_path, write_overlay_report
 
-    _check_values(top_k, batch_size, img_size, alpha, workers=workers, box_threshold=box_threshold)
-    cam_sizes = _cam_sizes(cam_size, cam_scales)
-    _check_max_pixels(max_pixels)
-    ray_options = _ray_options(engine, ray_address, ray_workers)
+    job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
+                     box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.method, normalize,
+                     rows.top_k, run.batch_size, run.threads())
+    spec, engine = _checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
     if report is not None:
         check_report_path(report)
-    images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=exclude or ())
-    guard = _guard_output(output, [*inputs, *(i.path for i in images), checkpoint], overwrite)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
-    model.max_pixels = max_pixels
-    options = OverlayOptions(
-        classes=class_name or (), class_indices=class_index or (), alpha=alpha, colormap=colormap,
-        caption=caption, save_raw=save_raw, out_dir=out_dir, overwrite=overwrite, cam_sizes=cam_sizes,
-        box_threshold=box_threshold, draw_box=draw_box, skip_existing=skip_existing, maps=maps,
-        reserved=[output] if output is not None else [], method=method, normalize=normalize,
-    )
-    with _progress(quiet) as progress:
-        if ray_options is not None:
-            from camcli.scaleout import ray_overlay_rows
+    images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=run.exclude or ())
+    guard = _guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint], overwrite)
+    loaded = _load(spec, run.quiet)
+    job, work = job.bind(loaded, images, None if run.quiet else _say)
+    kept: list[dict] = []  # the rows of the report
+    written = 0
 
-            spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, max_pixels)
-            rows = ray_overlay_rows(spec, model, images, options, ray_options, top_k, batch_size, progress,
-                                    notify=None if quiet else _say)
-        else:
-            rows = overlay_rows(
-                model, images, options, top_k, batch_size, default_workers() if workers is None else workers, progress,
-                notify=None if quiet else _say,
-            )
-        kept: list[dict] = []
-        files = 0
+    def tallied(results: Iterator[dict]) -> Iterator[dict]:
+        nonlocal written
+        for row in results:
+            written += len(row.get("outputs", []))
+            if report is not None and len(kept) < report_limit:
+                kept.append(row)
+            yield row
 
-        def keep_for_report(source: Iterator[dict]) -> Iterator[dict]:
-            nonlocal files
-            for row in source:
-                files += len(row.get("outputs", []))
-                if report is not None and len(kept) < report_limit:
-                    kept.append(row)
-                yield row
-
-        count, failed = _emit(keep_for_report(rows), fmt, output, overlay=True, guard=guard)
+    with engine, _progress(run.quiet) as progress:
+        count, failed = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard)
     if report is not None:
         write_overlay_report(report, kept, count)
-        if not quiet:
+        if not run.quiet:
             _say(f"Report saved to {report}")
-    if not quiet:
-        images = count - failed
-        _say(f"{files} file{'s' * (files != 1)} written for {images} image{'s' * (images != 1)}"
+    if not run.quiet:
+        done = count - failed
+        _say(f"{written} file{'s' * (written != 1)} written for {done} image{'s' * (done != 1)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))
-    _finish(count, failed, allow_failures)
+    _finish(count, failed, rows.allow_failures)
 
 
 @app.command(short_help="Measure accuracy and CAM localization.")
 @_report_errors
+@_expand_groups
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the "
         "checkpoint.", show_default=False)],
-    checkpoint: Checkpoint = None,
-    arch: Arch = DEFAULT_ARCH,
-    weights: Weights = "imagenet",
-    classes: Classes = None,
+    model: ModelOptions,
+    mapping: MapOptions,
     boxes: Annotated[Optional[Path], typer.Option(
         callback=_a_value, help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
         "Pascal VOC XML (file or folder).")] = None,
-    img_size: ImgSize = None,
-    resize: Resize = None,
-    cam_size: CamSize = None,
-    cam_scales: CamScales = None,
-    method: Method = "auto",
-    layer: Layer = None,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    ray_workers: RayWorkers = None,
-    box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the checkpoint's "
-        "calibrated threshold, else 0.2].")] = None,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best box "
-        "threshold, which overlay then uses.")] = False,
-    exclude: Exclude = None,
+    box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the "
+        "checkpoint's calibrated threshold, else 0.2].")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best "
+        "box threshold, which overlay then uses.")] = False,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
     out: Annotated[Optional[Path], typer.Option(
         callback=_a_value, help="Folder for metrics.json and the box-accuracy plot [default: "
         "runs/evaluate/expN].")] = None,
-    batch_size: BatchSize = 32,
-    workers: Workers = None,
-    device: Device = "auto",
-    backend: Backend = "auto",
-    amp: Amp = True,
-    quiet: Quiet = False,
+    run: RunOptions = None,
 ) -> None:
     """Measure classification and, with --boxes, CAM localization (pointing game, MaxBoxAcc, MaxBoxAccV2).
 
@@ -737,43 +683,30 @@ def evaluate(
     """
     import json
 
-    from camcli.config import default_workers
-    from camcli.evaluate import evaluation_job, load_boxes
-    from camcli.jobs import box_threshold_for
+    from camcli.evaluate import load_boxes
+    from camcli.jobs import EvaluateJob
 
-    _check_values(batch_size=batch_size, img_size=img_size, workers=workers, box_threshold=box_threshold)
-    if calibrate and boxes is None:
-        raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
-    cam_sizes = _cam_sizes(cam_size, cam_scales)
-    ray_options = _ray_options(engine, ray_address, ray_workers)
-    model = _load_model(checkpoint, arch, weights, img_size, resize, device, backend, amp, quiet, classes, layer)
-    counter = None
-    if ray_options is not None:
-        from camcli.scaleout import ray_counter
-
-        spec = _model_spec(model, checkpoint, arch, weights, classes, layer, img_size, resize, device, amp, model.max_pixels)
-        counter = ray_counter(spec, ray_options)
     unmatched: list[str] = []
     truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
-    if unmatched and not quiet:
+    job = EvaluateJob(data, truth, model.checkpoint, box_threshold, mapping.sizes(), calibrate, out, run.exclude or (),
+                      mapping.method, run.batch_size, run.threads())
+    spec, engine = _checked(model, job), run.make_engine()
+    if unmatched and not run.quiet:
         _say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "
              "their boxes are not scored")
-    threshold = box_threshold_for(model, box_threshold)
-    model.resolve_method(method)
-    with _progress(quiet) as progress:
-        result, run_dir = evaluation_job(
-            model, data, checkpoint, truth, threshold, cam_sizes, calibrate, out, batch_size,
-            default_workers() if workers is None else workers, progress, exclude or (), method, counter,
-        )
+    loaded = _load(spec, run.quiet)
+    job, samples = job.bind(loaded)
+    with engine, _progress(run.quiet) as progress:
+        result = job.finish(loaded, engine.run(job, loaded, samples, progress))
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
     else:
         _print_evaluation(result)
-    if not quiet:
+    if not run.quiet:
         if calibrate:
-            _say(f"calibrated box threshold {result['best_threshold']:.2f} saved in {run_dir / 'calibrated.safetensors'} "
+            _say(f"calibrated box threshold {result['best_threshold']:.2f} saved in {job.run_dir / 'calibrated.safetensors'} "
                  "(overlay and predict --boxes with that checkpoint use it)")
-        _say(f"Results saved to {run_dir}")
+        _say(f"Results saved to {job.run_dir}")
 
 
 def _print_evaluation(result: dict) -> None:
@@ -813,8 +746,8 @@ def export(
     \b
     Example: camcli export runs/train/exp/best.safetensors --out model.onnx
     """
-    from camcli.engine import load
     from camcli.export import export_model
+    from camcli.factory import load
 
     _require_checkpoint(checkpoint)
     out = out or checkpoint.with_suffix(".onnx")
@@ -842,7 +775,7 @@ def models(
     """
 
     from camcli.backbones import available_models
-    from camcli.jobs import is_tty
+    from camcli.results import is_tty
 
     fmt = _listing_format(fmt)
     rows = available_models(timm_pattern)
@@ -862,7 +795,7 @@ Listing = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("-
 
 def _listing_format(fmt: Optional[str]) -> str:
     """models, layers, info: a table on a terminal, JSON lines otherwise."""
-    from camcli.jobs import is_tty
+    from camcli.results import is_tty
 
     return fmt or ("table" if is_tty(sys.stdout) else "jsonl")
 
@@ -892,7 +825,7 @@ def layers(
     Example: camcli layers --arch vgg16
     """
 
-    from camcli.gradients import list_layers
+    from camcli.factory import list_layers
 
     fmt = _listing_format(fmt)
     _require_checkpoint(checkpoint)

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camcli.defaults import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
+from camcli.defaults import MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
 from camcli.errors import CamcliError
 from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, real_path  # noqa: F401 - MANIFEST_NAME re-exported
 
@@ -100,7 +100,7 @@ class Preprocess:
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit (2 x 89,478,485)
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
@@ -198,7 +198,7 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
     if max_pixels is not None and header.width * header.height > max_pixels:
         raise CamcliError(
             f"{path} is {header.width}x{header.height} = {header.width * header.height:,} pixels, "
-            f"over --max-pixels {max_pixels:,}"
+            f"over `max_pixels` {max_pixels:,}"
         )
     if header.has_alpha:
         # IMREAD_COLOR would drop the alpha channel; IMREAD_UNCHANGED keeps it but ignores EXIF
@@ -378,7 +378,7 @@ def load_image_folder(
         return train, val, classes
     samples, classes = class_folders(root, exclude)
     if not 0 < val_split < 1:
-        raise CamcliError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+        raise CamcliError(f"`val_split` must be between 0 and 1 (exclusive), got {val_split}")
     rng = random.Random(seed)
     train, val = [], []
     for index in range(len(classes)):

@@ -18,11 +18,17 @@ TRAIN = {
 
 MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 2048  # input sizes; beyond 2048 one batch of inputs alone takes tens of GB
 
+# predict, overlay, evaluate
+BATCH_SIZE = 32  # images per forward pass
+TOP_K = 5  # classes per row
+MAX_PIXELS = 178_956_970  # images declaring more are refused before decoding: Pillow's decompression-bomb limit (2 x 89,478,485)
+PAPER_THRESHOLD = 0.2  # the CAM paper's box threshold (fraction of the min-max normalized map)
+ALPHA = 0.5  # heatmap weight in an overlay's blend
+
 # the fixed choices (a value outside them is refused by the parser, in one line)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "torch", "onnxruntime")
 RESIZE_MODES = ("squash", "keep-aspect")
-METHODS = ("cam", "gradcam", "gradcam++", "layercam")
 NORMALIZATIONS = ("shared", "relu", "minmax")
 FORMATS = ("table", "csv", "json", "jsonl")
 ENGINES = ("local", "ray")

@@ -6,8 +6,6 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli import cam
-from camcli.data import DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, ImageDataset, Preprocess, collate
+from camcli import cam, methods
+from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
+from camcli.defaults import BATCH_SIZE, TOP_K
 from camcli.errors import CamcliError
-from camcli.packaged import DEFAULT_ARCH, lite0_reference, reference_key
-from camcli.runtime import OnnxRunner, TorchRunner, cache_dir, make_runner, module_state, onnx_ready, resolve_device, weights_key
+from camcli.runtime import OnnxRunner, TorchRunner, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
 
@@ -140,6 +138,7 @@ class Model:
         self.preprocess = preprocess
         self.checkpoint = checkpoint
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused
+        self.spec = None  # the camcli.factory.ModelSpec it was built from, if any (what a Ray worker rebuilds)
 
     @property
     def num_classes(self) -> int:
@@ -147,11 +146,9 @@ class Model:
 
     def resolve_method(self, method: str) -> str:
         """The method a map is made with: ``auto`` is this model's default (``cam`` for a GAP + linear head)."""
-        if method == "auto":
+        if method == methods.AUTO:
             return self.default_method
-        if method not in cam.METHODS:
-            raise CamcliError(f"method must be auto or one of {', '.join(cam.METHODS)}, got {method!r}")
-        return method
+        return methods.get(method).name
 
     def prepare(self) -> str | None:
         """Get ready to run; returns a one-line note for the user (an export made, a fallback) or None."""
@@ -170,7 +167,7 @@ class Model:
         raise NotImplementedError
 
     def batches(
-        self, images: Sequence[Image], batch_size: int = 32, workers: int = 0, keep_images: bool = False,
+        self, images: Sequence[Image], batch_size: int = BATCH_SIZE, workers: int = 0, keep_images: bool = False,
         for_maps: bool | None = None,
     ) -> Iterator[Batch]:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time.
@@ -248,7 +245,7 @@ class Model:
             raise CamcliError(f"unknown class {name!r}; the classes are: {', '.join(self.class_names)}")
         close = difflib.get_close_matches(name, self.class_names, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise CamcliError(f"unknown class {name!r} ({hint}{self.num_classes} classes; --class-index takes an index)")
+        raise CamcliError(f"unknown class {name!r} ({hint}{self.num_classes} classes; `class_indices` takes an index)")
 
     def rank(self, logits: np.ndarray, top_k: int) -> list[list[dict]]:
         """Softmax ranking: for each row of (N, K) logits the top-k {label, index, prob}."""
@@ -262,7 +259,7 @@ class Model:
         ]
 
     def predict(
-        self, images: Sequence[Image], top_k: int = 5, batch_size: int = 32, workers: int = 0, progress: bool = False
+        self, images: Sequence[Image], top_k: int = TOP_K, batch_size: int = BATCH_SIZE, workers: int = 0, progress: bool = False
     ) -> list[dict]:
         """Rank classes for each image (``progress``: a tqdm bar, a widget in notebooks).
 
@@ -280,7 +277,7 @@ class Model:
         return rows
 
     def maps(
-        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = 32, method: str = "auto",
+        self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = BATCH_SIZE, method: str = "auto",
         progress: bool = False,
     ) -> np.ndarray:
         """Raw class activation maps (before normalization) at feature resolution.
@@ -381,7 +378,7 @@ class CamModel(Model):
 
     def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
-        if method == "cam":
+        if not methods.get(method).gradients:
             return _crop(cam.class_maps(feats, self.weight, classes), sizes)
         out = []
         for i, (h, w) in enumerate(sizes):
@@ -411,157 +408,3 @@ def _name(image: Image) -> str:
 def _crop(maps: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """Each image's valid (J, h_i, w_i) region of packed (N, J, h, w) maps, as float32 arrays."""
     return [np.ascontiguousarray(maps[i, :, :h, :w], dtype=np.float32) for i, (h, w) in enumerate(sizes)]
-
-
-def model_from_checkpoint(
-    ckpt: dict, device: str = "auto", img_size: int | None = None, resize: str | None = None,
-    backend: str = "auto", amp: bool = True,
-) -> CamModel:
-    """Build a CamModel from a loaded checkpoint dict (see checkpoint.py); ``img_size`` and
-    ``resize`` override the recorded preprocessing when given. The backbone is restored in
-    PyTorch only if PyTorch runs it or exports it."""
-    arch, stored = ckpt["arch"], ckpt["backbone"]
-    weight = ckpt["head"]["weight"]
-
-    def build():
-        from camcli.backbones import restore_backbone
-
-        backbone = restore_backbone(arch, stored)
-        if weight.shape[1] != backbone.num_features:
-            raise CamcliError(f"checkpoint head expects {weight.shape[1]} features but {arch} gives {backbone.num_features}")
-        return backbone.features
-
-    key = reference_key(stored["reference"]) if "reference" in stored else weights_key(stored["state_dict"])
-    preprocess = Preprocess.from_dict(ckpt["preprocess"])
-    overrides = {k: v for k, v in (("img_size", img_size), ("resize", resize)) if v is not None}
-    preprocess = replace(preprocess, **overrides)
-    head = (weight, ckpt["head"]["bias"])
-    return CamModel(arch, build, head, ckpt["class_names"], preprocess, device, ckpt, backend, amp, weights_id=key)
-
-
-def _loads(path: Path) -> bool:
-    from camcli.checkpoint import load_checkpoint
-
-    try:
-        load_checkpoint(path)
-    except CamcliError:
-        return False
-    return True
-
-
-def imagenet_head_cache(arch: str, key: str) -> Path:
-    """Where the packaged backbone's own ImageNet head is kept as a checkpoint, so that a
-    later ``camcli predict photo.jpg`` needs no PyTorch."""
-    import hashlib
-
-    return cache_dir() / "heads" / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
-
-
-def load(
-    checkpoint_or_arch: str | Path = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet",
-    img_size: int | None = None, resize: str | None = None, backend: str = "auto", amp: bool = True,
-    classes: Sequence[str] | None = None, layer: str | None = None,
-) -> Model:
-    """Load a trained checkpoint, or a whole classifier with its own head: ImageNet's, or one
-    trained elsewhere (``weights`` a state dict of the whole model, ``classes`` its names).
-
-    A GAP + linear head gives a :class:`CamModel` (exact CAM, no backward pass); any other
-    head, or a chosen ``layer``, gives a :class:`camcli.gradients.GradModel` (gradient maps
-    in PyTorch).
-
-    Args:
-        checkpoint_or_arch: a checkpoint path (``.safetensors``, or a camcli 0.1 ``.pt``), or
-            an arch name (``efficientnet_lite0``, ``vgg16``, ``resnet50``, ``timm:NAME``).
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        backend: ``auto``, ``torch`` or ``onnxruntime`` (a GradModel runs in PyTorch).
-        amp: autocast on CUDA.
-        weights: for an arch: ``imagenet`` or a state dict path (``torch.load(..., weights_only=True)``).
-        classes: for an arch: the class names of the head, in index order (their number sets
-            the head's size for a state dict path).
-        img_size: input size (the shorter side with keep-aspect); default: the checkpoint's, or 224.
-        resize: ``squash`` or ``keep-aspect``; default: the checkpoint's, or keep-aspect.
-        layer: the target layer of gradient maps (see ``camcli layers``); default: the last spatial map.
-
-    Raises:
-        CamcliError: unreadable checkpoint or weights, unknown layer.
-    """
-    from camcli.checkpoint import load_checkpoint, save_checkpoint
-
-    source = Path(checkpoint_or_arch)
-    text = str(checkpoint_or_arch)
-    if source.suffix in (".safetensors", ".pt", ".pth", ".onnx") or "/" in text or os.sep in text or os.path.lexists(source):
-        model = model_from_checkpoint(load_checkpoint(source), device, img_size, resize, backend, amp)
-        return model if layer is None else _gradient_model(model, layer, backend)
-    arch = str(checkpoint_or_arch)
-    if weights == "none":
-        raise CamcliError("a randomly initialized head ranks nothing: use --weights imagenet, or train a head with `camcli train`")
-    if classes is not None and not classes:
-        raise CamcliError("the classes file names no class")
-    packaged = arch == DEFAULT_ARCH and weights == "imagenet" and classes is None and layer is None
-    if packaged:
-        key = reference_key(lite0_reference())
-        cached = imagenet_head_cache(arch, key)
-        if cached.is_file() and onnx_ready(arch, key, resolve_device(device), backend):
-            with contextlib.suppress(CamcliError):  # a damaged cache entry is rebuilt below
-                model = model_from_checkpoint(load_checkpoint(cached), device, img_size, resize, backend, amp)
-                model.checkpoint = None
-                return model
-    from camcli.backbones import VGG_GAP_SUFFIX, build_classifier, gap_linear_backbone
-
-    if arch.startswith("vgg") and arch.endswith(VGG_GAP_SUFFIX):
-        raise CamcliError(f"{arch} has no pretrained head of its own: train one with `camcli train DATA --arch {arch}`")
-    classifier = build_classifier(arch, weights, len(classes) if classes else None)
-    if classes is not None:
-        classifier.class_names = list(classes)
-    backbone = None if layer is not None else gap_linear_backbone(classifier, weights)
-    if backbone is None:
-        return _gradient_model(classifier, layer, backend, device, img_size, resize, amp)
-    if classes is not None and len(classes) != backbone.head.out_features:
-        raise CamcliError(f"{arch}'s head has {backbone.head.out_features} outputs but {len(classes)} class names were given")
-    if backbone.class_names is None:
-        backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
-    preprocess = Preprocess(img_size or 224, backbone.mean, backbone.std, resize or DEFAULT_RESIZE, backbone.stride)
-    model = CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, device, None, backend, amp,
-                     weights_id=reference_key(backbone.reference) if backbone.reference else None)
-    if packaged:
-        from camcli.backbones import backbone_state
-        from camcli.train import make_checkpoint
-
-        if not cached.is_file() or not _loads(cached):
-            with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
-                save_checkpoint(make_checkpoint(backbone, (model.weight, model.bias), model.class_names,
-                                                replace(preprocess, img_size=224, resize=DEFAULT_RESIZE), None, {},
-                                                backbone_state(backbone)), cached)
-    return model
-
-
-def _gradient_model(source, layer: str | None, backend: str, device: str = "auto", img_size: int | None = None,
-                    resize: str | None = None, amp: bool = True) -> Model:
-    """A GradModel of a CamModel (at another layer) or of a whole classifier."""
-    from camcli.gradients import GradModel, whole_classifier
-
-    if backend == "onnxruntime":
-        raise CamcliError("gradient maps run in PyTorch (ONNX Runtime has no backward pass): use --backend auto or torch")
-    if isinstance(source, CamModel):
-        return GradModel(whole_classifier(source), source.class_names, source.preprocess, layer, source.device, source.amp,
-                         source.checkpoint)
-    classifier = source
-    if classifier.input_size is not None:
-        h, w = classifier.input_size
-        if (img_size not in (None, h) or h != w) or resize not in (None, "squash"):
-            raise CamcliError(f"{classifier.arch} takes {h}x{w} inputs only: leave out --img-size and --resize")
-        preprocess = Preprocess(h, classifier.mean, classifier.std, "squash")
-    else:
-        preprocess = Preprocess(img_size or 224, classifier.mean, classifier.std, resize or DEFAULT_RESIZE)
-    names = classifier.class_names
-    if names is None:
-        import torch
-
-        with torch.no_grad():
-            side = preprocess.img_size
-            count = classifier.model(torch.zeros(1, 3, side, side)).shape[-1]
-        names = [f"class_{i}" for i in range(count)]
-    model = GradModel(classifier, names, preprocess, layer, device, amp)
-    if backend == "auto" and model.device == "cpu":
-        model.note = f"{classifier.arch}: gradient maps run in PyTorch (ONNX Runtime has no backward pass)"
-    return model

@@ -7,12 +7,16 @@ raises them and never prints or exits.
 from __future__ import annotations
 
 import errno
+import re
+from collections.abc import Callable
 
 
 class CamcliError(Exception):
     """A request that cannot be carried out: bad input, bad option, unusable file.
 
-    The message is one line that says what is wrong and how to fix it.
+    The message is one line that says what is wrong and how to fix it. It names the library's
+    parameters in backticks (`top_k`), never a flag: the command line shows each as its flag
+    (``--top-k``), see :func:`flag_names`.
     """
 
     exit_code = 2
@@ -43,3 +47,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def flag_names(message: str, flag: Callable[[str], str]) -> str:
+    """``message`` with each backticked parameter (`top_k`) as ``flag`` names it (--top-k)."""
+    return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), message)

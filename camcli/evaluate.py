@@ -7,7 +7,6 @@ Boxes are [x0, y0, x1, y1] in original-image pixel edges (see :mod:`camcli.cam`)
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -19,14 +18,13 @@ import numpy as np
 
 from camcli import cam
 from camcli.data import class_folders, walk_images
-from camcli.engine import Model
+from camcli.defaults import PAPER_THRESHOLD
 from camcli.errors import CamcliError, first_line
 from camcli.files import read_bytes, read_text
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # Choe et al.'s grid
 V2_IOUS = (0.3, 0.5, 0.7)
 POINTING_TOLERANCE = 15.0
-PAPER_THRESHOLD = 0.2
 
 Progress = Callable[[str, int, int], None]
 
@@ -340,69 +338,13 @@ def labeled_images(root: Path, class_names: list[str], exclude: Sequence[str] = 
     return samples
 
 
-def evaluate(
-    model: Model, data: Path, boxes: dict[str, list[list[float]]] | None = None,
-    threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), batch_size: int = 32,
-    workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "auto",
-    counter: Callable | None = None,
-) -> dict:
-    """Classification and, with boxes, localization metrics of ``model`` on an ImageFolder.
-
-    Localization uses the ``method``'s map of each image's ground-truth class (GT-known),
-    normalized and upsampled to the original image size. ``counter`` replaces
-    :func:`count_images` (the Ray engine's, which runs it on the cluster) and takes the same arguments.
-    """
-    data = Path(data)
-    method = model.resolve_method(method)
-    samples = labeled_images(data, model.class_names, exclude)
-    if boxes and not any(path.relative_to(data).as_posix() in boxes for path, _ in samples):
-        raise CamcliError("none of the images to evaluate has a box: the boxes name images that --exclude leaves out or that "
-                          "lie outside DATA's class folders")
-    count = counter or functools.partial(count_images, model)
-    true, pred, tally = count(samples, data, boxes, threshold, cam_sizes, batch_size, workers, method, progress)
-    result = classification_metrics(true, pred, model.class_names)
-    if boxes:
-        result.update(tally.result(), method=method)
-    return result
-
-
-def count_images(
-    model: Model, samples: Sequence[tuple[Path, int]], data: Path, boxes: dict[str, list[list[float]]] | None,
-    threshold: float, cam_sizes: Sequence[int], batch_size: int, workers: int, method: str, progress: Progress | None = None,
-) -> tuple[list[int], list[int], LocalizationTally]:
-    """(true classes, predicted classes, localization tally) of labeled ``samples`` (path, class), in order."""
-    tally = LocalizationTally(threshold)
-    true, pred = [], []
-    done = 0
-    need_maps = bool(boxes)
-    for batch in model.batches([p for p, _ in samples], batch_size, workers, keep_images=need_maps):
-        if batch.failures:
-            raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
-        labels = [samples[i][1] for i in batch.positions]
-        predicted = batch.logits.argmax(axis=1).tolist()
-        true += labels
-        pred += predicted
-        if need_maps:
-            maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), cam_sizes, method)
-            for b, pos in enumerate(batch.positions):
-                rel = samples[pos][0].relative_to(data).as_posix()
-                if rel not in boxes:
-                    continue
-                _check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
-                tally.add(cam.heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
-        done += len(batch.positions)
-        if progress:
-            progress("evaluate", done, len(samples))
-    return true, pred, tally
-
-
-def _check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) -> None:
+def check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) -> None:
     """A ground-truth box must lie within its image (pixel edges: x1 <= width, y1 <= height); up
     to 1 px past the edge is clipped."""
     height, width = shape
     for box in boxes:
         if box[2] > width + 1 or box[3] > height + 1 or box[0] >= width or box[1] >= height:
-            raise CamcliError(f"--boxes: box {box} for {rel} lies outside the {width}x{height} image (more than 1 px past its edge)")
+            raise CamcliError(f"`boxes`: box {box} for {rel} lies outside the {width}x{height} image (more than 1 px past its edge)")
         box[2], box[3] = min(box[2], width), min(box[3], height)  # rounding of float annotations at the edge
 
 
@@ -410,7 +352,7 @@ def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
     """A copy of ``checkpoint`` that records the best box threshold found by :func:`evaluate`
     (``cam_threshold``, used by overlay's boxes by default) and where it came from."""
     if "best_threshold" not in result:
-        raise CamcliError("--calibrate needs --boxes: the threshold is chosen by box accuracy")
+        raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
     out = dict(checkpoint)
     out["cam_threshold"] = float(result["best_threshold"])
     out["calibration"] = {
@@ -420,58 +362,3 @@ def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
         "max_box_acc_v2": float(result["max_box_acc_v2"]),
     }
     return out
-
-
-def evaluation_job(
-    model: Model, data: Path, checkpoint: Path | None, boxes: dict[str, list[list[float]]] | None = None,
-    threshold: float = PAPER_THRESHOLD, cam_sizes: Sequence[int] = (), calibrate: bool = False, out: Path | None = None,
-    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, exclude: Sequence[str] = (), method: str = "auto",
-    counter: Callable | None = None,
-) -> tuple[dict, Path]:
-    """``camcli evaluate``: :func:`evaluate`, then its run folder: ``metrics.json`` (with the whole
-    box-accuracy curve), ``box_accuracy.png`` with boxes, ``calibrated.safetensors`` with ``calibrate``.
-
-    ``out`` (default the next ``runs/evaluate/expN``) may hold an earlier evaluation's files,
-    which are replaced; any other file at those names stops the job before any work.
-    ``checkpoint`` is the file the model came from (None for a classifier loaded by arch).
-
-    Returns:
-        (the metrics, the run folder).
-    """
-    from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
-    from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
-    from camcli.render import plot_curves, write_image
-
-    if calibrate and boxes is None:
-        raise CamcliError("calibrate needs boxes: the threshold is chosen by box accuracy")
-    if calibrate and checkpoint is None:
-        raise CamcliError("calibrate writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
-    if calibrate and (model.resolve_method(method) != "cam" or getattr(model, "layer", None) is not None):
-        raise CamcliError("calibrate measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
-                          "leave out method and layer")
-    run_dir = Path(out) if out is not None else next_run_dir(Path("runs/evaluate"))
-    metrics_file, plot_file, calibrated_file = run_dir / "metrics.json", run_dir / "box_accuracy.png", run_dir / f"calibrated{SUFFIX}"
-    guard = OutputGuard({real_path(checkpoint)} if checkpoint is not None else set(),
-                        remedy="evaluate replaces only its own earlier results: choose another --out")
-    for path in [metrics_file] + ([plot_file] if boxes else []) + ([calibrated_file] if calibrate else []):
-        guard.check(path)
-    result = evaluate(model, data, boxes, threshold, cam_sizes, batch_size, workers, progress, exclude, method, counter)
-    result["settings"] = {"checkpoint": str(checkpoint) if checkpoint is not None else None, "arch": model.arch,
-                          "layer": getattr(model, "layer", None), "data": str(data), "img_size": model.preprocess.img_size,
-                          "resize": model.preprocess.resize, "cam_sizes": list(cam_sizes)}
-    atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", guard.recorder(metrics_file))
-    if boxes:
-        curve = result["box_acc_curve"]
-        plot = plot_curves(
-            curve["thresholds"],
-            {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
-             **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
-            f"Box accuracy vs CAM threshold ({result['num_images_with_boxes']} images)",
-            "threshold (fraction of the normalized map)", "box accuracy",
-            mark=(result["best_threshold"], result["max_box_acc"]),
-        )
-        write_image(plot_file, plot, guard.recorder(plot_file))
-    if calibrate:
-        atomic_write(calibrated_file, checkpoint_bytes(calibrated(load_checkpoint(checkpoint), result, data)),
-                     guard.recorder(calibrated_file))
-    return result, run_dir

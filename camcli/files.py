@@ -260,7 +260,7 @@ class OutputGuard:
     inputs: set[Path]
     overwrite: bool = False
     reserved: set[Path] = field(default_factory=set)  # written by the job itself (the --output results file)
-    remedy: str = "pass --overwrite to replace it"  # what the user can do about a file camcli did not write
+    remedy: str = "pass `overwrite` to replace it"  # what the user can do about a file camcli did not write
     manifests: dict[Path, dict[str, dict]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -293,7 +293,7 @@ class OutputGuard:
         if real_path(path) in self.inputs:
             raise CamcliError(f"output {path} would replace an input; choose another output path")
         if real_path(path) in self.reserved:
-            raise CamcliError(f"output {path} is also the results file (--output); choose another one")
+            raise CamcliError(f"output {path} is also the results file (`output`); choose another one")
         with self.lock:
             self._manifest(path.parent)
         if path.is_dir():

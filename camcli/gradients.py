@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from camcli import cam
+from camcli import cam, methods
 from camcli.backbones import Classifier
 from camcli.data import Preprocess
-from camcli.engine import Model
+from camcli.engine import CamModel, Model
 from camcli.errors import CamcliError
 
 CPU_CHUNK = 8  # images per forward pass on the CPU (see GradModel.forward)
@@ -85,9 +85,9 @@ class GradModel(Model):
 
     def resolve_method(self, method: str) -> str:
         method = super().resolve_method(method)
-        if method == "cam":
-            raise CamcliError("--method cam is the map of a GAP + linear head at its last feature map; for this head or a "
-                              "chosen --layer use --method gradcam (or gradcam++, layercam)")
+        if not methods.get(method).gradients:
+            raise CamcliError(f"`method` {method} is the map of a GAP + linear head at its last feature map; for this head or a "
+                              f"chosen `layer` use method {' or '.join(methods.gradient_methods())}")
         return method
 
     def prepare(self) -> str | None:
@@ -113,7 +113,7 @@ class GradModel(Model):
         self.prepare()
         fixed = self.classifier.input_size
         if fixed is not None and any(tuple(t.shape[-2:]) != tuple(fixed) for t in tensors):
-            raise CamcliError(f"{self.arch} takes {fixed[0]}x{fixed[1]} inputs only: leave out --cam-size and --cam-scales")
+            raise CamcliError(f"{self.arch} takes {fixed[0]}x{fixed[1]} inputs only: leave out `cam_sizes`")
         shapes: dict[tuple[int, ...], list[int]] = {}
         for i, t in enumerate(tensors):
             shapes.setdefault(tuple(t.shape), []).append(i)
@@ -194,7 +194,7 @@ class GradModel(Model):
                           f"layer before the head ({self.listing})")
 
     def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
-        if method not in cam.METHODS or method == "cam":
+        if not methods.get(method).gradients:
             raise ValueError(f"not a gradient method: {method!r}")
         if any(not g.leaf.requires_grad for g in graph.groups):
             raise ValueError("maps of a batch made without a graph: pass for_maps=True to batches()")
@@ -256,38 +256,16 @@ class _GapLinear(torch.nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def whole_classifier(model) -> Classifier:
+def whole_classifier(model: CamModel) -> Classifier:
     """A :class:`camcli.engine.CamModel` as one module, for gradient maps at another layer."""
     pre = model.preprocess
     return Classifier(model.arch, _GapLinear(model.features_module(), model.weight, model.bias).eval().requires_grad_(False),
                       "features", mean=tuple(pre.mean), std=tuple(pre.std))
 
 
-def list_layers(checkpoint_or_arch, img_size: int = 224, is_checkpoint: bool | None = None) -> list[dict]:
-    """The layers of a model that ``--layer`` can name, in the order they run on one image.
-
-    Args:
-        checkpoint_or_arch: a checkpoint path or an arch name (its weights do not matter here).
-        img_size: the probe image's side (a fixed-size transformer uses its own).
-        is_checkpoint: whether it is a checkpoint; default: a path with a checkpoint suffix or a slash.
-
-    Returns:
-        rows ``{"name", "type", "output": shape without the batch, "grid": [h, w] or None
-        (None: not a spatial map, or run more than once, so not a target), "default": bool}``.
-    """
-    from pathlib import Path
-
-    from camcli.backbones import build_classifier
-    from camcli.engine import CamModel, load
-
-    text = str(checkpoint_or_arch)
-    if is_checkpoint or (is_checkpoint is None and (Path(text).suffix in (".safetensors", ".pt", ".pth") or "/" in text)):
-        model = load(text, device="cpu", backend="torch")
-        if not isinstance(model, CamModel):
-            raise ValueError("a checkpoint gives a CamModel")
-        classifier = whole_classifier(model)
-    else:
-        classifier = build_classifier(text, "none")
+def layer_rows(classifier: Classifier, img_size: int = 224) -> list[dict]:
+    """The layers of ``classifier`` that a target layer can name, in the order they run on one
+    blank image (see :func:`camcli.factory.list_layers`)."""
     side = classifier.input_size or (img_size, img_size)
     probe = GradModel(classifier, [], Preprocess(side[0], classifier.mean, classifier.std, "squash"), device="cpu")
     outputs: dict[str, object] = {}

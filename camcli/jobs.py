@@ -1,91 +1,173 @@
-"""The predict and overlay jobs: results as a stream of rows, outputs written safely.
+"""The jobs: predict, overlay, evaluate, and train's feature pass.
 
-A row is ``{"path": str, "predictions": [{"label", "index", "prob"}, ...]}``; overlay
-rows add ``"outputs": [paths written]``. Readers must ignore keys they do not know.
+A job is a dataclass of its options with three steps:
+
+- ``validate()``: every check that needs no model (the command line runs it before any model loads);
+- ``bind(model, work, notify)``: the checks that need the model (class names, the method the
+  head allows, the checkpoint's threshold, every output path), run once right after loading;
+  returns the bound job and the work it will do;
+- ``run(model, work)``: the results of a slice of the work, in order (rows, tallies, features).
+
+An engine (:class:`LocalEngine` here, :class:`camcli.scaleout.RayEngine` on a cluster) runs a
+bound job on its work; ``slice`` cuts a bound job and its work into the parts a worker gets,
+and ``count`` says how many images a result stands for, so progress is counted one way for
+every job.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import re
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from camcli.cam import NORMALIZATIONS, display_maps, heatmap, largest_component_box, softmax, upsample_to
-from camcli.data import ImageInput
-from camcli.engine import Model
+from camcli import methods
+from camcli.cam import global_average_pool, heatmap, largest_component_box, softmax
+from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
+from camcli.data import ImageInput, Preprocess
+from camcli.defaults import (
+    ALPHA,
+    BATCH_SIZE,
+    COLORMAPS,
+    MAX_IMG_SIZE,
+    MIN_IMG_SIZE,
+    NORMALIZATIONS,
+    PAPER_THRESHOLD,
+    TOP_K,
+)
+from camcli.engine import Model, extract_features, image_batches
 from camcli.errors import CamcliError
-from camcli.evaluate import PAPER_THRESHOLD
-from camcli.files import OutputGuard, atomic_write, fit_name, real_path
-from camcli.render import blend, colormap_id, draw_box, draw_caption, write_image
+from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
+from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
+from camcli.outputs import FixedNames, RankedNames
+from camcli.render import plot_curves, write_image, write_overlays
 
 Progress = Callable[[str, int, int | None], None]
+Notify = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- checks shared by the jobs
+
+def check_common(job) -> None:
+    """The values every inference job has: batch size, decoding threads, top-k, the box threshold,
+    the map sizes and the method name."""
+    if job.batch_size < 1:
+        raise CamcliError(f"`batch_size` must be at least 1, got {job.batch_size}")
+    if job.workers < 0:
+        raise CamcliError(f"`workers` must be 0 or more, got {job.workers}")
+    if getattr(job, "top_k", 1) < 1:
+        raise CamcliError(f"`top_k` must be at least 1, got {job.top_k}")
+    threshold = getattr(job, "box_threshold", None)
+    if threshold is not None and not 0.0 <= threshold < 1.0:
+        raise CamcliError(f"`box_threshold` must be from 0 to below 1, got {threshold}")
+    sizes = getattr(job, "cam_sizes", ())
+    if any(not MIN_IMG_SIZE <= s <= MAX_IMG_SIZE for s in sizes):
+        raise CamcliError(f"`cam_sizes` must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {', '.join(map(str, sizes))}")
+    if job.method != methods.AUTO:
+        methods.get(job.method)
 
 
 def box_threshold_for(model: Model, threshold: float | None) -> float:
-    """The box threshold: the one given, else the checkpoint's calibrated one, else 0.2."""
+    """The box threshold: the one given, else the checkpoint's calibrated one, else the paper's 0.2."""
     if threshold is None:  # a checkpoint's cam_threshold was checked when it was loaded
         return float((model.checkpoint or {}).get("cam_threshold", PAPER_THRESHOLD))
-    if not 0.0 <= threshold < 1.0:
-        raise CamcliError(f"box_threshold must be in [0, 1), got {threshold}")
     return threshold
 
 
-def predict_rows(
-    model: Model, images: Iterable[ImageInput], top_k: int = 5, batch_size: int = 32, workers: int = 0,
-    progress: Progress | None = None, chunk_size: int = 1024, boxes: bool = False,
-    box_threshold: float | None = None, cam_sizes: Sequence[int] = (), method: str = "auto",
-) -> Iterator[dict]:
-    """Rank classes for every image; rows come out in input order, batch by batch.
+def _one_per_batch(job, work: Sequence, start: int, stop: int):
+    return job, list(work[start:stop])
 
-    ``images`` may be a lazy iterator (a folder walk, stdin): it is consumed ``chunk_size``
-    images at a time, so the first rows come before the walk is finished. With ``boxes``,
-    rows add the top-1 class's box (see :func:`overlay_rows`).
+
+# ---------------------------------------------------------------- predict
+
+@dataclass
+class PredictJob:
+    """Rank classes for every image; with ``boxes``, rows add the top-1 class's box.
+
+    Attributes:
+        top_k: classes per row (capped at the number of classes).
+        boxes: add ``box`` (original-image pixels), ``box_label``, ``box_threshold`` and ``method``.
+        box_threshold: None: the checkpoint's calibrated one, else 0.2.
+        cam_sizes: compute the boxes' maps at these input sizes (see :meth:`Model.batch_maps`).
+        method: ``auto`` or a registered method (see :mod:`camcli.methods`).
+        chunk_size: images taken at a time from a lazy input (a folder walk, stdin), so the
+            first rows come before the walk is finished.
     """
-    model.rank(np.zeros((1, model.num_classes), np.float32), top_k)  # validates top_k before any work
-    method = model.resolve_method(method)
-    threshold = box_threshold_for(model, box_threshold) if boxes else None
-    total = len(images) if isinstance(images, Sized) else None
-    done = 0
-    iterator = iter(images)
-    while chunk := list(islice(iterator, chunk_size)):
-        for batch in model.batches([i.path for i in chunk], batch_size, workers, keep_images=boxes):
-            rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
-                    for pos, preds in zip(batch.positions, model.rank(batch.logits, top_k))}
-            if boxes and batch.positions:
-                top1 = batch.logits.argmax(axis=1)[:, None]
-                for b, (pos, cam_map) in enumerate(zip(batch.positions, model.batch_maps(batch, top1, cam_sizes, method))):
-                    heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
-                    rows[pos].update(box=largest_component_box(heat, threshold), box_label=model.class_names[int(top1[b, 0])],
-                                     box_threshold=threshold, method=method)
-            rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
-            yield from (rows[pos] for pos in sorted(rows))
-            done += len(rows)
-            if progress:
-                progress("predict", done, total)
+
+    top_k: int = TOP_K
+    boxes: bool = False
+    box_threshold: float | None = None
+    cam_sizes: Sequence[int] = ()
+    method: str = methods.AUTO
+    batch_size: int = BATCH_SIZE
+    workers: int = 0
+    chunk_size: int = 1024
+    stage: ClassVar[str] = "predict"
+
+    def validate(self) -> None:
+        check_common(self)
+
+    def bind(self, model: Model, work: Iterable[ImageInput], notify: Notify | None = None) -> tuple[PredictJob, Iterable[ImageInput]]:
+        threshold = box_threshold_for(model, self.box_threshold) if self.boxes else None
+        return replace(self, method=model.resolve_method(self.method), box_threshold=threshold), work
+
+    slice = _one_per_batch
+
+    def count(self, row: dict) -> int:
+        return 1
+
+    def run(self, model: Model, images: Iterable[ImageInput]) -> Iterator[dict]:
+        """Rows in input order, batch by batch."""
+        iterator = iter(images)
+        while chunk := list(islice(iterator, self.chunk_size)):
+            for batch in model.batches([i.path for i in chunk], self.batch_size, self.workers, keep_images=self.boxes):
+                rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
+                        for pos, preds in zip(batch.positions, model.rank(batch.logits, self.top_k))}
+                if self.boxes and batch.positions:
+                    top1 = batch.logits.argmax(axis=1)[:, None]
+                    maps = model.batch_maps(batch, top1, self.cam_sizes, self.method)
+                    for b, (pos, cam_map) in enumerate(zip(batch.positions, maps)):
+                        heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
+                        rows[pos].update(box=largest_component_box(heat, self.box_threshold),
+                                         box_label=model.class_names[int(top1[b, 0])], box_threshold=self.box_threshold,
+                                         method=self.method)
+                rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
+                yield from (rows[pos] for pos in sorted(rows))
+
+
+# ---------------------------------------------------------------- overlay
+
+@dataclass
+class OverlayPlan:
+    """What :meth:`OverlayJob.bind` found: the resolved method and threshold, the classes to map,
+    and the checked output names of the images to process (``names.guard`` None in a worker's slice)."""
+
+    method: str
+    threshold: float
+    chosen: list[int]  # classes to map for every image; empty: top-1 (or top-maps_k)
+    maps_k: int
+    names: FixedNames | RankedNames
 
 
 @dataclass
-class OverlayOptions:
-    """What overlay draws and where it writes.
+class OverlayJob:
+    """Write a CAM overlay for every image and yield its row, in input order.
 
     Attributes:
-        classes, class_indices: the classes to map (names, indices); none means top-1.
+        class_names, class_indices: the classes to map (names, indices); none means top-1.
         alpha: heatmap weight in the blend.
         colormap: OpenCV colormap name.
         caption: draw "label prob" in the corner.
         save_raw: also write the float32 (h, w) map as ``.npy`` (raw, or fused for several cam sizes).
         out_dir: mirror outputs under this folder instead of writing next to inputs.
         overwrite: replace files at output paths that camcli did not write.
-        box_threshold: the box's threshold (fraction of the normalized map); None uses the
+        box_threshold: the box's threshold (fraction of the normalized map); None: the
             checkpoint's calibrated ``cam_threshold``, else the CAM paper's 0.2.
         draw_box: draw the box on the overlay.
         skip_existing: leave out (no row, no work) the inputs whose outputs camcli already wrote.
@@ -93,13 +175,15 @@ class OverlayOptions:
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`Model.batch_maps`.
         reserved: paths the job writes otherwise (the results file), never an overlay.
-        method: ``auto``, ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`Model.batch_maps`).
+        method: ``auto`` or a registered method (see :mod:`camcli.methods`).
         normalize: how the heatmaps are scaled for display (see :func:`camcli.cam.display_maps`).
+        writers: threads that colour, blend, encode and write (OpenCV releases the GIL), so the
+            next batch's forward pass overlaps them.
     """
 
-    classes: Sequence[str] = ()
+    class_names: Sequence[str] = ()
     class_indices: Sequence[int] = ()
-    alpha: float = 0.5
+    alpha: float = ALPHA
     colormap: str = "jet"
     caption: bool = True
     save_raw: bool = False
@@ -111,327 +195,323 @@ class OverlayOptions:
     skip_existing: bool = False
     maps: int = 0
     reserved: Sequence[Path] = ()
-    method: str = "auto"
+    method: str = methods.AUTO
     normalize: str = "shared"
+    top_k: int = TOP_K
+    batch_size: int = BATCH_SIZE
+    workers: int = 0
+    writers: int = 2
+    plan: OverlayPlan | None = None
+    stage: ClassVar[str] = "overlay"
+
+    def validate(self) -> None:
+        check_common(self)
+        if self.colormap.lower() not in COLORMAPS:
+            raise CamcliError(f"unknown `colormap` {self.colormap!r}; choose one of {', '.join(sorted(COLORMAPS))}")
+        if self.normalize not in NORMALIZATIONS:
+            raise CamcliError(f"`normalize` must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise CamcliError(f"`alpha` must be between 0 and 1, got {self.alpha}")
+        if self.maps < 0 or (self.maps and (self.class_names or self.class_indices)):
+            raise CamcliError("`maps` takes a positive K and excludes `class_names` / `class_indices`")
+
+    def bind(self, model: Model, images: Sequence[ImageInput], notify: Notify | None = None) -> tuple[OverlayJob, list[ImageInput]]:
+        """Check every output path before any work, so a refused overwrite stops the job before
+        anything is written; leave out finished inputs with ``skip_existing``."""
+        method = model.resolve_method(self.method)
+        threshold = box_threshold_for(model, self.box_threshold)
+        chosen = [model.class_index(n) for n in self.class_names]
+        for index in self.class_indices:
+            if not 0 <= index < model.num_classes:
+                raise CamcliError(f"class index {index} out of range 0..{model.num_classes - 1}")
+            chosen.append(index)
+        chosen = list(dict.fromkeys(chosen))
+        maps_k = min(self.maps, model.num_classes)
+        guard = OutputGuard({real_path(i.path) for i in images}, self.overwrite, {real_path(p) for p in self.reserved})
+        if maps_k:
+            names: FixedNames | RankedNames = RankedNames(images, maps_k, self, guard)
+        else:
+            names = FixedNames(images, [model.class_names[c] for c in chosen] if chosen else ["top1"], self, guard)
+        names.check_all()
+        todo = list(range(len(images)))
+        if self.skip_existing:
+            todo = [k for k in todo if not names.finished(k)]
+            if notify and len(todo) < len(images):
+                notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (`skip_existing`)")
+        plan = OverlayPlan(method, threshold, chosen, maps_k, names.subset(todo, guard))
+        return replace(self, plan=plan), [images[k] for k in todo]
+
+    def slice(self, images: Sequence[ImageInput], start: int, stop: int) -> tuple[OverlayJob, list[ImageInput]]:
+        """A worker's part: its images' output names, checked again there by a guard of its own."""
+        stop = min(stop, len(images))
+        plan = replace(self.plan, names=self.plan.names.subset(range(start, stop), None))
+        return replace(self, plan=plan), list(images[start:stop])
+
+    def count(self, row: dict) -> int:
+        return 1
+
+    def run(self, model: Model, images: Sequence[ImageInput]) -> Iterator[dict]:
+        plan = self.plan
+        if plan is None:
+            raise ValueError("run a bound job: OverlayJob.bind(model, images) first")
+        names = plan.names
+        if names.guard is None:
+            # a worker's slice: the driver checked every planned output against the inputs; a worker
+            # checks each path again for folders, devices and files camcli did not write
+            names.guard = OutputGuard(set(), self.overwrite, {real_path(p) for p in self.reserved})
+        guard = names.guard
+        pending: deque[tuple[dict, Future | None]] = deque()
+
+        def finish_oldest() -> dict:
+            row, future = pending.popleft()
+            if future is not None:  # None: an input that could not be read, its row is complete
+                outputs, box = future.result()
+                row = {**row, "outputs": [str(p) for p in outputs], "box": box}
+            return row
+
+        with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="camcli-writer") as pool:
+            try:
+                for batch in model.batches([i.path for i in images], self.batch_size, self.workers, keep_images=True):
+                    if batch.positions:  # else every image of this batch failed: only failure rows below
+                        if plan.maps_k:
+                            classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, : plan.maps_k]
+                        else:
+                            classes = np.array([plan.chosen or [int(row.argmax())] for row in batch.logits], np.int64)
+                        probs, ranked = softmax(batch.logits), model.rank(batch.logits, self.top_k)
+                        maps = model.batch_maps(batch, classes, self.cam_sizes, plan.method)
+                    entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
+                    entries.update({pos: (None, why) for pos, why in batch.failures})
+                    for pos in sorted(entries):
+                        b, why = entries[pos]
+                        path = str(images[pos].path)
+                        if why is not None:
+                            pending.append(({"path": path, "predictions": [], "outputs": [], "box": None, "error": why}, None))
+                            continue
+                        mapped = classes[b].tolist()
+                        paths = names.paths(pos, [model.class_names[c] for c in mapped])
+                        future = pool.submit(write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names,
+                                             paths, self, plan.threshold, guard.recorder)
+                        row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]],
+                               "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize}
+                        pending.append((row, future))
+                    while len(pending) > self.batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
+                        yield finish_oldest()
+                while pending:
+                    yield finish_oldest()
+            finally:
+                for _, future in pending:
+                    if future is not None:
+                        future.cancel()  # the ones running finish (and record) before the pool closes
 
 
-def safe_label(label: str) -> str:
-    """A class label made safe for a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
+# ---------------------------------------------------------------- evaluate
 
+@dataclass
+class EvaluateJob:
+    """Classification and, with boxes, localization metrics on a labeled ImageFolder, written to a
+    run folder: ``metrics.json`` (with the whole box-accuracy curve), ``box_accuracy.png`` with
+    boxes, ``calibrated.safetensors`` with ``calibrate``.
 
-def output_bases(images: Sequence[ImageInput], options: OverlayOptions) -> list[tuple[Path, str, str]]:
-    """(output folder, output stem, extension) per image.
+    Localization uses the ``method``'s map of each image's ground-truth class (GT-known),
+    normalized and upsampled to the original image size.
 
-    Inputs whose stems collide in one output folder (``a.jpg``, ``a.png``) keep their
-    extension in the stem (``a_jpg``) so no output overwrites another.
+    Attributes:
+        data: ``DATA/<class>/*``, class folders named as the model's classes.
+        boxes: ground-truth boxes by relative path (see :func:`camcli.evaluate.load_boxes`), or None.
+        checkpoint: the file the model came from (None for a classifier loaded by arch).
+        box_threshold: None: the checkpoint's calibrated one, else 0.2.
+        calibrate: also write a copy of the checkpoint with the best box threshold.
+        out: the run folder (default the next ``runs/evaluate/expN``); it may hold an earlier
+            evaluation's files, which are replaced; any other file at those names stops the job
+            before any work.
+        exclude: glob patterns of images to leave out.
     """
-    seen: dict[Path, Path] = {}
-    for image in images:
-        first = seen.setdefault(real_path(image.path), image.path)
-        if first is not image.path:
-            raise CamcliError(f"{image.path} is the same file as {first}: give each image once")
-    folders = [(options.out_dir / i.relative.parent) if options.out_dir else i.path.parent for i in images]
-    stems = Counter((real_path(f), i.path.stem) for f, i in zip(folders, images))
-    bases = []
-    for folder, image in zip(folders, images):
-        stem = image.path.stem
-        if stems[(real_path(folder), stem)] > 1:
-            stem = f"{stem}_{image.path.suffix.lstrip('.')}"
-        bases.append((folder, stem, image.path.suffix))
-    return bases
+
+    data: Path
+    boxes: dict[str, list[list[float]]] | None = None
+    checkpoint: Path | None = None
+    box_threshold: float | None = None
+    cam_sizes: Sequence[int] = ()
+    calibrate: bool = False
+    out: Path | None = None
+    exclude: Sequence[str] = ()
+    method: str = methods.AUTO
+    batch_size: int = BATCH_SIZE
+    workers: int = 0
+    run_dir: Path | None = field(default=None, repr=False)
+    guard: OutputGuard | None = field(default=None, repr=False)
+    stage: ClassVar[str] = "evaluate"
+
+    def validate(self) -> None:
+        check_common(self)
+        if self.calibrate and self.boxes is None:
+            raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
+        if self.calibrate and self.checkpoint is None:
+            raise CamcliError("`calibrate` writes a copy of a checkpoint with the best threshold: it needs `checkpoint`")
+
+    def bind(self, model: Model, work=None, notify: Notify | None = None) -> tuple[EvaluateJob, list[tuple[Path, int]]]:
+        """The labeled images, and every output path checked before any work."""
+        method = model.resolve_method(self.method)
+        if self.calibrate and (method != "cam" or getattr(model, "layer", None) is not None):
+            raise CamcliError("`calibrate` measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
+                              "leave out `method` and `layer`")
+        data = Path(self.data)
+        samples = labeled_images(data, model.class_names, self.exclude)
+        if self.boxes and not any(path.relative_to(data).as_posix() in self.boxes for path, _ in samples):
+            raise CamcliError("none of the images to evaluate has a box: the boxes name images that `exclude` leaves out or that "
+                              "lie outside DATA's class folders")
+        run_dir = Path(self.out) if self.out is not None else next_run_dir(Path("runs/evaluate"))
+        guard = OutputGuard({real_path(self.checkpoint)} if self.checkpoint is not None else set(),
+                            remedy="evaluate replaces only its own earlier results: choose another out")
+        for path in self._outputs(run_dir):
+            guard.check(path)
+        threshold = box_threshold_for(model, self.box_threshold)
+        return replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard), samples
+
+    def _outputs(self, run_dir: Path) -> list[Path]:
+        return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
+            [run_dir / f"calibrated{SUFFIX}"] if self.calibrate else [])
+
+    def slice(self, samples: Sequence[tuple[Path, int]], start: int, stop: int) -> tuple[EvaluateJob, list]:
+        """A worker's part: its samples and their boxes only."""
+        chunk = list(samples[start:stop])
+        boxes = None
+        if self.boxes:
+            rels = [p.relative_to(self.data).as_posix() for p, _ in chunk]
+            boxes = {r: self.boxes[r] for r in rels if r in self.boxes}
+        return replace(self, boxes=boxes, guard=None), chunk
+
+    def count(self, part: dict) -> int:
+        return len(part["true"])
+
+    def run(self, model: Model, samples: Sequence[tuple[Path, int]]) -> Iterator[dict]:
+        """Per batch: ``{"true": classes, "pred": predicted classes, "tally": LocalizationTally}``."""
+        boxes = self.boxes
+        for batch in model.batches([p for p, _ in samples], self.batch_size, self.workers, keep_images=bool(boxes)):
+            if batch.failures:
+                raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
+            labels = [samples[i][1] for i in batch.positions]
+            predicted = batch.logits.argmax(axis=1).tolist()
+            tally = LocalizationTally(self.box_threshold)
+            if boxes:
+                maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), self.cam_sizes, self.method)
+                for b, pos in enumerate(batch.positions):
+                    rel = samples[pos][0].relative_to(self.data).as_posix()
+                    if rel not in boxes:
+                        continue
+                    check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
+                    tally.add(heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
+            yield {"true": labels, "pred": predicted, "tally": tally}
+
+    def finish(self, model: Model, parts: Iterable[dict]) -> dict:
+        """Merge the parts into the metrics and write the run folder; returns the metrics."""
+        true, pred, tally = [], [], LocalizationTally(self.box_threshold)
+        for part in parts:
+            true += part["true"]
+            pred += part["pred"]
+            tally.merge(part["tally"])
+        result = classification_metrics(true, pred, model.class_names)
+        if self.boxes:
+            result.update(tally.result(), method=self.method)
+        result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
+                              "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
+                              "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes)}
+        metrics_file, *others = self._outputs(self.run_dir)
+        atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
+        if self.boxes:
+            curve = result["box_acc_curve"]
+            plot = plot_curves(
+                curve["thresholds"],
+                {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
+                 **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
+                f"Box accuracy vs CAM threshold ({result['num_images_with_boxes']} images)",
+                "threshold (fraction of the normalized map)", "box accuracy",
+                mark=(result["best_threshold"], result["max_box_acc"]),
+            )
+            write_image(others[0], plot, self.guard.recorder(others[0]))
+        if self.calibrate:
+            target = others[-1]
+            atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), result, self.data)),
+                         self.guard.recorder(target))
+        return result
 
 
-def output_paths(base: tuple[Path, str, str], tags: Sequence[str], save_raw: bool) -> list[Path]:
-    """The overlays ``<stem><tag><ext>``, then with ``save_raw`` the maps ``<stem><tag>.npy``
-    (a name longer than the file system allows is shortened, see :func:`camcli.files.fit_name`)."""
-    folder, stem, ext = base
-    names = [f"{stem}{tag}{ext}" for tag in tags] + ([f"{stem}{tag}.npy" for tag in tags] if save_raw else [])
-    return [folder / fit_name(name) for name in names]
+# ---------------------------------------------------------------- train's feature pass
 
-
-def rank_tags(class_names: Sequence[str]) -> list[str]:
-    """``--maps K`` name tags ``_cam_<rank>_<label>``: unique even when two classes share a label."""
-    return [f"_cam_{rank}_{safe_label(name)}" for rank, name in enumerate(class_names, start=1)]
-
-
-class FixedNames:
-    """Outputs whose names are known before the model runs: ``<stem>_cam<ext>`` for one class
-    (top-1 or the one asked for), ``<stem>_cam_<label><ext>`` for several; then the ``.npy`` maps."""
-
-    def __init__(self, images: Sequence[ImageInput], labels: Sequence[str], options: OverlayOptions, guard: OutputGuard):
-        tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(label)}" for label in labels]
-        self.plans = [output_paths(base, tags, options.save_raw) for base in output_bases(images, options)]
-        self.guard = guard
-
-    def check_all(self) -> None:
-        planned = [p for paths in self.plans for p in paths]
-        duplicates = [p for p, n in Counter(real_path(p) for p in planned).items() if n > 1]
-        if duplicates:
-            raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use --out-dir or rename one")
-        for path in planned:
-            self.guard.check(path)
-
-    def paths(self, k: int, class_names: Sequence[str]) -> list[Path]:
-        return self.plans[k]
-
-    def finished(self, k: int) -> bool:
-        return all(self.guard.is_ours(p) for p in self.plans[k])
-
-    def subset(self, ks: Sequence[int], guard: OutputGuard) -> FixedNames:
-        """The plans of images ``ks`` only (in that order), checking with ``guard`` (for a worker)."""
-        part = object.__new__(FixedNames)
-        part.plans, part.guard = [self.plans[k] for k in ks], guard
-        return part
-
-
-class RankedNames:
-    """``--maps K``: ``<stem>_cam_<rank>_<label><ext>`` for each image's top-K classes, names
-    known only once the model has ranked the image. Planning checks every existing
-    ``<stem>_cam_*`` file instead; each image's names are checked again before they are written."""
-
-    def __init__(self, images: Sequence[ImageInput], k: int, options: OverlayOptions, guard: OutputGuard):
-        self.bases = output_bases(images, options)
-        self.k, self.save_raw, self.guard = k, options.save_raw, guard
-        self.listings: dict[Path, list[str]] = {}
-
-    def _listing(self, folder: Path) -> list[str]:
-        if folder not in self.listings:
-            self.listings[folder] = sorted(os.listdir(folder)) if folder.is_dir() else []
-        return self.listings[folder]
-
-    def check_all(self) -> None:
-        same = [b for b, n in Counter((real_path(f), stem, ext) for f, stem, ext in self.bases).items() if n > 1]
-        if same:
-            raise CamcliError(f"two inputs would write the same outputs {same[0][0] / same[0][1]}_cam_*; use --out-dir or rename one")
-        for folder, stem, _ in self.bases:
-            for name in self._listing(folder):
-                if name.startswith(f"{stem}_cam_"):
-                    self.guard.check(folder / name)
-            for path in self.guard.reserved:
-                if path.parent == real_path(folder) and path.name.startswith(f"{stem}_cam_"):
-                    raise CamcliError(f"the results file (--output) {path} has the name of a --maps output; choose another one")
-
-    def paths(self, k: int, class_names: Sequence[str]) -> list[Path]:
-        paths = output_paths(self.bases[k], rank_tags(class_names), self.save_raw)
-        for path in paths:
-            self.guard.check(path)
-        return paths
-
-    def subset(self, ks: Sequence[int], guard: OutputGuard) -> RankedNames:
-        """The plans of images ``ks`` only (in that order), checking with ``guard`` (for a worker)."""
-        part = object.__new__(RankedNames)
-        part.bases, part.k, part.save_raw, part.guard, part.listings = [self.bases[k] for k in ks], self.k, self.save_raw, guard, {}
-        return part
-
-    def finished(self, k: int) -> bool:
-        folder, stem, ext = self.bases[k]
-        names = self._listing(folder)
-        return all(
-            any(n.startswith(f"{stem}_cam_{rank}_") and n.endswith(suffix) and self.guard.is_ours(folder / n) for n in names)
-            for rank in range(1, self.k + 1) for suffix in ([ext, ".npy"] if self.save_raw else [ext])
-        )
+def pooled_features(
+    runner: Callable[[np.ndarray], np.ndarray], paths: Sequence[Path], preprocess: Preprocess,
+    batch_size: int, workers: int, augment: bool = False, seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """Global-average-pooled backbone features, one (B, C) float32 array per batch, in the order of
+    ``paths`` (``augment``: random resized crop + horizontal flip first, drawn from ``seed``)."""
+    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, augment=augment, seed=seed):
+        if failures:
+            raise CamcliError(f"{failures[0][1]}; fix or remove that file")
+        feats, sizes = extract_features(runner, tensors)
+        yield np.ascontiguousarray(global_average_pool(feats, sizes), dtype=np.float32)
 
 
 @dataclass
-class OverlayPlan:
-    """An overlay job checked and planned, before any work: see :func:`plan_overlays`."""
+class FeatureJob:
+    """``camcli train``'s feature pass: pooled backbone features of images, one (B, C) float32
+    array per batch, in order. The model is the backbone alone (:func:`camcli.factory.backbone_model`)."""
 
-    method: str  # resolved (never auto)
-    threshold: float
-    chosen: list[int]  # classes to map for every image; empty: top-1 (or top-maps_k)
-    maps_k: int
-    guard: OutputGuard
-    names: FixedNames | RankedNames
-    todo: list[int]  # the images to process (all but those --skip-existing leaves out)
+    preprocess: Preprocess
+    batch_size: int = BATCH_SIZE
+    workers: int = 0
+    augment: bool = False
+    seed: int = 0
+    stage: str = "features"
+    method: ClassVar[str] = methods.AUTO  # (no maps: for check_common)
 
+    def validate(self) -> None:
+        check_common(self)
 
-def plan_overlays(
-    model: Model, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
-    notify: Callable[[str], None] | None = None,
-) -> OverlayPlan:
-    """Check the options and every output path of an overlay job before any work, so a refused
-    overwrite stops the job before anything is written; leave out finished inputs with
-    ``skip_existing``."""
-    colormap_id(options.colormap)
-    if options.normalize not in NORMALIZATIONS:
-        raise CamcliError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {options.normalize!r}")
-    method = model.resolve_method(options.method)
-    threshold = box_threshold_for(model, options.box_threshold)
-    if not 0.0 <= options.alpha <= 1.0:
-        raise CamcliError(f"alpha must be between 0 and 1, got {options.alpha}")
-    model.rank(np.zeros((1, model.num_classes), np.float32), top_k)
-    chosen = [model.class_index(n) for n in options.classes]
-    for index in options.class_indices:
-        if not 0 <= index < model.num_classes:
-            raise CamcliError(f"class index {index} out of range 0..{model.num_classes - 1}")
-        chosen.append(index)
-    chosen = list(dict.fromkeys(chosen))
-    if options.maps < 0 or (options.maps and chosen):
-        raise CamcliError("--maps takes a positive K and excludes --class / --class-index")
-    maps_k = min(options.maps, model.num_classes)
-    guard = OutputGuard({real_path(i.path) for i in images}, options.overwrite, {real_path(p) for p in options.reserved})
-    if maps_k:
-        names: FixedNames | RankedNames = RankedNames(images, maps_k, options, guard)
-    else:
-        names = FixedNames(images, [model.class_names[c] for c in chosen] if chosen else ["top1"], options, guard)
-    names.check_all()
-    todo = list(range(len(images)))
-    if options.skip_existing:
-        todo = [k for k in todo if not names.finished(k)]
-        if notify and len(todo) < len(images):
-            notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (--skip-existing)")
-    return OverlayPlan(method, threshold, chosen, maps_k, guard, names, todo)
+    def bind(self, model: Model, paths: Sequence[Path], notify: Notify | None = None) -> tuple[FeatureJob, list[Path]]:
+        return self, list(paths)
+
+    slice = _one_per_batch
+
+    def count(self, part: np.ndarray) -> int:
+        return len(part)
+
+    def run(self, model: Model, paths: Sequence[Path]) -> Iterator[np.ndarray]:
+        model.prepare()
+        yield from pooled_features(model.runner, paths, self.preprocess, self.batch_size, self.workers, self.augment, self.seed)
 
 
-def overlay_rows(
-    model: Model, images: Sequence[ImageInput], options: OverlayOptions, top_k: int = 5,
-    batch_size: int = 32, workers: int = 0, progress: Progress | None = None, writers: int = 2,
-    notify: Callable[[str], None] | None = None, plan: OverlayPlan | None = None,
-) -> Iterator[dict]:
-    """Write a CAM overlay for every image (see :class:`FixedNames`, :class:`RankedNames`) and
-    yield its row, in input order.
+# ---------------------------------------------------------------- the local engine
 
-    Every output path is checked before any work (:func:`plan_overlays`, unless a ``plan`` of
-    these images is given). Colormap, blend, encoding and writing run in a small thread pool
-    (OpenCV releases the GIL), so the next batch's forward pass overlaps them.
-    """
-    if plan is None:
-        plan = plan_overlays(model, images, options, top_k, notify)
-    method, threshold, chosen, maps_k, guard, names, todo = (
-        plan.method, plan.threshold, plan.chosen, plan.maps_k, plan.guard, plan.names, plan.todo)
-    pending: deque[tuple[dict, Future | None]] = deque()
+class LocalEngine:
+    """Runs a bound job here, in this process, on the model given."""
+
+    name = "local"
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def run(self, job, model: Model, work: Iterable, progress: Progress | None = None) -> Iterator:
+        """The job's results on all its work, in order; ``progress(stage, images done, total or None)``."""
+        return counted(job, job.run(model, work), len(work) if isinstance(work, Sized) else None, progress)
+
+
+def counted(job, results: Iterable, total: int | None, progress: Progress | None) -> Iterator:
+    """The results, with progress counted by ``job.count`` (the same for every job and engine)."""
     done = 0
-
-    def finish_oldest() -> dict:
-        nonlocal done
-        row, future = pending.popleft()
-        if future is not None:  # None: an input that could not be read, its row is complete
-            outputs, box = future.result()
-            row = {**row, "outputs": [str(p) for p in outputs], "box": box}
-        done += 1
+    for part in results:
+        done += job.count(part)
         if progress:
-            progress("overlay", done, len(todo))
-        return row
-
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="camcli-writer") as pool:
-        try:
-            for batch in model.batches([images[k].path for k in todo], batch_size, workers, keep_images=True):
-                if batch.positions:  # else every image of this batch failed: only failure rows below
-                    if maps_k:
-                        classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, :maps_k]
-                    else:
-                        classes = np.array([chosen or [int(row.argmax())] for row in batch.logits], np.int64)
-                    probs, ranked = softmax(batch.logits), model.rank(batch.logits, top_k)
-                    maps = model.batch_maps(batch, classes, options.cam_sizes, method)
-                entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
-                entries.update({pos: (None, why) for pos, why in batch.failures})
-                for pos in sorted(entries):
-                    b, why = entries[pos]
-                    path = str(images[todo[pos]].path)
-                    if why is not None:
-                        pending.append(({"path": path, "predictions": [], "outputs": [], "box": None, "error": why}, None))
-                        continue
-                    mapped = classes[b].tolist()
-                    paths = names.paths(todo[pos], [model.class_names[c] for c in mapped])
-                    future = pool.submit(
-                        _write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names, paths,
-                        options, threshold, guard.recorder,
-                    )
-                    row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]], "box_threshold": threshold,
-                           "method": method, "normalize": options.normalize}
-                    pending.append((row, future))
-                while len(pending) > batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
-                    yield finish_oldest()
-            while pending:
-                yield finish_oldest()
-        finally:
-            for _, future in pending:
-                if future is not None:
-                    future.cancel()  # the ones running finish (and record) before the pool closes
+            progress(job.stage, done, total)
+        yield part
 
 
-def _write_overlays(
-    image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: np.ndarray,
-    class_names: list[str], paths: list[Path], options: OverlayOptions, threshold: float,
-    recorder: Callable[[Path], Callable[[os.stat_result], None]],
-) -> tuple[list[Path], list[int] | None]:
-    """Write one overlay per mapped class, then the raw maps.
+def run_here(job, model: Model, work: Iterable, progress: Progress | None = None, notify: Notify | None = None) -> Iterator:
+    """Validate, bind and run a job in this process: the Python API's one call
+    (``list(run_here(PredictJob(top_k=3), model, find_images(["photos"])))``)."""
+    job.validate()
+    job, work = job.bind(model, work, notify)
+    return LocalEngine().run(job, model, work, progress)
 
-    Returns:
-        the paths written, and the first mapped class's box (largest region above
-        ``threshold``, original-image pixels) or None.
-    """
-    box = None
-    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize)
-    for j, c in enumerate(classes):
-        if j == 0:  # boxes threshold the min-max map, as evaluate and calibration do
-            box = largest_component_box(heatmap(maps[j], image_rgb.shape[:2]), threshold)
-        overlay = blend(image_rgb, upsample_to(shown[j], image_rgb.shape[:2]), options.alpha, options.colormap)
-        if options.draw_box and j == 0 and box is not None:
-            overlay = draw_box(overlay, box)
-        if options.caption:
-            overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
-        write_image(paths[j], overlay, recorder(paths[j]))
-    if options.save_raw:
-        for j in range(len(classes)):
-            buffer = io.BytesIO()
-            np.save(buffer, maps[j].astype(np.float32))
-            atomic_write(paths[len(classes) + j], buffer.getvalue(), recorder(paths[len(classes) + j]))
-    return paths, box
-
-
-def default_format(stdout_is_tty: bool) -> str:
-    """``table`` for a person at a terminal, ``jsonl`` for a pipe or file."""
-    return "table" if stdout_is_tty else "jsonl"
-
-
-def is_tty(stream: object) -> bool:
-    try:
-        return os.isatty(stream.fileno())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
-
-
-def csv_cell(text: str) -> str:
-    """Text from outside (paths, labels) for a CSV cell: a leading ``'`` where a spreadsheet
-    would take the cell for a formula (OWASP's CSV-injection rule: = + - @ tab CR)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
-    """Write rows to a text stream as csv, json or jsonl; returns how many were written.
-
-    jsonl and csv stream (flushed per row); json needs every row and writes at the end.
-    """
-    import csv
-
-    count = 0
-    if fmt == "json":
-        everything = list(rows)
-        stream.write(json.dumps(everything, indent=2) + "\n")
-        return len(everything)
-    # RFC 4180's CRLF: a field holding a CR or LF (a file name may) is then always quoted
-    writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
-    if writer:
-        writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        if writer:
-            box = row.get("box")
-            for rank, p in enumerate(row["predictions"], start=1):
-                writer.writerow([
-                    csv_cell(row["path"]), rank, csv_cell(p["label"]), p["index"], f"{p['prob']:.6g}",
-                    csv_cell(";".join(row.get("outputs", []))), " ".join(map(str, box)) if box else "", "",
-                ])
-            if "error" in row:
-                writer.writerow([csv_cell(row["path"]), "", "", "", "", "", "", csv_cell(row["error"])])
-        elif fmt == "jsonl":
-            stream.write(json.dumps(row) + "\n")
-        else:
-            raise ValueError(f"unknown format {fmt!r}")
-        stream.flush()
-        count += 1
-    return count

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from camcli import defaults
-from camcli.cam import display_maps, upsample_to
+from camcli.cam import display_maps, heatmap, largest_component_box, upsample_to
 from camcli.errors import CamcliError
 from camcli.files import atomic_write, printable
 
@@ -48,7 +51,7 @@ def render_overlay(
 def blend(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Color a normalized (H, W) heatmap in [0, 1] and blend it over an (H, W, 3) RGB image."""
     if not 0.0 <= alpha <= 1.0:
-        raise CamcliError(f"--alpha must be between 0 and 1, got {alpha}")
+        raise CamcliError(f"`alpha` must be between 0 and 1, got {alpha}")
     heat_u8 = cv2.convertScaleAbs(np.clip(heat, 0.0, 1.0), alpha=255.0)
     colored = cv2.cvtColor(cv2.applyColorMap(heat_u8, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(colored, alpha, image_rgb, 1.0 - alpha, 0.0)
@@ -131,3 +134,34 @@ def plot_curves(
         x, y = at(*mark)
         cv2.putText(img, f"best {mark[0]:.2f}: {mark[1]:.3f}", (x + 8, max(top + 12, y - 10)), font, 0.45, black, 1, cv2.LINE_AA)
     return img
+
+
+def write_overlays(
+    image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: np.ndarray,
+    class_names: list[str], paths: list[Path], options, threshold: float,
+    recorder: Callable[[Path], Callable[[os.stat_result], None]],
+) -> tuple[list[Path], list[int] | None]:
+    """Write one overlay per mapped class, then the raw maps (``options``: an overlay job's
+    alpha, colormap, caption, draw_box, normalize and save_raw).
+
+    Returns:
+        the paths written, and the first mapped class's box (largest region above
+        ``threshold``, original-image pixels) or None.
+    """
+    box = None
+    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize)
+    for j, c in enumerate(classes):
+        if j == 0:  # boxes threshold the min-max map, as evaluate and calibration do
+            box = largest_component_box(heatmap(maps[j], image_rgb.shape[:2]), threshold)
+        overlay = blend(image_rgb, upsample_to(shown[j], image_rgb.shape[:2]), options.alpha, options.colormap)
+        if options.draw_box and j == 0 and box is not None:
+            overlay = draw_box(overlay, box)
+        if options.caption:
+            overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
+        write_image(paths[j], overlay, recorder(paths[j]))
+    if options.save_raw:
+        for j in range(len(classes)):
+            buffer = io.BytesIO()
+            np.save(buffer, maps[j].astype(np.float32))
+            atomic_write(paths[len(classes) + j], buffer.getvalue(), recorder(paths[len(classes) + j]))
+    return paths, box

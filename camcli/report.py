@@ -93,7 +93,7 @@ def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
 def check_report_path(path: Path) -> None:
     """Reports never overwrite a file: refuse before any work is done."""
     if os.path.lexists(path):
-        raise CamcliError(f"--report {path} already exists; choose another name (reports never overwrite)")
+        raise CamcliError(f"`report` {path} already exists; choose another name (reports never overwrite)")
 
 
 def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
@@ -130,7 +130,7 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
             f'<div class="pics">{images}</div><div class="path">{name}</div>{preds}<div class="box">{box_text}</div></div>'
         )
     left_out = total - len(rows)
-    summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (--report-limit)" if left_out else "")
+    summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (report limit)" if left_out else "")
     options = "".join(f'<option value="{_esc(label)}">{_esc(label)}</option>' for label in sorted(labels))
     page = (_PAGE.replace("__COUNT__", str(sum(c.count("<img") for c in cards)))
             .replace("__SUMMARY__", _esc(summary)).replace("__OPTIONS__", options)

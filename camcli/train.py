@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -24,17 +23,20 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from camcli import __version__
 from camcli.backbones import Backbone, backbone_state, build_backbone
-from camcli.cam import global_average_pool, softmax
-from camcli.checkpoint import FORMAT_VERSION, SUFFIX, save_checkpoint
+from camcli.cam import softmax
+from camcli.checkpoint import SUFFIX, make_checkpoint, save_checkpoint
 from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
-from camcli.engine import extract_features, image_batches
+from camcli.engine import CamModel
 from camcli.errors import CamcliError
+from camcli.evaluate import classification_metrics
+from camcli.factory import ModelSpec, backbone_model
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
-from camcli.packaged import reference_key
-from camcli.runtime import cache_dir, make_runner, resolve_device, weights_key
+from camcli.jobs import FeatureJob, LocalEngine
+from camcli.render import draw_caption, render_overlay
+from camcli.report import write_train_report
+from camcli.runtime import cache_dir
 
 Progress = Callable[[str, int, int], None]
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -60,24 +62,6 @@ class TrainResult:
     num_val: int
 
 
-def pooled_features(
-    runner: Callable[[np.ndarray], np.ndarray], paths: list[Path], preprocess: Preprocess,
-    batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
-    augment: bool = False, seed: int = 0,
-) -> Iterator[torch.Tensor]:
-    """Global-average-pooled backbone features, one (B, C) float32 CPU tensor per batch, in
-    the order of ``paths`` (``augment``: random resized crop + horizontal flip first, drawn from ``seed``)."""
-    done = 0
-    for tensors, _, _, failures in image_batches(paths, preprocess, batch_size, workers, augment=augment, seed=seed):
-        if failures:
-            raise CamcliError(f"{failures[0][1]}; fix or remove that file")
-        feats, sizes = extract_features(runner, tensors)
-        yield torch.from_numpy(np.ascontiguousarray(global_average_pool(feats, sizes), dtype=np.float32))
-        done += len(tensors)
-        if progress:
-            progress(stage, done, len(paths))
-
-
 def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preprocess, backend: str) -> Path:
     """Where the pooled features of ``paths`` are cached: keyed by each file's path, size and
     mtime, the backbone weights, the preprocessing and the backend."""
@@ -90,14 +74,12 @@ def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preproces
 
 
 def cached_pooled_features(
-    runner: Callable[[np.ndarray], np.ndarray], paths: list[Path], preprocess: Preprocess, weights_id: str,
-    batch_size: int, workers: int, progress: Progress | None = None, stage: str = "features",
-    stream: Callable[[], Iterator[torch.Tensor]] | None = None,
+    paths: list[Path], preprocess: Preprocess, weights_id: str, backend: str, compute: Callable[[], Iterable[np.ndarray]],
 ) -> tuple[torch.Tensor, bool]:
-    """(N, C) pooled features of ``paths`` from the feature cache, computing and caching them
-    on a miss (with ``stream``, which yields them as :func:`pooled_features` would: the Ray
-    engine's). Returns (features, whether they came from the cache)."""
-    path = feature_cache_file(paths, weights_id, preprocess, getattr(runner, "name", "torch"))
+    """(N, C) pooled features of ``paths`` from the feature cache, computing them with ``compute``
+    (one (B, C) array per batch, in order: a :class:`camcli.jobs.FeatureJob` on an engine) and
+    caching them on a miss. Returns (features, whether they came from the cache)."""
+    path = feature_cache_file(paths, weights_id, preprocess, backend)
     if path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -105,8 +87,7 @@ def cached_pooled_features(
                 return cached, True
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
             pass
-    parts = stream() if stream else pooled_features(runner, paths, preprocess, batch_size, workers, progress, stage)
-    feats = torch.cat(list(parts))
+    feats = torch.from_numpy(np.concatenate(list(compute())))
     with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
         buffer = io.BytesIO()
         torch.save(feats, buffer)
@@ -152,28 +133,6 @@ def evaluate(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> t
     return float(loss), float((preds == labels).float().mean()), preds
 
 
-def make_checkpoint(
-    backbone: Backbone, head: nn.Linear | tuple[np.ndarray, np.ndarray], class_names: list[str], preprocess: Preprocess,
-    config: TrainConfig | None, metrics: dict, stored_backbone: dict,
-) -> dict:
-    """The checkpoint dict (see checkpoint.py and README, "Checkpoint format")."""
-    weight, bias = (head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy()) if isinstance(head, nn.Linear) else head
-    return {
-        "format_version": FORMAT_VERSION,
-        "camcli_version": __version__,
-        "arch": backbone.arch,
-        "class_names": list(class_names),
-        "img_size": preprocess.img_size,
-        "preprocess": preprocess.to_dict(),
-        "mean": list(preprocess.mean),
-        "std": list(preprocess.std),
-        "config": config.to_dict() if config is not None else {},
-        "metrics": dict(metrics),
-        "backbone": stored_backbone,
-        "head": {"weight": np.array(weight, np.float32), "bias": np.array(bias, np.float32)},
-    }
-
-
 RUN_FILES = ("config.yaml", f"best{SUFFIX}", f"last{SUFFIX}", "metrics.csv", "report.html")
 
 
@@ -182,14 +141,14 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, OutputGuard]:
     ``runs/train/expN``, and the guard of its files: with ``exist_ok``, a run's file that
     camcli did not write (not in the folder's manifest as it is now) stops training before
     anything is written."""
-    guard = OutputGuard(set(), remedy="train replaces only a previous run's files: choose another --out")
+    guard = OutputGuard(set(), remedy="train replaces only a previous run's files: choose another `out`")
     if config.out is None:
         return next_run_dir(), guard
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
-        raise CamcliError(f"--out {run_dir} is a file, not a folder")
+        raise CamcliError(f"`out` {run_dir} is a file, not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not config.exist_ok:
-        raise CamcliError(f"--out {run_dir} already holds files; choose another folder or pass --exist-ok")
+        raise CamcliError(f"`out` {run_dir} already holds files; choose another folder or pass `exist_ok`")
     for name in RUN_FILES:
         guard.check(run_dir / name)
     return run_dir, guard
@@ -197,7 +156,7 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, OutputGuard]:
 
 def fit(
     config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
-    notify: Callable[[str], None] | None = None, feature_stream: Callable | None = None,
+    notify: Callable[[str], None] | None = None, engine=None,
 ) -> TrainResult:
     """Train a head on ``config.data`` and save the run (best.safetensors, last.safetensors, metrics.csv, config.yaml,
     report.html).
@@ -205,42 +164,36 @@ def fit(
     Without ``augment``, pooled features come from the feature cache (computed once per
     data, weights, preprocessing and backend), so more epochs cost no more forward passes.
     ``notify`` receives one-line notes for the user (cache use, backend fallback).
-    ``feature_stream`` computes the cache's features elsewhere (see
-    :func:`camcli.scaleout.ray_feature_stream`); augmented epochs run here.
+    ``engine`` computes the cache's features (a :class:`camcli.jobs.FeatureJob`; default here,
+    :class:`camcli.scaleout.RayEngine` on a cluster, entered by the caller); augmented epochs run here.
     """
     config.validate()
     train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
     run_dir, guard = prepare_run_dir(config)
-    device = resolve_device(config.device)
+    engine = engine or LocalEngine()
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
     preprocess = Preprocess(config.img_size, backbone.mean, backbone.std, config.resize, backbone.stride)
     stored_backbone = backbone_state(backbone)
-    ref = backbone.reference
-    weights_id = reference_key(ref) if ref else weights_key(stored_backbone["state_dict"])
-    runner, note = make_runner(lambda: backbone.features, config.arch, device, config.backend, config.amp, lambda: weights_id)
+    spec = ModelSpec(arch=config.arch, device=config.device, backend=config.backend, amp=config.amp, backbone=stored_backbone)
+    features = backbone_model(spec, backbone.features)
+    note = features.prepare()
     say = notify or (lambda _: None)
     if note:
         say(note)
 
     def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         paths = [p for p, _ in samples]
-        stream = None
-        if feature_stream is not None:
-            from camcli.scaleout import BackboneSpec
-
-            spec = BackboneSpec(config.arch, stored_backbone, weights_id, getattr(runner, "name", "torch"), device, config.amp)
-            stream = functools.partial(feature_stream, spec, paths, preprocess, config.batch_size, progress, stage)
-        feats, hit = cached_pooled_features(
-            runner, paths, preprocess, weights_id, config.batch_size, config.workers, progress, stage, stream
-        )
+        job = FeatureJob(preprocess, config.batch_size, config.workers, stage=stage)
+        feats, hit = cached_pooled_features(paths, preprocess, features.weights_id(), features.runner.name,
+                                            lambda: engine.run(job, features, paths, progress))
         if hit:
             say(f"{stage}: {len(samples)} images from the feature cache")
         return feats, torch.tensor([y for _, y in samples], dtype=torch.long)
 
     train_y = torch.tensor([y for _, y in train_set], dtype=torch.long)
     if config.augment:
-        say("--augment: random resized crops and flips, so features are computed every epoch (no feature cache)")
+        say("`augment`: random resized crops and flips, so features are computed every epoch (no feature cache)")
     else:
         train_x, train_y = extract(train_set, "train features")
     val_x, val_y = extract(val_set, "val features")
@@ -255,12 +208,10 @@ def fit(
         if not config.augment:
             return shuffled_batches(train_x, train_y, config.batch_size, generator)
         order = torch.randperm(len(train_paths), generator=generator).tolist()
-        feats = pooled_features(
-            runner, [train_paths[i] for i in order], preprocess, config.batch_size, config.workers,
-            progress, f"epoch {epoch} (augmented)", augment=True, seed=config.seed * 100_003 + epoch,
-        )
-        labels = train_y[order].split(config.batch_size)
-        return zip(feats, labels)
+        job = FeatureJob(preprocess, config.batch_size, config.workers, augment=True, seed=config.seed * 100_003 + epoch,
+                         stage=f"epoch {epoch} (augmented)")
+        feats = LocalEngine().run(job, features, [train_paths[i] for i in order], progress)
+        return zip(map(torch.from_numpy, feats), train_y[order].split(config.batch_size))
 
     run_dir.mkdir(parents=True, exist_ok=True)
     # a reused run folder (--exist-ok): the previous run's files (checked to be camcli's) go first, so a run that
@@ -281,7 +232,8 @@ def fit(
             )
         row = dict(zip(METRIC_COLUMNS, (epoch, train_loss, train_acc, val_loss, val_acc)))
         history.append(row)
-        checkpoint = make_checkpoint(backbone, head, class_names, preprocess, config, row, stored_backbone)
+        checkpoint = make_checkpoint(config.arch, head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(), class_names,
+                                     preprocess, config.to_dict(), row, stored_backbone)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
             best, best_checkpoint = row, checkpoint
             save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}", guard.recorder(run_dir / f"best{SUFFIX}"))
@@ -301,11 +253,6 @@ def _write_report(
 ) -> None:
     """RUN_DIR/report.html for the best epoch: curves, confusion matrix, and validation
     overlays of up to ``per_kind`` correct and ``per_kind`` misclassified images."""
-    from camcli.engine import CamModel
-    from camcli.evaluate import classification_metrics
-    from camcli.render import draw_caption, render_overlay
-    from camcli.report import write_train_report
-
     head = nn.Linear(checkpoint["head"]["weight"].shape[1], len(class_names))
     head.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint["head"].items()})
     _, _, preds = evaluate(head, val_x, val_y)

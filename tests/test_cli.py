@@ -442,7 +442,7 @@ def test_predict_boxes_find_the_hot_region_of_a_synthetic_image(tmp_path):
     """A hand-made backbone whose feature map is the image's brightness: the box is the bright square."""
     from camcli.data import Preprocess, find_images
     from camcli.engine import CamModel
-    from camcli.jobs import predict_rows
+    from camcli.jobs import PredictJob, run_here
 
     class Brightness(torch.nn.Module):
         def forward(self, x):
@@ -455,7 +455,7 @@ def test_predict_boxes_find_the_hot_region_of_a_synthetic_image(tmp_path):
     image = np.zeros((100, 200, 3), np.uint8)
     image[20:60, 120:180] = 255  # x0=120, y0=20, x1=180, y1=60
     write_image(tmp_path / "square.png", image)
-    (row,) = predict_rows(model, find_images([tmp_path]), top_k=2, boxes=True, box_threshold=0.5)
+    (row,) = run_here(PredictJob(top_k=2, boxes=True, box_threshold=0.5), model, find_images([tmp_path]))
     assert row["box_label"] == "bright" and row["box_threshold"] == 0.5
     x0, y0, x1, y1 = row["box"]
     assert abs(x0 - 120) <= 6 and abs(y0 - 20) <= 6 and abs(x1 - 180) <= 6 and abs(y1 - 60) <= 6
@@ -566,12 +566,12 @@ def test_help_shows_defaults_and_box_format_from_the_code():
     ("predict", ["--output", "runs/x/last.safetensors"], "results are text (table, csv, json, jsonl); .safetensors names a model"),
 ])
 def test_invalid_values_fail_before_any_model_loads(command, bad, message, monkeypatch, tmp_path):
-    import camcli.engine
+    import camcli.factory
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(camcli.engine, "load", no_load)
+    monkeypatch.setattr(camcli.factory, "build_model", no_load)
     target = str(SAMPLE_DATA / "val") if command == "evaluate" else str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg")
     result = CliRunner().invoke(app, [command, target, *bad, "--out-dir" if command == "overlay" else "--quiet", *(
         [str(tmp_path)] if command == "overlay" else [])])

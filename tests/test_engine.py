@@ -71,7 +71,7 @@ def test_maps_of_all_classes(model):
 
 
 def test_the_api_shows_a_tqdm_bar_when_asked(sample_run, capsys):
-    from camcli.engine import load
+    from camcli.factory import load
     from conftest import SAMPLE_DATA
 
     model = load(sample_run / "best.safetensors", device="cpu")

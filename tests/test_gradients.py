@@ -77,7 +77,8 @@ def test_every_method_equals_pytorch_grad_cam_on_heads_that_are_not_gap_linear(a
 
 def test_a_gap_linear_model_through_the_backward_engine_equals_its_exact_head_gradients(sample_run):
     """The hook engine (backward through the head) and the exact W_c / (h w) path agree."""
-    from camcli.engine import CamModel, load
+    from camcli.engine import CamModel
+    from camcli.factory import load
 
     ckpt = sample_run / "best.safetensors"
     exact = load(ckpt, device="cpu", backend="torch", resize="squash")
@@ -204,7 +205,7 @@ def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
     import timm
 
     from camcli.data import read_class_names
-    from camcli.gradients import list_layers
+    from camcli.factory import list_layers
 
     runner = CliRunner()
     labels = tmp_path / "labels.txt"

@@ -460,7 +460,8 @@ def test_configs_that_are_not_configs_are_one_line(tmp_path, text, message):
 def test_non_finite_scores_make_a_failed_input_never_invalid_json(tmp_path):
     from camcli.data import Preprocess, find_images
     from camcli.engine import CamModel
-    from camcli.jobs import predict_rows, write_rows
+    from camcli.jobs import PredictJob, run_here
+    from camcli.results import write_rows
 
     head = torch.nn.Linear(3, 2)
     head.load_state_dict({"weight": torch.full((2, 3), 3e38), "bias": torch.zeros(2)})
@@ -468,7 +469,7 @@ def test_non_finite_scores_make_a_failed_input_never_invalid_json(tmp_path):
                      device="cpu", backend="torch")
     write_image(tmp_path / "x.png", np.full((32, 32, 3), 200, np.uint8))
     stream = io.StringIO()
-    write_rows(predict_rows(model, find_images([tmp_path])), "jsonl", stream)
+    write_rows(run_here(PredictJob(), model, find_images([tmp_path])), "jsonl", stream)
     (row,) = [json.loads(line) for line in stream.getvalue().splitlines()]  # strict JSON: no NaN
     assert row["predictions"] == [] and "non-finite scores" in row["error"]
 

@@ -92,7 +92,7 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
 
     from camcli.cli import app
     from camcli.data import read_image
-    from camcli.engine import load
+    from camcli.factory import load
     from conftest import SAMPLE_DATA
 
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ import camcli.train as train_module
 from camcli.checkpoint import load_checkpoint
 from camcli.config import resolve_train_config
 from camcli.data import find_images
-from camcli.engine import load
-from camcli.jobs import predict_rows
+from camcli.factory import load
+from camcli.jobs import PredictJob, run_here
 from camcli.runtime import OnnxRunner, TorchRunner, make_runner
 from camcli.train import fit
 from conftest import SAMPLE_DATA, make_image_folder
@@ -109,7 +109,7 @@ def test_first_prediction_arrives_before_the_last_image_is_read(tmp_path, monkey
     real = data_module.read_image
     monkeypatch.setattr(data_module, "read_image", lambda p, *rest: (reads.append(p), real(p, *rest))[1])
     model = load("efficientnet_lite0", device="cpu", backend="torch", img_size=64)
-    rows = predict_rows(model, find_images([folder]), top_k=1, batch_size=4, workers=0)
+    rows = run_here(PredictJob(top_k=1, batch_size=4, workers=0), model, find_images([folder]))
     first = next(rows)
     assert first["path"].endswith("blue_0.png") and len(reads) == 4 < 60
     assert sum(1 for _ in rows) == 59
@@ -125,7 +125,7 @@ def test_first_prediction_arrives_before_the_input_walk_is_finished(tmp_path):
             yield image
 
     model = load("efficientnet_lite0", device="cpu", backend="torch", img_size=64)
-    rows = predict_rows(model, walk(), top_k=1, batch_size=4, workers=0, chunk_size=8)
+    rows = run_here(PredictJob(top_k=1, batch_size=4, workers=0, chunk_size=8), model, walk())
     first = next(rows)
     assert first["path"].endswith("blue_0.png") and len(walked) == 8 < 20
     assert [r["path"] for r in rows] == [str(i.path) for i in walked[1:]] and len(walked) == 20

@@ -94,16 +94,16 @@ def test_default_backbone_head_matches_logistic_regression(sample_run):
     from sklearn.linear_model import LogisticRegression
 
     from camcli.data import Preprocess, load_image_folder
+    from camcli.jobs import pooled_features
     from camcli.runtime import TorchRunner
-    from camcli.train import pooled_features
     from conftest import SAMPLE_DATA
 
     train, val, _ = load_image_folder(SAMPLE_DATA, 0.2, 0)
     backbone = build_backbone()
     pre = Preprocess(224, backbone.mean, backbone.std, "keep-aspect", backbone.stride)
     runner = TorchRunner(backbone.features, torch.device("cpu"))
-    xtr = torch.cat(list(pooled_features(runner, [p for p, _ in train], pre, 32, 0))).numpy()
-    xva = torch.cat(list(pooled_features(runner, [p for p, _ in val], pre, 32, 0))).numpy()
+    xtr = np.concatenate(list(pooled_features(runner, [p for p, _ in train], pre, 32, 0)))
+    xva = np.concatenate(list(pooled_features(runner, [p for p, _ in val], pre, 32, 0)))
     reference = LogisticRegression(max_iter=5000).fit(xtr, [y for _, y in train]).score(xva, [y for _, y in val])
     ours = load_checkpoint(sample_run / "best.safetensors")["metrics"]["val_acc"]
     assert ours >= reference - 0.03 - 1e-6

@@ -1,0 +1,63 @@
+"""The map methods, in one registry: the parser's choices, the models, the checks and the docs read it.
+
+Adding a method is one entry here and one function in :mod:`camcli.cam` (named by ``function``).
+It imports only camcli.errors, so the command line's ``--help`` stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from camcli.errors import CamcliError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way to make a class map.
+
+    Attributes:
+        name: the value of ``method`` (``--method``).
+        gradients: whether it weighs the target layer's activations by the class score's
+            gradient (exact and without a backward pass on a GAP + linear head, see
+            :func:`camcli.cam.head_gradients`; a backward pass in PyTorch on any other head).
+        function: the :mod:`camcli.cam` function that makes the map (see its docstring for
+            shapes): ``class_maps`` from features and head weights, a gradient method's from one
+            image's activations and gradients.
+        relu: whether the map keeps only positive evidence (a ReLU before min-max normalization).
+        summary: one line for ``--help`` and the README.
+    """
+
+    name: str
+    gradients: bool
+    function: str
+    relu: bool
+    summary: str
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("cam", False, "class_maps", False, "the CAM M_c of a GAP + linear head (Zhou et al. 2016), min-max normalized, no ReLU"),
+    Method("gradcam", True, "gradcam_map", True, "channel weights = mean gradient (Selvaraju et al. 2017)"),
+    Method("gradcam++", True, "gradcampp_map", True, "weights from second- and third-order gradient terms (Chattopadhay et al. 2018)"),
+    Method("layercam", True, "layercam_map", True, "ReLU(gradient) x activation, per position (Jiang et al. 2021)"),
+)}
+NAMES = tuple(REGISTRY)  # the parser's choices (with "auto")
+AUTO = "auto"  # the model's own default: cam on a GAP + linear head, else gradcam
+
+
+def get(name: str) -> Method:
+    """The registered method ``name``; the error names the choices."""
+    if name not in REGISTRY:
+        raise CamcliError(f"`method` must be {AUTO} or one of {', '.join(NAMES)}, got {name!r}")
+    return REGISTRY[name]
+
+
+def gradient_methods() -> tuple[str, ...]:
+    """The names of the methods a head without a GAP + linear form can use."""
+    return tuple(m.name for m in REGISTRY.values() if m.gradients)
+
+
+def help_text() -> str:
+    """``--method``'s help, from the registry."""
+    parts = "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
+    return (f"{AUTO} (cam for a GAP + linear head, else gradcam); {parts}. Gradient maps are ReLU'd, then min-max normalized; "
+            "on a GAP + linear head their gradients are exact, no backward pass.")

@@ -1,0 +1,89 @@
+"""Result formats, in one place: table, csv, json and jsonl rows; the format an ``--output``
+suffix names; the terminal rule; the CSV formula guard.
+
+A row is ``{"path": str, "predictions": [{"label", "index", "prob"}, ...]}``; overlay rows add
+``"outputs"`` and ``"box"``, failed inputs ``"error"``. Readers must ignore keys they do not know.
+The table is drawn by the command line (rich); its cells come from :func:`table_cells`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx", ".npy")  # files results must never replace
+
+
+def choose_format(fmt: str | None, output: Path | None, stdout_is_tty: bool) -> str:
+    """The format asked for; else the one ``output``'s suffix names; else ``table`` for a person
+    at a terminal and ``jsonl`` for a pipe or file."""
+    if fmt is None and output is not None:
+        fmt = FORMATS_BY_SUFFIX.get(output.suffix.lower())
+    return fmt or default_format(output is None and stdout_is_tty)
+
+
+def default_format(stdout_is_tty: bool) -> str:
+    """``table`` for a person at a terminal, ``jsonl`` for a pipe or file."""
+    return "table" if stdout_is_tty else "jsonl"
+
+
+def is_tty(stream: object) -> bool:
+    try:
+        return os.isatty(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
+
+
+def csv_cell(text: str) -> str:
+    """Text from outside (paths, labels) for a CSV cell: a leading ``'`` where a spreadsheet
+    would take the cell for a formula (OWASP's CSV-injection rule: = + - @ tab CR)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
+    """Write rows to a text stream as csv, json or jsonl; returns how many were written.
+
+    jsonl and csv stream (flushed per row); json needs every row and writes at the end.
+    """
+    count = 0
+    if fmt == "json":
+        everything = list(rows)
+        stream.write(json.dumps(everything, indent=2) + "\n")
+        return len(everything)
+    # RFC 4180's CRLF: a field holding a CR or LF (a file name may) is then always quoted
+    writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        if writer:
+            box = row.get("box")
+            for rank, p in enumerate(row["predictions"], start=1):
+                writer.writerow([
+                    csv_cell(row["path"]), rank, csv_cell(p["label"]), p["index"], f"{p['prob']:.6g}",
+                    csv_cell(";".join(row.get("outputs", []))), " ".join(map(str, box)) if box else "", "",
+                ])
+            if "error" in row:
+                writer.writerow([csv_cell(row["path"]), "", "", "", "", "", "", csv_cell(row["error"])])
+        elif fmt == "jsonl":
+            stream.write(json.dumps(row) + "\n")
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+        stream.flush()
+        count += 1
+    return count
+
+
+def table_cells(row: dict, overlay: bool) -> tuple[list[str], bool]:
+    """One row's table cells (path, top-1, prob, others[, outputs]) and whether it failed."""
+    if "error" in row:
+        return [row["path"], "failed", "", row["error"], *([""] if overlay else [])], True
+    first, *others = row["predictions"]
+    extra = ", ".join(f"{p['label']} {p['prob']:.1%}" for p in others)
+    return [row["path"], first["label"], f"{first['prob']:.1%}", extra, *([", ".join(row["outputs"])] if overlay else [])], False
