@@ -97,8 +97,8 @@ def _stdout_console(**kwargs) -> Console:
 
 
 def _say(text: object) -> None:
-    """A note or message on stderr, shown literally."""
-    err.print(printable(text))
+    """A note or message on stderr, shown literally (a library note's parameters as flags)."""
+    err.print(printable(flag_names(str(text), _flag)))
 
 
 def _report_errors(command: Callable) -> Callable:
@@ -471,8 +471,9 @@ def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None) 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
         nonlocal failed
         for row in source:
-            if "error" in row:
+            if "error" in row:  # a library message: shown with the command line's flags, in rows too
                 failed += 1
+                row = {**row, "error": flag_names(row["error"], _flag)}
                 err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
             yield row
 

@@ -86,8 +86,9 @@ class GradModel(Model):
     def resolve_method(self, method: str) -> str:
         method = super().resolve_method(method)
         if not methods.get(method).gradients:
+            first, *others = methods.gradient_methods()
             raise CamcliError(f"`method` {method} is the map of a GAP + linear head at its last feature map; for this head or a "
-                              f"chosen `layer` use method {' or '.join(methods.gradient_methods())}")
+                              f"chosen `layer` use `method` {first} (or {', '.join(others)})")
         return method
 
     def prepare(self) -> str | None:

@@ -347,7 +347,7 @@ class EvaluateJob:
         if self.calibrate and self.boxes is None:
             raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
         if self.calibrate and self.checkpoint is None:
-            raise CamcliError("`calibrate` writes a copy of a checkpoint with the best threshold: it needs `checkpoint`")
+            raise CamcliError("`calibrate` writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
 
     def bind(self, model: Model, work=None, notify: Notify | None = None) -> tuple[EvaluateJob, list[tuple[Path, int]]]:
         """The labeled images, and every output path checked before any work."""

@@ -130,7 +130,7 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
             f'<div class="pics">{images}</div><div class="path">{name}</div>{preds}<div class="box">{box_text}</div></div>'
         )
     left_out = total - len(rows)
-    summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (report limit)" if left_out else "")
+    summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (--report-limit)" if left_out else "")
     options = "".join(f'<option value="{_esc(label)}">{_esc(label)}</option>' for label in sorted(labels))
     page = (_PAGE.replace("__COUNT__", str(sum(c.count("<img") for c in cards)))
             .replace("__SUMMARY__", _esc(summary)).replace("__OPTIONS__", options)

@@ -115,7 +115,7 @@ def test_missing_pretrained_weights_name_the_cache_path(tmp_path, monkeypatch):
         build_backbone("resnet18", "imagenet")
     message = str(info.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
-    assert "--weights PATH" in message and "weights_only=False" not in message
+    assert "`weights` PATH" in message and "weights_only=False" not in message
 
 
 def test_pretrained_weights_found_in_the_torch_cache_are_used(tmp_path, monkeypatch):

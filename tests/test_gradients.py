@@ -88,7 +88,7 @@ def test_a_gap_linear_model_through_the_backward_engine_equals_its_exact_head_gr
     for method in ("gradcam", "gradcam++", "layercam"):
         np.testing.assert_allclose(hooked.maps(images, [0, 2], method=method), exact.maps(images, [0, 2], method=method),
                                    rtol=1e-4, atol=1e-6)
-    with pytest.raises(CamcliError, match="for this head or a chosen --layer use --method gradcam"):
+    with pytest.raises(CamcliError, match="for this head or a chosen `layer` use `method` gradcam"):
         hooked.maps(images, [0], method="cam")
 
 
@@ -227,7 +227,7 @@ def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
 
     vit = build_classifier("timm:vit_tiny_patch16_224", "none")
     model = GradModel(vit, [f"c{i}" for i in range(1000)], Preprocess(224, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
-    with pytest.raises(CamcliError, match="takes 224x224 inputs only: leave out --cam-size"):
+    with pytest.raises(CamcliError, match="takes 224x224 inputs only: leave out `cam_sizes`"):
         model.forward([np.zeros((3, 320, 320), np.float32)])
 
     swin = {r["name"]: r["grid"] for r in list_layers("swin_t")}

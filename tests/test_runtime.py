@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import camcli.data as data_module
-import camcli.train as train_module
+import camcli.jobs as jobs_module
 from camcli.checkpoint import load_checkpoint
 from camcli.config import resolve_train_config
 from camcli.data import find_images
@@ -69,13 +69,13 @@ def test_export_failure_falls_back_to_torch_with_one_warning(tmp_path, monkeypat
 def test_second_training_run_does_no_backbone_forward(tiny_folder, tmp_path, monkeypatch):
     first = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "a"), epochs=2, **SMALL))
     calls = []
-    real = train_module.extract_features
+    real = jobs_module.extract_features
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "extract_features", counting)
+    monkeypatch.setattr(jobs_module, "extract_features", counting)
     notes = []
     second = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), epochs=2, **SMALL), notify=notes.append)
     assert calls == [] and any("feature cache" in n for n in notes)
@@ -92,12 +92,12 @@ def test_second_training_run_does_no_backbone_forward(tiny_folder, tmp_path, mon
 
 def test_augment_runs_the_backbone_every_epoch_and_says_so(tiny_folder, tmp_path, monkeypatch):
     calls = []
-    real = train_module.extract_features
-    monkeypatch.setattr(train_module, "extract_features", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = jobs_module.extract_features
+    monkeypatch.setattr(jobs_module, "extract_features", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     notes = []
     result = fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "r"), epochs=3, augment=True, **SMALL),
                  notify=notes.append)
-    assert any("--augment" in n for n in notes)
+    assert any("`augment`" in n for n in notes)
     # 10 train images in batches of 4: 3 batches per epoch, plus the val features once (1 batch)
     assert len(calls) == 3 * 3 + 1
     assert len(result.history) == 3

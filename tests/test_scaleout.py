@@ -106,3 +106,46 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
     assert result.exit_code == 3 and "pip install 'camcli[ray]'" in result.stderr and "Traceback" not in result.output
     wrong = CliRunner().invoke(app, ["predict", str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"), "--ray-workers", "2"])
     assert wrong.exit_code == 2 and "--engine ray" in wrong.stderr
+
+
+def test_ray_engine_spreads_a_job_over_two_nodes_with_the_local_engines_rows_and_files(tmp_path, monkeypatch):
+    """A two-node cluster simulated here (two raylets of one CPU, each with its own camcli cache): two
+    workers, one per node, and rows and files equal to a local run of the same bound job."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from camcli.data import find_images
+    from camcli.factory import ModelSpec, build_model
+    from camcli.jobs import LocalEngine, OverlayJob
+    from camcli.scaleout import RayEngine, RayOptions
+
+    monkeypatch.chdir(tmp_path)
+    images = _folder(tmp_path)
+    (images / "sub" / "broken.jpg").unlink()
+    (images / "empty.png").unlink()
+    for name in ("flower_00", "flower_01", "rocket_00"):
+        shutil.copy(SAMPLE_DATA / "val" / name.split("_")[0] / f"{name}.jpg", images / f"{name}.jpg")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    caches = [tmp_path / "cache-head", tmp_path / "cache-node"]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": {"CAMCLI_CACHE_DIR": str(caches[0])},
+                                                            "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, env_vars={"CAMCLI_CACHE_DIR": str(caches[1])})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        model = build_model(ModelSpec(arch="efficientnet_lite0", device="cpu"))
+        model.prepare()
+        results = {}
+        for name, engine in (("local", LocalEngine()), ("ray", RayEngine(RayOptions(cluster.address, workers=2)))):
+            job, work = OverlayJob(out_dir=tmp_path / name, save_raw=True, batch_size=2).bind(model, find_images([images]))
+            with engine:
+                rows = list(engine.run(job, model, work))
+            results[name] = (json.loads(json.dumps(rows).replace(str(tmp_path / name), "OUT")), _files(tmp_path / name))
+        assert len(engine.nodes) == 2  # batches ran on both nodes
+        assert all((c / "onnx").is_dir() for c in caches)  # each node's workers used their own cache
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert len(results["local"][0]) == 8 and not any("error" in r for r in results["local"][0])
+    assert results["ray"] == results["local"]

@@ -77,7 +77,7 @@ def test_runs_are_numbered_and_out_is_protected(tiny_folder, tmp_path, monkeypat
     second = fit(resolve_train_config(data=str(tiny_folder), **{**SMALL, "epochs": 1}))
     assert (str(first.run_dir), str(second.run_dir)) == ("runs/train/exp", "runs/train/exp2")
     assert next_run_dir() == next_run_dir().parent / "exp3"
-    with pytest.raises(CamcliError, match="--exist-ok"):
+    with pytest.raises(CamcliError, match="`exist_ok`"):
         fit(resolve_train_config(data=str(tiny_folder), out="runs/train/exp", **SMALL))
     fit(resolve_train_config(data=str(tiny_folder), out="runs/train/exp", exist_ok=True, **SMALL))
     # --exist-ok replaces a previous run's files, never a file camcli did not write
