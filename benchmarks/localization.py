@@ -25,9 +25,11 @@ import skimage.data
 from readme_section import write_section
 from sklearn.datasets import load_sample_image
 
+from camcli import methods
 from camcli.config import resolve_train_config
-from camcli.evaluate import evaluate, load_boxes
+from camcli.evaluate import load_boxes
 from camcli.factory import load
+from camcli.jobs import EvaluateJob, LocalEngine
 from camcli.train import fit
 
 OBJECTS = {
@@ -48,6 +50,14 @@ SETTINGS = [  # name, training resize and img_size, cam sizes for evaluation
     ("keep-aspect 320", "keep-aspect", 320, []),
 ]
 
+
+
+def evaluate(model, data: Path, boxes: dict, cam_sizes=(), workers: int = 1, method: str = "auto") -> dict:
+    """camcli evaluate's metrics (the job writes its run folder to a temporary one)."""
+    job = EvaluateJob(data, boxes, cam_sizes=cam_sizes, method=method, workers=workers, out=Path(tempfile.mkdtemp()))
+    job.validate()
+    job, samples = job.bind(model)
+    return job.finish(model, LocalEngine().run(job, model, samples))
 
 def build(root: Path, seed: int = 0) -> dict[str, dict]:
     rng = np.random.default_rng(seed)
@@ -80,7 +90,7 @@ def build(root: Path, seed: int = 0) -> dict[str, dict]:
     return boxes
 
 
-METHODS = ("cam", "gradcam", "gradcam++", "layercam")
+METHODS = methods.NAMES
 
 
 def _row(name: str, r: dict, extra: str = "") -> str:

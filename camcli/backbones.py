@@ -24,6 +24,7 @@ from torch import nn
 
 from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_reference, lite0_weights_path  # noqa: F401
+from camcli.runtime import module_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -450,8 +451,6 @@ def backbone_state(backbone: Backbone) -> dict:
     packaged weights, the full feature-extractor state dict otherwise."""
     if backbone.reference is not None:
         return {"reference": dict(backbone.reference)}
-    from camcli.runtime import module_state
-
     return {"state_dict": module_state(backbone.features)}
 
 

@@ -42,8 +42,9 @@ from camcli.defaults import (
     TRAIN,
 )
 from camcli.errors import CamcliError, flag_names, os_error
-from camcli.files import printable
+from camcli.files import atomic_open, guard_output_file, printable
 from camcli.packaged import DEFAULT_ARCH
+from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, table_cells, write_rows
 
 # click's exception classes (typer vendors click, and exports only some of them)
 _ClickException, _UsageError = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
@@ -443,12 +444,6 @@ def train(
     typer.echo(printable(f"Results saved to {result.run_dir}"))
 
 
-def _require_checkpoint(checkpoint: Optional[Path]) -> None:
-    """A given --checkpoint must be there (never read as an arch name)."""
-    if checkpoint is not None and not os.path.lexists(checkpoint):
-        raise CamcliError(f"checkpoint not found: {checkpoint}")
-
-
 def _finish(count: int, failed: int, allow_failures: bool) -> None:
     """Exit 1 when some inputs failed (each was reported as it came), unless allowed."""
     if failed:
@@ -463,9 +458,6 @@ def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None) 
     Returns:
         (rows written, inputs that failed).
     """
-    from camcli.files import atomic_open
-    from camcli.results import choose_format, is_tty, write_rows
-
     failed = 0
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
@@ -491,19 +483,13 @@ def _guard_output(output: Optional[Path], protected: list, overwrite: bool, resu
     None without --output."""
     if output is None:
         return None
-    from camcli.results import MODEL_SUFFIXES
-
     if results and output.suffix.lower() in MODEL_SUFFIXES:
         raise CamcliError(f"--output {output}: results are text (table, csv, json, jsonl); {output.suffix} names a model or "
                           "array file, which results would replace")
-    from camcli.files import guard_output_file
-
     return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)
 
 
 def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
-    from camcli.results import is_tty, table_cells
-
     table = Table()
     table.add_column("path", overflow="fold", ratio=3)
     table.add_column("top-1", overflow="fold", ratio=1)
@@ -748,12 +734,13 @@ def export(
     Example: camcli export runs/train/exp/best.safetensors --out model.onnx
     """
     from camcli.export import export_model
-    from camcli.factory import load
+    from camcli.factory import ModelSpec, build_model
 
-    _require_checkpoint(checkpoint)
+    spec = ModelSpec(checkpoint=str(checkpoint), device="cpu", backend="torch")
+    spec.validate()
     out = out or checkpoint.with_suffix(".onnx")
     guard = _guard_output(out, [checkpoint], overwrite, results=False)
-    model = load(checkpoint, device="cpu", backend="torch")
+    model = build_model(spec)
     measured = export_model(model, out, guard.recorder(out))
     if not quiet:
         _say(f"checked against camcli: max |Δprob| {measured['max_prob_error']:.1e}, "
@@ -776,7 +763,6 @@ def models(
     """
 
     from camcli.backbones import available_models
-    from camcli.results import is_tty
 
     fmt = _listing_format(fmt)
     rows = available_models(timm_pattern)
@@ -796,7 +782,6 @@ Listing = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("-
 
 def _listing_format(fmt: Optional[str]) -> str:
     """models, layers, info: a table on a terminal, JSON lines otherwise."""
-    from camcli.results import is_tty
 
     return fmt or ("table" if is_tty(sys.stdout) else "jsonl")
 
@@ -826,12 +811,12 @@ def layers(
     Example: camcli layers --arch vgg16
     """
 
-    from camcli.factory import list_layers
+    from camcli.factory import ModelSpec, list_layers
 
     fmt = _listing_format(fmt)
-    _require_checkpoint(checkpoint)
-    rows = [r for r in list_layers(checkpoint if checkpoint is not None else arch, is_checkpoint=checkpoint is not None)
-            if all_layers or r["grid"]]
+    spec = ModelSpec(checkpoint=str(checkpoint)) if checkpoint is not None else ModelSpec(arch=arch)
+    spec.validate()
+    rows = [r for r in list_layers(spec) if all_layers or r["grid"]]
     if fmt != "table":
         return _echo_json_rows(rows, fmt)
     table = Table(title=printable(f"{len(rows)} layers of {checkpoint or arch}, in the order they finish"))

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from camcli.defaults import BACKENDS, DEVICES
-from camcli.errors import CamcliError, first_line
+from camcli.errors import CamcliError, first_line, os_error
+from camcli.files import OUTPUT_MODE
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max|delta| / max|reference| accepted when verifying an export
@@ -162,8 +163,6 @@ def export_verified(
     """
     import torch
 
-    from camcli.errors import os_error
-
     module = module.eval().to("cpu", memory_format=torch.contiguous_format)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,8 +181,6 @@ def export_verified(
         if edit is not None:
             edit(tmp)
         measured = check(Path(tmp))
-        from camcli.files import OUTPUT_MODE
-
         os.chmod(tmp, OUTPUT_MODE)  # mkstemp made it 0600; an export is an ordinary output
         if before_rename is not None:
             before_rename(os.stat(tmp))

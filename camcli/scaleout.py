@@ -211,7 +211,9 @@ class RayEngine:
             # with its reason, instead of a restart that Ray warns about on the terminal
             warnings.simplefilter("ignore")
             results = ray.data.from_items(items).map_batches(
-                _Worker, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(items))),
+                # two slices in flight per actor (one running, one queued): the work spreads over every actor and node
+                _Worker, batch_size=1, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(items)), max_tasks_in_flight_per_actor=2),
                 fn_constructor_kwargs={"spec": spec, "cwd": os.getcwd(), "threads": max(1, round(share))},
                 max_restarts=0, **resources,
             )

@@ -138,7 +138,7 @@ def test_ray_engine_spreads_a_job_over_two_nodes_with_the_local_engines_rows_and
         model.prepare()
         results = {}
         for name, engine in (("local", LocalEngine()), ("ray", RayEngine(RayOptions(cluster.address, workers=2)))):
-            job, work = OverlayJob(out_dir=tmp_path / name, save_raw=True, batch_size=2).bind(model, find_images([images]))
+            job, work = OverlayJob(out_dir=tmp_path / name, save_raw=True, batch_size=1).bind(model, find_images([images]))
             with engine:
                 rows = list(engine.run(job, model, work))
             results[name] = (json.loads(json.dumps(rows).replace(str(tmp_path / name), "OUT")), _files(tmp_path / name))
