@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from camcli import methods
-from camcli.defaults import NORMALIZATIONS
+from camcli.defaults import NORMALIZATIONS, PAPER_THRESHOLD
 
 Size = tuple[int, int]
 
@@ -235,7 +235,7 @@ def component_boxes(cam_norm: np.ndarray, threshold: float) -> list[tuple[int, B
     return sorted(regions, key=lambda r: -r[0])
 
 
-def largest_component_box(cam_norm: np.ndarray, threshold: float = 0.2) -> Box | None:
+def largest_component_box(cam_norm: np.ndarray, threshold: float = PAPER_THRESHOLD) -> Box | None:
     """The CAM paper's box: around the largest connected region above ``threshold``; None if empty."""
     regions = component_boxes(cam_norm, threshold)
     return regions[0][1] if regions else None

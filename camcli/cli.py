@@ -37,6 +37,7 @@ from camcli.defaults import (
     FORMATS,
     MAX_PIXELS,
     NORMALIZATIONS,
+    PAPER_THRESHOLD,
     RESIZE_MODES,
     TOP_K,
     TRAIN,
@@ -128,12 +129,18 @@ def _report_errors(command: Callable) -> Callable:
     return wrapper
 
 
-# the library names its parameters (`top_k`); the command line shows its flags (--top-k)
-_FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes": "--cam-size/--cam-scales", "fmt": "--format"}
+# the library names its parameters (`top_k`); the command line shows its flags (--top-k). Only these names are
+# translated, so a backticked word in a file or class name that is no parameter stays as it is
+_FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes": "--cam-size/--cam-scales"} | {
+    name: "--" + name.replace("_", "-") for name in (
+        "alpha", "arch", "augment", "backend", "batch_size", "box_threshold", "boxes", "calibrate", "checkpoint", "classes",
+        "colormap", "device", "engine", "exclude", "exist_ok", "img_size", "layer", "maps", "max_pixels", "method", "normalize",
+        "out", "out_dir", "output", "overwrite", "ray_address", "ray_workers", "report", "resize", "skip_existing", "top_k",
+        "val_split", "weights", "workers")}
 
 
 def _flag(name: str) -> str:
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return _FLAGS.get(name, f"`{name}`")
 
 
 _LAST_PROGRESS: dict = {}  # the latest progress report, for the Ctrl-C message
@@ -463,9 +470,8 @@ def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None) 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
         nonlocal failed
         for row in source:
-            if "error" in row:  # a library message: shown with the command line's flags, in rows too
+            if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
                 failed += 1
-                row = {**row, "error": flag_names(row["error"], _flag)}
                 err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
             yield row
 
@@ -514,7 +520,7 @@ def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
 Inputs = Annotated[list[str], typer.Argument(metavar="input", help="Image files, folders (recursive), or - to read paths from "
     "stdin.", show_default=False)]
 BoxThreshold = Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the normalized map "
-    "[default: the checkpoint's calibrated threshold, else 0.2].")]
+    f"[default: the checkpoint's calibrated threshold, else {PAPER_THRESHOLD}].")]
 
 
 def _checked(spec_of: ModelOptions, *jobs_and_more):
@@ -654,7 +660,7 @@ def evaluate(
         callback=_a_value, help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
         "Pascal VOC XML (file or folder).")] = None,
     box_threshold: Annotated[Optional[float], typer.Option(help="Threshold for GT-known and top-1 localization [default: the "
-        "checkpoint's calibrated threshold, else 0.2].")] = None,
+        f"checkpoint's calibrated threshold, else {PAPER_THRESHOLD}].")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Also write OUT/calibrated.safetensors: the checkpoint with the best "
         "box threshold, which overlay then uses.")] = False,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",

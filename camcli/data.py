@@ -198,7 +198,7 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
     if max_pixels is not None and header.width * header.height > max_pixels:
         raise CamcliError(
             f"{path} is {header.width}x{header.height} = {header.width * header.height:,} pixels, "
-            f"over `max_pixels` {max_pixels:,}"
+            f"over the limit of {max_pixels:,} (max_pixels)"
         )
     if header.has_alpha:
         # IMREAD_COLOR would drop the alpha channel; IMREAD_UNCHANGED keeps it but ignores EXIF

@@ -110,7 +110,7 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monke
     decoded = []
     real = cv2.imdecode
     monkeypatch.setattr(data_module.cv2, "imdecode", lambda *a: (decoded.append(1), real(*a))[1])
-    with pytest.raises(CamcliError, match=r"400x300 = 120,000 pixels, over `max_pixels` 100,000"):
+    with pytest.raises(CamcliError, match=r"400x300 = 120,000 pixels, over the limit of 100,000 \(max_pixels\)"):
         read_image(path, max_pixels=100_000)
     assert decoded == []
     assert read_image(path, max_pixels=120_000).shape == (300, 400, 3)
