@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from camcli.errors import CamcliError, EnvironmentProblem, first_line
+from camcli.files import open_regular
 from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_reference, lite0_weights_path  # noqa: F401
 from camcli.runtime import module_state
 
@@ -176,19 +177,19 @@ def build_backbone(arch: str = DEFAULT_ARCH, weights: str = "imagenet", num_clas
     return backbone
 
 
-def _load_state_dict_file(path: Path) -> dict:
-    if not path.is_file():
-        raise CamcliError(f"`weights`: {path} is not a file (use 'imagenet', 'none' or a state dict path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad or unsafe files
-        # torch's own text suggests weights_only=False, which would run code from the file: not said here
-        raise CamcliError(f"`weights`: {path} is not a plain state dict that loads without running code "
-                          f"(torch.load(..., weights_only=True): {first_line(exc).split('. ')[0]})") from exc
+def _load_state_dict_file(path: Path, what: str = "`weights`") -> dict:
+    """A state dict file read by the one bounded, checked reader of PyTorch files (see
+    :func:`camcli.checkpoint.torch_load`)."""
+    from camcli.checkpoint import MAX_CHECKPOINT_BYTES, torch_load
+
+    if not os.path.lexists(path):
+        raise CamcliError(f"{what}: {path} does not exist (use 'imagenet', 'none' or a state dict path)")
+    with open_regular(path, MAX_CHECKPOINT_BYTES, f"{what} file") as f:
+        state = torch_load(f, path, f"{what} state dict")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CamcliError(f"`weights`: {path} does not hold a state dict (a dict of tensors)")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CamcliError(f"{what}: {path} does not hold a state dict (a dict of tensors)")
     return state
 
 
@@ -245,7 +246,8 @@ def _lite0_model(weights: str, classes: dict) -> tuple[nn.Module, dict | None]:
     if weights == "imagenet":
         path = lite0_weights_path()
         # The package's 296 tensors are in the same order and shapes as timm's model.
-        return _built_with(make, torch.load(path, map_location="cpu", weights_only=True), str(path), positional=True), lite0_reference()
+        reference = lite0_reference()  # its sha256 checked first: a file of known content (an old-style pickle, not a zip)
+        return _built_with(make, torch.load(path, map_location="cpu", weights_only=True), str(path), positional=True), reference
     if weights != "none":
         return _built_with(make, _load_state_dict_file(Path(weights)), weights, positional=True), None
     return make(), None
@@ -333,7 +335,7 @@ def _from_timm(arch: str, model: nn.Module, weights: str, keep_whole: bool = Fal
             except Exception:  # noqa: BLE001 - any failure means the head is not GAP + linear
                 own = None
             ours = classifier(probe.mean(dim=(2, 3)))
-        if own is None or own.shape != ours.shape or not torch.allclose(own, ours, atol=1e-4, rtol=1e-4):
+        if own is None or own.shape != ours.shape or (not own.is_meta and not torch.allclose(own, ours, atol=1e-4, rtol=1e-4)):
             problem = f"{arch}'s head is not global average pooling followed by one linear layer"
         else:
             head = nn.Linear(classifier.in_features, classifier.out_features)
@@ -454,6 +456,29 @@ def backbone_state(backbone: Backbone) -> dict:
     return {"state_dict": module_state(backbone.features)}
 
 
+def _check_declared(arch: str, tensors: dict) -> None:
+    """Refuse a stored backbone that does not hold every tensor ``arch`` has, with its shape,
+    before the model is built: the architecture is laid out on the meta device (no memory), so a
+    small file naming a huge architecture costs nothing."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_backbone(arch, "none").features
+    except CamcliError:
+        raise
+    except Exception:  # an architecture that cannot be laid out on the meta device: load_state_dict checks it
+        return
+    wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    held = {k: tuple(np.shape(v)) for k, v in tensors.items()}
+    if wanted != held:
+        missing = [k for k in wanted if held.get(k) != wanted[k]]
+        extra = [k for k in held if k not in wanted]
+        first = (missing or extra)[0]
+        raise CamcliError(
+            f"checkpoint's backbone does not hold {arch}: {len(missing)} of its {len(wanted)} tensors are missing or of "
+            f"another shape, {len(extra)} are not {arch}'s (first: {first[:60]!r})"
+        )
+
+
 def restore_backbone(arch: str, state: dict) -> Backbone:
     """Rebuild a checkpoint's backbone from :func:`backbone_state`'s output, offline."""
     if "reference" in state:
@@ -462,13 +487,19 @@ def restore_backbone(arch: str, state: dict) -> Backbone:
             raise CamcliError(f"checkpoint's arch is {arch!r}, but it stores its backbone by reference, which only {DEFAULT_ARCH} can")
         if ref.get("package") != LITE0_PACKAGE:
             raise CamcliError(f"checkpoint stores its backbone by reference to an unknown package {str(ref.get('package'))[:60]!r}")
-        backbone = build_backbone(arch, "imagenet")
-        if backbone.reference["sha256"] != ref.get("sha256"):
-            raise EnvironmentProblem(f"installed {LITE0_PACKAGE} weights differ from the checkpoint's (sha256 mismatch)")
-        return backbone
+        installed = lite0_reference()["sha256"]
+        if installed != ref.get("sha256"):
+            raise CamcliError(
+                f"checkpoint's backbone reference names {LITE0_PACKAGE} weights with sha256 {str(ref.get('sha256'))[:16]}…, "
+                f"but the installed package's weights are {installed[:16]}…: the checkpoint was trained on other weights "
+                "(install the version it names, or retrain)"
+            )
+        return build_backbone(arch, "imagenet")
+    tensors = state["state_dict"]
+    _check_declared(arch, tensors)
     backbone = build_backbone(arch, "none")
     try:
-        backbone.features.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["state_dict"].items()})
+        backbone.features.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
     except (RuntimeError, KeyError) as exc:
         raise CamcliError(f"checkpoint's backbone weights do not fit {arch}: {' '.join(str(exc).split())[:200]}") from exc
     backbone.head, backbone.class_names = None, None

@@ -24,20 +24,21 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from camcli import __version__
 from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, Preprocess
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, first_line
 from camcli.files import atomic_write, open_regular
 
 FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
 REQUIRED_KEYS = ("format_version", "arch", "class_names", "img_size", "preprocess", "backbone", "head")
 MAX_CHECKPOINT_BYTES = 8 << 30
-MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 1000
 
@@ -89,8 +90,13 @@ def save_checkpoint(checkpoint: dict, path: Path, before_rename=None) -> None:
     atomic_write(Path(path), checkpoint_bytes(checkpoint), before_rename)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, tensors: bool = True) -> dict:
     """Load and check a checkpoint (format 2, or format 1 with PyTorch) without running code.
+
+    Format 2 is read header first: every tensor it declares must be one camcli writes (see
+    :data:`TENSOR_DTYPES`), lie inside the file and overlap no other, before any tensor is read;
+    then only the tensors used are read. ``tensors=False`` (``camcli info``) reads the metadata
+    and the header only: the head's arrays are then zero-copy placeholders of the right shape.
 
     Raises:
         CamcliError: missing or special file, not a camcli checkpoint, newer format, or a
@@ -100,51 +106,121 @@ def load_checkpoint(path: Path) -> dict:
     with open_regular(path, MAX_CHECKPOINT_BYTES, "checkpoint") as f:
         start = f.read(8)
         f.seek(0)
-        ckpt = _load_v1(f, path) if start[:4] == b"PK\x03\x04" else _load_v2(f.read(), path)
-    return validate_checkpoint(ckpt, path)
+        ckpt = _load_v1(f, path) if start[:4] == b"PK\x03\x04" else _load_v2(f, path, tensors)
+    return validate_checkpoint(ckpt, path, values=tensors)
 
 
-def _load_v2(data: bytes, path: Path) -> dict:
-    from safetensors.numpy import load
+# safetensors dtype -> NumPy dtype (BF16 has none: read as uint16 and widened, see _read_tensor)
+TENSOR_DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64, "I8": np.int8,
+                 "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_}
+MAX_TENSORS = 20_000  # a stored backbone has hundreds; camcli refuses a header that declares more
+MAX_DIMS = 8
 
-    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8) or data[8:9] != b"{":
+
+class _TooMany(Exception):
+    pass
+
+
+def _counting_hook(limit: int):
+    count = [0]
+
+    def hook(pairs: list) -> dict:
+        count[0] += 1
+        if count[0] > limit:  # stops the parse: a header of a million tiny tensors never becomes a million dicts
+            raise _TooMany
+        return dict(pairs)
+
+    return hook
+
+
+def _load_v2(f, path: Path, read_tensors: bool = True) -> dict:
+    """A format-2 checkpoint read header first (see :func:`load_checkpoint`)."""
+    size = os.fstat(f.fileno()).st_size
+    prefix = f.read(9)
+    declared = int.from_bytes(prefix[:8], "little") if len(prefix) == 9 else -1
+    if declared <= 0 or prefix[8:9] != b"{":
         raise CamcliError(f"{path} is not a camcli checkpoint (neither safetensors nor a PyTorch zip file)")
+    if declared > MAX_HEADER_BYTES:
+        raise CamcliError(f"{path} is not a loadable camcli checkpoint: its safetensors header declares {declared:,} bytes, "
+                          f"over the safetensors limit of {MAX_HEADER_BYTES:,}")
+    if declared > size - 8:
+        raise CamcliError(f"{path} is not a loadable camcli checkpoint: its header declares {declared:,} bytes but the file "
+                          f"holds {size - 8:,} after the length (a damaged or incomplete file)")
+    raw = prefix[8:] + f.read(declared - 1)
     try:
-        header = json.loads(data[8 : 8 + size])
+        header = json.loads(raw, object_pairs_hook=_counting_hook(2 * MAX_TENSORS + 2))
         meta = json.loads(header["__metadata__"]["camcli"])
-        tensors = load(data)
+    except _TooMany as exc:
+        raise CamcliError(f"{path} is not a camcli checkpoint: its header declares more than {MAX_TENSORS:,} tensors") from exc
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise CamcliError(f"{path} is not a camcli checkpoint (no camcli metadata, or a damaged safetensors file)") from exc
-    except Exception as exc:  # safetensors raises its own error type for inconsistent offsets
-        raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file is damaged or incomplete") from exc
-    if not isinstance(meta, dict):
+        raise CamcliError(f"{path} is not a camcli checkpoint (no camcli metadata, or a damaged safetensors header)") from exc
+    if not isinstance(header, dict) or not isinstance(meta, dict):
         raise CamcliError(f"{path} is not a camcli checkpoint (its camcli metadata is not a mapping)")
+    stored = isinstance(meta.get("backbone"), dict) and meta["backbone"].get("stored") == "tensors"
+    entries = _tensor_entries(header, path, size - 8 - declared, stored)
+    data_start = 8 + declared
+
+    def read(name: str) -> np.ndarray:
+        return _read_tensor(f, path, data_start, *entries[name]) if read_tensors else _placeholder(*entries[name])
+
     ckpt = dict(meta)
-    ckpt["head"] = {k: tensors.get(f"head.{k}") for k in ("weight", "bias")}
-    if isinstance(meta.get("backbone"), dict) and meta["backbone"].get("stored") == "tensors":
-        ckpt["backbone"] = {"state_dict": {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}}
+    ckpt["head"] = {k: read(f"head.{k}") if f"head.{k}" in entries else None for k in ("weight", "bias")}
+    if stored:
+        if not any(name.startswith("backbone.") for name in entries):
+            raise CamcliError(f"{path}: checkpoint declares its backbone stored in the file but holds no backbone tensor")
+        ckpt["backbone"] = {"state_dict": {name[len("backbone."):]: read(name) for name in entries if name.startswith("backbone.")}}
     return ckpt
+
+
+def _tensor_entries(header: dict, path: Path, data_bytes: int, stored: bool) -> dict[str, tuple]:
+    """name -> (dtype name, shape, start, end) of each tensor a format-2 header declares, checked:
+    a name camcli writes, a known dtype, a size that matches the shape, inside the file, no overlap."""
+    entries: dict[str, tuple] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if name not in ("head.weight", "head.bias") and not (stored and name.startswith("backbone.")):
+            raise CamcliError(f"{path} is not a camcli checkpoint: it holds a tensor camcli does not write ({str(name)[:60]!r})")
+        try:
+            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = (dtype in TENSOR_DTYPES and isinstance(shape, list) and len(shape) <= MAX_DIMS
+                  and all(type(n) is int and n >= 0 for n in shape) and type(start) is int and type(end) is int
+                  and 0 <= start <= end <= data_bytes
+                  and end - start == math.prod(shape) * np.dtype(TENSOR_DTYPES[dtype]).itemsize)
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise CamcliError(f"{path} is not a loadable camcli checkpoint: the header entry of tensor {str(name)[:60]!r} "
+                              "is inconsistent (dtype, shape or offsets), or lies outside the file")
+        entries[name] = (dtype, tuple(shape), start, end)
+    last = 0
+    for _, _, start, end in sorted(entries.values(), key=lambda e: (e[2], e[3])):
+        if start < last:
+            raise CamcliError(f"{path} is not a loadable camcli checkpoint: two tensors share bytes (overlapping offsets)")
+        last = end
+    return entries
+
+
+def _read_tensor(f, path: Path, data_start: int, dtype: str, shape: tuple, start: int, end: int) -> np.ndarray:
+    array = np.empty(math.prod(shape), TENSOR_DTYPES[dtype])
+    f.seek(data_start + start)
+    if end > start and f.readinto(memoryview(array).cast("B")) != end - start:
+        raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file ended while a tensor was read")
+    if dtype == "BF16":  # the upper half of a float32
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array.reshape(shape)
+
+
+def _placeholder(dtype: str, shape: tuple, *_) -> np.ndarray:
+    """An array of ``shape`` that holds no memory (every element is one zero)."""
+    kind = np.float32 if dtype == "BF16" else TENSOR_DTYPES[dtype]
+    return np.lib.stride_tricks.as_strided(np.zeros(1, kind), shape, (0,) * len(shape), writeable=False)
 
 
 def _load_v1(f, path: Path) -> dict:
     """A camcli 0.1 checkpoint: a PyTorch zip read with ``weights_only=True``, tensors made NumPy."""
-    _check_zip(f, path)
-    try:
-        import torch
-    except ImportError as exc:
-        raise CamcliError(f"{path} is a format-1 (PyTorch) checkpoint, which needs PyTorch to read") from exc
-    try:
-        with warnings.catch_warnings():  # torch's deprecation notes about odd storages are not for the user
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CamcliError(
-            f"{path} is not a loadable camcli checkpoint: it holds objects other than tensors and plain "
-            "values, which camcli refuses to load (loading them could run code)"
-        ) from exc
-    except Exception as exc:  # torch raises many types for damaged files
-        raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file is damaged or incomplete") from exc
+    ckpt = torch_load(f, path, "camcli checkpoint")
+    import torch
 
     def array(value: object) -> object:
         if isinstance(value, torch.Tensor):
@@ -152,12 +228,53 @@ def _load_v1(f, path: Path) -> dict:
             return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).contiguous().numpy()
         return value
 
+    return _arrays_of(ckpt, array)
+
+
+def torch_load(f, path: Path, what: str) -> object:
+    """The one reader of PyTorch files (camcli 0.1 checkpoints, ``weights`` state dicts): a zip of
+    stored entries (nothing inflates), at most :data:`MAX_TENSORS` of them, loaded with
+    ``weights_only=True`` (no code runs); every tensor in it must be dense, real and plain.
+
+    Raises:
+        CamcliError: one line: no PyTorch, not a PyTorch zip, compressed or too many entries,
+            objects other than tensors and plain values, a sparse, complex or quantized tensor.
+    """
+    _check_zip(f, path, what)
     try:
-        with warnings.catch_warnings():
+        import torch
+    except ImportError as exc:
+        raise CamcliError(f"{path} is a PyTorch file ({what}), which needs PyTorch to read") from exc
+    try:
+        with warnings.catch_warnings():  # torch's deprecation notes about odd storages are not for the user
             warnings.simplefilter("ignore")
-            return _arrays_of(ckpt, array)
-    except Exception as exc:  # sparse, quantized or meta tensors have no plain array
-        raise CamcliError(f"{path} is not a camcli checkpoint: it holds a tensor that is not a plain dense array") from exc
+            loaded = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own text suggests weights_only=False, which would run code from the file: not said here
+        raise CamcliError(
+            f"{path} is not a loadable {what}: it holds objects other than tensors and plain "
+            "values, which camcli refuses to load (loading them could run code)"
+        ) from exc
+    except Exception as exc:  # torch raises many types for damaged files
+        raise CamcliError(f"{path} is not a loadable {what}: the file is damaged or incomplete ({first_line(exc)[:120]})") from exc
+    for tensor in _tensors_in(loaded):
+        if tensor.layout != torch.strided or tensor.is_complex() or tensor.is_quantized or tensor.is_meta:
+            raise CamcliError(f"{path} is not a usable {what}: it holds a {tensor.layout} {tensor.dtype} tensor; camcli takes "
+                              "dense real tensors only")
+    return loaded
+
+
+def _tensors_in(value: object, depth: int = 0) -> Iterator:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth < 8 and isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors_in(v, depth + 1)
+    elif depth < 8 and isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors_in(v, depth + 1)
 
 
 def _arrays_of(ckpt: object, array) -> object:
@@ -170,21 +287,23 @@ def _arrays_of(ckpt: object, array) -> object:
     return ckpt
 
 
-def _check_zip(f, path: Path) -> None:
+def _check_zip(f, path: Path, what: str = "checkpoint") -> None:
     """PyTorch's zip format with stored (uncompressed) entries only: nothing can inflate."""
     size = f.seek(0, io.SEEK_END)
     f.seek(0)
     try:
         entries = zipfile.ZipFile(f).infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise CamcliError(f"{path} is not a camcli checkpoint (a damaged PyTorch zip file)") from exc
+        raise CamcliError(f"{path} is not a loadable {what} (a damaged PyTorch zip file)") from exc
+    if len(entries) > MAX_TENSORS + 16:
+        raise CamcliError(f"{path} is not a loadable {what}: it holds {len(entries):,} entries, over camcli's limit of {MAX_TENSORS:,}")
     total = 0
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
-            raise CamcliError(f"{path} is not a camcli checkpoint: it holds compressed entries, which PyTorch never writes")
+            raise CamcliError(f"{path} is not a loadable {what}: it holds compressed entries, which PyTorch never writes")
         total += entry.file_size
     if total > size:
-        raise CamcliError(f"{path} is not a camcli checkpoint: its entries claim more bytes than the file holds")
+        raise CamcliError(f"{path} is not a loadable {what}: its entries claim more bytes than the file holds")
     f.seek(0)
 
 
@@ -202,16 +321,28 @@ def _finite_numbers(value: object, n: int) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
 
 
+def _float_tensor(value: object, ndim: int | None) -> bool:
+    return isinstance(value, np.ndarray) and (ndim is None or value.ndim == ndim) and value.dtype.kind == "f"
+
+
 def _finite_tensor(value: object, ndim: int | None) -> bool:
-    """A float array (of ``ndim`` dimensions) whose values stay finite as float32, the precision camcli runs in."""
-    if not (isinstance(value, np.ndarray) and (ndim is None or value.ndim == ndim) and value.dtype.kind == "f"):
+    """A float array (of ``ndim`` dimensions) whose values stay finite as float32, the precision
+    camcli runs in; checked in slices, so the check costs no copy of a large tensor."""
+    if not _float_tensor(value, ndim):
         return False
+    flat = value.reshape(-1)
+    limit = float(np.finfo(np.float32).max)
     with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(value.astype(np.float32)).all())
+        for start in range(0, flat.size, 1 << 22):
+            part = flat[start : start + (1 << 22)]
+            if not (np.isfinite(part).all() and (part.dtype.itemsize <= 4 or np.abs(part).max(initial=0) <= limit)):
+                return False
+    return True
 
 
-def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
-    """Check every field camcli uses; returns ``ckpt``.
+def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint", values: bool = True) -> dict:
+    """Check every field camcli uses; returns ``ckpt``. ``values=False``: the tensors' shapes and
+    dtypes only (placeholders, see :func:`load_checkpoint`), not whether their values are finite.
 
     Raises:
         CamcliError: one line naming the first field that is not what camcli writes.
@@ -247,16 +378,19 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
     need(_finite_numbers(pre.get("std"), 3) and all(1e-6 <= v <= 1e3 for v in pre["std"]), "preprocess.std",
          "3 numbers from 1e-6 to 1000")
     need(pre.get("resize", "squash") in RESIZE_MODES, "preprocess.resize", f"one of {', '.join(RESIZE_MODES)}")
-    need(isinstance(pre.get("stride", 32), int) and 1 <= pre.get("stride", 32) <= 1024, "preprocess.stride", "an integer from 1 to 1024")
+    stride = pre.get("stride", 32)
+    need(type(stride) is int and 1 <= stride <= 1024, "preprocess.stride", "an integer from 1 to 1024")
     for key in ("interpolation", "color", "exif_orientation"):
         default = Preprocess.__dataclass_fields__[key].default
         need(pre.get(key, default) == default, f"preprocess.{key}", f"{default!r} (the only one camcli implements)")
     head = ckpt["head"]
     need(isinstance(head, dict), "head", "a mapping of weight and bias tensors")
     weight, bias = head.get("weight"), head.get("bias")
-    need(_finite_tensor(weight, 2), "head.weight", "a 2-D tensor of finite floats")
-    need(_finite_tensor(bias, 1) and bias.shape == (weight.shape[0],), "head.bias", f"a tensor of {weight.shape[0]} finite floats")
-    ckpt["head"] = {"weight": weight.astype(np.float32, copy=False), "bias": bias.astype(np.float32, copy=False)}
+    finite = _finite_tensor if values else _float_tensor
+    need(finite(weight, 2), "head.weight", "a 2-D tensor of finite floats")
+    need(finite(bias, 1) and bias.shape == (weight.shape[0],), "head.bias", f"a tensor of {weight.shape[0]} finite floats")
+    if values:
+        ckpt["head"] = {"weight": weight.astype(np.float32, copy=False), "bias": bias.astype(np.float32, copy=False)}
     if weight.shape[0] != len(names):
         raise CamcliError(f"{path}: head has {weight.shape[0]} outputs but {len(names)} class names")
     backbone = ckpt["backbone"]
@@ -265,9 +399,9 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint") -> dict:
     in_full = isinstance(backbone, dict) and isinstance(backbone.get("state_dict"), dict) and all(
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in backbone["state_dict"].items())
     need(by_reference or in_full, "backbone", "{'reference': {package, file, sha256}} or {'state_dict': {name: tensor}}")
-    if in_full:
+    if in_full and values:
         for name, value in backbone["state_dict"].items():
-            ok = value.dtype.kind in "iu" or (value.dtype.kind == "f" and _finite_tensor(value, None))
+            ok = value.dtype.kind in "iub" or (value.dtype.kind == "f" and _finite_tensor(value, None))
             need(ok, f"backbone.{name}", "a tensor of finite floats (or integers)")
     threshold = ckpt.get("cam_threshold")
     need(threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1),

@@ -850,7 +850,7 @@ def info(
     from camcli.checkpoint import describe, load_checkpoint
 
     fmt = _listing_format(fmt)
-    facts = describe(load_checkpoint(checkpoint))
+    facts = describe(load_checkpoint(checkpoint, tensors=False))
     if fmt != "table":
         typer.echo(json.dumps(facts))
         return

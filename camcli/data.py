@@ -12,13 +12,13 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from camcli.defaults import MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
+from camcli.defaults import MAX_FORWARD_PIXELS, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
 from camcli.errors import CamcliError
 from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, real_path  # noqa: F401 - MANIFEST_NAME re-exported
 
@@ -439,9 +439,10 @@ class ImageDataset:
 
     def __init__(
         self, images: Sequence[Path | np.ndarray], preprocess: Preprocess, keep_images: bool = False, augment: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS, seed: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS, seed: int = 0, other_sizes: Sequence[int] = (),
     ):
         self.max_pixels = max_pixels
+        self.other_sizes = tuple(other_sizes)
         self.images = images
         self.preprocess = preprocess
         self.keep_images = keep_images
@@ -465,7 +466,23 @@ class ImageDataset:
                 return None, i, None, str(exc)
         # augmentation draws from a generator of (seed, position): the same crops whatever thread decodes
         model_input = random_resized_crop_flip(rgb, np.random.default_rng([self.seed, i])) if self.augment else rgb
+        why = forward_too_large(self.preprocess, model_input.shape[:2], self.other_sizes)
+        if why is not None:
+            return None, i, None, f"{item if not isinstance(item, np.ndarray) else 'image'}: {why}"
         return self.preprocess(model_input), i, (rgb if self.keep_images else None), None
+
+
+def forward_too_large(preprocess: Preprocess, shape: tuple[int, int], other_sizes: Sequence[int] = ()) -> str | None:
+    """Why an image of ``shape`` (h, w) is too large for one forward pass at the preprocessing's
+    size (or any of ``other_sizes``, e.g. the maps' input sizes), or None: its input would hold
+    more than ``MAX_FORWARD_PIXELS`` pixels (memory grows with them: a 2048 x 8192 input takes
+    over 5 GB in the default backbone)."""
+    for size in (preprocess.img_size, *other_sizes):
+        h, w = (preprocess if size == preprocess.img_size else replace(preprocess, img_size=size)).output_size(*shape)
+        if h * w > MAX_FORWARD_PIXELS:
+            return (f"its model input at size {size} would be {h}x{w} = {h * w:,} pixels, over the {MAX_FORWARD_PIXELS:,} "
+                    "of one forward pass: lower the input size (img_size, cam_size) or resize squash")
+    return None
 
 
 def random_resized_crop_flip(

@@ -21,6 +21,7 @@ MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 2048  # input sizes; beyond 2048 one batch of i
 # predict, overlay, evaluate
 BATCH_SIZE = 32  # images per forward pass
 TOP_K = 5  # classes per row
+MAX_FORWARD_PIXELS = 1 << 22  # input pixels in one forward pass (2048 x 2048): larger batches are split, a larger image refused
 MAX_PIXELS = 178_956_970  # images declaring more are refused before decoding: Pillow's decompression-bomb limit (2 x 89,478,485)
 PAPER_THRESHOLD = 0.2  # the CAM paper's box threshold (fraction of the min-max normalized map)
 ALPHA = 0.5  # heatmap weight in an overlay's blend

@@ -16,7 +16,7 @@ import numpy as np
 
 from camcli import cam, methods
 from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
-from camcli.defaults import BATCH_SIZE, TOP_K
+from camcli.defaults import BATCH_SIZE, MAX_FORWARD_PIXELS, TOP_K
 from camcli.errors import CamcliError
 from camcli.runtime import OnnxRunner, TorchRunner, make_runner, module_state, resolve_device, weights_key
 
@@ -51,6 +51,7 @@ PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatev
 def image_batches(
     images: Sequence[Image], preprocess: Preprocess, batch_size: int, workers: int,
     keep_images: bool = False, augment: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, seed: int = 0,
+    other_sizes: Sequence[int] = (),
 ) -> Iterator[tuple[list[np.ndarray], list[int], list[np.ndarray | None], list[tuple[int, str]]]]:
     """Decode and preprocess images in ``workers`` threads; yield (tensors, positions,
     originals) of the readable images and (position, reason) of the others, batch by batch.
@@ -59,12 +60,14 @@ def image_batches(
     and a thread cannot outlive camcli (a worker process could, after a SIGKILL). At most
     ``PREFETCH_BATCHES`` batches are decoded ahead. ``augment`` applies a random resized crop
     and horizontal flip (drawn from ``seed`` and the image's position) before the preprocessing.
+    An image whose input (at the preprocessing's size or any of ``other_sizes``) would exceed
+    ``MAX_FORWARD_PIXELS`` is a failure, found before it is resized.
     """
     if batch_size < 1:
         raise CamcliError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise CamcliError(f"workers must be 0 or more, got {workers}")
-    dataset = ImageDataset(images, preprocess, keep_images, augment, max_pixels, seed)
+    dataset = ImageDataset(images, preprocess, keep_images, augment, max_pixels, seed, other_sizes)
     starts = range(0, len(dataset), batch_size)
     if workers == 0 or len(dataset) <= 1:
         for start in starts:
@@ -90,7 +93,8 @@ def extract_features(
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Run the backbone on images of possibly different shapes.
 
-    Images of one shape run together; the results are packed top-left into one
+    Images of one shape run together, at most ``MAX_FORWARD_PIXELS`` input pixels per run
+    (memory grows with them); the results are packed top-left into one
     zero-padded array. (Padding the *inputs* instead would change every feature whose
     receptive field reaches the padding, so an image would not get the features it gets
     when run alone.)
@@ -106,9 +110,12 @@ def extract_features(
     for i, t in enumerate(tensors):
         groups.setdefault(tuple(t.shape), []).append(i)
     outputs: list[np.ndarray | None] = [None] * len(tensors)
-    for members in groups.values():
-        for i, f in zip(members, runner(np.stack([tensors[i] for i in members]))):
-            outputs[i] = f
+    for shape, members in groups.items():
+        step = max(1, MAX_FORWARD_PIXELS // (shape[-2] * shape[-1]))
+        for start in range(0, len(members), step):
+            part = members[start : start + step]
+            for i, f in zip(part, runner(np.stack([tensors[i] for i in part]))):
+                outputs[i] = f
     sizes = [tuple(f.shape[-2:]) for f in outputs]
     if len(groups) == 1:
         return np.stack(outputs), sizes
@@ -168,18 +175,20 @@ class Model:
 
     def batches(
         self, images: Sequence[Image], batch_size: int = BATCH_SIZE, workers: int = 0, keep_images: bool = False,
-        for_maps: bool | None = None,
+        for_maps: bool | None = None, cam_sizes: Sequence[int] = (),
     ) -> Iterator[Batch]:
         """Run the model over images (paths or RGB uint8 arrays), one batch at a time.
 
         An image whose scores come out non-finite (NaN or infinity) is a failure of its batch:
         no row ever carries a NaN probability. ``for_maps`` (default ``keep_images``): the
-        batches will be passed to :meth:`batch_maps` (a gradient model then keeps its graph).
+        batches will be passed to :meth:`batch_maps` (a gradient model then keeps its graph);
+        ``cam_sizes``: the input sizes they will be mapped at (an image too large at any of them
+        for one forward pass fails here, see :func:`camcli.data.forward_too_large`).
         """
         for_maps = keep_images if for_maps is None else for_maps
         self.prepare()
         for tensors, positions, originals, failures in image_batches(
-            images, self.preprocess, batch_size, workers, keep_images, max_pixels=self.max_pixels
+            images, self.preprocess, batch_size, workers, keep_images, max_pixels=self.max_pixels, other_sizes=cam_sizes
         ):
             if tensors:
                 logits, feats, sizes = self.forward(tensors, for_maps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -207,38 +208,84 @@ def read_manifest(folder: Path) -> dict[str, dict]:
     Raises:
         CamcliError: the manifest is a symbolic link, not a regular file, or over ``MANIFEST_LIMIT``.
     """
-    path = Path(folder) / MANIFEST_NAME
-    if not os.path.lexists(path):
-        return {}
-    try:
-        data = read_bytes(path, MANIFEST_LIMIT, "output manifest", follow_links=False)
-    except EnvironmentProblem:
-        return {}
-    files: dict[str, dict] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
+    return _read_records(Path(folder) / MANIFEST_NAME)[0]
+
+
+def _parse_records(data: bytes, files: dict[str, dict]) -> int:
+    """Add the whole records of ``data`` to ``files``; returns how many lines it held."""
+    lines = data.decode("utf-8", "replace").splitlines()
+    for line in lines:
         try:
             entry = json.loads(line)
             files[str(entry["name"])] = {"size": int(entry["size"]), "mtime_ns": int(entry["mtime_ns"])}
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # e.g. a size of 1e400
             continue
-    return files
+    return len(lines)
+
+
+def _read_records(path: Path, start: int = 0, files: dict[str, dict] | None = None) -> tuple[dict[str, dict], int, tuple, int]:
+    """Records of the manifest at ``path`` from byte ``start`` on, added to ``files``.
+
+    Returns:
+        (files, the offset read up to (a whole line), the file's (device, inode) or (), lines read).
+    """
+    files = {} if files is None else files
+    if not os.path.lexists(path):
+        return files, 0, (), 0
+    try:
+        with open_regular(path, MANIFEST_LIMIT, "output manifest", follow_links=False) as f:
+            info = os.fstat(f.fileno())
+            f.seek(start)
+            data = f.read(MANIFEST_LIMIT + 1 - start)
+    except EnvironmentProblem:
+        return files, 0, (), 0
+    data = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time, whole
+    lines = _parse_records(data, files)
+    return files, start + len(data), (info.st_dev, info.st_ino), lines
 
 
 _APPEND_LOCK = threading.Lock()
 
 
+def _locked_manifest(path: Path) -> int:
+    """An O_APPEND descriptor of the manifest, locked (``flock``) against other camcli processes,
+    that is the file now at ``path`` and has no other hard link: a manifest replaced while this
+    process waited for the lock (compacted, or made unlinked by another run) is opened again, and a
+    hard-linked one (a ``cp -al`` snapshot) is first replaced by a copy, so the other link keeps its
+    content."""
+    for _ in range(100):
+        fd = _open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, False, "output manifest", OUTPUT_MODE)
+        try:
+            with contextlib.suppress(OSError):  # a file system without locks: the thread lock still holds in-process
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            info = os.fstat(fd)
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+                if info.st_nlink <= 1:
+                    return fd
+                atomic_write(path, os.pread(fd, min(info.st_size, MANIFEST_LIMIT), 0))  # the copy replaces this link only
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise CamcliError(f"output manifest {path} keeps being replaced by another process; try again")
+
+
 def append_manifest(folder: Path, name: str, info: os.stat_result) -> dict:
     """Record that camcli wrote ``folder/name`` (its size and mtime); returns the record.
 
-    One ``write`` per record on an O_APPEND descriptor opened without following links. A
-    line left unfinished by a kill or a full disk is closed first, so a new record is never
-    glued onto it.
+    One ``write`` per record on a locked O_APPEND descriptor opened without following links
+    (see :func:`_locked_manifest`). A line left unfinished by a kill or a full disk is closed
+    first, so a new record is never glued onto it.
     """
     path = Path(folder) / MANIFEST_NAME
     entry = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
     line = (json.dumps({"name": name, **entry}) + "\n").encode("ascii")
     with _APPEND_LOCK:
-        fd = _open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, False, "output manifest", OUTPUT_MODE)
+        fd = _locked_manifest(path)
         try:
             end = os.fstat(fd).st_size
             if end and os.pread(fd, 1, end - 1) != b"\n":
@@ -253,6 +300,40 @@ def append_manifest(folder: Path, name: str, info: os.stat_result) -> dict:
     return entry
 
 
+COMPACT_LINES = 1024  # a manifest is rewritten when its lines exceed twice its live records by this many
+
+
+def compact_manifest(folder: Path) -> dict[str, dict]:
+    """Rewrite the manifest with one record per file that is still as camcli wrote it, when its
+    lines exceed twice the files it can describe (its distinct names, at most the folder's
+    entries) by ``COMPACT_LINES``: runs with ``overwrite`` add a record per file each time, and
+    deleted files leave theirs. Returns the records. Done under the manifest's lock, by rename."""
+    path = Path(folder) / MANIFEST_NAME
+    files, _, _, lines = _read_records(path)
+    if lines <= 2 * len(files) + COMPACT_LINES:
+        try:  # records of files since deleted count as lines too: the folder's entries bound what is described
+            with os.scandir(folder) as entries:
+                present = sum(1 for _ in entries)
+        except OSError:
+            return files
+        if lines <= 2 * min(len(files), present) + COMPACT_LINES:
+            return files
+    with _APPEND_LOCK:
+        fd = _locked_manifest(path)
+        try:
+            files, _, _, _ = _read_records(path)  # again, under the lock: records appended meanwhile count
+            live = {}
+            for name, entry in files.items():
+                with contextlib.suppress(OSError):
+                    info = (Path(folder) / name).lstat()
+                    if stat.S_ISREG(info.st_mode) and {"size": info.st_size, "mtime_ns": info.st_mtime_ns} == entry:
+                        live[name] = entry
+            atomic_write(path, "".join(json.dumps({"name": n, **e}) + "\n" for n, e in live.items()))
+        finally:
+            os.close(fd)
+    return live
+
+
 @dataclass
 class OutputGuard:
     """Refuses to overwrite inputs, folders, or files camcli did not write; keeps each folder's manifest."""
@@ -262,17 +343,35 @@ class OutputGuard:
     reserved: set[Path] = field(default_factory=set)  # written by the job itself (the --output results file)
     remedy: str = "pass `overwrite` to replace it"  # what the user can do about a file camcli did not write
     manifests: dict[Path, dict[str, dict]] = field(default_factory=dict)
+    read_to: dict[Path, tuple[int, tuple]] = field(default_factory=dict)  # folder -> (offset, (device, inode)) read
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _manifest(self, folder: Path) -> dict[str, dict]:
+        """The folder's records, read whole once per run (and compacted if it has grown far
+        beyond its files), then only the bytes appended since (see :meth:`is_ours`)."""
         if folder not in self.manifests:
-            self.manifests[folder] = read_manifest(folder)
+            compact_manifest(folder)
+            files, end, ident, _ = _read_records(folder / MANIFEST_NAME)
+            self.manifests[folder], self.read_to[folder] = files, (end, ident)
         return self.manifests[folder]
+
+    def _read_new(self, folder: Path) -> dict[str, dict]:
+        """Records appended since the last read (another camcli run may write into the folder);
+        the whole file again only if it was replaced (compacted)."""
+        end, ident = self.read_to[folder]
+        try:
+            now = (folder / MANIFEST_NAME).lstat()
+            same = (now.st_dev, now.st_ino) == ident
+        except OSError:
+            same = False
+        files, end, ident, _ = _read_records(folder / MANIFEST_NAME, end if same else 0, self.manifests[folder] if same else None)
+        self.manifests[folder], self.read_to[folder] = files, (end, ident)
+        return files
 
     def is_ours(self, path: Path) -> bool:
         """Whether ``path`` is a regular file as camcli wrote it (same size and mtime as in the
-        manifest). A file the cached manifest does not know is looked up again on disk, since
-        another camcli run may have written it since."""
+        manifest). A file the records read so far do not know is looked up in the records
+        appended since, since another camcli run may have written it."""
         try:
             info = path.lstat()
         except OSError:
@@ -283,8 +382,7 @@ class OutputGuard:
         with self.lock:
             if self._manifest(path.parent).get(path.name) == wanted:
                 return True
-            self.manifests[path.parent] = read_manifest(path.parent)
-            return self.manifests[path.parent].get(path.name) == wanted
+            return self._read_new(path.parent).get(path.name) == wanted
 
     def check(self, path: Path) -> None:
         """Refuse (before anything is written) an output path that is an input, a folder, or a

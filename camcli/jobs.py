@@ -126,7 +126,8 @@ class PredictJob:
         """Rows in input order, batch by batch."""
         iterator = iter(images)
         while chunk := list(islice(iterator, self.chunk_size)):
-            for batch in model.batches([i.path for i in chunk], self.batch_size, self.workers, keep_images=self.boxes):
+            for batch in model.batches([i.path for i in chunk], self.batch_size, self.workers, keep_images=self.boxes,
+                                       cam_sizes=self.cam_sizes if self.boxes else ()):
                 rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
                         for pos, preds in zip(batch.positions, model.rank(batch.logits, self.top_k))}
                 if self.boxes and batch.positions:
@@ -271,7 +272,8 @@ class OverlayJob:
 
         with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="camcli-writer") as pool:
             try:
-                for batch in model.batches([i.path for i in images], self.batch_size, self.workers, keep_images=True):
+                for batch in model.batches([i.path for i in images], self.batch_size, self.workers, keep_images=True,
+                                           cam_sizes=self.cam_sizes):
                     if batch.positions:  # else every image of this batch failed: only failure rows below
                         if plan.maps_k:
                             classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, : plan.maps_k]
@@ -387,7 +389,8 @@ class EvaluateJob:
     def run(self, model: Model, samples: Sequence[tuple[Path, int]]) -> Iterator[dict]:
         """Per batch: ``{"true": classes, "pred": predicted classes, "tally": LocalizationTally}``."""
         boxes = self.boxes
-        for batch in model.batches([p for p, _ in samples], self.batch_size, self.workers, keep_images=bool(boxes)):
+        for batch in model.batches([p for p, _ in samples], self.batch_size, self.workers, keep_images=bool(boxes),
+                                       cam_sizes=self.cam_sizes if boxes else ()):
             if batch.failures:
                 raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
             labels = [samples[i][1] for i in batch.positions]

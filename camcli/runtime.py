@@ -70,7 +70,7 @@ def weights_key(state: Mapping[str, np.ndarray]) -> str:
     for name in sorted(state):
         array = np.ascontiguousarray(state[name])
         digest.update(f"{name}:{array.shape}:{array.dtype.str}".encode())
-        digest.update(array.tobytes())
+        digest.update(memoryview(array.reshape(-1)).cast("B"))  # no copy of a large tensor
     return digest.hexdigest()
 
 

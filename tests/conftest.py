@@ -79,3 +79,28 @@ def with_class_names(sample_run: Path, path: Path, names: list[str]) -> Path:
     checkpoint["class_names"] = list(names)
     save_v1(checkpoint, path) if path.suffix == ".pt" else save_checkpoint(checkpoint, path)
     return path
+
+
+_MEASURED = """import runpy, sys
+sys.argv = ["camcli", *sys.argv[1:]]
+try:
+    runpy.run_module("camcli", run_name="__main__", alter_sys=True)
+finally:
+    # VmHWM: this process image's own high-water mark (ru_maxrss survives exec: it would count the parent's)
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\\nPEAK_RSS_KB={peak}\\n")
+"""
+
+
+def run_measured(*args, timeout: float = 300, **kwargs):
+    """Run ``camcli ARGS`` in a child process; returns (the CompletedProcess with the peak line
+    removed from stderr, the child's peak resident memory in MB: its VmHWM; camcli decodes in
+    threads, not processes)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, **kwargs)
+    head, _, peak = result.stderr.rpartition("\nPEAK_RSS_KB=")
+    result.stderr = head.strip("\n") + "\n" if head.strip() else ""
+    return result, int(peak) / 1024

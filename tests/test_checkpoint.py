@@ -18,7 +18,7 @@ def _minimal(**override) -> dict:
     ckpt = {
         "format_version": FORMAT_VERSION, "arch": "resnet18", "class_names": ["a", "b"], "img_size": 32,
         "preprocess": {"img_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": "squash"},
-        "backbone": {"state_dict": {}},
+        "backbone": {"state_dict": {"conv.weight": np.zeros((4, 3, 1, 1), np.float32)}},
         "head": {"weight": np.zeros((2, 4), np.float32), "bias": np.zeros(2, np.float32)},
     }
     ckpt.update(override)

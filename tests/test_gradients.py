@@ -222,7 +222,7 @@ def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     refused = runner.invoke(app, ["predict", str(IMAGE), "--arch", "resnet18", "--weights", str(empty), "--classes", str(labels)])
-    assert refused.exit_code == 2 and "not a plain state dict" in refused.stderr and "weights_only False" not in refused.stderr
+    assert refused.exit_code == 2 and "not a loadable --weights state dict" in refused.stderr and "weights_only False" not in refused.stderr
     assert refused.stderr.count("\n") == 1
 
     vit = build_classifier("timm:vit_tiny_patch16_224", "none")

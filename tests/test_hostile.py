@@ -308,9 +308,13 @@ def _crafted(sample_run: Path, tmp_path: Path, change) -> Path:
 ])
 def test_every_checkpoint_field_is_checked_before_use(sample_run, tmp_path, change, culprit):
     path = _crafted(sample_run, tmp_path, change)
-    for command in (["info", path], ["predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", path]):
+    values = "finite" in culprit  # info reads metadata and shapes only, never a tensor's values
+    commands = [["predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", path]] + ([] if values else [["info", path]])
+    for command in commands:
         line = one_line_error(run(*command))
         assert culprit in line and "weights_only" not in line
+    if values:
+        assert run("info", path).exit_code == 0
 
 
 def test_a_checkpoint_that_inflates_is_refused(sample_run, tmp_path):

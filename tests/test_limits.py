@@ -1,0 +1,228 @@
+"""Memory and time are bounded by what camcli checked, before the work starts (hardening round
+three). Each test builds the hostile file, runs the command in a child process and asserts the
+refusal (one line, its exit code) and the child's own peak memory (``getrusage``): under 1 GB,
+where the hostile inputs made camcli take 3 to 8.5 GB before."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from camcli import engine, files
+from camcli.data import MAX_ASPECT
+from camcli.defaults import MAX_FORWARD_PIXELS
+from conftest import SAMPLE_DATA, run_measured, write_image
+
+PEAK_MB = 1024
+CAT = SAMPLE_DATA / "val" / "cat"
+
+
+def _meta(arch: str = "efficientnet_lite0", stored: bool = True, **extra) -> dict:
+    return {"format_version": 2, "arch": arch, "class_names": ["a", "b"], "img_size": 224,
+            "preprocess": {"img_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash"},
+            "backbone": {"stored": "tensors"} if stored else {"reference": {"package": "x", "file": "y", "sha256": "z"}},
+            **extra}
+
+
+def _safetensors(path, meta: dict, entries: dict, data_bytes: int = 0, tail: bytes = b""):
+    """A safetensors file written by hand: ``entries`` name -> (dtype, shape, start, end) as
+    declared, followed by ``data_bytes`` of data (a sparse hole: no disk space) or ``tail``."""
+    header = {"__metadata__": {"camcli": json.dumps(meta)}}
+    header.update({k: {"dtype": d, "shape": list(s), "data_offsets": [a, b]} for k, (d, s, a, b) in entries.items()})
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + tail)
+        if data_bytes:
+            f.truncate(8 + len(raw) + data_bytes)
+    return path
+
+
+def _head(offset: int = 0) -> dict:
+    return {"head.weight": ("F32", (2, 4), offset, offset + 32), "head.bias": ("F32", (2,), offset + 32, offset + 40)}
+
+
+def _refused(result, peak: float, words: str, code: int = 2) -> str:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert words in lines[0], lines[0]
+    assert peak < PEAK_MB, f"peak {peak:.0f} MB"
+    return lines[0]
+
+
+def test_a_tiny_checkpoint_naming_a_huge_architecture_is_refused_before_it_is_built(tmp_path):
+    # 846 M parameters (3.4 GB in float32): laid out on the meta device and compared, never allocated
+    path = _safetensors(tmp_path / "huge.safetensors", _meta("timm:convnext_xxlarge"),
+                        {**_head(), "backbone.stem.weight": ("F32", (3,), 40, 52)}, tail=bytes(52))
+    assert path.stat().st_size < 2000
+    result, peak = run_measured("predict", CAT, "--checkpoint", path)
+    _refused(result, peak, "does not hold timm:convnext_xxlarge")
+    none = _safetensors(tmp_path / "none.safetensors", _meta("timm:convnext_xxlarge"), _head(), tail=bytes(40))
+    result, peak = run_measured("predict", CAT, "--checkpoint", none)
+    _refused(result, peak, "holds no backbone tensor")
+
+
+def test_a_foreign_tensor_in_a_sparse_2_gib_checkpoint_is_refused_from_the_header(tmp_path):
+    path = _safetensors(tmp_path / "sparse.safetensors", _meta(stored=False),
+                        {**_head(), "junk": ("F32", (1 << 29,), 40, 40 + (2 << 30))}, data_bytes=40 + (2 << 30))
+    for command in (["info", path], ["predict", CAT, "--checkpoint", path]):
+        result, peak = run_measured(*command)
+        _refused(result, peak, "a tensor camcli does not write ('junk')")
+
+
+def test_info_reads_no_tensor_and_predict_refuses_a_backbone_that_does_not_fit(tmp_path):
+    # a 2 GiB stored backbone, declared consistently (a sparse file): info reads the header only
+    path = _safetensors(tmp_path / "big.safetensors", _meta(),
+                        {**_head(), "backbone.model.conv_stem.weight": ("F32", (1 << 29,), 40, 40 + (2 << 30))},
+                        data_bytes=40 + (2 << 30))
+    result, peak = run_measured("info", path, "--format", "json")
+    assert result.returncode == 0 and json.loads(result.stdout)["num_features"] == 4, result.stderr
+    assert peak < 200, f"info took {peak:.0f} MB"
+    result, peak = run_measured("predict", CAT, "--checkpoint", path)
+    # it reads the 2 GiB tensor it would use (memory in proportion to the file), then refuses it
+    assert result.returncode == 2 and "does not hold efficientnet_lite0" in result.stderr
+    assert peak < 2048 + PEAK_MB
+
+
+def test_a_million_empty_tensors_are_refused_before_they_become_objects(tmp_path):
+    entries = {f"backbone.t{i}": ("F32", (0,), 40, 40) for i in range(1_000_000)}
+    path = _safetensors(tmp_path / "many.safetensors", _meta(), {**_head(), **entries}, tail=bytes(40))
+    result, peak = run_measured("info", path)
+    _refused(result, peak, "more than 20,000 tensors")
+
+
+@pytest.mark.parametrize("declared", [100_000_001, 104_857_600])
+def test_a_header_over_the_safetensors_limit_is_called_that_not_damaged(tmp_path, declared):
+    path = tmp_path / "big_header.safetensors"
+    path.write_bytes(struct.pack("<Q", declared) + b"{" + bytes(100))
+    result, peak = run_measured("info", path)
+    line = _refused(result, peak, "over the safetensors limit of 100,000,000")
+    assert "damaged" not in line
+
+
+def test_overlapping_and_out_of_file_offsets_are_refused(tmp_path):
+    overlapping = _safetensors(tmp_path / "o.safetensors", _meta(stored=False),
+                               {"head.weight": ("F32", (2, 4), 0, 32), "head.bias": ("F32", (2,), 8, 16)}, tail=bytes(32))
+    outside = _safetensors(tmp_path / "x.safetensors", _meta(stored=False), _head(), tail=bytes(20))
+    for path, words in ((overlapping, "share bytes"), (outside, "lies outside the file")):
+        result, peak = run_measured("info", path)
+        _refused(result, peak, words)
+
+
+def test_weights_files_go_through_the_bounded_reader(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"c{i}" for i in range(1000)))
+    state = {"w": torch.zeros(64 << 20, dtype=torch.uint8)}  # 64 MB of zeros: a few hundred KB deflated
+    plain = tmp_path / "plain.pth"
+    torch.save(state, plain)
+    deflated = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    assert deflated.stat().st_size < 1 << 20
+    result, peak = run_measured("predict", CAT, "--arch", "resnet18", "--weights", deflated, "--classes", labels)
+    _refused(result, peak, "compressed entries")
+    for name, tensor in (("complex", torch.zeros(4, dtype=torch.complex64)), ("sparse", torch.eye(3).to_sparse())):
+        path = tmp_path / f"{name}.pth"
+        torch.save({"fc.weight": tensor}, path)
+        for extra in ([], ["--layer", "layer4"]):  # a CAM model and a gradient model
+            result, peak = run_measured("predict", CAT, "--arch", "resnet18", "--weights", path, "--classes", labels, *extra)
+            _refused(result, peak, "dense real tensors only")
+
+
+def test_an_input_too_large_for_one_forward_pass_is_refused_before_it_is_resized(tmp_path):
+    wide = write_image(tmp_path / "wide.png", np.full((100, int(100 * MAX_ASPECT)), 128, np.uint8)[..., None].repeat(3, 2))
+    small = write_image(tmp_path / "small.png", np.full((64, 64, 3), 90, np.uint8))
+    for args in (["predict", wide, "--img-size", "2048"], ["overlay", wide, "--cam-size", "2048", "--out-dir", tmp_path / "o"],
+                 ["predict", wide, "--boxes", "--cam-scales", "224,2048"]):
+        result, peak = run_measured(*args, "--format", "jsonl")
+        row = json.loads(result.stdout)
+        assert result.returncode == 1 and peak < PEAK_MB, (args, peak)
+        assert "2048x8192 = 16,777,216 pixels" in row["error"] and "lower the input size" in row["error"]
+    # the limit is per image: a square image at the largest size still runs beside the refused one
+    result, _ = run_measured("predict", wide, small, "--img-size", "2048", "--format", "jsonl")
+    rows = [json.loads(r) for r in result.stdout.splitlines()]
+    assert result.returncode == 1 and "error" in rows[0] and rows[1]["predictions"]
+
+
+def test_a_batch_is_split_by_its_pixels():
+    seen = []
+
+    def runner(x):
+        seen.append(x.shape[0] * x.shape[2] * x.shape[3])
+        return np.ones((x.shape[0], 2, x.shape[2] // 32, x.shape[3] // 32), np.float32)
+
+    side = 1024  # four of these fill one forward pass
+    tensors = [np.zeros((3, side, side), np.float32)] * 10 + [np.zeros((3, 64, 64), np.float32)] * 3
+    feats, sizes = engine.extract_features(runner, tensors)
+    assert max(seen) <= MAX_FORWARD_PIXELS and sum(seen) == 10 * side * side + 3 * 64 * 64
+    assert sorted(seen) == [3 * 64 * 64, 2 * side * side, 4 * side * side, 4 * side * side]
+    assert feats.shape == (13, 2, 32, 32) and sizes[-1] == (2, 2)
+
+
+# ---------------------------------------------------------------- the output manifest
+
+def _overlays(sample_run, data, out, *extra):
+    return run_measured("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--format", "jsonl",
+                        *extra)
+
+
+def test_a_large_manifest_is_read_once_and_compacted(sample_run, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    for i in range(5):
+        write_image(data / f"{i}.png", np.full((48, 64, 3), 40 * i, np.uint8))
+    out = tmp_path / "out"
+    assert _overlays(sample_run, data, out)[0].returncode == 0
+    folder = out / "data"
+    for i in range(1, 5):
+        (folder / f"{i}_cam.png").unlink()
+    manifest = folder / files.MANIFEST_NAME
+    with open(manifest, "ab") as f:  # 400,000 stale records (files written and deleted since)
+        f.write(b"".join(b'{"name": "gone%d.png", "size": 1, "mtime_ns": 1}\n' % i for i in range(400_000)))
+    assert manifest.stat().st_size > 15 << 20
+    reads = []
+    real = files._read_records
+
+    def counted(path, start=0, known=None):
+        reads.append(start)
+        return real(path, start, known)
+
+    monkeypatch.setattr(files, "_read_records", counted)
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    result = CliRunner().invoke(app, ["overlay", str(data), "--checkpoint", str(sample_run / "best.safetensors"), "--out-dir", str(out),
+                                      "--skip-existing", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert len([r for r in result.stdout.splitlines() if r.strip()]) == 4  # the four deleted ones; 0.png's is there
+    assert 0 < reads.count(0) <= 4  # compaction's two reads, the run's own, the folder walk's: never one per output
+    assert manifest.stat().st_size < 4096
+    assert sorted(files.read_manifest(folder)) == [f"{i}_cam.png" for i in range(5)]
+
+
+def test_a_hard_linked_manifest_is_copied_before_camcli_appends(sample_run, tmp_path):
+    data = tmp_path / "data"
+    for i in range(2):
+        write_image(data / f"{i}.png", np.full((48, 64, 3), 60 * i, np.uint8))
+    out = tmp_path / "out"
+    assert _overlays(sample_run, data, out)[0].returncode == 0
+    snapshot = tmp_path / "snapshot"  # cp -al: every file of the snapshot is a hard link
+    (snapshot / "data").mkdir(parents=True)
+    for p in (out / "data").iterdir():
+        os.link(p, snapshot / "data" / p.name)
+    (snapshot / "data" / "1_cam.png").unlink()
+    before = (out / "data" / files.MANIFEST_NAME).read_bytes()
+    result, _ = _overlays(sample_run, data, snapshot, "--skip-existing")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1  # the snapshot resumed: 0.png's overlay is still camcli's
+    assert (snapshot / "data" / files.MANIFEST_NAME).stat().st_nlink == 1
+    assert (out / "data" / files.MANIFEST_NAME).read_bytes() == before  # the other link kept its content
+    assert (out / "data" / files.MANIFEST_NAME).stat().st_nlink == 1
+    assert sorted(files.read_manifest(snapshot / "data")) == ["0_cam.png", "1_cam.png"]
