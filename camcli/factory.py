@@ -24,7 +24,7 @@ from camcli.defaults import BACKENDS, DEVICES, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG
 from camcli.engine import CamModel, Model
 from camcli.errors import CamcliError
 from camcli.packaged import DEFAULT_ARCH, lite0_reference, reference_key
-from camcli.runtime import cache_dir, onnx_ready, resolve_device, weights_key
+from camcli.runtime import cache_dir, cached_bytes, onnx_ready, record_cache, resolve_device, weights_key
 
 CHECKPOINT_SUFFIXES = (SUFFIX, ".pt", ".pth", ".onnx")  # a name with one of these is a file, never an arch
 MAX_PIXELS_LIMIT = 1 << 40
@@ -190,21 +190,15 @@ def imagenet_head_cache(arch: str, key: str) -> Path:
     return cache_dir() / "heads" / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:20]}{SUFFIX}"
 
 
-def _loads(path: Path) -> bool:
-    try:
-        load_checkpoint(path)
-    except CamcliError:
-        return False
-    return True
-
-
 def _from_arch(spec: ModelSpec) -> Model:
     """A classifier by name with its own head: CAM where the head is GAP + linear, else gradient maps."""
     arch, classes = spec.arch, spec.classes
     packaged = arch == DEFAULT_ARCH and spec.weights == "imagenet" and classes is None and spec.layer is None
     if packaged:
         cached = imagenet_head_cache(arch, reference_key(lite0_reference()))
-        if cached.is_file() and onnx_ready(arch, reference_key(lite0_reference()), resolve_device(spec.device), spec.backend):
+        head_facts = {"arch": arch, "weights": reference_key(lite0_reference())}
+        if onnx_ready(arch, reference_key(lite0_reference()), resolve_device(spec.device), spec.backend) and cached_bytes(
+                cached, **head_facts) is not None:
             with contextlib.suppress(CamcliError):  # a damaged cache entry is rebuilt below
                 model = _from_checkpoint(load_checkpoint(cached), spec)
                 model.checkpoint = None
@@ -226,11 +220,12 @@ def _from_arch(spec: ModelSpec) -> Model:
     preprocess = Preprocess(spec.img_size or 224, backbone.mean, backbone.std, spec.resize or DEFAULT_RESIZE, backbone.stride)
     model = CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, spec.device, None, spec.backend,
                      spec.amp, weights_id=reference_key(backbone.reference) if backbone.reference else None)
-    if packaged and (not cached.is_file() or not _loads(cached)):
+    if packaged and cached_bytes(cached, **head_facts) is None:
         with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
             save_checkpoint(make_checkpoint(arch, model.weight, model.bias, model.class_names,
                                             replace(preprocess, img_size=224, resize=DEFAULT_RESIZE), {}, {},
                                             backbone_state(backbone)), cached)
+            record_cache(cached, **head_facts)
     return model
 
 

@@ -199,6 +199,53 @@ def next_run_dir(base: Path = Path("runs/train"), name: str = "exp") -> Path:
     return candidate
 
 
+class FolderLock:
+    """An exclusive ``flock`` on a folder itself (no lock file to leave behind), held until
+    :meth:`release` or the process ends: two camcli runs never write one run folder at once."""
+
+    def __init__(self, folder: Path, what: str):
+        self.fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self.fd)
+            raise CamcliError(f"another camcli process is writing {what} {folder}: wait for it, or choose another folder") from exc
+        except OSError:  # a file system without locks: nothing more to hold
+            pass
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def remove_if_ours(path: Path, guard: OutputGuard) -> None:
+    """Delete ``path`` only if it is the file camcli wrote there, checked and removed in one step:
+    the file is first renamed aside (an atomic step, so what is checked is what is removed), and
+    a file that is not camcli's is linked back under its name and refused.
+
+    Raises:
+        CamcliError: the file is not camcli's (it stays where it was).
+    """
+    aside = path.with_name(f"{_temp_prefix(path)}{os.getpid()}.removing")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise os_error(exc, f"cannot remove {path}") from exc
+    info = aside.lstat()
+    if stat.S_ISREG(info.st_mode) and guard.records(path).get(path.name) == {"size": info.st_size, "mtime_ns": info.st_mtime_ns}:
+        aside.unlink()
+        return
+    try:
+        os.link(aside, path, follow_symlinks=False)
+        aside.unlink()
+    except OSError:  # a file was written under the name meanwhile: keep both, say where
+        raise CamcliError(f"{path} was not written by camcli and is kept as {aside}; {guard.remedy}") from None
+    raise CamcliError(f"{path} exists and was not written by camcli; {guard.remedy}")
+
+
 # ---------------------------------------------------------------- the output manifest
 
 def read_manifest(folder: Path) -> dict[str, dict]:
@@ -367,6 +414,12 @@ class OutputGuard:
         files, end, ident, _ = _read_records(folder / MANIFEST_NAME, end if same else 0, self.manifests[folder] if same else None)
         self.manifests[folder], self.read_to[folder] = files, (end, ident)
         return files
+
+    def records(self, path: Path) -> dict[str, dict]:
+        """The records of ``path``'s folder, read up to now (a file of another run included)."""
+        with self.lock:
+            self._manifest(path.parent)
+            return self._read_new(path.parent)
 
     def is_ours(self, path: Path) -> bool:
         """Whether ``path`` is a regular file as camcli wrote it (same size and mtime as in the

@@ -23,7 +23,7 @@ import numpy as np
 
 from camcli.defaults import BACKENDS, DEVICES
 from camcli.errors import CamcliError, first_line, os_error
-from camcli.files import OUTPUT_MODE
+from camcli.files import OUTPUT_MODE, atomic_write, read_bytes
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max|delta| / max|reference| accepted when verifying an export
@@ -119,7 +119,9 @@ class OnnxRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, model: bytes | None = None, facts: dict | None = None):
+        """``model``: the file's bytes, already read (and verified, see :func:`cached_bytes`);
+        ``facts``: its expected inputs and outputs as ``[[name, rank], ...]`` (refused otherwise)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -129,7 +131,11 @@ class OnnxRunner:
         # spinning intra-op threads would take the CPU from the decoding threads between batches
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path) if model is None else model, options, providers=["CPUExecutionProvider"])
+        if facts is not None:
+            io_of = {"inputs": self.session.get_inputs(), "outputs": self.session.get_outputs()}
+            if any([[a.name, len(a.shape)] for a in io_of[k]] != facts[k] for k in io_of):
+                raise CamcliError(f"{path} does not have the inputs and outputs of a camcli backbone export")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -138,6 +144,42 @@ class OnnxRunner:
         # on the CPU (benchmarks/README.md, "memory")
         parts = [self.session.run(None, {"image": x[i : i + ONNX_CHUNK]})[0] for i in range(0, len(x), ONNX_CHUNK)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+MAX_CACHE_BYTES = 4 << 30  # a cached export (VGG16's is 528 MB), head or feature file
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".record.json")
+
+
+def record_cache(path: Path, **facts) -> None:
+    """Write what the cache file ``path`` must be: its sha256 and size, plus ``facts`` (the weights
+    it came from, its shapes): :func:`cached_bytes` uses it only if all still hold."""
+    data = read_bytes(path, MAX_CACHE_BYTES, "cache file")
+    record = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **facts}
+    atomic_write(_record_path(path), json.dumps(record, sort_keys=True))
+
+
+def cached_bytes(path: Path, **facts) -> bytes | None:
+    """The content of the cache file ``path`` if it is what its record says (sha256, size and
+    ``facts``), else None: a file replaced, damaged or truncated since it was made, or one
+    without a record, is never used (the caller makes it again). One read and one hash
+    (about 10 ms for the default backbone's export)."""
+    try:
+        record = json.loads(read_bytes(_record_path(path), 1 << 20, "cache record"))
+        data = read_bytes(path, MAX_CACHE_BYTES, "cache file")
+    except (CamcliError, ValueError, RecursionError):
+        return None
+    wanted = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **json.loads(json.dumps(facts))}
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in wanted.items()):
+        return None
+    return data
+
+
+def onnx_facts(arch: str, key: str) -> dict:
+    """What a cached backbone export must be: its arch, weights key, opset, input and output."""
+    return {"arch": arch, "weights": key, "opset": ONNX_OPSET, "inputs": [["image", 4]], "outputs": [["features", 4]]}
 
 
 def onnx_path(arch: str, key: str) -> Path:
@@ -219,7 +261,7 @@ def export_onnx(features, path: Path) -> None:
 
 def onnx_ready(arch: str, key: str, device: str, backend: str) -> bool:
     """Whether a job can run on ONNX Runtime without PyTorch: CPU, ONNX backend allowed, export cached."""
-    if device != "cpu" or backend == "torch" or not onnx_path(arch, key).is_file():
+    if device != "cpu" or backend == "torch" or not _record_path(onnx_path(arch, key)).is_file():
         return False
     try:
         import onnxruntime  # noqa: F401
@@ -252,12 +294,18 @@ def make_runner(
     except ImportError:
         note = "onnxruntime is not installed: using PyTorch" if backend == "onnxruntime" else None
         return TorchRunner(build(), device, amp), note
-    path = onnx_path(arch, key())
+    weights = key()
+    path, facts = onnx_path(arch, weights), onnx_facts(arch, weights)
     note = None
     try:
-        if not path.is_file():  # missing, or not a regular file (a FIFO would block ONNX Runtime): export anew
+        model = cached_bytes(path, **facts)
+        if model is None:  # missing, not a regular file, or not what its record says: export anew
+            again = os.path.lexists(path)
             export_onnx(build(), path)
-            note = f"exported {arch} to ONNX ({path}): later runs start without PyTorch"
-        return OnnxRunner(path), note
+            record_cache(path, **facts)
+            model = cached_bytes(path, **facts)
+            note = (f"the cached ONNX export of {arch} did not match its record: exported again ({path})" if again
+                    else f"exported {arch} to ONNX ({path}): later runs start without PyTorch")
+        return OnnxRunner(path, model=model, facts=facts), note
     except Exception as exc:  # any failure falls back to PyTorch, said once
         return TorchRunner(build(), device, amp), f"warning: ONNX Runtime unavailable for {arch} ({exc}); using PyTorch"

@@ -29,14 +29,14 @@ from camcli.checkpoint import SUFFIX, make_checkpoint, save_checkpoint
 from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
 from camcli.engine import CamModel
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, os_error
 from camcli.evaluate import classification_metrics
 from camcli.factory import ModelSpec, backbone_model
-from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
+from camcli.files import FolderLock, OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.jobs import FeatureJob, LocalEngine
 from camcli.render import draw_caption, render_overlay
 from camcli.report import write_train_report
-from camcli.runtime import cache_dir
+from camcli.runtime import cache_dir, cached_bytes, record_cache
 
 Progress = Callable[[str, int, int], None]
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -64,13 +64,13 @@ class TrainResult:
 
 def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preprocess, backend: str) -> Path:
     """Where the pooled features of ``paths`` are cached: keyed by each file's path, size and
-    mtime, the backbone weights, the preprocessing and the backend."""
+    mtime, the backbone weights, the preprocessing (its size, resize, mean and std) and the backend."""
     files = []
     for p in paths:
         stat = p.stat()
         files.append([str(real_path(p)), stat.st_size, stat.st_mtime_ns])
-    key = json.dumps({"files": files, "weights": weights_id, "preprocess": preprocess.to_dict(), "backend": backend, "v": 1})
-    return cache_dir() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()}.pt"
+    key = json.dumps({"files": files, "weights": weights_id, "preprocess": preprocess.to_dict(), "backend": backend, "v": 2})
+    return cache_dir() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
 
 
 def cached_pooled_features(
@@ -78,21 +78,24 @@ def cached_pooled_features(
 ) -> tuple[torch.Tensor, bool]:
     """(N, C) pooled features of ``paths`` from the feature cache, computing them with ``compute``
     (one (B, C) array per batch, in order: a :class:`camcli.jobs.FeatureJob` on an engine) and
-    caching them on a miss. Returns (features, whether they came from the cache)."""
+    caching them on a miss. A cache file is used only as its record says it was written (its
+    sha256, the weights it came from, its shape: see :func:`camcli.runtime.cached_bytes`).
+    Returns (features, whether they came from the cache)."""
     path = feature_cache_file(paths, weights_id, preprocess, backend)
-    if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(cached, torch.Tensor) and cached.ndim == 2 and len(cached) == len(paths):
-                return cached, True
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
-            pass
-    feats = torch.from_numpy(np.concatenate(list(compute())))
+    facts = {"weights": weights_id, "rows": len(paths)}
+    data = cached_bytes(path, **facts)
+    if data is not None:
+        with contextlib.suppress(ValueError, OSError, EOFError):  # a file camcli did not write is recomputed
+            cached = np.load(io.BytesIO(data), allow_pickle=False)
+            if cached.ndim == 2 and len(cached) == len(paths) and cached.dtype == np.float32:
+                return torch.from_numpy(cached), True
+    feats = np.concatenate(list(compute())).astype(np.float32, copy=False)
     with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
         buffer = io.BytesIO()
-        torch.save(feats, buffer)
+        np.save(buffer, feats, allow_pickle=False)
         atomic_write(path, buffer.getvalue())
-    return feats, False
+        record_cache(path, **facts)
+    return torch.from_numpy(feats), False
 
 
 def shuffled_batches(
@@ -136,22 +139,24 @@ def evaluate(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> t
 RUN_FILES = ("config.yaml", f"best{SUFFIX}", f"last{SUFFIX}", "metrics.csv", "report.html")
 
 
-def prepare_run_dir(config: TrainConfig) -> tuple[Path, OutputGuard]:
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, OutputGuard, FolderLock]:
     """The run folder: ``--out`` (an existing run there needs ``exist_ok``) or the next
-    ``runs/train/expN``, and the guard of its files: with ``exist_ok``, a run's file that
-    camcli did not write (not in the folder's manifest as it is now) stops training before
-    anything is written."""
+    ``runs/train/expN``, made and locked (a second train into it is refused while this one
+    runs), and the guard of its files: with ``exist_ok``, a run's file that camcli did not write
+    (not in the folder's manifest as it is now) stops training before anything is written."""
     guard = OutputGuard(set(), remedy="train replaces only a previous run's files: choose another `out`")
-    if config.out is None:
-        return next_run_dir(), guard
-    run_dir = Path(config.out)
+    run_dir = next_run_dir() if config.out is None else Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise CamcliError(f"`out` {run_dir} is a file, not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not config.exist_ok:
         raise CamcliError(f"`out` {run_dir} already holds files; choose another folder or pass `exist_ok`")
     for name in RUN_FILES:
         guard.check(run_dir / name)
-    return run_dir, guard
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, f"cannot make the run folder {run_dir}") from exc
+    return run_dir, guard, FolderLock(run_dir, "the run folder")
 
 
 def fit(
@@ -169,7 +174,15 @@ def fit(
     """
     config.validate()
     train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
-    run_dir, guard = prepare_run_dir(config)
+    run_dir, guard, lock = prepare_run_dir(config)
+    try:
+        return _fit_in(config, run_dir, guard, train_set, val_set, class_names, progress, on_epoch, notify, engine)
+    finally:
+        lock.release()
+
+
+def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: list, val_set: list, class_names: list[str],
+            progress, on_epoch, notify, engine) -> TrainResult:
     engine = engine or LocalEngine()
     torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
     backbone = build_backbone(config.arch, config.weights)
@@ -213,12 +226,11 @@ def fit(
         feats = LocalEngine().run(job, features, [train_paths[i] for i in order], progress)
         return zip(map(torch.from_numpy, feats), train_y[order].split(config.batch_size))
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # a reused run folder (--exist-ok): the previous run's files (checked to be camcli's) go first, so a run that
-    # stops early never leaves a mix of two runs (its config.yaml beside the previous run's checkpoints)
+    # a reused run folder (--exist-ok): the previous run's files go first, so a run that stops early never leaves a
+    # mix of two runs (its config.yaml beside the previous run's checkpoints); each is checked to be camcli's in the
+    # step that removes it (a file written there since the start is kept, and stops the run)
     for name in RUN_FILES:
-        with contextlib.suppress(OSError):
-            (run_dir / name).unlink()
+        remove_if_ours(run_dir / name, guard)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False), guard.recorder(run_dir / "config.yaml"))
     history: list[dict] = []
     best: dict | None = None
@@ -244,6 +256,7 @@ def fit(
     _write_report(run_dir, best_checkpoint, backbone, preprocess, config, val_x, val_y, val_set, class_names, history,
                   before_rename=guard.recorder(run_dir / "report.html"))
     return TrainResult(run_dir, history, best, class_names, len(train_set), len(val_set))
+
 
 
 def _write_report(

@@ -540,6 +540,52 @@ def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.yaml"]
 
 
+def test_a_file_written_into_the_run_folder_during_training_is_kept_and_stops_it(tmp_path, monkeypatch):
+    from camcli import train
+    from camcli.config import resolve_train_config
+
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    out = tmp_path / "run"
+    config = resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=1, out=str(out),
+                                  exist_ok=True, workers=0)
+    train.fit(config)  # the previous run: its files are camcli's
+    real = train.cached_pooled_features
+
+    def user_writes_meanwhile(*args, **kwargs):  # between the start's check and the removal of the old run files
+        (out / "metrics.csv").write_text("the user's own notes\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "cached_pooled_features", user_writes_meanwhile)
+    with pytest.raises(CamcliError, match="metrics.csv exists and was not written by camcli"):
+        train.fit(config)
+    assert (out / "metrics.csv").read_text() == "the user's own notes\n"
+    assert not [p for p in out.iterdir() if p.name.endswith(".removing")]
+
+
+def test_two_trains_into_one_folder_at_once_are_refused(tmp_path):
+    from camcli import train
+    from camcli.config import resolve_train_config
+    from camcli.files import FolderLock
+
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    out = tmp_path / "run"
+    out.mkdir()
+    held = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(out)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "held"  # another process (a first train) holds the run folder
+        config = resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=1, out=str(out),
+                                      exist_ok=True, workers=0)
+        with pytest.raises(CamcliError, match="another camcli process is writing the run folder"):
+            train.fit(config)
+        assert list(out.iterdir()) == []
+    finally:
+        held.kill()
+        held.wait()
+    FolderLock(out, "x").release()  # free again once the other process is gone
+
+
 def test_a_concurrent_run_s_outputs_are_not_foreign(tmp_path):
     from camcli.files import OutputGuard
 

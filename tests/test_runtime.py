@@ -129,3 +129,62 @@ def test_first_prediction_arrives_before_the_input_walk_is_finished(tmp_path):
     first = next(rows)
     assert first["path"].endswith("blue_0.png") and len(walked) == 8 < 20
     assert [r["path"] for r in rows] == [str(i.path) for i in walked[1:]] and len(walked) == 20
+
+
+def test_a_cached_export_replaced_damaged_or_truncated_is_never_used(tmp_path, monkeypatch):
+    from camcli.runtime import onnx_path
+
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+    other = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())  # same shapes, other weights: a valid model
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = ours(torch.from_numpy(x)).numpy()
+    make_runner(lambda: ours, "tiny", "cpu", "auto", key=lambda: "k")
+    path = onnx_path("tiny", "k")
+    make_runner(lambda: other, "impostor", "cpu", "auto", key=lambda: "k")
+    good = path.read_bytes()
+    for tampered in (onnx_path("impostor", "k").read_bytes(), good[: len(good) // 2], good[:-1] + bytes([good[-1] ^ 1])):
+        path.write_bytes(tampered)
+        runner, note = make_runner(lambda: ours, "tiny", "cpu", "auto", key=lambda: "k")
+        assert isinstance(runner, OnnxRunner) and "did not match its record: exported again" in note
+        np.testing.assert_allclose(runner(x), expected, rtol=1e-4, atol=1e-5)
+        assert path.read_bytes() != tampered
+
+
+def test_a_replaced_head_or_feature_cache_is_rebuilt_and_the_feature_key_holds_the_size(tiny_folder, tmp_path, monkeypatch):
+    from camcli.factory import imagenet_head_cache
+    from camcli.packaged import lite0_reference, reference_key
+    from camcli.train import feature_cache_file
+
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    image = sorted((SAMPLE_DATA / "val" / "cat").glob("*.jpg"))[0]
+    first = list(run_here(PredictJob(top_k=3), load("efficientnet_lite0", device="cpu"), find_images([image])))
+    head = imagenet_head_cache("efficientnet_lite0", reference_key(lite0_reference()))
+    ckpt = load_checkpoint(head)
+    ckpt["head"]["weight"] = ckpt["head"]["weight"][::-1].copy()  # another valid head: classes in reverse
+    from camcli.checkpoint import save_checkpoint
+
+    save_checkpoint(ckpt, head)
+    again = list(run_here(PredictJob(top_k=3), load("efficientnet_lite0", device="cpu"), find_images([image])))
+    assert again == first
+    assert load_checkpoint(head)["head"]["weight"][0].tolist() != ckpt["head"]["weight"][0].tolist()  # rebuilt
+
+    config = resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "a"), epochs=1, **SMALL)
+    fit(config)
+    cached = sorted((tmp_path / "cache" / "features").glob("*.npy"))
+    assert cached
+    for path in cached:  # replaced by other features of the right shape: a cache camcli did not write
+        np.save(path, np.load(path) + 1.0)
+    calls = []
+    real = jobs_module.extract_features
+    monkeypatch.setattr(jobs_module, "extract_features", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    fit(resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "b"), epochs=1, **SMALL))
+    assert calls  # recomputed
+    paths = find_images([tiny_folder])
+    model = load("efficientnet_lite0", device="cpu")
+    sizes = {feature_cache_file([p.path for p in paths], "w", model.preprocess, "onnxruntime"),
+             feature_cache_file([p.path for p in paths], "w", data_module.replace(model.preprocess, img_size=256), "onnxruntime"),
+             feature_cache_file([p.path for p in paths], "w", data_module.replace(model.preprocess, resize="squash"), "onnxruntime")}
+    assert len(sizes) == 3
