@@ -119,6 +119,10 @@ def _report_errors(command: Callable) -> Callable:
             if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
                 exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
             err.print(Text.assemble(("error:", "red"), " ", printable(flag_names(str(exc), _flag))))
+            if getattr(exc, "exit_now", False):  # a thread stuck in native code (Ray's connection) would crash the exit
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stage, done, total = _LAST_PROGRESS.get("stage"), _LAST_PROGRESS.get("done", 0), _LAST_PROGRESS.get("total")

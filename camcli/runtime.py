@@ -300,7 +300,7 @@ def make_runner(
     try:
         model = cached_bytes(path, **facts)
         if model is None:  # missing, not a regular file, or not what its record says: export anew
-            again = os.path.lexists(path)
+            again = _record_path(path).is_file()  # a record, and a file that is not what it says
             export_onnx(build(), path)
             record_cache(path, **facts)
             model = cached_bytes(path, **facts)

@@ -43,9 +43,6 @@ class RayOptions:
         if self.workers is not None and self.workers < 1:
             raise CamcliError(f"`ray_workers` must be at least 1, got {self.workers}")
 
-    address: str | None = None
-    workers: int | None = None
-
 
 def require_ray():
     """Import Ray, or say in one line how to install it (exit 3)."""
@@ -57,14 +54,19 @@ def require_ray():
     return ray
 
 
+CONNECT_SECONDS = 30.0  # joining a cluster takes 2-5 s; an address that is not a Ray cluster never answers
+
+
 @contextlib.contextmanager
 def ray_session(options: RayOptions) -> Iterator[int]:
     """Join the cluster at ``options.address``, or start a local Ray instance that is gone
-    (with its temp folder) when the block ends; yields the number of actors to use."""
+    (with its processes and temp folder, even after Ctrl-C) when the block ends; yields the
+    number of actors to use."""
     ray = require_ray()
     started = not ray.is_initialized()
     temp = None
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+    joined = False
     try:
         if started:
             os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -72,32 +74,132 @@ def ray_session(options: RayOptions) -> Iterator[int]:
                       "configure_logging": True}
             if options.address is None:
                 os.environ["RAY_AUTH_MODE"] = "disabled"  # a local instance: no token file in the home folder
-                temp = tempfile.mkdtemp(prefix="camcli-ray-")
+                temp = tempfile.mkdtemp(prefix="camcli-ray-", dir=_short_temp_base())
+                # in this thread: Ray's processes die with the thread that started them (PR_SET_PDEATHSIG)
                 ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=temp, **common)
             else:
                 _check_reachable(options.address)
-                try:
-                    ray.init(address=options.address, **common)
-                except Exception as exc:  # noqa: BLE001 - connection errors come in many types
-                    why = " ".join(str(exc).split())[:200]
-                    raise EnvironmentProblem(f"cannot join the Ray cluster at {options.address}: {why}") from exc
+                _init_bounded(ray, f"join the Ray cluster at {options.address}", address=options.address, **common)
+            joined = True
         _quiet_ray_data()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = options.workers or max(1, cpus // 2)
-        if workers < 1:
-            raise CamcliError(f"`ray_workers` must be at least 1, got {workers}")
         yield workers
     finally:
-        if started:
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
+        with _sigint_deferred():  # a second Ctrl-C must not cut the cleanup short
+            if started and joined:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if temp is not None:
+                _stop_processes_of(temp)
+                shutil.rmtree(temp, ignore_errors=True)
+
+
+def _short_temp_base() -> str | None:
+    """The temp folder, or /tmp when its path is too long for Ray: Ray puts Unix sockets about 85
+    bytes deep inside the session folder, and a socket path has at most 107 bytes."""
+    base = tempfile.gettempdir()
+    return "/tmp" if len(os.fsencode(base)) > 20 and os.path.isdir("/tmp") else None
+
+
+def _init_bounded(ray, what: str, **kwargs) -> None:
+    """``ray.init`` of a cluster address, bounded as a whole: it runs in a thread and is given up
+    after ``CONNECT_SECONDS`` (an address that accepts TCP but is not a Ray cluster makes Ray retry
+    for minutes; Ray also dials the node's own address for 127.0.0.1, so probing the address
+    alone cannot tell). Joining starts no process here, so the thread may end."""
+    import threading
+
+    box: dict = {}
+
+    def init() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=init, name="camcli-ray-init", daemon=True)
+    with _stderr_quiet():  # Ray's C++ core prints each connection retry on the terminal; camcli says it in one line
+        thread.start()
+        thread.join(CONNECT_SECONDS)
+    if thread.is_alive():
+        problem = EnvironmentProblem(f"cannot {what}: no answer within {CONNECT_SECONDS:.0f} s "
+                                     "(is it the address of a Ray head node, HOST:6379 by default?)")
+        problem.exit_now = True  # the thread stays in Ray's native code: the process cannot finalize normally
+        raise problem
+    if "error" in box:
+        why = " ".join(str(box["error"]).split())[:200]
+        raise EnvironmentProblem(f"cannot {what}: {why}") from box["error"]
+
+
+@contextlib.contextmanager
+def _stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null during the block (nothing of camcli's writes meanwhile)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C during the block is held back and raised (once) after it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: hits.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hits:
+        raise KeyboardInterrupt
+
+
+def _stop_processes_of(temp: str, wait: float = 10.0) -> None:
+    """Stop every process that still runs from the local instance's temp folder (Ray's agents
+    may outlive ``ray.shutdown`` for a minute, and write into the folder as it is removed)."""
+    import signal
+    import time
+
+    def remaining() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if entry.isdigit() and int(entry) != os.getpid():
+                with contextlib.suppress(OSError):
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if temp.encode() in f.read():
+                            pids.append(int(entry))
+        return pids
+
+    deadline = time.monotonic() + wait
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in remaining():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        while remaining() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        deadline = time.monotonic() + 2.0
+        if not remaining():
+            return
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

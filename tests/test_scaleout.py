@@ -155,3 +155,82 @@ def test_ray_engine_spreads_a_job_over_two_nodes_with_the_local_engines_rows_and
         cluster.shutdown()
     assert len(results["local"][0]) == 8 and not any("error" in r for r in results["local"][0])
     assert all(results[name] == results["local"] for name in results)
+
+
+def _held_processes(path: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if path.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_an_address_that_accepts_tcp_but_is_not_ray_is_given_up_in_bounded_time(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)  # accepts connections (the kernel does), never speaks Ray's protocol
+    port = server.getsockname()[1]
+    code = ("import sys; from camcli import scaleout; scaleout.CONNECT_SECONDS = 8\n"
+            "from camcli.cli import main; sys.argv = ['camcli', *sys.argv[1:]]; main()")
+    start = time.monotonic()
+    try:
+        result = subprocess.run([sys.executable, "-c", code, "predict", str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"),
+                                 "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 60  # Ray alone was still retrying at 150 s
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()[-1:]  # after the note of the model's first export, if any
+    assert lines == [f"error: cannot join the Ray cluster at 127.0.0.1:{port}: no answer within 8 s (is it the address of a "
+                     "Ray head node, HOST:6379 by default?)"], result.stderr
+
+
+def test_ctrl_c_in_a_ray_run_exits_130_and_leaves_no_process_or_folder(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    temp = Path(tempfile.mkdtemp(dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(40):  # enough work to be interrupted in the middle
+        shutil.copy(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", images / f"{i}.jpg")
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen([sys.executable, "-m", "camcli", "overlay", str(images), "--out-dir", str(tmp_path / "out"),
+                             "--engine", "ray", "--batch-size", "1", "--format", "jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert proc.stdout.readline(), proc.stderr.read()  # the first row: Ray is up and working
+        session = next(temp.glob("camcli-ray-*"))
+        assert _held_processes(str(session))
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on a terminal reaches the whole foreground group
+        proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    time.sleep(1)
+    assert not _held_processes(str(session))
+    assert not list(temp.glob("camcli-ray-*"))
+    shutil.rmtree(temp)
+
+
+def test_a_long_temp_folder_still_starts_ray(tmp_path):
+    import subprocess
+
+    temp = tmp_path / ("t" * 60)
+    temp.mkdir()
+    result = subprocess.run([sys.executable, "-m", "camcli", "predict", str(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg"),
+                             "--engine", "ray", "--format", "jsonl"], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "TMPDIR": str(temp)})
+    assert result.returncode == 0 and json.loads(result.stdout)["predictions"], result.stderr
