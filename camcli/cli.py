@@ -43,9 +43,9 @@ from camcli.defaults import (
     TRAIN,
 )
 from camcli.errors import CamcliError, flag_names, os_error
-from camcli.files import atomic_open, guard_output_file, printable
+from camcli.files import atomic_open, guard_output_file, printable, read_text
 from camcli.packaged import DEFAULT_ARCH
-from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, table_cells, write_rows
+from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, previous_rows, table_cells, write_rows
 
 # click's exception classes (typer vendors click, and exports only some of them)
 _ClickException, _UsageError = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
@@ -463,29 +463,55 @@ def _finish(count: int, failed: int, allow_failures: bool) -> None:
             raise typer.Exit(1)
 
 
-def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None) -> tuple[int, int]:
+def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None) -> tuple[int, int]:
     """Write rows in the chosen format; report each failed input on stderr as it comes.
+
+    Interrupted (Ctrl-C), an ``--output`` file still gets every row finished before, whole (then
+    the interruption goes on). ``carried``: rows of the previous ``--output`` file to keep
+    (see :func:`_previous_rows`), written first.
 
     Returns:
         (rows written, inputs that failed).
     """
     failed = 0
+    interrupted: list[KeyboardInterrupt] = []
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
         nonlocal failed
-        for row in source:
-            if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
-                failed += 1
-                err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
-            yield row
+        try:
+            for row in source:
+                if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
+                    failed += 1
+                    err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
+                yield row
+        except KeyboardInterrupt as exc:
+            if options.output is None:
+                raise
+            interrupted.append(exc)  # the rows so far are written and the file is closed first
 
     fmt, output = choose_format(options.fmt, options.output, is_tty(sys.stdout)), options.output
     if output is None:
         count = _print_table(reported(rows), overlay, None) if fmt == "table" else write_rows(reported(rows), fmt, sys.stdout)
-    else:
-        with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
-            count = _print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream)
+        return count, failed
+    with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
+        count = _print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
+    if interrupted:
+        raise interrupted[0]
     return count, failed
+
+
+def _previous_rows(options: RowOptions) -> list[tuple[str, object]] | None:
+    """The rows of an existing ``--output`` file, for a resumed run (see results.previous_rows);
+    None without one (or for a table, which is not read back)."""
+    output = options.output
+    fmt = choose_format(options.fmt, output, is_tty(sys.stdout))
+    if output is None or fmt == "table" or not output.is_file():
+        return None
+    try:
+        return previous_rows(read_text(output, 1 << 30, "--output"), fmt)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CamcliError(f"--output {output} does not hold {fmt} rows as camcli writes them, so --skip-existing cannot "
+                          "complete it: choose another --output") from exc
 
 
 def _guard_output(output: Optional[Path], protected: list, overwrite: bool, results: bool = True):
@@ -616,9 +642,10 @@ def overlay(
     from camcli.jobs import OverlayJob
     from camcli.report import check_report_path, write_overlay_report
 
+    previous = _previous_rows(rows) if skip_existing else None  # a resumed run completes its --output file
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
                      box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.method, normalize,
-                     rows.top_k, run.batch_size, run.threads())
+                     rows.top_k, run.batch_size, run.threads(), rows_kept=None if previous is None else frozenset(p for p, _ in previous))
     spec, engine = _checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
@@ -640,7 +667,9 @@ def overlay(
             yield row
 
     with engine, _progress(run.quiet) as progress:
-        count, failed = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard)
+        redo = {str(i.path) for i in work}
+        carried = None if previous is None else [item for path, item in previous if path not in redo]
+        count, failed = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard, carried=carried)
     if report is not None:
         write_overlay_report(report, kept, count)
         if not run.quiet:

@@ -171,7 +171,9 @@ class OverlayJob:
         box_threshold: the box's threshold (fraction of the normalized map); None: the
             checkpoint's calibrated ``cam_threshold``, else the CAM paper's 0.2.
         draw_box: draw the box on the overlay.
-        skip_existing: leave out (no row, no work) the inputs whose outputs camcli already wrote.
+        skip_existing: leave out (no row, no work) the inputs whose outputs camcli already wrote
+            (and, with ``rows_kept``, whose row a previous results file holds: an input whose
+            outputs were written but whose row was not, when a run was interrupted, is run again).
         maps: write the maps of each image's top-``maps`` classes as ``<stem>_cam_<rank>_<label><ext>``.
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`Model.batch_maps`.
@@ -202,6 +204,7 @@ class OverlayJob:
     batch_size: int = BATCH_SIZE
     workers: int = 0
     writers: int = 2
+    rows_kept: frozenset[str] | None = None
     plan: OverlayPlan | None = None
     stage: ClassVar[str] = "overlay"
 
@@ -236,7 +239,8 @@ class OverlayJob:
         names.check_all()
         todo = list(range(len(images)))
         if self.skip_existing:
-            todo = [k for k in todo if not names.finished(k)]
+            kept = self.rows_kept
+            todo = [k for k in todo if not (names.finished(k) and (kept is None or str(images[k].path) in kept))]
             if notify and len(todo) < len(images):
                 notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (`skip_existing`)")
         plan = OverlayPlan(method, threshold, chosen, maps_k, names.subset(todo, guard))
@@ -246,7 +250,7 @@ class OverlayJob:
         """A worker's part: its images' output names, checked again there by a guard of its own."""
         stop = min(stop, len(images))
         plan = replace(self.plan, names=self.plan.names.subset(range(start, stop), None))
-        return replace(self, plan=plan), list(images[start:stop])
+        return replace(self, plan=plan, rows_kept=None), list(images[start:stop])  # rows_kept served bind only
 
     def count(self, row: dict) -> int:
         return 1

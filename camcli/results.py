@@ -47,20 +47,25 @@ def csv_cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
+def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = None) -> int:
     """Write rows to a text stream as csv, json or jsonl; returns how many were written.
 
     jsonl and csv stream (flushed per row); json needs every row and writes at the end.
+    ``carried``: a previous results file's rows to keep, written first (see :func:`carried_rows`).
     """
     count = 0
+    carried = carried or []
     if fmt == "json":
-        everything = list(rows)
+        everything = carried + list(rows)
         stream.write(json.dumps(everything, indent=2) + "\n")
-        return len(everything)
+        return len(everything) - len(carried)
     # RFC 4180's CRLF: a field holding a CR or LF (a file name may) is then always quoted
     writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
     if writer:
         writer.writerow(CSV_COLUMNS)
+        writer.writerows(carried)
+    else:
+        stream.writelines(carried)
     for row in rows:
         if writer:
             box = row.get("box")
@@ -78,6 +83,34 @@ def write_rows(rows: Iterator[dict], fmt: str, stream) -> int:
         stream.flush()
         count += 1
     return count
+
+
+def previous_rows(text: str, fmt: str) -> list[tuple[str, object]]:
+    """The rows of a previous results file (``text``, in ``fmt``) as (input path, what
+    :func:`write_rows` takes as ``carried``: a jsonl line, a csv record or a json row), so that a
+    resumed run (``skip_existing``) completes the file.
+
+    Raises:
+        ValueError: the text is not ``fmt`` rows as camcli writes them.
+    """
+    if fmt == "jsonl":
+        return [(str(json.loads(line)["path"]), line + "\n") for line in text.splitlines() if line.strip()]
+    if fmt == "json":
+        rows = json.loads(text) if text.strip() else []
+        if not isinstance(rows, list):
+            raise ValueError("not a list of rows")
+        return [(str(row["path"]), row) for row in rows]
+    if fmt == "csv":
+        records = list(csv.reader(text.splitlines(keepends=True)))
+        if records and tuple(records[0]) != CSV_COLUMNS:
+            raise ValueError("not camcli's csv columns")
+        return [(_uncell(r[0]), r) for r in records[1:] if len(r) == len(CSV_COLUMNS)]
+    raise ValueError(f"{fmt} rows cannot be carried over")
+
+
+def _uncell(cell: str) -> str:
+    """A path as it was before :func:`csv_cell` (an added quote before a formula character)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def table_cells(row: dict, overlay: bool) -> tuple[list[str], bool]:

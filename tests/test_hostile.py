@@ -763,3 +763,45 @@ def test_values_that_overflow_float32_are_refused(sample_run, tmp_path, change, 
 
 def test_export_of_a_checkpoint_that_does_not_exist(tmp_path):
     assert "checkpoint not found" in one_line_error(run("export", tmp_path / "missing", "--out", tmp_path / "m.onnx"))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+def test_an_interrupted_run_keeps_its_rows_and_a_resumed_run_completes_the_file(sample_run, tmp_path, fmt):
+    data = tmp_path / "data"
+    for i in range(12):
+        write_image(data / f"{i:02d}.png", np.full((40, 52, 3), 20 * i, np.uint8))
+    out, rows_file = tmp_path / "out", tmp_path / f"rows.{fmt}"
+    cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.safetensors"),
+           "--out-dir", str(out), "--batch-size", "1", "--workers", "0", "--output", str(rows_file), "--skip-existing"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        with deadline(120):
+            while len(list(out.rglob("*_cam.png"))) < 3:  # a few overlays are written: interrupt in the middle
+                time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    done = {p.name.replace("_cam.png", ".png") for p in out.rglob("*_cam.png")}
+    assert 3 <= len(done) < 12
+
+    def paths_in(path: Path) -> list[str]:
+        text = path.read_text()
+        if fmt == "jsonl":
+            return [Path(json.loads(line)["path"]).name for line in text.splitlines()]
+        if fmt == "json":
+            return [Path(row["path"]).name for row in json.loads(text)]
+        import csv
+
+        records = list(csv.reader(io.StringIO(text)))
+        assert tuple(records[0]) == ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
+        return sorted({Path(r[0]).name for r in records[1:]})
+
+    kept = paths_in(rows_file)
+    assert set(kept) == done or set(kept) == done - {max(done)}  # every finished row (the last overlay may lack its row)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    final = paths_in(rows_file)
+    assert sorted(final) == [f"{i:02d}.png" for i in range(12)] and len(final) == len(set(final))
