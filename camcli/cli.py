@@ -12,6 +12,7 @@ import functools
 import inspect
 import os
 import sys
+import time
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -158,10 +159,15 @@ _AFTER_INTERRUPT = {  # what a Ctrl-C leaves behind, per command
 
 
 class _Rate(ProgressColumn):
-    """Images per second."""
+    """Images per second, counted from the first report on (the images after the first batch over
+    the time since it came): start-up (loading, Ray starting) and bursts do not skew it."""
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} img/s" if task.speed else "", style="progress.data.speed")
+        first_done, first_time = task.fields.get("first", (0, None))
+        now = task.finished_time + task.start_time if task.finished and task.finished_time else time.monotonic()
+        if first_time is None or task.completed <= first_done or now <= first_time:
+            return Text("")
+        return Text(f"{(task.completed - first_done) / (now - first_time):.1f} img/s", style="progress.data.speed")
 
 
 def _record(stage: str, done: int, total: int | None) -> None:
@@ -169,15 +175,18 @@ def _record(stage: str, done: int, total: int | None) -> None:
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+def _progress(quiet: bool, starting: str | None = None) -> Iterator[Callable[[str, int, int | None], None]]:
     """A progress callback: it records how far the job got, and draws bars on stderr unless
-    quiet or stderr is not a terminal."""
+    quiet or stderr is not a terminal. ``starting``: what happens before the first report,
+    shown (a spinner line, or one plain line off a terminal) until it comes."""
     _LAST_PROGRESS.clear()
     if quiet:
         yield _record
         return
     if not err.is_terminal:
         # CI logs: no animation, a plain line per stage at every tenth of the way
+        if starting:
+            err.print(starting)
         shown: dict[str, int] = {}
 
         def plain(stage: str, done: int, total: int | None) -> None:
@@ -190,16 +199,43 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
         yield plain
         return
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    # stdout is routed around the bar only when it is the same terminal: rows for a file or a pipe go there, never to stderr
+    with Progress(*columns, console=err, transient=True, redirect_stdout=is_tty(sys.stdout), redirect_stderr=False) as bar:
+        _BARS.append(bar)
         tasks: dict[str, int] = {}
+        waiting = [bar.add_task(starting, total=None)] if starting else []
 
         def update(stage: str, done: int, total: int | None) -> None:
             _record(stage, done, total)
+            while waiting:
+                bar.remove_task(waiting.pop())
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
+                tasks[stage] = bar.add_task(stage, total=total, first=(done, time.monotonic()))
             bar.update(tasks[stage], completed=done)
 
-        yield update
+        try:
+            yield update
+        finally:
+            _BARS.remove(bar)
+
+
+@contextmanager
+def _status(text: str, quiet: bool) -> Iterator[None]:
+    """A transient spinner line on a terminal (nothing otherwise) while something slow happens."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status(text):
+        yield
+
+
+_BARS: list[Progress] = []  # the live progress display, which a table printed at the end replaces
+
+
+def _end_bars() -> None:
+    """Clear the progress bars (they are transient) so that what follows starts on its own line."""
+    for bar in list(_BARS):
+        bar.stop()
 
 
 def _a_value(param: typer.CallbackParam, value):
@@ -321,7 +357,7 @@ class RunOptions:
         return default_workers() if self.workers is None else self.workers
 
     def make_engine(self):
-        return _make_engine(self.engine, self.ray_address, self.ray_workers)
+        return _make_engine(self.engine, self.ray_address, self.ray_workers, self.quiet)
 
 
 @dataclass
@@ -360,7 +396,7 @@ def _expand_groups(command: Callable) -> Callable:
     return wrapper
 
 
-def _make_engine(engine: str, address: Optional[str], workers: Optional[int]):
+def _make_engine(engine: str, address: Optional[str], workers: Optional[int], quiet: bool = False):
     """The engine a command runs its job on, checked before any work."""
     from camcli.jobs import LocalEngine
 
@@ -373,15 +409,16 @@ def _make_engine(engine: str, address: Optional[str], workers: Optional[int]):
     options = RayOptions(address, workers)
     options.validate()
     require_ray()
-    return RayEngine(options)
+    return RayEngine(options, None if quiet else _say)
 
 
 def _load(spec, quiet: bool):
     """The model of a checked spec, ready to run; its one-line note (an export made, a fallback) on stderr."""
     from camcli.factory import build_model
 
-    model = build_model(spec)
-    note = model.prepare()
+    with _status("loading the model…", quiet):
+        model = build_model(spec)
+        note = model.prepare()
     if note and not quiet:
         _say(note)
     return model
@@ -434,7 +471,7 @@ def train(
     Example: camcli train sample_data --epochs 20
     """
     from camcli.config import resolve_train_config
-    from camcli.train import fit
+    from camcli.data import load_image_folder
 
     cfg = resolve_train_config(
         config, data=str(data) if data else None, arch=arch, weights=weights, epochs=epochs, batch_size=batch_size,
@@ -447,8 +484,11 @@ def train(
             err.print(f"epoch {row['epoch']:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
                       f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}")
 
-    with _make_engine(engine, ray_address, ray_workers) as runner, _progress(quiet) as progress:
-        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, engine=runner)
+    dataset = load_image_folder(Path(cfg.data), cfg.val_split, cfg.seed, cfg.exclude)  # a bad DATA is said at once
+    from camcli.train import fit  # PyTorch: seconds to import
+    starting = f"train: loading {cfg.arch} (PyTorch)…"
+    with _make_engine(engine, ray_address, ray_workers, quiet) as runner, _progress(quiet, starting) as progress:
+        result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, engine=runner, dataset=dataset)
     if not quiet:
         err.print(f"{result.num_train} train / {result.num_val} val images, {len(result.class_names)} classes; "
                   f"best val acc {result.best['val_acc']:.3f} (epoch {result.best['epoch']})")
@@ -539,6 +579,7 @@ def _print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
         cells, failed = table_cells(row, overlay)
         shown = [printable(c) for c in cells]
         table.add_row(*shown[:1], Text("failed", style="red") if failed else shown[1], *shown[2:])
+    _end_bars()  # the table follows the finished bar, on its own line
     # off a terminal (a pipe, a file) nothing wraps: each column is as wide as its longest cell
     if stream is None and is_tty(sys.stdout):
         _stdout_console(soft_wrap=False).print(table)
@@ -779,8 +820,8 @@ def export(
     spec.validate()
     out = out or checkpoint.with_suffix(".onnx")
     guard = _guard_output(out, [checkpoint], overwrite, results=False)
-    model = build_model(spec)
-    measured = export_model(model, out, guard.recorder(out))
+    with _status(f"exporting {checkpoint} to ONNX (PyTorch; about 10 s)…", quiet):
+        measured = export_model(build_model(spec), out, guard.recorder(out))
     if not quiet:
         _say(f"checked against camcli: max |Δprob| {measured['max_prob_error']:.1e}, "
              f"max map error {measured['max_map_error']:.1e} (relative)")

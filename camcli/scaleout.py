@@ -271,14 +271,18 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, options: RayOptions):
+    def __init__(self, options: RayOptions, notify: Callable[[str], None] | None = None):
         self.options = options
+        self.notify = notify  # told that Ray is starting (it takes several seconds)
         self.nodes: set[str] = set()  # the nodes whose workers returned results
         self._session: contextlib.ExitStack | None = None
         self.workers = 0
 
     def __enter__(self) -> RayEngine:
         self._session = contextlib.ExitStack()
+        if self.notify:
+            address = self.options.address
+            self.notify("starting a local Ray instance…" if address is None else f"joining the Ray cluster at {address}…")
         self.workers = self._session.enter_context(ray_session(self.options))
         return self
 

@@ -161,7 +161,7 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, OutputGuard, FolderLock]
 
 def fit(
     config: TrainConfig, progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
-    notify: Callable[[str], None] | None = None, engine=None,
+    notify: Callable[[str], None] | None = None, engine=None, dataset: tuple | None = None,
 ) -> TrainResult:
     """Train a head on ``config.data`` and save the run (best.safetensors, last.safetensors, metrics.csv, config.yaml,
     report.html).
@@ -171,9 +171,10 @@ def fit(
     ``notify`` receives one-line notes for the user (cache use, backend fallback).
     ``engine`` computes the cache's features (a :class:`camcli.jobs.FeatureJob`; default here,
     :class:`camcli.scaleout.RayEngine` on a cluster, entered by the caller); augmented epochs run here.
+    ``dataset``: :func:`camcli.data.load_image_folder`'s result for ``config``, when the caller has it.
     """
     config.validate()
-    train_set, val_set, class_names = load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
+    train_set, val_set, class_names = dataset or load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
     run_dir, guard, lock = prepare_run_dir(config)
     try:
         return _fit_in(config, run_dir, guard, train_set, val_set, class_names, progress, on_epoch, notify, engine)
