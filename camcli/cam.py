@@ -141,26 +141,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def heatmap(cam_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """One map, min-max normalized then upsampled to ``size`` (height, width): float32 in [0, 1].
+    """One map, min-max normalized at feature resolution, then upsampled to ``size`` (height,
+    width): float32 in [0, 1].
 
-    (Bilinear interpolation never leaves the range of its inputs, so normalizing first, at
-    feature resolution, gives the same result as normalizing the upsampled map.)
+    The order is the CAM tutorial's (``returnCAM``: min-max at 7x7, then ``cv2.resize``). It is
+    not the same as normalizing the upsampled map: bilinear upsampling blurs an interior peak
+    below the maximum, so here the upsampled map's top may stay below 1, and a box threshold
+    is a fraction of the map's own maximum at feature resolution.
     """
     return upsample_to(normalize_maps(np.asarray(cam_map, dtype=np.float32)), size)
 
 
 
 
-def display_maps(maps: np.ndarray, mode: str = "shared") -> np.ndarray:
+def display_maps(maps: np.ndarray, mode: str = "shared", weights: np.ndarray | None = None) -> np.ndarray:
     """The maps of one image scaled to [0, 1] for display.
 
     Args:
         maps: (J, h, w) raw maps of one image (J classes).
-        mode: ``shared`` (ReLU, then divided by the largest value of all J maps: one scale for
-            the image, so a weak class looks weak; for one map the same as ``relu``), ``relu``
-            (ReLU, then each map divided by its own maximum: a map with no positive evidence
-            stays empty), or ``minmax`` (each map on its own, no ReLU: the original tutorial's
-            ``returnCAM``, where a class's least negative region shows as hot).
+        mode: ``shared`` (ReLU, then one scale for the image, so a weak class looks weak; for
+            one map the same as ``relu``), ``relu`` (ReLU, then each map divided by its own
+            maximum: a map with no positive evidence stays empty), or ``minmax`` (each map on
+            its own, no ReLU: the original tutorial's ``returnCAM``, where a class's least
+            negative region shows as hot).
+        weights: for ``shared``, (J,) weights in [0, 1] of maps that are not on one scale
+            (gradient methods, see :attr:`camcli.methods.Method.common_scale`): each map is
+            divided by its own maximum and multiplied by its weight (the class's probability
+            relative to the most probable mapped class). None: all J maps divided by their
+            largest value.
 
     Returns:
         float32 (J, h, w) in [0, 1].
@@ -171,8 +179,12 @@ def display_maps(maps: np.ndarray, mode: str = "shared") -> np.ndarray:
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {mode!r}")
     positive = np.maximum(maps, 0)
-    top = positive.max(axis=(-2, -1), keepdims=True) if mode == "relu" else positive.max(keepdims=True)
-    return np.where(top > 0, positive / np.where(top > 0, top, 1), 0).astype(np.float32)
+    own = mode == "relu" or weights is not None
+    top = positive.max(axis=(-2, -1), keepdims=True) if own else positive.max(keepdims=True)
+    shown = np.where(top > 0, positive / np.where(top > 0, top, 1), 0).astype(np.float32)
+    if mode == "shared" and weights is not None:
+        shown *= np.clip(np.asarray(weights, np.float32), 0, 1)[:, None, None]
+    return shown
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:

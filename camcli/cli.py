@@ -43,7 +43,7 @@ from camcli.defaults import (
     TOP_K,
     TRAIN,
 )
-from camcli.errors import CamcliError, flag_names, os_error
+from camcli.errors import CamcliError, InputMistake, flag_names, os_error, suggestions
 from camcli.files import atomic_open, guard_output_file, printable, read_text
 from camcli.packaged import DEFAULT_ARCH
 from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, previous_rows, table_cells, write_rows
@@ -68,6 +68,9 @@ class _OneLineErrors(TyperGroup):
             else:
                 named = [a for a in (sys.argv[1:] if args is None else args) if a in self.commands][:1]
                 command = exc.ctx.command_path if exc.ctx is not None else " ".join([prog_name or "camcli", *named])
+                if type(exc).__name__ == "NoSuchOption" and exc.ctx is not None:  # click's guesses share letters, not words
+                    known = [o for p in exc.ctx.command.params for o in p.opts if o.startswith("--")]
+                    exc.possibilities = suggestions(exc.option_name, known)
                 message = " ".join(exc.format_message().replace("Value error, ", "").split())
                 err.print(Text.assemble(("error:", "red"), " ", printable(f"{message} (see {command} --help)")))
             sys.exit(exc.exit_code)
@@ -119,7 +122,8 @@ def _report_errors(command: Callable) -> Callable:
         except (CamcliError, OSError) as exc:
             if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
                 exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
-            err.print(Text.assemble(("error:", "red"), " ", printable(flag_names(str(exc), _flag))))
+            usage = f" (see camcli {command.__name__} --help)" if isinstance(exc, InputMistake) else ""
+            err.print(Text.assemble(("error:", "red"), " ", printable(flag_names(str(exc), _flag) + usage)))
             if getattr(exc, "exit_now", False):  # a thread stuck in native code (Ray's connection) would crash the exit
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -661,7 +665,9 @@ def overlay(
     box_threshold: BoxThreshold = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
     normalize: Annotated[Literal[NORMALIZATIONS], typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an "
-        "image: weak classes look weak), relu (ReLU, each map to its own maximum) or minmax (each map on its own, no ReLU: the "
+        "image, so weak classes look weak: cam's maps share the logit's scale; a gradient method's map is scaled to its own "
+        "maximum times its probability relative to the most probable mapped class), relu (ReLU, each map to its own maximum) "
+        "or minmax (each map on its own, no ReLU: the "
         "original tutorial's, where a class without evidence still shows a hot region). Boxes always threshold the min-max "
         "map.")] = "shared",
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not "

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from camcli.defaults import MAX_FORWARD_PIXELS, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, InputMistake
 from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, real_path  # noqa: F401 - MANIFEST_NAME re-exported
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -142,7 +142,24 @@ def image_header(buffer: np.ndarray) -> Header | None:
             finally:
                 Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, struct.error, EOFError):
+        return _tiff_header(buffer[:1 << 20].tobytes())
+
+
+def _tiff_header(data: bytes) -> Header | None:
+    """The size of a TIFF whose pixel type Pillow does not read (64-bit float samples), from its
+    first image's tags (ImageWidth, ImageLength); None if ``data`` is not such a TIFF."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    try:
+        (at,) = struct.unpack(order + "I", data[4:8])
+        (count,) = struct.unpack(order + "H", data[at : at + 2])
+        size = {}
+        for i in range(min(count, 512)):
+            tag, kind, _, value = struct.unpack(order + "HHI4s", data[at + 2 + 12 * i : at + 14 + 12 * i])
+            if tag in (256, 257) and kind in (3, 4):
+                size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    except (TypeError, struct.error):  # not a TIFF (order None), or one cut short
         return None
+    return Header(size[256], size[257], False, 1) if size.get(256) and size.get(257) else None
 
 
 def max_file_bytes(max_pixels: int | None) -> int:
@@ -165,6 +182,10 @@ def _composite(image: np.ndarray) -> np.ndarray:
     """A BGR(A) or gray(+alpha) image of any depth -> 8-bit BGR, alpha composited over ALPHA_BACKGROUND."""
     if image.dtype == np.uint16:
         image = cv2.convertScaleAbs(image, alpha=1 / 257)
+    elif image.dtype.kind == "f":  # float TIFFs hold [0, 1] by convention (else 0..255); NaN is black
+        image = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if float(image.max(initial=0.0)) <= 1.0 else 1.0
+        image = np.clip(image * scale + 0.5, 0, 255).astype(np.uint8)
     elif image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1e-12))
     if image.ndim == 2:
@@ -178,6 +199,22 @@ def _composite(image: np.ndarray) -> np.ndarray:
     a = alpha.astype(np.float32)[:, :, None] / 255.0
     background = np.array(ALPHA_BACKGROUND[::-1], np.float32)
     return np.clip(color.astype(np.float32) * a + background * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _without_color_profile(buffer: np.ndarray) -> np.ndarray:
+    """A PNG without its ``iCCP`` chunk (camcli does no color management, and libpng prints a
+    warning on the terminal for every invalid profile it meets); other files as they are."""
+    data = buffer.tobytes() if buffer[:8].tobytes() == b"\x89PNG\r\n\x1a\n" else b""
+    at = 8
+    while data and at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        end = at + 12 + length
+        if kind == b"iCCP" and end <= len(data):
+            return np.frombuffer(data[:at] + data[end:], np.uint8)
+        if kind in (b"IDAT", b"IEND") or end > len(data):
+            break
+        at = end
+    return buffer
 
 
 def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -200,12 +237,16 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
             f"{path} is {header.width}x{header.height} = {header.width * header.height:,} pixels, "
             f"over the limit of {max_pixels:,} (max_pixels)"
         )
+    buffer = _without_color_profile(buffer)
     if header.has_alpha:
         # IMREAD_COLOR would drop the alpha channel; IMREAD_UNCHANGED keeps it but ignores EXIF
         image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
         image = None if image is None else _orient(_composite(image), header.orientation)
     else:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        if image is None:  # IMREAD_COLOR refuses some pixel types (float TIFFs): decode as stored, then convert
+            raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+            image = None if raw is None or raw.size == 0 else _orient(_composite(raw), header.orientation)
     if image is None:
         raise CamcliError(f"cannot decode {path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -307,19 +348,41 @@ MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: a longer line on stdin is not a path
 
 
 def stdin_lines(lines: Iterable[str] | None = None) -> Iterator[str]:
-    """Paths from stdin (or ``lines``), one a line, read as they come; a line longer than
-    ``MAX_PATH_BYTES`` (``find -print0`` output, a binary stream) stops with one error
-    instead of being read without end. Bytes that are not UTF-8 become surrogate escapes,
-    as Python does for file names."""
+    """Paths from stdin (or ``lines``), read as they come: one a line, or NUL-separated when the
+    stream's first separator is a NUL (``find -print0``: a name may then hold a newline). A path
+    longer than ``MAX_PATH_BYTES`` (a binary stream) stops with one error instead of being read
+    without end. Bytes that are not UTF-8 become surrogate escapes, as Python does for file names."""
     if lines is None:
-        stream = sys.stdin.buffer
-        lines = iter(lambda: stream.readline(MAX_PATH_BYTES + 2), b"")
+        lines = _records(sys.stdin.buffer)
     for line in lines:
         text = os.fsdecode(line) if isinstance(line, bytes) else line
-        text = text.rstrip("\r\n")
+        text = text.rstrip("\r\n") if "\0" not in text else text.rstrip("\0")
         if len(os.fsencode(text)) > MAX_PATH_BYTES:
-            raise CamcliError(f"a line on stdin is longer than {MAX_PATH_BYTES} bytes: give one path per line (no NUL separators)")
+            raise CamcliError(f"a path on stdin is longer than {MAX_PATH_BYTES} bytes: give one path per line, or "
+                              "NUL-separated paths (find -print0)")
+        if "\0" in text:
+            raise CamcliError("stdin mixes newline- and NUL-separated paths: use one of them (find -print0, or one path a line)")
         yield text
+
+
+def _records(stream) -> Iterator[bytes]:
+    """A byte stream cut at its separator (the first newline or NUL it holds) as bytes arrive;
+    a record never grows past ``MAX_PATH_BYTES`` + 2 before it is handed on (and refused)."""
+    read = getattr(stream, "read1", stream.read)
+    buffer, separator = b"", None
+    while chunk := read(65536):
+        buffer += chunk
+        if separator is None:
+            found = [i for i in (buffer.find(b"\n"), buffer.find(b"\0")) if i >= 0]
+            separator = buffer[min(found) : min(found) + 1] if found else None
+        if separator is not None:
+            *records, buffer = buffer.split(separator)
+            yield from (r + separator for r in records)
+        if len(buffer) > MAX_PATH_BYTES + 2:
+            yield buffer
+            return
+    if buffer:
+        yield buffer
 
 
 def _check_input(path: Path) -> None:
@@ -329,11 +392,11 @@ def _check_input(path: Path) -> None:
         return
     if str(path).lower().startswith(("http:/", "https:/", "ftp:/")):  # Path folds "https://" to "https:/"
         url = str(path).replace(":/", "://", 1)
-        raise CamcliError(f"{url}: camcli reads local files, not URLs; download it first (e.g. curl -O {url})")
+        raise InputMistake(f"{url}: camcli reads local files, not URLs; download it first (e.g. curl -O {url})")
     if not os.path.lexists(path):
-        raise CamcliError(f"input not found: {path}")
+        raise InputMistake(f"input not found: {path}")
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise CamcliError(f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise InputMistake(f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
 def find_images(

@@ -17,7 +17,7 @@ import numpy as np
 from camcli import cam, methods
 from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
 from camcli.defaults import BATCH_SIZE, MAX_FORWARD_PIXELS, TOP_K
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, suggestions
 from camcli.runtime import OnnxRunner, TorchRunner, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
@@ -248,11 +248,9 @@ class Model:
         """Index of a class name; raises CamcliError listing close names when absent."""
         if name in self.class_names:
             return self.class_names.index(name)
-        import difflib
-
         if self.num_classes <= 20:
             raise CamcliError(f"unknown class {name!r}; the classes are: {', '.join(self.class_names)}")
-        close = difflib.get_close_matches(name, self.class_names, n=3)
+        close = suggestions(name, self.class_names, 4)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CamcliError(f"unknown class {name!r} ({hint}{self.num_classes} classes; `class_indices` takes an index)")
 

@@ -6,6 +6,7 @@ raises them and never prints or exits.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import re
 from collections.abc import Callable
@@ -20,6 +21,11 @@ class CamcliError(Exception):
     """
 
     exit_code = 2
+
+
+class InputMistake(CamcliError):
+    """An argument the request got wrong (an input that does not exist, a URL, a file that is no
+    image): the command line adds where its usage is explained."""
 
 
 class EnvironmentProblem(CamcliError):
@@ -52,3 +58,17 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 def flag_names(message: str, flag: Callable[[str], str]) -> str:
     """``message`` with each backticked parameter (`top_k`) as ``flag`` names it (--top-k)."""
     return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), message)
+
+
+def suggestions(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``choices`` close to a mistyped ``name``: those that share a word with it
+    (``cat`` -> ``tiger cat``, ``--bach-size`` -> ``--batch-size``), most alike first; else only
+    close spellings (difflib, cutoff 0.75), never names that merely share letters."""
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9]+", text.lower())) - {""}
+
+    wanted = words(name)
+    sharing = [c for c in choices if wanted & words(c)]
+    if sharing:
+        return sorted(sharing, key=lambda c: -difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio())[:n]
+    return difflib.get_close_matches(name, choices, n, cutoff=0.75)

@@ -296,7 +296,7 @@ class OverlayJob:
                         mapped = classes[b].tolist()
                         paths = names.paths(pos, [model.class_names[c] for c in mapped])
                         future = pool.submit(write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names,
-                                             paths, self, plan.threshold, guard.recorder)
+                                             paths, self, plan.threshold, guard.recorder, plan.method)
                         row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]],
                                "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize}
                         pending.append((row, future))

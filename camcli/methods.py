@@ -25,6 +25,12 @@ class Method:
             image's activations and gradients.
         relu: whether the map keeps only positive evidence (a ReLU before min-max normalization).
         summary: one line for ``--help`` and the README.
+        common_scale: whether the maps of different classes are on one scale (the CAM: each
+            is the class's logit spread over the grid), so ``normalize shared`` can show them on
+            one scale; otherwise (gradient methods: Grad-CAM++'s weights are normalized per
+            class, and a weak class's gradients can be as large as the top one's) ``shared``
+            scales each map to its own maximum times its probability relative to the most
+            probable mapped class (see :func:`camcli.cam.display_maps`).
     """
 
     name: str
@@ -32,10 +38,12 @@ class Method:
     function: str
     relu: bool
     summary: str
+    common_scale: bool = False
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    Method("cam", False, "class_maps", False, "the CAM M_c of a GAP + linear head (Zhou et al. 2016), min-max normalized, no ReLU"),
+    Method("cam", False, "class_maps", False, "the CAM M_c of a GAP + linear head (Zhou et al. 2016), the raw map (boxes: min-max "
+           "normalized, no ReLU)", common_scale=True),
     Method("gradcam", True, "gradcam_map", True, "channel weights = mean gradient (Selvaraju et al. 2017)"),
     Method("gradcam++", True, "gradcampp_map", True, "weights from second- and third-order gradient terms (Chattopadhay et al. 2018)"),
     Method("layercam", True, "layercam_map", True, "ReLU(gradient) x activation, per position (Jiang et al. 2021)"),
@@ -59,5 +67,5 @@ def gradient_methods() -> tuple[str, ...]:
 def help_text() -> str:
     """``--method``'s help, from the registry."""
     parts = "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
-    return (f"{AUTO} (cam for a GAP + linear head, else gradcam); {parts}. Gradient maps are ReLU'd, then min-max normalized; "
-            "on a GAP + linear head their gradients are exact, no backward pass.")
+    return (f"{AUTO} (cam for a GAP + linear head, else gradcam); {parts}. Gradient maps are ReLU'd; on a GAP + linear head "
+            "their gradients are exact, no backward pass. How overlays scale them: --normalize.")

@@ -6,6 +6,7 @@ Planning takes the job's ``out_dir`` and ``save_raw`` (any object with those att
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -18,8 +19,11 @@ from camcli.files import OutputGuard, fit_name, real_path
 
 
 def safe_label(label: str) -> str:
-    """A class label made safe for a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
+    """A class label made safe for a file name: other characters become ``_``; a label with
+    nothing left (``.``, ``..``, ``***``) becomes ``class_<8 hex of its hash>``, so two such labels
+    never share a name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")
+    return safe or "class_" + hashlib.sha256(os.fsencode(label)).hexdigest()[:8]
 
 
 def output_bases(images: Sequence[ImageInput], options) -> list[tuple[Path, str, str]]:
@@ -70,6 +74,9 @@ class FixedNames:
         planned = [p for paths in self.plans for p in paths]
         duplicates = [p for p, n in Counter(real_path(p) for p in planned).items() if n > 1]
         if duplicates:
+            if len(self.plans) == 1 or len({real_path(paths[0]) for paths in self.plans}) == len(self.plans):
+                raise CamcliError(f"two classes would write the same output {duplicates[0]} (their labels differ only in "
+                                  "characters a file name cannot hold); map them in separate runs")
             raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use `out_dir` or rename one")
         for path in planned:
             self.guard.check(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camcli import defaults
+from camcli import defaults, methods
 from camcli.cam import display_maps, heatmap, largest_component_box, upsample_to
 from camcli.errors import CamcliError
 from camcli.files import atomic_write, printable
@@ -139,17 +139,20 @@ def plot_curves(
 def write_overlays(
     image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: np.ndarray,
     class_names: list[str], paths: list[Path], options, threshold: float,
-    recorder: Callable[[Path], Callable[[os.stat_result], None]],
+    recorder: Callable[[Path], Callable[[os.stat_result], None]], method: str = "cam",
 ) -> tuple[list[Path], list[int] | None]:
     """Write one overlay per mapped class, then the raw maps (``options``: an overlay job's
-    alpha, colormap, caption, draw_box, normalize and save_raw).
+    alpha, colormap, caption, draw_box, normalize and save_raw; ``method``: the maps' method,
+    which says what ``normalize shared`` does, see :func:`camcli.cam.display_maps`).
 
     Returns:
         the paths written, and the first mapped class's box (largest region above
         ``threshold``, original-image pixels) or None.
     """
     box = None
-    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize)
+    mapped_probs = np.asarray([float(probs[c]) for c in classes], np.float64)
+    weights = None if methods.get(method).common_scale else mapped_probs / max(float(mapped_probs.max()), 1e-300)
+    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize, weights)
     for j, c in enumerate(classes):
         if j == 0:  # boxes threshold the min-max map, as evaluate and calibration do
             box = largest_component_box(heatmap(maps[j], image_rgb.shape[:2]), threshold)

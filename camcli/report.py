@@ -23,7 +23,7 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafaf
 header{margin-bottom:1rem} .controls{margin:.5rem 0 1rem} select{margin-right:1rem}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:1rem}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem}
-.pics{display:flex;gap:.5rem} .pics img{max-width:256px;max-height:256px;border-radius:3px}
+.pics{display:flex;flex-wrap:wrap;gap:.5rem} .pics img{max-width:256px;max-height:256px;min-width:0;border-radius:3px}
 .path{font-size:.8rem;color:#555;word-break:break-all;margin:.3rem 0}
 .pred{display:flex;align-items:center;font-size:.85rem;margin:.1rem 0}
 .pred span.l{width:11rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
@@ -99,8 +99,8 @@ def check_report_path(path: Path) -> None:
 def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
     """Write the overlay report for ``rows`` (overlay result rows; ``total`` rows in the job).
 
-    Per image: the input and overlay thumbnails, the top-k predictions with probabilities,
-    and the box. The page filters by predicted class and sorts by confidence.
+    Per image: the input and overlay thumbnails (each mapped class's, with ``--maps K``), the
+    top-k predictions with probabilities, and the box. The page filters by predicted class and sorts by confidence.
     """
     check_report_path(path)
     cards, labels = [], set()
@@ -113,9 +113,8 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
         top = row["predictions"][0]
         labels.add(top["label"])
         pictures = [thumbnail_uri(read_image(Path(row["path"])))]
-        overlay = next((p for p in row.get("outputs", []) if not p.endswith(".npy")), None)
-        if overlay:
-            pictures.append(thumbnail_uri(read_image(Path(overlay))))
+        overlays = [p for p in row.get("outputs", []) if not p.endswith(".npy")]  # one per mapped class (--maps K)
+        pictures += [thumbnail_uri(read_image(Path(p))) for p in overlays]
         images = "".join(f'<img src="{uri}" alt="{"input" if i == 0 else "overlay"}">' for i, uri in enumerate(pictures))
         preds = "".join(
             f'<div class="pred"><span class="l">{_esc(p["label"])}</span>'

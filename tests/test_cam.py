@@ -95,11 +95,34 @@ def test_upsampling_equals_pytorch_bilinear_without_corner_alignment():
         np.testing.assert_allclose(out, expected.numpy(), atol=1e-5)
 
 
-def test_heatmap_normalizes_then_upsamples():
-    grid = np.arange(6.0, dtype=np.float32).reshape(2, 3) * 3 - 4
-    out = heatmap(grid, (20, 30))
-    assert out.shape == (20, 30) and out.dtype == np.float32
-    np.testing.assert_allclose(out, normalize_maps(upsample_to(grid, (20, 30))), atol=1e-5)
+def _bilinear_by_hand(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear interpolation with pixel centers aligned and edges clamped, written out."""
+    h, w = grid.shape
+    out = np.zeros(size, np.float64)
+    for y in range(size[0]):
+        for x in range(size[1]):
+            sy = min(max((y + 0.5) * h / size[0] - 0.5, 0), h - 1)
+            sx = min(max((x + 0.5) * w / size[1] - 0.5, 0), w - 1)
+            y0, x0 = int(sy), int(sx)
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = sy - y0, sx - x0
+            out[y, x] = ((1 - fy) * (1 - fx) * grid[y0, x0] + (1 - fy) * fx * grid[y0, x1]
+                         + fy * (1 - fx) * grid[y1, x0] + fy * fx * grid[y1, x1])
+    return out
+
+
+def test_heatmap_normalizes_at_feature_resolution_then_upsamples():
+    # An interior peak: upsampling first would blur the peak below the maximum and the two orders differ
+    # (by 0.026 here). camcli normalizes first, as the CAM tutorial's returnCAM does (min-max at 7x7,
+    # then cv2.resize), so a box threshold is a fraction of the map's own maximum at feature resolution.
+    grid = np.array([[0, 1, 0, 2], [1, 9, 3, 0], [0, 2, 1, -3]], np.float32)
+    out = heatmap(grid, (21, 26))
+    assert out.shape == (21, 26) and out.dtype == np.float32
+    expected = _bilinear_by_hand((grid - grid.min()) / (grid.max() - grid.min()), (21, 26))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    other_order = _bilinear_by_hand(grid, (21, 26))
+    other_order = (other_order - other_order.min()) / (other_order.max() - other_order.min())
+    assert np.abs(other_order - expected).max() > 0.02  # the orders really differ on this map (by 0.026)
 
 
 def test_display_maps_scales_as_documented():

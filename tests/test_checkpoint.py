@@ -1,6 +1,7 @@
 """Checkpoints: plain dicts, weights_only loading, clear refusals."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,17 +99,12 @@ def test_checkpoint_that_runs_code_on_load_runs_nothing(tmp_path):
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
-    import os
-
-    umask = os.umask(0o022)
-    try:
-        save_checkpoint(_minimal(), tmp_path / "c.pt")
-    finally:
-        os.umask(umask)
-    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o666 & ~_module_umask()
-
-
-def _module_umask() -> int:
-    from camcli import files
-
-    return files._UMASK
+    # a child process started under known umasks (camcli reads the umask once, at import)
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640), (0o077, 0o600)):
+        path = tmp_path / f"c{umask:o}.safetensors"
+        code = ("import sys, numpy as np; from camcli.checkpoint import save_checkpoint\n"
+                "save_checkpoint({'format_version': 2, 'arch': 'a', 'class_names': ['x'], 'img_size': 32, 'preprocess': {},"
+                " 'backbone': {'reference': {}}, 'head': {'weight': np.zeros((1, 2), np.float32), 'bias': np.zeros(1, np.float32)}},"
+                " sys.argv[1])")
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, preexec_fn=lambda u=umask: os.umask(u), timeout=60)
+        assert path.stat().st_mode & 0o777 == mode

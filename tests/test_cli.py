@@ -203,11 +203,12 @@ def test_console_script_closed_stdout_and_version(tmp_path):
     camcli = [sys.executable, "-m", "camcli"]
     version = subprocess.run([*camcli, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("camcli ")
-    pipe = subprocess.run(
-        f"{' '.join(camcli)} predict {data} --img-size 64 --batch-size 1 --workers 0 --format jsonl | head -n 1",
-        shell=True, capture_output=True, text=True,
+    pipe = subprocess.run(  # PIPESTATUS: camcli's own exit status, which a plain pipe hides behind head's
+        ["bash", "-c", f"{' '.join(camcli)} predict {data} --img-size 64 --batch-size 1 --workers 0 --format jsonl | head -n 1; "
+         "echo \"camcli exit ${PIPESTATUS[0]}\" >&2"], capture_output=True, text=True,
     )
-    progress = [line for line in pipe.stderr.splitlines() if not line.startswith("exported ")]  # a note on a fresh cache
+    assert pipe.stderr.splitlines()[-1] == "camcli exit 0", pipe.stderr  # a closed stdout stops quietly, exit 0
+    progress = [line for line in pipe.stderr.splitlines()[:-1] if not line.startswith("exported ")]  # a note on a fresh cache
     assert progress and all(re.fullmatch(r"predict: \d+/40 \(\d+%\) images", line) for line in progress)
     assert len(pipe.stdout.splitlines()) == 1 and json.loads(pipe.stdout)["path"].endswith("blue_0.png")
     # usage errors of the console script: one line naming the command's help, exit 2
@@ -314,7 +315,7 @@ def test_training_on_an_unreadable_image_is_a_one_line_error(tmp_path):
     (data / "red" / "broken.png").write_bytes(b"\x89PNG broken")
     result = run("train", data, "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--workers", "2",
                  "--out", tmp_path / "r")
-    errors = [line for line in result.stderr.splitlines() if not re.match(r"(train|val) features: |exported ", line)]
+    errors = [line for line in result.stderr.splitlines() if not re.match(r"(train|val) features: |exported |train: loading ", line)]
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith("error:")
     assert "broken.png" in errors[0] and "Traceback" not in result.output
 

@@ -8,6 +8,7 @@ from torch import nn
 from camcli.backbones import build_backbone
 from camcli.data import Preprocess
 from camcli.engine import CamModel
+from conftest import SAMPLE_DATA
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,31 @@ def test_the_api_shows_a_tqdm_bar_when_asked(sample_run, capsys):
     model.predict(images, batch_size=2, progress=True)
     shown = capsys.readouterr().err
     assert "predict" in shown and "3/3" in shown
+
+
+def test_cam_scales_fuse_as_the_mean_of_normalized_upsampled_maps_and_one_cam_size_is_a_run_at_that_size(sample_run):
+    import cv2
+
+    from camcli.factory import load
+
+    images = sorted((SAMPLE_DATA / "val" / "cat").glob("*.jpg"))[:2]
+    ckpt = sample_run / "best.safetensors"
+    model = load(str(ckpt), device="cpu", backend="torch")
+    batch = next(model.batches(images, batch_size=2, keep_images=True))
+    classes = batch.logits.argmax(axis=1)[:, None]
+    fused = model.batch_maps(batch, classes, cam_sizes=[128, 224])
+    single = model.batch_maps(batch, classes, cam_sizes=[128])
+
+    per_size = {}
+    for size in (128, 224):  # each size run directly, as its own model
+        direct = load(str(ckpt), device="cpu", backend="torch", img_size=size)
+        b = next(direct.batches(images, batch_size=2, keep_images=True))
+        per_size[size] = direct.batch_maps(b, classes)
+    for i in range(2):
+        np.testing.assert_allclose(single[i], per_size[128][i], rtol=1e-4, atol=1e-5)
+        big = per_size[224][i][0]
+        h, w = big.shape
+        expected = np.mean([cv2.resize((m[0] - m[0].min()) / (m[0].max() - m[0].min()), (w, h), interpolation=cv2.INTER_LINEAR)
+                            for m in (per_size[128][i], per_size[224][i])], axis=0)
+        assert fused[i].shape == (1, h, w)
+        np.testing.assert_allclose(fused[i][0], expected, atol=1e-4)

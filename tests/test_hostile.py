@@ -484,20 +484,33 @@ def test_nothing_of_camcli_survives_a_sigkill(sample_run, tmp_path):
     data = make_image_folder(tmp_path / "many", per_class=60, size=(120, 160))
     cmd = [sys.executable, "-m", "camcli", "overlay", str(data), "--checkpoint", str(sample_run / "best.safetensors"),
            "--out-dir", str(tmp_path / "out"), "--batch-size", "2", "--workers", "2", "--backend", "torch", "--format", "jsonl"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    # every descendant inherits this variable, even one that leaves the process group or the session (setsid)
+    mark = f"CAMCLI_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     assert proc.stdout.readline()  # mid-run: overlays are being written
+    assert _marked(mark) == [proc.pid], "decoding runs in threads: no helper processes"
     children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid]
-    assert children == [], "decoding runs in threads: no helper processes"
+    assert children == []
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     end = time.monotonic() + 5
-    while time.monotonic() < end:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < end and _marked(mark):
         time.sleep(0.1)
-    pytest.fail("a process of camcli's group is still alive 5 s after SIGKILL")
+    assert _marked(mark) == [], "a process started by camcli is still alive 5 s after SIGKILL"
+
+
+def _marked(mark: str) -> list[int]:
+    """The live processes whose environment holds ``mark`` (zombies have none)."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit():
+            try:
+                if mark.encode() in (proc_dir / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc_dir.name))
+            except OSError:
+                continue
+    return found
 
 
 def _parent(proc_dir: Path) -> int | None:

@@ -120,3 +120,36 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
     labels.write_text("only\ntwo\n")
     wrong = runner.invoke(app, ["predict", str(images[0]), "--arch", "resnet18", "--weights", str(weights), "--classes", str(labels)])
     assert wrong.exit_code == 2 and "size mismatch" in wrong.stderr and "--classes" in wrong.stderr
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++", "layercam"])
+def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, tmp_path, method):
+    """Read the heat back from the written overlay pixels: overlay = (1 - alpha) image + alpha colormap(heat)."""
+    import json
+    import shutil
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from camcli import defaults
+    from camcli.cli import app
+
+    image = tmp_path / "cat.png"
+    cv2.imwrite(str(image), cv2.imread(str(Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg")))
+    result = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", str(sample_run / "best.safetensors"), "--maps", "3",
+                                      "--method", method, "--no-caption", "--out-dir", str(tmp_path / "o"), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    probs = [p["prob"] for p in row["predictions"][:3]]
+    assert probs[0] > 0.9 and probs[1] < 0.03  # the sample run's cat: one strong class, weak others
+    original = cv2.imread(str(image)).astype(np.float32)
+    zero_heat = cv2.applyColorMap(np.zeros((1, 1), np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32)
+    alpha = defaults.ALPHA
+    heat_distance = []
+    for path in row["outputs"]:
+        overlay = cv2.imread(path).astype(np.float32)
+        colored = (overlay - (1 - alpha) * original) / alpha  # the colormap part of every pixel
+        heat_distance.append(float(np.abs(colored - zero_heat).max(axis=2).mean()))
+    strong, weak = heat_distance[0], max(heat_distance[1:])
+    assert strong > 40 and weak < 0.25 * strong, (method, heat_distance)
+    shutil.rmtree(tmp_path / "o")
