@@ -163,8 +163,9 @@ _AFTER_INTERRUPT = {  # what a Ctrl-C leaves behind, per command
 
 
 class _Rate(ProgressColumn):
-    """Images per second, counted from the first report on (the images after the first batch over
-    the time since it came): start-up (loading, Ray starting) and bursts do not skew it."""
+    """Images per second since the stage began (when the bar appeared, or the previous stage last
+    reported): the loading and Ray's start before it do not count, and a burst of rows from one
+    batch does not make it jump."""
 
     def render(self, task) -> Text:
         first_done, first_time = task.fields.get("first", (0, None))
@@ -208,13 +209,15 @@ def _progress(quiet: bool, starting: str | None = None) -> Iterator[Callable[[st
         _BARS.append(bar)
         tasks: dict[str, int] = {}
         waiting = [bar.add_task(starting, total=None)] if starting else []
+        last = [time.monotonic()]  # the latest report of any stage: where a new stage's clock starts
 
         def update(stage: str, done: int, total: int | None) -> None:
             _record(stage, done, total)
             while waiting:
                 bar.remove_task(waiting.pop())
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, first=(done, time.monotonic()))
+                tasks[stage] = bar.add_task(stage, total=total, first=(0, last[0]))
+            last[0] = time.monotonic()
             bar.update(tasks[stage], completed=done)
 
         try:

@@ -349,7 +349,7 @@ MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: a longer line on stdin is not a path
 
 def stdin_lines(lines: Iterable[str] | None = None) -> Iterator[str]:
     """Paths from stdin (or ``lines``), read as they come: one a line, or NUL-separated when the
-    stream's first separator is a NUL (``find -print0``: a name may then hold a newline). A path
+    first bytes to arrive hold a NUL (``find -print0``: a name may then hold a newline). A path
     longer than ``MAX_PATH_BYTES`` (a binary stream) stops with one error instead of being read
     without end. Bytes that are not UTF-8 become surrogate escapes, as Python does for file names."""
     if lines is None:
@@ -366,15 +366,14 @@ def stdin_lines(lines: Iterable[str] | None = None) -> Iterator[str]:
 
 
 def _records(stream) -> Iterator[bytes]:
-    """A byte stream cut at its separator (the first newline or NUL it holds) as bytes arrive;
+    """A byte stream cut at its separator (NUL if the first bytes to arrive hold one, else newline) as bytes arrive;
     a record never grows past ``MAX_PATH_BYTES`` + 2 before it is handed on (and refused)."""
     read = getattr(stream, "read1", stream.read)
     buffer, separator = b"", None
     while chunk := read(65536):
         buffer += chunk
-        if separator is None:
-            found = [i for i in (buffer.find(b"\n"), buffer.find(b"\0")) if i >= 0]
-            separator = buffer[min(found) : min(found) + 1] if found else None
+        if separator is None:  # a NUL anywhere in what came first: find -print0 (its names may hold newlines)
+            separator = b"\0" if b"\0" in buffer else b"\n" if b"\n" in buffer else None
         if separator is not None:
             *records, buffer = buffer.split(separator)
             yield from (r + separator for r in records)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -622,3 +623,53 @@ def test_a_table_off_a_terminal_never_wraps_a_path(sample_run, tmp_path):
     shutil.copy(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", deep)
     result = CliRunner().invoke(app, ["predict", str(deep), "--checkpoint", str(sample_run / "best.safetensors"), "--format", "table"])
     assert result.exit_code == 0 and any(str(deep) in line for line in result.stdout.splitlines())
+
+
+def _on_a_terminal(args: list[str], stdout_path: Path | None = None) -> tuple[int, bytes]:
+    """Run camcli with stderr (and stdout, unless ``stdout_path``) on a pseudo-terminal; returns
+    (exit status, every byte the terminal received)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    out = open(stdout_path, "w") if stdout_path else None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "camcli", *map(str, args)], stdin=subprocess.DEVNULL,
+                                stdout=out or slave, stderr=slave, env={**os.environ, "COLUMNS": "120"})
+    finally:
+        os.close(slave)
+    data = b""
+    while True:
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                chunk = b""
+            if chunk:
+                data += chunk
+                continue
+        if proc.poll() is not None:
+            break
+    os.close(master)
+    if out:
+        out.close()
+    return proc.wait(), data
+
+
+def test_rows_for_a_file_never_go_to_the_terminal_that_shows_the_bar(sample_run, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    code, terminal = _on_a_terminal(["predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", sample_run / "best.safetensors",
+                                     "--format", "jsonl"], rows)
+    assert code == 0 and b'"path"' not in terminal
+    assert len(rows.read_text().splitlines()) == 8
+
+
+def test_on_a_terminal_the_bar_clears_and_the_table_starts_on_its_own_line(sample_run):
+    code, terminal = _on_a_terminal(["predict", SAMPLE_DATA / "val" / "cat", "--checkpoint", sample_run / "best.safetensors"])
+    assert code == 0
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", terminal).decode()  # escape sequences dropped
+    lines = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]  # what each line shows after its carriage returns
+    top = next(i for i, line in enumerate(lines) if "┏" in line)
+    assert lines[top].startswith("┏") and "predict" not in lines[top]
+    assert "img/s" not in text or re.search(r"\d+\.\d img/s", text)
+    assert not re.search(r"[1-9]\d{3,}\.\d img/s", text)  # never thousands of images a second on one burst

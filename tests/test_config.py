@@ -56,3 +56,13 @@ def test_shipped_configs_load(tmp_path):
         cfg = resolve_train_config(ROOT / "configs" / name, data="x")
         assert cfg.epochs >= 1
     assert resolve_train_config(ROOT / "configs" / "vgg16.yaml", data="x").arch == "vgg16"
+
+
+def test_the_shipped_default_config_is_defaults_py_written_out():
+    import yaml
+
+    from camcli.defaults import TRAIN
+    from conftest import ROOT
+
+    written = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    assert written == {"arch": "efficientnet_lite0", **TRAIN}

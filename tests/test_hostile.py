@@ -818,3 +818,72 @@ def test_an_interrupted_run_keeps_its_rows_and_a_resumed_run_completes_the_file(
     assert resumed.returncode == 0, resumed.stderr
     final = paths_in(rows_file)
     assert sorted(final) == [f"{i:02d}.png" for i in range(12)] and len(final) == len(set(final))
+
+
+# ---------------------------------------------------------------- round three: inputs, names, messages
+
+def test_nul_separated_paths_on_stdin_are_read_as_find_print0_writes_them(sample_run, tmp_path):
+    odd = write_image(tmp_path / "a\nb.png", np.full((32, 40, 3), 90, np.uint8))  # a newline in a name: why -print0 exists
+    plain = write_image(tmp_path / "c.png", np.full((32, 40, 3), 30, np.uint8))
+    stdin = f"{odd}\0{plain}\0"
+    result = run("predict", "-", "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", input=stdin)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(odd), str(plain)]
+    from camcli.data import stdin_lines
+
+    with pytest.raises(CamcliError, match="mixes newline- and NUL-separated paths"):  # a NUL after lines began
+        list(stdin_lines(iter([b"c.png\n", b"a.png\0b.png\n"])))
+
+
+def test_suggestions_share_a_word_with_the_mistake(sample_run):
+    from camcli.errors import suggestions
+
+    imagenet = ["tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "crate", "oxcart", "castle"]
+    assert set(suggestions("cat", imagenet, 4)) == {"tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+    assert suggestions("zebra", imagenet) == []  # nothing alike: no guesses that only share letters
+    result = run("predict", SAMPLE_DATA / "val" / "cat", "--bach-size", "2")
+    assert "Possible options: --batch-size" in one_line_error(result) and "predict --help)" in result.stderr
+    line = one_line_error(run("overlay", SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", "--class", "cat", "--out-dir", "/nonexistent"))
+    assert "tiger cat" in line and "crate" not in line
+
+
+def test_input_mistakes_name_the_commands_help(tmp_path):
+    line = one_line_error(run("predict", tmp_path / "missing.jpg"))
+    assert line == f"error: input not found: {tmp_path / 'missing.jpg'} (see camcli predict --help)"
+
+
+def test_class_labels_that_hold_no_file_name_character_get_distinct_names(sample_run, tmp_path):
+    crafted = with_class_names(sample_run, tmp_path / "dots.safetensors", [".", "..", "***", "cat", "x"])
+    image = write_image(tmp_path / "i.png", np.full((40, 40, 3), 100, np.uint8))
+    result = run("overlay", image, "--checkpoint", crafted, "--maps", "3", "--out-dir", tmp_path / "o", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    names = [Path(p).name for p in json.loads(result.stdout)["outputs"]]
+    assert len(set(names)) == 3 and all(".." not in n.removesuffix(".png") for n in names)
+    same = with_class_names(sample_run, tmp_path / "same.safetensors", ["a b", "a_b", "c", "d", "e"])
+    line = one_line_error(run("overlay", image, "--checkpoint", same, "--class", "a b", "--class", "a_b", "--out-dir", tmp_path / "p"))
+    assert "two classes would write the same output" in line
+
+
+def test_float_tiffs_decode_and_png_color_profiles_print_nothing(sample_run, tmp_path):
+    rgb = np.zeros((24, 32, 3), np.float64)
+    rgb[..., 0], rgb[..., 1] = 1.0, 0.5  # red 255, green 128, as a float TIFF in [0, 1]
+    tiff = tmp_path / "f64.tiff"
+    assert cv2.imwrite(str(tiff), cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2BGR).astype(np.float64))
+    from camcli.data import read_image
+
+    assert read_image(tiff)[0, 0].tolist() == [255, 128, 0]
+    ok, png = cv2.imencode(".png", np.full((32, 32, 3), 120, np.uint8))
+    data = png.tobytes()
+    body = b"bad profile\x00\x00" + zlib.compress(b"not an ICC profile" * 4)
+    iccp = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    (tmp_path / "iccp.png").write_bytes(data[:33] + iccp + data[33:])
+    result = subprocess.run([sys.executable, "-m", "camcli", "predict", str(tmp_path / "iccp.png"), str(tiff), "--checkpoint",
+                             str(sample_run / "best.safetensors"), "--format", "jsonl", "--quiet"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_a_stride_that_is_a_boolean_is_refused(sample_run, tmp_path):
+    path = _crafted(sample_run, tmp_path, lambda c: c["preprocess"].update(stride=True))
+    assert "preprocess.stride must be an integer from 1 to 1024" in one_line_error(run("info", path))
