@@ -53,6 +53,7 @@ def _refused(result, peak: float, words: str, code: int = 2) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     assert words in lines[0], lines[0]
     assert peak < PEAK_MB, f"peak {peak:.0f} MB"
+    print(f"refused at {peak:.0f} MB peak: {lines[0][:110]}")  # the README's Reliability figures (pytest -s)
     return lines[0]
 
 
@@ -84,6 +85,7 @@ def test_info_reads_no_tensor_and_predict_refuses_a_backbone_that_does_not_fit(t
     result, peak = run_measured("info", path, "--format", "json")
     assert result.returncode == 0 and json.loads(result.stdout)["num_features"] == 4, result.stderr
     assert peak < 200, f"info took {peak:.0f} MB"
+    print(f"info of a 2 GiB checkpoint: {peak:.0f} MB peak")
     result, peak = run_measured("predict", CAT, "--checkpoint", path)
     # it reads the 2 GiB tensor it would use (memory in proportion to the file), then refuses it
     assert result.returncode == 2 and "does not hold efficientnet_lite0" in result.stderr
@@ -144,6 +146,7 @@ def test_an_input_too_large_for_one_forward_pass_is_refused_before_it_is_resized
         result, peak = run_measured(*args, "--format", "jsonl")
         row = json.loads(result.stdout)
         assert result.returncode == 1 and peak < PEAK_MB, (args, peak)
+        print(f"refused at {peak:.0f} MB peak: {' '.join(map(str, args[2:]))}")
         assert "2048x8192 = 16,777,216 pixels" in row["error"] and "lower the input size" in row["error"]
     # the limit is per image: a square image at the largest size still runs beside the refused one
     result, _ = run_measured("predict", wide, small, "--img-size", "2048", "--format", "jsonl")
