@@ -617,9 +617,15 @@ def test_a_class_name_that_is_not_utf8_is_drawn_escaped_not_a_crash(sample_run, 
     crafted = with_class_names(sample_run, tmp_path / "names.safetensors", ["caf\udce9", "b", "c", "d", "e"])
     data = tmp_path / "in"
     write_image(data / "a.jpg", _coffee())
-    result = run("overlay", data, "--checkpoint", crafted, "--class-index", "0", "--format", "jsonl")
+    result = run("overlay", data, "--checkpoint", crafted, "--class-index", "0", "--format", "jsonl", "--out-dir", tmp_path / "o1")
     assert result.exit_code == 0, result.output
-    assert (data / "a_cam.jpg").is_file()
+    # the caption drawn is the escaped name: the same pixels as for a class literally named "caf\xe9" (ASCII)
+    literal = with_class_names(sample_run, tmp_path / "literal.safetensors", ["caf\\xe9", "b", "c", "d", "e"])
+    again = run("overlay", data, "--checkpoint", literal, "--class-index", "0", "--format", "jsonl", "--out-dir", tmp_path / "o2")
+    plain = run("overlay", data, "--checkpoint", literal, "--class-index", "0", "--no-caption", "--out-dir", tmp_path / "o3")
+    assert again.exit_code == 0 and plain.exit_code == 0
+    drawn, expected, uncaptioned = (cv2.imread(str(tmp_path / o / "in" / "a_cam.jpg")) for o in ("o1", "o2", "o3"))
+    assert np.array_equal(drawn, expected) and not np.array_equal(drawn, uncaptioned)
 
 
 def test_the_results_file_cannot_be_one_of_the_overlays(sample_run, tmp_path):

@@ -91,8 +91,6 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
     from typer.testing import CliRunner
 
     from camcli.cli import app
-    from camcli.data import read_image
-    from camcli.factory import load
     from conftest import SAMPLE_DATA
 
     torch.manual_seed(0)
@@ -104,12 +102,21 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
     images = [SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", SAMPLE_DATA / "val" / "coffee" / "coffee_01.jpg"]
     runner = CliRunner()
     result = runner.invoke(app, ["predict", *map(str, images), "--arch", "resnet18", "--weights", str(weights), "--classes",
-                                 str(labels), "--backend", "torch", "--format", "json", "--top-k", "3"])
+                                 str(labels), "--backend", "torch", "--format", "json", "--top-k", "3", "--resize", "squash"])
     assert result.exit_code == 0, result.output
-    preprocess = load("resnet18", weights=str(weights), classes=["a", "b", "c"], backend="torch").preprocess
+
+    def by_hand(path) -> np.ndarray:  # torchvision's ImageNet preprocessing, written out (not camcli's code)
+        import cv2
+
+        bgr = cv2.imread(str(path))
+        shrink = bgr.shape[0] > 224 or bgr.shape[1] > 224
+        rgb = cv2.cvtColor(cv2.resize(bgr, (224, 224), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR),
+                           cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+        return ((rgb - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1).astype(np.float32)
+
     for image, row in zip(images, json.loads(result.stdout)):
         with torch.no_grad():
-            expected = torch.softmax(model(torch.from_numpy(preprocess(read_image(image)))[None]).double(), dim=1)[0].numpy()
+            expected = torch.softmax(model(torch.from_numpy(by_hand(image))[None]).double(), dim=1)[0].numpy()
         got = {p["label"]: p["prob"] for p in row["predictions"]}
         np.testing.assert_allclose([got["tabby"], got["espresso"], got["rocket"]], expected, atol=1e-6)
     out = tmp_path / "o"
@@ -153,3 +160,31 @@ def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, 
     strong, weak = heat_distance[0], max(heat_distance[1:])
     assert strong > 40 and weak < 0.25 * strong, (method, heat_distance)
     shutil.rmtree(tmp_path / "o")
+
+
+@pytest.mark.parametrize("normalize", ["relu", "minmax"])
+def test_relu_and_minmax_paint_each_map_on_its_own_scale(sample_run, tmp_path, normalize):
+    """The other scales, read back from the overlay pixels the same way: a weak class is painted at full heat."""
+    import json
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from camcli import defaults
+    from camcli.cli import app
+
+    image = tmp_path / "cat.png"
+    cv2.imwrite(str(image), cv2.imread(str(Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg")))
+    result = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", str(sample_run / "best.safetensors"), "--maps", "2",
+                                      "--normalize", normalize, "--no-caption", "--out-dir", str(tmp_path / "o"), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    original = cv2.imread(str(image)).astype(np.float32)
+    zero_heat = cv2.applyColorMap(np.zeros((1, 1), np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32)
+    full_heat = cv2.applyColorMap(np.full((1, 1), 255, np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32)
+    for path in row["outputs"]:
+        colored = (cv2.imread(path).astype(np.float32) - (1 - defaults.ALPHA) * original) / defaults.ALPHA
+        hottest = np.abs(colored - full_heat).max(axis=2).min()  # some pixel at (nearly) full heat
+        coldest = np.abs(colored - zero_heat).max(axis=2).min()
+        assert hottest < 30, (normalize, path, hottest)  # the weak class too (it has some positive evidence here)
+        assert coldest < 30, (normalize, path, coldest)  # and some pixel at (nearly) none
