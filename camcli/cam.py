@@ -87,7 +87,8 @@ def class_maps(features: np.ndarray, weight: np.ndarray, classes: np.ndarray | N
 
 def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
     """A gradient-weighted class map of one image, by the registered ``method`` (see
-    :mod:`camcli.methods`): ``gradcam``, ``gradcam++`` or ``layercam``.
+    :mod:`camcli.methods`): ``gradcam``, ``gradcam++``, ``layercam``, ``hirescam``, ``xgradcam``,
+    ``eigencam`` or ``eigengradcam``.
 
     Args:
         activations: (C, h, w) feature maps A of the target layer.
@@ -121,6 +122,54 @@ def gradcampp_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
 def layercam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """LayerCAM (Jiang et al. 2021): ReLU(g) * A summed over channels, then ReLU."""
     return np.maximum((np.maximum(grads, 0) * activations).sum(axis=0), 0)
+
+
+def hirescam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): the element-wise product g * A summed over channels, then ReLU
+    (no spatial averaging of the gradients, so the map is the class score's own decomposition)."""
+    return np.maximum((grads * activations).sum(axis=0), 0)
+
+
+def xgradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al. 2020): channel weights = sum(g * A) / (sum(A) + 1e-7) over the grid;
+    ReLU of the weighted sum (pytorch-grad-cam's definition, its epsilon included)."""
+    weights = (grads * activations).sum(axis=(1, 2)) / (activations.sum(axis=(1, 2)) + 1e-7)
+    return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+
+
+def first_component(values: np.ndarray) -> np.ndarray:
+    """The projection of each grid position's (C,) vector on the first principal component of
+    ``values`` (C, h, w), centered over positions (pytorch-grad-cam's ``get_2d_projection``).
+
+    A principal component has no sign of its own (the SVD may return either), so camcli fixes it:
+    the sign for which the projection correlates non-negatively with the channel sum of the
+    centered values (the map points where the layer is most active); where that correlation is
+    zero, the sign that makes the largest-magnitude value positive. Returns (h, w) float32.
+    """
+    c, h, w = values.shape
+    flat = np.nan_to_num(values.reshape(c, h * w).T.astype(np.float64))  # (hw, C)
+    flat = flat - flat.mean(axis=0)
+    if not flat.any():
+        return np.zeros((h, w), np.float32)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    projection = flat @ vt[0]
+    agreement = float(projection @ flat.sum(axis=1))
+    if agreement < 0 or (agreement == 0 and projection[np.argmax(np.abs(projection))] < 0):
+        projection = -projection
+    return projection.reshape(h, w).astype(np.float32)
+
+
+def eigencam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the layer's
+    activations (see :func:`first_component` for its sign), then ReLU. It uses no gradient and
+    no class: every class of an image gets the same map."""
+    return np.maximum(first_component(activations), 0)
+
+
+def eigengradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Eigen-Grad-CAM (pytorch-grad-cam): the first principal component of g * A (class-specific,
+    see :func:`first_component`), then ReLU."""
+    return np.maximum(first_component(grads * activations), 0)
 
 
 def head_gradients(weight: np.ndarray, c: int, shape: tuple[int, int, int]) -> np.ndarray:

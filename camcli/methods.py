@@ -47,6 +47,13 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("gradcam", True, "gradcam_map", True, "channel weights = mean gradient (Selvaraju et al. 2017)"),
     Method("gradcam++", True, "gradcampp_map", True, "weights from second- and third-order gradient terms (Chattopadhay et al. 2018)"),
     Method("layercam", True, "layercam_map", True, "ReLU(gradient) x activation, per position (Jiang et al. 2021)"),
+    Method("hirescam", True, "hirescam_map", True, "gradient x activation summed over channels, no averaging (Draelos & Carin "
+           "2020)"),
+    Method("xgradcam", True, "xgradcam_map", True, "channel weights = sum(gradient x activation) / sum(activation) (Fu et al. "
+           "2020)"),
+    Method("eigencam", True, "eigencam_map", True, "first principal component of the activations: no class, no gradient "
+           "(Muhammad & Yeasin 2020)"),
+    Method("eigengradcam", True, "eigengradcam_map", True, "first principal component of gradient x activation"),
 )}
 NAMES = tuple(REGISTRY)  # the parser's choices (with "auto")
 AUTO = "auto"  # the model's own default: cam on a GAP + linear head, else gradcam

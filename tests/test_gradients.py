@@ -51,9 +51,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("arch", list(CASES))
-def test_every_method_equals_pytorch_grad_cam_on_heads_that_are_not_gap_linear(arch):
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+def test_every_method_equals_pytorch_grad_cam_on_heads_that_are_not_gap_linear(arch, monkeypatch):
+    from test_methods import ALL_GRADIENT, oracle_maps
 
     torch.manual_seed(0)
     side, oracle_layer, reshape = CASES[arch]
@@ -67,9 +66,8 @@ def test_every_method_equals_pytorch_grad_cam_on_heads_that_are_not_gap_linear(a
     with torch.no_grad():
         np.testing.assert_allclose(logits, oracle_model(x).numpy(), rtol=1e-4, atol=1e-5)
     classes = [3, 7]
-    for method, oracle_class in (("gradcam", GradCAM), ("gradcam++", GradCAMPlusPlus), ("layercam", LayerCAM)):
-        with oracle_class(model=oracle_model, target_layers=[oracle_layer(oracle_model)], reshape_transform=reshape) as oracle:
-            expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+    for method in ALL_GRADIENT:
+        expected = oracle_maps(method, oracle_model, oracle_layer(oracle_model), x, classes, reshape, monkeypatch)
         for i, maps in enumerate(ours._maps(graph, sizes, np.array([[c] for c in classes]), method)):
             assert expected[i].max() > 0.99  # a real map, not an empty one
             np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0]), (side, side))), expected[i], atol=1e-4)

@@ -33,19 +33,78 @@ def _our_maps(ours, x, classes, method):
     return ours.batch_maps(batch, np.array([[c] for c in classes]), method=method)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
-def test_methods_equal_pytorch_grad_cam_on_a_gap_linear_model(resnet, method):
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
+def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch=None) -> list[np.ndarray]:
+    """pytorch-grad-cam's maps of ``method`` (N, H, W in [0, 1]); for the eigen methods, with the
+    principal component's sign that camcli's documented rule picks (pytorch-grad-cam leaves it to the SVD):
+    both signs are computed and the one whose projection agrees with the channel sum is kept."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils import svd_on_activations
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    oracle_class = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM,
+                    "xgradcam": pgc.XGradCAM, "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM}[method]
+    module = __import__(oracle_class.__module__, fromlist=["x"])
+    original = svd_on_activations.get_2d_projection
+
+    def signed(batch):  # the rule written out: correlate with the centered channel sum
+        out = original(batch)
+        for i, values in enumerate(np.nan_to_num(batch)):
+            flat = values.reshape(values.shape[0], -1).T
+            flat = flat - flat.mean(axis=0)
+            if float(out[i].reshape(-1) @ flat.sum(axis=1)) < 0:
+                out[i] = -out[i]
+        return out
+
+    if method.startswith("eigen"):
+        monkeypatch.setattr(module, "get_2d_projection", signed)
+    with oracle_class(model=model, target_layers=[layer], reshape_transform=reshape) as oracle:
+        return oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+
+
+ALL_GRADIENT = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam", "eigengradcam"]
+
+
+@pytest.mark.parametrize("method", ALL_GRADIENT)
+def test_methods_equal_pytorch_grad_cam_on_a_gap_linear_model(resnet, method, monkeypatch):
     model, ours, x = resnet
     classes = [1, 3]
-    oracle_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}[method]
-    with oracle_class(model=model, target_layers=[model.layer4]) as oracle:
-        expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])  # (N, H, W) in [0, 1]
+    expected = oracle_maps(method, model, model.layer4, x, classes, monkeypatch=monkeypatch)  # (N, H, W) in [0, 1]
     for i, maps in enumerate(_our_maps(ours, x, classes, method)):
         ours_at_input = normalize_maps(upsample_to(normalize_maps(maps[0]), (96, 128)))
+        assert expected[i].max() > 0.99  # a real map, not an empty one
         np.testing.assert_allclose(ours_at_input, expected[i], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "xgradcam"])
+def test_the_methods_that_reduce_to_the_relu_of_the_cam_on_a_gap_linear_head(resnet, method):
+    """On a GAP + linear head the gradient is W_c / (h w) everywhere: Grad-CAM, HiResCAM and XGrad-CAM
+    are the ReLU of the CAM up to one factor; Grad-CAM++, LayerCAM and the eigen methods are not."""
+    _, ours, x = resnet
+    logits, feats, sizes = ours.forward(list(x.numpy()))
+    cams = class_maps(feats, ours.weight, np.array([[2], [4]]))
+    for i, maps in enumerate(_our_maps(ours, x, [2, 4], method)):
+        np.testing.assert_allclose(normalize_maps(maps[0]), normalize_maps(np.maximum(cams[i, 0], 0)), atol=1e-5)
+    for other in ("gradcam++", "layercam", "eigencam"):
+        differs = [np.abs(normalize_maps(m[0]) - normalize_maps(np.maximum(cams[i, 0], 0))).max()
+                   for i, m in enumerate(_our_maps(ours, x, [2, 4], other))]
+        assert max(differs) > 0.05, other
+
+
+def test_the_principal_component_sign_rule_and_eigencam_ignore_the_class(resnet):
+    from camcli.cam import first_component
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(16, 5, 7)).astype(np.float32) + np.linspace(0, 3, 7)[None, None, :]
+    projection = first_component(values)
+    for flipped in (values, -values):  # a sign the SVD might give either way: the rule fixes it
+        p = first_component(flipped)
+        centered = flipped.reshape(16, -1).T - flipped.reshape(16, -1).T.mean(axis=0)
+        assert float(p.reshape(-1) @ centered.sum(axis=1)) >= 0
+    assert np.abs(projection).max() > 0
+    _, ours, x = resnet
+    a, b = _our_maps(ours, x, [0, 4], "eigencam")
+    same_image = _our_maps(ours, x[:1].repeat(2, 1, 1, 1), [0, 4], "eigencam")
+    np.testing.assert_allclose(same_image[0], same_image[1], atol=1e-6)  # no class: one map per image
 
 
 def test_gradcam_of_a_gap_linear_head_is_the_relu_of_the_cam(resnet):
