@@ -83,7 +83,9 @@ def test_a_gap_linear_model_through_the_backward_engine_equals_its_exact_head_gr
     hooked = load(ckpt, device="cpu", layer="features", resize="squash")
     assert isinstance(exact, CamModel) and isinstance(hooked, GradModel)
     images = [SAMPLE_DATA / "val" / c / f"{c}_00.jpg" for c in ("cat", "astronaut")]
-    for method in ("gradcam", "gradcam++", "layercam"):
+    from test_methods import ALL_GRADIENT
+
+    for method in ALL_GRADIENT:
         np.testing.assert_allclose(hooked.maps(images, [0, 2], method=method), exact.maps(images, [0, 2], method=method),
                                    rtol=1e-4, atol=1e-6)
     with pytest.raises(CamcliError, match="for this head or a chosen `layer` use `method` gradcam"):

@@ -188,7 +188,7 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
     assert wrong.exit_code == 2 and "size mismatch" in wrong.stderr and "--classes" in wrong.stderr
 
 
-@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++", "layercam"])
+@pytest.mark.parametrize("method", ["cam", *ALL_GRADIENT])
 def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, tmp_path, method):
     """Read the heat back from the written overlay pixels: overlay = (1 - alpha) image + alpha colormap(heat)."""
     import json
