@@ -172,6 +172,76 @@ def eigengradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     return np.maximum(first_component(grads * activations), 0)
 
 
+def upsample_corners(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling with the corner pixels aligned (PyTorch's ``UpsamplingBilinear2d``,
+    ``align_corners=True``: output pixel y samples input position y (h - 1) / (H - 1)), unlike
+    :func:`upsample_to`; pytorch-grad-cam's ScoreCAM upsamples its masks this way.
+
+    Args:
+        maps: (..., h, w) maps.
+        size: (H, W).
+
+    Returns:
+        float32 (..., H, W).
+    """
+    def weights(n_in: int, n_out: int) -> np.ndarray:  # (n_out, n_in) interpolation matrix
+        pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        low = np.minimum(np.floor(pos).astype(int), n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = pos - low
+        m = np.zeros((n_out, n_in))
+        np.add.at(m, (np.arange(n_out), low), 1 - frac)
+        np.add.at(m, (np.arange(n_out), high), frac)
+        return m
+
+    maps = np.asarray(maps, dtype=np.float64)
+    rows, cols = weights(maps.shape[-2], size[0]), weights(maps.shape[-1], size[1])
+    return np.einsum("yh,...hw,xw->...yx", rows, maps, cols).astype(np.float32)
+
+
+def scorecam_masks(activations: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Score-CAM's masks (Wang et al. 2020, as pytorch-grad-cam makes them): each channel of
+    ``activations`` (C, h, w) upsampled with corners aligned to ``size`` and min-max normalized
+    to [0, 1] (1e-8 in the denominator). Returns float32 (C, H, W); the model then scores the
+    input multiplied by each mask."""
+    up = upsample_corners(activations, size)
+    low = up.min(axis=(1, 2), keepdims=True)
+    high = up.max(axis=(1, 2), keepdims=True)
+    return ((up - low) / (high - low + 1e-8)).astype(np.float32)
+
+
+def scorecam_map(activations: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Score-CAM: channel weights = softmax over channels of the class score (the logit) of the
+    input masked by each channel (``scores``: (C,)); ReLU of the weighted sum of ``activations``."""
+    z = scores.astype(np.float64) - scores.max()
+    weights = np.exp(z) / np.exp(z).sum()
+    return np.maximum(np.tensordot(weights, activations.astype(np.float64), axes=1), 0).astype(np.float32)
+
+
+def ablationcam_map(activations: np.ndarray, weight_c: np.ndarray, logit: float) -> np.ndarray:
+    """Ablation-CAM (Desai & Ramaswamy 2020) of a GAP + linear head, in closed form.
+
+    Channel weights are (y - y_k) / y, y the class logit and y_k the logit with channel k
+    ablated (pytorch-grad-cam's definition): set to 0 where the layer's minimum is 0, else to that
+    minimum - 1e7. Through global average pooling and the linear head, y - y_k is exactly
+    W[c, k] (mean(A_k) - ablated value), so no forward pass is needed.
+
+    Args:
+        activations: (C, h, w) the image's feature maps A.
+        weight_c: (C,) the head's row W[c].
+        logit: the class's logit y.
+
+    Returns:
+        (h, w) float32 map, ReLU applied.
+    """
+    acts = activations.astype(np.float64)
+    ablated = 0.0 if acts.min() == 0 else float(acts.min()) - 1e7
+    drops = weight_c.astype(np.float64) * (acts.mean(axis=(1, 2)) - ablated)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = drops / logit
+    return np.maximum(np.tensordot(np.nan_to_num(weights), acts, axes=1), 0).astype(np.float32)
+
+
 def head_gradients(weight: np.ndarray, c: int, shape: tuple[int, int, int]) -> np.ndarray:
     """d logit_c / d A for a GAP + linear head, exactly: W[c, k] / (h w) at every position.
 

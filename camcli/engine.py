@@ -35,6 +35,7 @@ class Batch:
         sizes: each image's feature-map (h_i, w_i).
         originals: the decoded RGB images when asked for, else Nones.
         failures: (position, one-line reason) of the images of this batch that could not be read.
+        inputs: the preprocessed (3, H_i, W_i) model inputs of the images.
     """
 
     positions: list[int]
@@ -43,6 +44,7 @@ class Batch:
     sizes: list[tuple[int, int]]
     originals: list[np.ndarray | None]
     failures: list[tuple[int, str]]
+    inputs: list[np.ndarray] | None = None  # the preprocessed (3, H, W) inputs (perturbation methods score them)
 
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatever the job's size
@@ -169,8 +171,10 @@ class Model:
         """
         raise NotImplementedError
 
-    def _maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
-        """Per image (J, h_i, w_i) raw maps of ``classes`` (B, J) from :meth:`forward`'s middle value."""
+    def _maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
+              inputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Per image (J, h_i, w_i) raw maps of ``classes`` (B, J) from :meth:`forward`'s middle value
+        (``inputs``: the images' model inputs, which perturbation methods score)."""
         raise NotImplementedError
 
     def batches(
@@ -198,11 +202,11 @@ class Model:
                 keep = np.flatnonzero(finite)
                 if len(keep) < len(positions):
                     positions, originals, sizes = [positions[b] for b in keep], [originals[b] for b in keep], [sizes[b] for b in keep]
-                    logits, feats = logits[keep], feats[keep]
+                    logits, feats, tensors = logits[keep], feats[keep], [tensors[b] for b in keep]
             if not tensors or not positions:
                 yield Batch([], np.empty((0, self.num_classes), np.float32), None, [], [], failures)
                 continue
-            yield Batch(positions, logits, feats, sizes, originals, failures)
+            yield Batch(positions, logits, feats, sizes, originals, failures, tensors)
 
     def batch_maps(
         self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto"
@@ -227,14 +231,15 @@ class Model:
         classes = np.asarray(classes, dtype=np.int64)
         method = self.resolve_method(method)
         if not cam_sizes:
-            return self._maps(batch.features, batch.sizes, classes, method)
+            return self._maps(batch.features, batch.sizes, classes, method, batch.inputs)
         if any(o is None for o in batch.originals):
             raise ValueError("cam_sizes needs batches made with keep_images=True")
         per_scale = []
         for size in cam_sizes:
             pre = replace(self.preprocess, img_size=size)
-            _, feats, sizes = self.forward([pre(o) for o in batch.originals])
-            per_scale.append(self._maps(feats, sizes, classes, method))
+            inputs = [pre(o) for o in batch.originals]
+            _, feats, sizes = self.forward(inputs)
+            per_scale.append(self._maps(feats, sizes, classes, method, inputs))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
@@ -383,8 +388,11 @@ class CamModel(Model):
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores become failed inputs (batches)
             return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
-    def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
+    def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
+              inputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
+        if methods.get(method).perturbation:
+            return self._perturbation_maps(feats, sizes, classes, method, inputs)
         if not methods.get(method).gradients:
             return _crop(cam.class_maps(feats, self.weight, classes), sizes)
         out = []
@@ -393,6 +401,32 @@ class CamModel(Model):
             out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method)
                                  for c in classes[i]]).astype(np.float32))
         return out
+
+
+    def _perturbation_maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
+                           inputs: list[np.ndarray] | None) -> list[np.ndarray]:
+        """Score-CAM (the input masked by each channel, scored in chunks through :meth:`forward`, so
+        on ONNX Runtime or PyTorch) and Ablation-CAM (closed form through the head, see
+        :func:`camcli.cam.ablationcam_map`)."""
+        out = []
+        for i, (h, w) in enumerate(sizes):
+            acts = feats[i, :, :h, :w]
+            if method == "ablationcam":
+                logits = cam.pooled_logits(acts[None], self.weight, self.bias, [(h, w)])[0]
+                out.append(np.stack([cam.ablationcam_map(acts, self.weight[int(c)], float(logits[int(c)])) for c in classes[i]]))
+                continue
+            if inputs is None:
+                raise ValueError("scorecam needs the batch's inputs (Batch.inputs)")
+            x = inputs[i]
+            masks = cam.scorecam_masks(acts, x.shape[-2:])
+            scores = np.concatenate([
+                self.forward(list(x[None] * masks[k : k + SCORECAM_CHUNK, None]), maps=False)[0][:, classes[i]]
+                for k in range(0, len(masks), SCORECAM_CHUNK)])  # (C, J) class logits of the masked inputs
+            out.append(np.stack([cam.scorecam_map(acts, scores[:, j]) for j in range(classes.shape[1])]))
+        return out
+
+
+SCORECAM_CHUNK = 32  # masked inputs per forward call: bounds memory (each is a whole input image)
 
 
 def _with_bar(batches: Iterator[Batch], total: int, what: str, enabled: bool) -> Iterator[Batch]:

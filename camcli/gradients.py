@@ -87,8 +87,10 @@ class GradModel(Model):
         method = super().resolve_method(method)
         if not methods.get(method).gradients:
             first, *others = methods.gradient_methods()
-            raise CamcliError(f"`method` {method} is the map of a GAP + linear head at its last feature map; for this head or a "
-                              f"chosen `layer` use `method` {first} (or {', '.join(others)})")
+            kind = "runs on a GAP + linear head at its last feature map" if methods.get(method).perturbation else \
+                "is the map of a GAP + linear head at its last feature map"
+            raise CamcliError(f"`method` {method} {kind}; for this head or a chosen `layer` use `method` {first} "
+                              f"(or {', '.join(others)})")
         return method
 
     def prepare(self) -> str | None:
@@ -194,7 +196,8 @@ class GradModel(Model):
         raise CamcliError(f"layer {self.layer!r} gives {t.ndim}-D outputs {tuple(t.shape[1:])}, not a spatial map: choose a "
                           f"layer before the head ({self.listing})")
 
-    def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str) -> list[np.ndarray]:
+    def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
+              inputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
         if not methods.get(method).gradients:
             raise ValueError(f"not a gradient method: {method!r}")
         if any(not g.leaf.requires_grad for g in graph.groups):

@@ -31,6 +31,9 @@ class Method:
             class, and a weak class's gradients can be as large as the top one's) ``shared``
             scales each map to its own maximum times its probability relative to the most
             probable mapped class (see :func:`camcli.cam.display_maps`).
+        perturbation: gradient-free: the weights come from the model's scores of perturbed
+            inputs or features (a GAP + linear head only; run through the engine's batches, so
+            on ONNX Runtime as well as PyTorch).
     """
 
     name: str
@@ -39,6 +42,7 @@ class Method:
     relu: bool
     summary: str
     common_scale: bool = False
+    perturbation: bool = False
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -54,6 +58,10 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("eigencam", True, "eigencam_map", True, "first principal component of the activations: no class, no gradient "
            "(Muhammad & Yeasin 2020)"),
     Method("eigengradcam", True, "eigengradcam_map", True, "first principal component of gradient x activation"),
+    Method("scorecam", False, "scorecam_map", True, "channel weights = softmax of the class score of the input masked by each "
+           "channel: C forward passes per image (Wang et al. 2020)", perturbation=True),
+    Method("ablationcam", False, "ablationcam_map", True, "channel weights = relative drop of the class score when the channel "
+           "is ablated (Desai & Ramaswamy 2020)", perturbation=True),
 )}
 NAMES = tuple(REGISTRY)  # the parser's choices (with "auto")
 AUTO = "auto"  # the model's own default: cam on a GAP + linear head, else gradcam
@@ -69,6 +77,11 @@ def get(name: str) -> Method:
 def gradient_methods() -> tuple[str, ...]:
     """The names of the methods a head without a GAP + linear form can use."""
     return tuple(m.name for m in REGISTRY.values() if m.gradients)
+
+
+def perturbation_methods() -> tuple[str, ...]:
+    """The gradient-free methods that score perturbed inputs or features (GAP + linear heads)."""
+    return tuple(m.name for m in REGISTRY.values() if m.perturbation)
 
 
 def help_text() -> str:

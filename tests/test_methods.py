@@ -29,7 +29,7 @@ def _our_maps(ours, x, classes, method):
     logits, feats, sizes = ours.forward(list(x.numpy()))
     from camcli.engine import Batch
 
-    batch = Batch([0, 1], logits, feats, sizes, [None, None], [])
+    batch = Batch(list(range(len(x))), logits, feats, sizes, [None] * len(x), [], list(x.numpy()))
     return ours.batch_maps(batch, np.array([[c] for c in classes]), method=method)
 
 
@@ -73,6 +73,45 @@ def test_methods_equal_pytorch_grad_cam_on_a_gap_linear_model(resnet, method, mo
         ours_at_input = normalize_maps(upsample_to(normalize_maps(maps[0]), (96, 128)))
         assert expected[i].max() > 0.99  # a real map, not an empty one
         np.testing.assert_allclose(ours_at_input, expected[i], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_perturbation_methods_equal_pytorch_grad_cam_on_a_gap_linear_model(resnet, method):
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, ours, x = resnet
+    x, classes = (x[:1], [3]) if method == "scorecam" else (x, [1, 3])  # Score-CAM: 512 masked inputs per image and class
+    oracle_class = {"scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM}[method]
+    with oracle_class(model=model, target_layers=[model.layer4]) as oracle:
+        expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+    for i, maps in enumerate(_our_maps(ours, x, classes, method)):
+        assert expected[i].max() > 0.99
+        np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0]), (96, 128))), expected[i], atol=1e-4)
+
+
+def test_perturbation_methods_refuse_other_heads_and_run_without_pytorch(sample_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    image = Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg"
+    ckpt = sample_run / "best.safetensors"
+    refused = CliRunner().invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--layer", "features", "--boxes",
+                                       "--method", "ablationcam"])  # a chosen layer: the gradient engine
+    assert refused.exit_code == 2 and "runs on a GAP + linear head" in refused.stderr, refused.output
+    assert CliRunner().invoke(app, ["predict", str(image), "--checkpoint", str(ckpt)]).exit_code == 0  # the export cached
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from camcli.cli import main; sys.argv = ['camcli', *sys.argv[1:]]; main()")
+    lean = subprocess.run([sys.executable, "-c", code, "predict", str(image), "--checkpoint", str(ckpt), "--boxes", "--method",
+                           "ablationcam", "--format", "jsonl"], capture_output=True, text=True, timeout=120)
+    assert lean.returncode == 0, lean.stderr
+    row = json.loads(lean.stdout)
+    assert row["method"] == "ablationcam" and row["box"]
 
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "xgradcam"])
@@ -188,7 +227,7 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
     assert wrong.exit_code == 2 and "size mismatch" in wrong.stderr and "--classes" in wrong.stderr
 
 
-@pytest.mark.parametrize("method", ["cam", *ALL_GRADIENT])
+@pytest.mark.parametrize("method", ["cam", *ALL_GRADIENT, "ablationcam"])
 def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, tmp_path, method):
     """Read the heat back from the written overlay pixels: overlay = (1 - alpha) image + alpha colormap(heat)."""
     import json
