@@ -30,7 +30,7 @@ import numpy as np
 from camcli import methods
 from camcli.cam import global_average_pool, heatmap, largest_component_box, softmax
 from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
-from camcli.data import ImageInput, Preprocess
+from camcli.data import ImageInput, Preprocess, find_images
 from camcli.defaults import (
     ALPHA,
     BATCH_SIZE,
@@ -44,6 +44,7 @@ from camcli.defaults import (
 from camcli.engine import Model, extract_features, image_batches
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
+from camcli.faithfulness import FaithfulnessTally
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
 from camcli.outputs import FixedNames, RankedNames
 from camcli.render import plot_curves, write_image, write_overlays
@@ -331,6 +332,10 @@ class EvaluateJob:
             evaluation's files, which are replaced; any other file at those names stops the job
             before any work.
         exclude: glob patterns of images to leave out.
+        faithfulness: also score the map of each image's predicted class by what the model does
+            when the input is perturbed by it (see :mod:`camcli.faithfulness`); DATA may then be a
+            plain folder of images (no labels: no accuracy).
+        labeled: set by :meth:`bind`: whether DATA's images have labels.
     """
 
     data: Path
@@ -344,6 +349,8 @@ class EvaluateJob:
     method: str = methods.AUTO
     batch_size: int = BATCH_SIZE
     workers: int = 0
+    faithfulness: bool = False
+    labeled: bool = True
     run_dir: Path | None = field(default=None, repr=False)
     guard: OutputGuard | None = field(default=None, repr=False)
     stage: ClassVar[str] = "evaluate"
@@ -362,7 +369,15 @@ class EvaluateJob:
             raise CamcliError("`calibrate` measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
                               "leave out `method` and `layer`")
         data = Path(self.data)
-        samples = labeled_images(data, model.class_names, self.exclude)
+        labeled = True
+        try:
+            samples = labeled_images(data, model.class_names, self.exclude)
+        except CamcliError as exc:
+            if not self.faithfulness or self.boxes or not data.is_dir():
+                raise
+            samples, labeled = [(i.path, -1) for i in find_images([data], exclude=self.exclude)], False
+            if notify:
+                notify(f"{data}: no class folders named as the model's classes ({exc}): faithfulness only, no accuracy")
         if self.boxes and not any(path.relative_to(data).as_posix() in self.boxes for path, _ in samples):
             raise CamcliError("none of the images to evaluate has a box: the boxes name images that `exclude` leaves out or that "
                               "lie outside DATA's class folders")
@@ -372,7 +387,8 @@ class EvaluateJob:
         for path in self._outputs(run_dir):
             guard.check(path)
         threshold = box_threshold_for(model, self.box_threshold)
-        return replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard), samples
+        return replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard,
+                       labeled=labeled), samples
 
     def _outputs(self, run_dir: Path) -> list[Path]:
         return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
@@ -393,13 +409,22 @@ class EvaluateJob:
     def run(self, model: Model, samples: Sequence[tuple[Path, int]]) -> Iterator[dict]:
         """Per batch: ``{"true": classes, "pred": predicted classes, "tally": LocalizationTally}``."""
         boxes = self.boxes
-        for batch in model.batches([p for p, _ in samples], self.batch_size, self.workers, keep_images=bool(boxes),
-                                       cam_sizes=self.cam_sizes if boxes else ()):
+        maps_at_sizes = bool(boxes) or (self.faithfulness and bool(self.cam_sizes))
+        for batch in model.batches([p for p, _ in samples], self.batch_size, self.workers, keep_images=maps_at_sizes,
+                                       cam_sizes=self.cam_sizes if maps_at_sizes else ()):
             if batch.failures:
                 raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
             labels = [samples[i][1] for i in batch.positions]
             predicted = batch.logits.argmax(axis=1).tolist()
             tally = LocalizationTally(self.box_threshold)
+            faith = FaithfulnessTally()
+            if self.faithfulness and batch.positions:
+                top1 = np.array([[c] for c in predicted], np.int64)
+                probs = softmax(batch.logits)
+                for b, cam_map in enumerate(model.batch_maps(batch, top1, self.cam_sizes, self.method)):
+                    c = predicted[b]
+                    faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
+                              lambda xs, c=c: softmax(model.forward(list(xs), maps=False)[0])[:, c])
             if boxes:
                 maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), self.cam_sizes, self.method)
                 for b, pos in enumerate(batch.positions):
@@ -408,18 +433,21 @@ class EvaluateJob:
                         continue
                     check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
                     tally.add(heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
-            yield {"true": labels, "pred": predicted, "tally": tally}
+            yield {"true": labels, "pred": predicted, "tally": tally, "faithfulness": faith}
 
     def finish(self, model: Model, parts: Iterable[dict]) -> dict:
         """Merge the parts into the metrics and write the run folder; returns the metrics."""
-        true, pred, tally = [], [], LocalizationTally(self.box_threshold)
+        true, pred, tally, faith = [], [], LocalizationTally(self.box_threshold), FaithfulnessTally()
         for part in parts:
             true += part["true"]
             pred += part["pred"]
             tally.merge(part["tally"])
-        result = classification_metrics(true, pred, model.class_names)
+            faith.merge(part["faithfulness"])
+        result = classification_metrics(true, pred, model.class_names) if self.labeled else {"num_images": len(pred)}
         if self.boxes:
             result.update(tally.result(), method=self.method)
+        if self.faithfulness:
+            result["faithfulness"] = {**faith.result(), "method": self.method}
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
                               "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
                               "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes)}
