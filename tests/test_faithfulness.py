@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_methods import resnet  # noqa: F401 - the fixture
 
 from camcli.cam import softmax
 from camcli.faithfulness import FaithfulnessTally, deletion_insertion
-from test_methods import resnet  # noqa: F401 - the fixture
 
 
 def test_average_drop_increase_deletion_and_insertion_equal_torchcams(resnet):  # noqa: F811
