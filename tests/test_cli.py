@@ -537,7 +537,10 @@ def test_help_shows_defaults_and_box_format_from_the_code():
                        "--engine <local|ray>"):
             assert choice in shown, (command, choice)
     assert "--format <table|csv|json|jsonl>" in help_of("predict") and "--format <table|json>" in help_of("evaluate")
-    assert "--method <auto|cam|gradcam|gradcam++|layercam>" in help_of("overlay")
+    from camcli import methods
+
+    assert f"--method <{'|'.join((methods.AUTO, *methods.NAMES))}>" in help_of("overlay")
+    assert "scorecam" in methods.NAMES and "eigencam" in methods.NAMES  # the registry the parser reads
     assert "--normalize <shared|relu|minmax>" in help_of("overlay") and "turbo, deepgreen" in help_of("overlay")
 
 
