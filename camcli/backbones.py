@@ -188,8 +188,9 @@ def _load_state_dict_file(path: Path, what: str = "`weights`") -> dict:
         state = torch_load(f, path, f"{what} state dict")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CamcliError(f"{what}: {path} does not hold a state dict (a dict of tensors)")
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                           for k, v in state.items()):
+        raise CamcliError(f"{what}: {path} does not hold a state dict (a dict of tensors by name)")
     return state
 
 

@@ -114,6 +114,8 @@ def load_checkpoint(path: Path, tensors: bool = True) -> dict:
 TENSOR_DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64, "I8": np.int8,
                  "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_}
 MAX_TENSORS = 20_000  # a stored backbone has hundreds; camcli refuses a header that declares more
+MAX_PICKLE_BYTES = 8 << 20  # a PyTorch file's pickle: names and storage references only (a VGG16 state dict: 3 KB)
+MAX_BRACKETS = 4 * MAX_TENSORS + 100_000  # JSON objects and arrays a safetensors header may open
 MAX_DIMS = 8
 
 
@@ -147,6 +149,8 @@ def _load_v2(f, path: Path, read_tensors: bool = True) -> dict:
         raise CamcliError(f"{path} is not a loadable camcli checkpoint: its header declares {declared:,} bytes but the file "
                           f"holds {size - 8:,} after the length (a damaged or incomplete file)")
     raw = prefix[8:] + f.read(declared - 1)
+    if raw.count(b"[") + raw.count(b"{") > MAX_BRACKETS:  # counted before parsing: each becomes a Python object
+        raise CamcliError(f"{path} is not a camcli checkpoint: its header opens more than {MAX_BRACKETS:,} JSON objects and arrays")
     try:
         header = json.loads(raw, object_pairs_hook=_counting_hook(2 * MAX_TENSORS + 2))
         meta = json.loads(header["__metadata__"]["camcli"])
@@ -184,7 +188,8 @@ def _tensor_entries(header: dict, path: Path, data_bytes: int, stored: bool) -> 
         try:
             dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             ok = (dtype in TENSOR_DTYPES and isinstance(shape, list) and len(shape) <= MAX_DIMS
-                  and all(type(n) is int and n >= 0 for n in shape) and type(start) is int and type(end) is int
+                  and all(type(n) is int and 0 <= n <= 1 << 40 for n in shape) and math.prod(shape) <= 1 << 40
+                  and type(start) is int and type(end) is int
                   and 0 <= start <= end <= data_bytes
                   and end - start == math.prod(shape) * np.dtype(TENSOR_DTYPES[dtype]).itemsize)
         except (TypeError, KeyError, ValueError):
@@ -206,8 +211,10 @@ def _read_tensor(f, path: Path, data_start: int, dtype: str, shape: tuple, start
     f.seek(data_start + start)
     if end > start and f.readinto(memoryview(array).cast("B")) != end - start:
         raise CamcliError(f"{path} is not a loadable camcli checkpoint: the file ended while a tensor was read")
-    if dtype == "BF16":  # the upper half of a float32
-        array = (array.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "BF16":  # the upper half of a float32: widened into one new array, no temporaries
+        wide = np.zeros(array.size, np.float32)
+        wide.view(np.uint16)[1::2] = array  # little-endian: the high half of each float32
+        array = wide
     return array.reshape(shape)
 
 
@@ -261,6 +268,10 @@ def torch_load(f, path: Path, what: str) -> object:
         if tensor.layout != torch.strided or tensor.is_complex() or tensor.is_quantized or tensor.is_meta:
             raise CamcliError(f"{path} is not a usable {what}: it holds a {tensor.layout} {tensor.dtype} tensor; camcli takes "
                               "dense real tensors only")
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            # an expanded or strided view: a 3 KB file can declare gigabytes, which a copy would allocate
+            raise CamcliError(f"{path} is not a usable {what}: a tensor of shape {tuple(tensor.shape)} declares more elements "
+                              "than its storage holds (an expanded view)")
     return loaded
 
 
@@ -290,6 +301,9 @@ def _arrays_of(ckpt: object, array) -> object:
 def _check_zip(f, path: Path, what: str = "checkpoint") -> None:
     """PyTorch's zip format with stored (uncompressed) entries only: nothing can inflate."""
     size = f.seek(0, io.SEEK_END)
+    declared = _zip_entry_count(f, size)
+    if declared is not None and declared > MAX_TENSORS + 16:
+        raise CamcliError(f"{path} is not a loadable {what}: it declares {declared:,} entries, over camcli's limit of {MAX_TENSORS:,}")
     f.seek(0)
     try:
         entries = zipfile.ZipFile(f).infolist()
@@ -302,9 +316,35 @@ def _check_zip(f, path: Path, what: str = "checkpoint") -> None:
         if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
             raise CamcliError(f"{path} is not a loadable {what}: it holds compressed entries, which PyTorch never writes")
         total += entry.file_size
+        if entry.filename.endswith("data.pkl") and entry.file_size > MAX_PICKLE_BYTES:
+            raise CamcliError(f"{path} is not a loadable {what}: its pickle is {entry.file_size:,} bytes, over camcli's limit of "
+                              f"{MAX_PICKLE_BYTES:,} (a state dict of {MAX_TENSORS:,} tensors needs a few MB)")
     if total > size:
         raise CamcliError(f"{path} is not a loadable {what}: its entries claim more bytes than the file holds")
     f.seek(0)
+
+
+def _zip_entry_count(f, size: int) -> int | None:
+    """The number of entries a zip's end records declare, read before its central directory is
+    parsed (a directory of millions of entries would take gigabytes to parse); None if unclear."""
+    tail = min(size, (1 << 16) + 22)
+    f.seek(size - tail)
+    data = f.read(tail)
+    at = data.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(data):
+        return None
+    count = int.from_bytes(data[at + 10 : at + 12], "little")
+    if count != 0xFFFF:
+        return count
+    locator = data.rfind(b"PK\x06\x07", 0, at)  # zip64: the locator names the zip64 end record
+    if locator < 0:
+        return None
+    offset = int.from_bytes(data[locator + 8 : locator + 16], "little")
+    if not 0 <= offset <= size - 56:
+        return None
+    f.seek(offset)
+    record = f.read(56)
+    return int.from_bytes(record[32:40], "little") if record[:4] == b"PK\x06\x06" else None
 
 
 def _encodable(name: str) -> bool:

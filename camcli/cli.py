@@ -44,7 +44,7 @@ from camcli.defaults import (
     TRAIN,
 )
 from camcli.errors import CamcliError, InputMistake, flag_names, os_error, suggestions
-from camcli.files import atomic_open, guard_output_file, printable, read_text
+from camcli.files import atomic_open, guard_output_file, printable, read_text, real_path
 from camcli.packaged import DEFAULT_ARCH
 from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, previous_rows, table_cells, write_rows
 
@@ -513,15 +513,15 @@ def _finish(count: int, failed: int, allow_failures: bool) -> None:
 def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None) -> tuple[int, int]:
     """Write rows in the chosen format; report each failed input on stderr as it comes.
 
-    Interrupted (Ctrl-C), an ``--output`` file still gets every row finished before, whole (then
-    the interruption goes on). ``carried``: rows of the previous ``--output`` file to keep
+    Interrupted (Ctrl-C) or stopped by an error, an ``--output`` file still gets every row finished
+    before, whole (then the interruption or the error goes on). ``carried``: rows of the previous ``--output`` file to keep
     (see :func:`_previous_rows`), written first.
 
     Returns:
         (rows written, inputs that failed).
     """
     failed = 0
-    interrupted: list[KeyboardInterrupt] = []
+    interrupted: list[BaseException] = []
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
         nonlocal failed
@@ -531,20 +531,27 @@ def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, 
                     failed += 1
                     err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
                 yield row
-        except KeyboardInterrupt as exc:
+        except (KeyboardInterrupt, CamcliError) as exc:  # Ctrl-C, or an error that stops the run (a manifest replaced)
             if options.output is None:
                 raise
             interrupted.append(exc)  # the rows so far are written and the file is closed first
 
     fmt, output = choose_format(options.fmt, options.output, is_tty(sys.stdout)), options.output
-    if output is None:
-        count = _print_table(reported(rows), overlay, None) if fmt == "table" else write_rows(reported(rows), fmt, sys.stdout)
+    if output is None:  # on a terminal, csv cells show control characters escaped (names can hold escape sequences)
+        shown = printable if is_tty(sys.stdout) else None
+        count = (_print_table(reported(rows), overlay, None) if fmt == "table"
+                 else write_rows(reported(rows), fmt, sys.stdout, shown=shown))
         return count, failed
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
         count = _print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
     if interrupted:
         raise interrupted[0]
     return count, failed
+
+
+def _same_file(path: str | Path) -> str:
+    """A key for a path that is the same for every spelling of one file (see files.real_path)."""
+    return str(real_path(Path(path)))
 
 
 def _previous_rows(options: RowOptions) -> list[tuple[str, object]] | None:
@@ -695,7 +702,8 @@ def overlay(
     previous = _previous_rows(rows) if skip_existing else None  # a resumed run completes its --output file
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
                      box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.method, normalize,
-                     rows.top_k, run.batch_size, run.threads(), rows_kept=None if previous is None else frozenset(p for p, _ in previous))
+                     rows.top_k, run.batch_size, run.threads(),
+                     rows_kept=None if previous is None else frozenset(_same_file(p) for p, _ in previous))
     spec, engine = _checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
@@ -717,8 +725,11 @@ def overlay(
             yield row
 
     with engine, _progress(run.quiet) as progress:
-        redo = {str(i.path) for i in work}
-        carried = None if previous is None else [item for path, item in previous if path not in redo]
+        # kept: the previous rows of this run's inputs that it does not redo, the last row of each (a deleted input's row,
+        # or a row no input names, goes); paths compared as files, whatever their spelling (relative, absolute, links)
+        redo, inputs = {_same_file(i.path) for i in work}, {_same_file(i.path) for i in images}
+        kept = {} if previous is None else {_same_file(p): item for p, item in previous}
+        carried = None if previous is None else [item for key, item in kept.items() if key in inputs and key not in redo]
         count, failed = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard, carried=carried)
     if report is not None:
         write_overlay_report(report, kept, count)

@@ -258,16 +258,19 @@ def read_manifest(folder: Path) -> dict[str, dict]:
     return _read_records(Path(folder) / MANIFEST_NAME)[0]
 
 
+_RECORD = re.compile(rb'^\{"name": .*$', re.MULTILINE)  # a line camcli wrote starts so: junk lines are skipped at C speed
+
+
 def _parse_records(data: bytes, files: dict[str, dict]) -> int:
-    """Add the whole records of ``data`` to ``files``; returns how many lines it held."""
-    lines = data.decode("utf-8", "replace").splitlines()
-    for line in lines:
+    """Add the whole records of ``data`` to ``files``, line by line (never a list of all lines);
+    returns how many lines it held."""
+    for match in _RECORD.finditer(data):
         try:
-            entry = json.loads(line)
+            entry = json.loads(match.group().decode("utf-8", "replace"))
             files[str(entry["name"])] = {"size": int(entry["size"]), "mtime_ns": int(entry["mtime_ns"])}
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # e.g. a size of 1e400
             continue
-    return len(lines)
+    return data.count(b"\n") + (not data.endswith(b"\n") and bool(data))
 
 
 def _read_records(path: Path, start: int = 0, files: dict[str, dict] | None = None) -> tuple[dict[str, dict], int, tuple, int]:
@@ -368,13 +371,17 @@ def compact_manifest(folder: Path) -> dict[str, dict]:
     with _APPEND_LOCK:
         fd = _locked_manifest(path)
         try:
-            files, _, _, _ = _read_records(path)  # again, under the lock: records appended meanwhile count
+            files, end, _, _ = _read_records(path)  # again, under the lock: records appended meanwhile count
+            recent: dict[str, dict] = {}  # the last records: a file is recorded just before it is renamed into place,
+            _parse_records(os.pread(fd, 4096, max(0, end - 4096)), recent)  # so it may not be there yet (a few in flight)
             live = {}
             for name, entry in files.items():
                 with contextlib.suppress(OSError):
                     info = (Path(folder) / name).lstat()
                     if stat.S_ISREG(info.st_mode) and {"size": info.st_size, "mtime_ns": info.st_mtime_ns} == entry:
                         live[name] = entry
+                if name not in live and recent.get(name) == entry and not (Path(folder) / name).exists():
+                    live[name] = entry
             atomic_write(path, "".join(json.dumps({"name": n, **e}) + "\n" for n, e in live.items()))
         finally:
             os.close(fd)
@@ -456,10 +463,17 @@ class OutputGuard:
         if os.path.lexists(path) and not self.overwrite and not self.is_ours(path):
             raise CamcliError(f"{path} exists and was not written by camcli; {self.remedy}")
 
-    def recorder(self, path: Path) -> Callable[[os.stat_result], None]:
+    def recorder(self, path: Path, recheck: bool = False) -> Callable[[os.stat_result], None]:
         """A ``before_rename`` hook (see files.atomic_open) that records ``path`` in its folder's
-        manifest before the finished file is renamed into place (safe from writer threads)."""
-        return lambda info: self.record(path, info)
+        manifest before the finished file is renamed into place (safe from writer threads).
+        ``recheck``: first check again that whatever is at ``path`` now may be replaced (a long job
+        whose folder others may write into meanwhile, e.g. train's run folder)."""
+        def hook(info: os.stat_result) -> None:
+            if recheck:
+                self.check(path)
+            self.record(path, info)
+
+        return hook
 
     def record(self, path: Path, info: os.stat_result) -> None:
         """Note a file camcli wrote in the folder's manifest, at once."""

@@ -241,7 +241,7 @@ class OverlayJob:
         todo = list(range(len(images)))
         if self.skip_existing:
             kept = self.rows_kept
-            todo = [k for k in todo if not (names.finished(k) and (kept is None or str(images[k].path) in kept))]
+            todo = [k for k in todo if not (names.finished(k) and (kept is None or str(real_path(images[k].path)) in kept))]
             if notify and len(todo) < len(images):
                 notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (`skip_existing`)")
         plan = OverlayPlan(method, threshold, chosen, maps_k, names.subset(todo, guard))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}
@@ -43,17 +43,22 @@ CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "erro
 
 def csv_cell(text: str) -> str:
     """Text from outside (paths, labels) for a CSV cell: a leading ``'`` where a spreadsheet
-    would take the cell for a formula (OWASP's CSV-injection rule: = + - @ tab CR)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    would take the cell for a formula (OWASP's CSV-injection rule: = + - @ tab CR), and before a
+    leading ``'`` too, so that the quote can be taken off again without doubt (:func:`_uncell`)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r", "'") else text
 
 
-def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = None) -> int:
+def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = None,
+               shown: Callable[[str], str] | None = None) -> int:
     """Write rows to a text stream as csv, json or jsonl; returns how many were written.
 
     jsonl and csv stream (flushed per row); json needs every row and writes at the end.
-    ``carried``: a previous results file's rows to keep, written first (see :func:`carried_rows`).
+    ``carried``: a previous results file's rows to keep, written first (see :func:`previous_rows`).
+    ``shown``: applied to csv's text cells (a terminal's: control characters escaped; JSON
+    escapes them itself).
     """
     count = 0
+    cell = csv_cell if shown is None else (lambda text: shown(csv_cell(text)))
     carried = carried or []
     if fmt == "json":
         everything = carried + list(rows)
@@ -71,11 +76,11 @@ def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = No
             box = row.get("box")
             for rank, p in enumerate(row["predictions"], start=1):
                 writer.writerow([
-                    csv_cell(row["path"]), rank, csv_cell(p["label"]), p["index"], f"{p['prob']:.6g}",
-                    csv_cell(";".join(row.get("outputs", []))), " ".join(map(str, box)) if box else "", "",
+                    cell(row["path"]), rank, cell(p["label"]), p["index"], f"{p['prob']:.6g}",
+                    cell(";".join(row.get("outputs", []))), " ".join(map(str, box)) if box else "", "",
                 ])
             if "error" in row:
-                writer.writerow([csv_cell(row["path"]), "", "", "", "", "", "", csv_cell(row["error"])])
+                writer.writerow([cell(row["path"]), "", "", "", "", "", "", cell(row["error"])])
         elif fmt == "jsonl":
             stream.write(json.dumps(row) + "\n")
         else:
@@ -109,8 +114,9 @@ def previous_rows(text: str, fmt: str) -> list[tuple[str, object]]:
 
 
 def _uncell(cell: str) -> str:
-    """A path as it was before :func:`csv_cell` (an added quote before a formula character)."""
-    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") else cell
+    """A path as it was before :func:`csv_cell` (which quotes every cell that starts with a formula
+    character or a quote)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r", "'") else cell
 
 
 def table_cells(row: dict, overlay: bool) -> tuple[list[str], bool]:

@@ -232,7 +232,8 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
     # step that removes it (a file written there since the start is kept, and stops the run)
     for name in RUN_FILES:
         remove_if_ours(run_dir / name, guard)
-    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False), guard.recorder(run_dir / "config.yaml"))
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False),
+                 guard.recorder(run_dir / "config.yaml", recheck=True))
     history: list[dict] = []
     best: dict | None = None
     for epoch in range(1, config.epochs + 1):
@@ -249,13 +250,13 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
                                      preprocess, config.to_dict(), row, stored_backbone)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
             best, best_checkpoint = row, checkpoint
-            save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}", guard.recorder(run_dir / f"best{SUFFIX}"))
-        save_checkpoint(checkpoint, run_dir / f"last{SUFFIX}", guard.recorder(run_dir / f"last{SUFFIX}"))
-        _write_metrics(run_dir / "metrics.csv", history, guard.recorder(run_dir / "metrics.csv"))
+            save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}", guard.recorder(run_dir / f"best{SUFFIX}", recheck=True))
+        save_checkpoint(checkpoint, run_dir / f"last{SUFFIX}", guard.recorder(run_dir / f"last{SUFFIX}", recheck=True))
+        _write_metrics(run_dir / "metrics.csv", history, guard.recorder(run_dir / "metrics.csv", recheck=True))
         if on_epoch:
             on_epoch(row)
     _write_report(run_dir, best_checkpoint, backbone, preprocess, config, val_x, val_y, val_set, class_names, history,
-                  before_rename=guard.recorder(run_dir / "report.html"))
+                  before_rename=guard.recorder(run_dir / "report.html", recheck=True))
     return TrainResult(run_dir, history, best, class_names, len(train_set), len(val_set))
 
 

@@ -206,8 +206,9 @@ def test_a_large_manifest_is_read_once_and_compacted(sample_run, tmp_path, monke
     assert result.exit_code == 0, result.output
     assert len([r for r in result.stdout.splitlines() if r.strip()]) == 4  # the four deleted ones; 0.png's is there
     assert 0 < reads.count(0) <= 4  # compaction's two reads, the run's own, the folder walk's: never one per output
-    assert manifest.stat().st_size < 4096
-    assert sorted(files.read_manifest(folder)) == [f"{i}_cam.png" for i in range(5)]
+    assert manifest.stat().st_size < 8192  # the live records, and the last 4 KB's records of files not there (in flight)
+    live = {n for n in files.read_manifest(folder) if not n.startswith("gone")}
+    assert live == {f"{i}_cam.png" for i in range(5)} and len(files.read_manifest(folder)) < 100
 
 
 def test_a_hard_linked_manifest_is_copied_before_camcli_appends(sample_run, tmp_path):
