@@ -575,6 +575,27 @@ def test_a_file_written_into_the_run_folder_during_training_is_kept_and_stops_it
     assert not [p for p in out.iterdir() if p.name.endswith(".removing")]
 
 
+def test_a_run_file_a_user_writes_while_training_is_never_replaced(tmp_path, monkeypatch):
+    from camcli import train
+    from camcli.config import resolve_train_config
+
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    out = tmp_path / "run"
+    config = resolve_train_config(data=str(data), arch="resnet18", weights="none", img_size=32, epochs=2, out=str(out),
+                                  workers=0)
+    real = train.train_one_epoch
+
+    def user_writes_during_the_first_epoch(*args):
+        if not (out / "last.safetensors").exists():
+            (out / "last.safetensors").write_text("the user's own file")
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_one_epoch", user_writes_during_the_first_epoch)
+    with pytest.raises(CamcliError, match="last.safetensors exists and was not written by camcli"):
+        train.fit(config)
+    assert (out / "last.safetensors").read_text() == "the user's own file"
+
+
 def test_two_trains_into_one_folder_at_once_are_refused(tmp_path):
     from camcli import train
     from camcli.config import resolve_train_config

@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,112 @@ def test_a_hard_linked_manifest_is_copied_before_camcli_appends(sample_run, tmp_
     assert (out / "data" / files.MANIFEST_NAME).read_bytes() == before  # the other link kept its content
     assert (out / "data" / files.MANIFEST_NAME).stat().st_nlink == 1
     assert sorted(files.read_manifest(snapshot / "data")) == ["0_cam.png", "1_cam.png"]
+
+
+# ---------------------------------------------------------------- the hostile review of round three
+
+def test_expanded_views_in_pytorch_files_are_refused_before_any_copy(tmp_path):
+    from conftest import save_v1
+
+    head = torch.zeros(1).expand(5, 1 << 27)  # 3 KB on disk, 2.7 GB as a contiguous copy
+    v1 = tmp_path / "v1.pt"
+    torch.save(dict(_meta(stored=False), format_version=1, backbone={"reference": {"package": "x", "file": "y", "sha256": "z"}},
+                    head={"weight": head, "bias": torch.zeros(5)}), v1)
+    assert v1.stat().st_size < 10_000 and save_v1  # (save_v1 copies; torch.save keeps the view)
+    result, peak = run_measured("info", v1)
+    _refused(result, peak, "declares more elements than its storage holds")
+    weights = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.zeros(1, dtype=torch.float16).expand(1000, 512)}, weights)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"c{i}" for i in range(1000)))
+    result, peak = run_measured("predict", CAT, "--arch", "resnet18", "--weights", weights, "--classes", labels)
+    _refused(result, peak, "declares more elements than its storage holds")
+
+
+def test_zip_entry_counts_pickles_and_keys_are_bounded(tmp_path):
+    many = tmp_path / "many.pt"
+    with zipfile.ZipFile(many, "w", zipfile.ZIP_STORED) as z:
+        for i in range(30_000):
+            z.writestr(f"archive/data/{i}", b"")
+    result, peak = run_measured("info", many)
+    _refused(result, peak, "declares 30,000 entries")
+    pickle = tmp_path / "pickle.pt"
+    with zipfile.ZipFile(pickle, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02](" + b"}" * (9 << 20) + b"e.")
+    result, peak = run_measured("info", pickle)
+    _refused(result, peak, "its pickle is")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"c{i}" for i in range(1000)))
+    intkey = tmp_path / "intkey.pth"
+    torch.save({5: torch.zeros(1)}, intkey)
+    result, peak = run_measured("predict", CAT, "--arch", "resnet18", "--weights", intkey, "--classes", labels)
+    _refused(result, peak, "does not hold a state dict (a dict of tensors by name)")
+
+
+def test_safetensors_headers_bounded_in_arrays_and_dims(tmp_path):
+    meta = _meta(stored=False, config={"junk": [[] for _ in range(300_000)]})
+    path = _safetensors(tmp_path / "arrays.safetensors", meta, _head(), tail=bytes(40))
+    result, peak = run_measured("info", path)
+    _refused(result, peak, "opens more than")
+    huge = _safetensors(tmp_path / "dims.safetensors", _meta(stored=False),
+                        {"head.weight": ("F32", (0, 1 << 64), 0, 0), "head.bias": ("F32", (2,), 0, 8)}, tail=bytes(8))
+    for command in (["info", huge], ["predict", CAT, "--checkpoint", huge]):
+        result, peak = run_measured(*command)
+        _refused(result, peak, "is inconsistent")
+
+
+def test_a_resume_spelled_otherwise_and_rows_of_deleted_inputs(sample_run, tmp_path):
+    data = tmp_path / "data"
+    for i in range(4):
+        write_image(data / f"{i}.png", np.full((40, 48, 3), 50 * i, np.uint8))
+    rows, out = tmp_path / "rows.jsonl", tmp_path / "out"
+    first, _ = run_measured("overlay", "data", "--checkpoint", sample_run / "best.safetensors", "--out-dir", out, "--output", rows,
+                            cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (data / "3.png").unlink()  # an input gone
+    (out / "data" / "1_cam.png").unlink()  # an output gone: redone
+    again, _ = run_measured("overlay", data.resolve(), "--checkpoint", sample_run / "best.safetensors", "--out-dir", out,
+                            "--output", rows, "--skip-existing")  # the same folder, spelled as an absolute path
+    assert again.returncode == 0, again.stderr
+    names = [Path(json.loads(line)["path"]).name for line in rows.read_text().splitlines()]
+    assert sorted(names) == ["0.png", "1.png", "2.png"]
+
+
+def test_an_error_that_stops_a_run_still_writes_the_finished_rows(sample_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from camcli import jobs
+    from camcli.cli import app
+    from camcli.errors import CamcliError
+
+    data = tmp_path / "data"
+    for i in range(5):
+        write_image(data / f"{i}.png", np.full((40, 48, 3), 40 * i, np.uint8))
+    real, calls = jobs.write_overlays, []
+
+    def fails_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise CamcliError("the output folder went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "write_overlays", fails_third)
+    rows = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(app, ["overlay", str(data), "--checkpoint", str(sample_run / "best.safetensors"), "--out-dir",
+                                      str(tmp_path / "o"), "--output", str(rows), "--batch-size", "1", "--workers", "0"])
+    assert result.exit_code == 2 and "the output folder went away" in result.stderr
+    assert [Path(json.loads(line)["path"]).name for line in rows.read_text().splitlines()] == ["0.png", "1.png"]
+
+
+def test_csv_quotes_round_trip_and_a_terminal_sees_no_escape_sequence(sample_run, tmp_path):
+    from camcli.results import csv_cell, previous_rows
+
+    for name in ("=1+1.jpg", "'=1+1.jpg", "'plain.jpg", "plain.jpg"):
+        text = "path,rank,label,index,prob,outputs,box,error\r\n" + f"{csv_cell(name)},1,a,0,1,,,\r\n"
+        assert previous_rows(text, "csv")[0][0] == name
+    assert csv_cell("=1+1.jpg") != csv_cell("'=1+1.jpg")
+    image = write_image(tmp_path / "\x1b]0;PWNED\x07x.png", np.full((32, 32, 3), 90, np.uint8))
+    from test_cli import _on_a_terminal
+
+    code, terminal = _on_a_terminal(["predict", image, "--checkpoint", sample_run / "best.safetensors", "--format", "csv", "-q"])
+    assert code == 0 and b"\x1b]0;PWNED" not in terminal and b"\\x1b]0;PWNED" in terminal
