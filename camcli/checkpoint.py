@@ -180,6 +180,8 @@ def _tensor_entries(header: dict, path: Path, data_bytes: int, stored: bool) -> 
     """name -> (dtype name, shape, start, end) of each tensor a format-2 header declares, checked:
     a name camcli writes, a known dtype, a size that matches the shape, inside the file, no overlap."""
     entries: dict[str, tuple] = {}
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+        raise CamcliError(f"{path} is not a camcli checkpoint: its header declares more than {MAX_TENSORS:,} tensors")
     for name, entry in header.items():
         if name == "__metadata__":
             continue

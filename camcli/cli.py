@@ -728,8 +728,8 @@ def overlay(
         # kept: the previous rows of this run's inputs that it does not redo, the last row of each (a deleted input's row,
         # or a row no input names, goes); paths compared as files, whatever their spelling (relative, absolute, links)
         redo, inputs = {_same_file(i.path) for i in work}, {_same_file(i.path) for i in images}
-        kept = {} if previous is None else {_same_file(p): item for p, item in previous}
-        carried = None if previous is None else [item for key, item in kept.items() if key in inputs and key not in redo]
+        by_file = {} if previous is None else {_same_file(p): item for p, item in previous}
+        carried = None if previous is None else [item for key, item in by_file.items() if key in inputs and key not in redo]
         count, failed = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard, carried=carried)
     if report is not None:
         write_overlay_report(report, kept, count)

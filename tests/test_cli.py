@@ -552,7 +552,7 @@ def test_help_shows_defaults_and_box_format_from_the_code():
     ("predict", ["--device", "gpu"], "'gpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
     ("predict", ["--backend", "tensorrt"], "'tensorrt' is not one of 'auto', 'torch', 'onnxruntime'"),
     ("predict", ["--resize", "crop"], "'crop' is not one of 'squash', 'keep-aspect'"),
-    ("predict", ["--method", "scorecam"], "'scorecam' is not one of 'auto', 'cam', 'gradcam', 'gradcam++', 'layercam'"),
+    ("predict", ["--method", "fullgrad"], "'fullgrad' is not one of 'auto', 'cam', 'gradcam', 'gradcam++', 'layercam'"),
     ("predict", ["--engine", "spark"], "'spark' is not one of 'local', 'ray'"),
     ("overlay", ["--normalize", "log"], "'log' is not one of 'shared', 'relu', 'minmax'"),
     ("overlay", ["--alpha", "2"], "--alpha must be between 0 and 1"),

@@ -97,6 +97,11 @@ def test_a_million_empty_tensors_are_refused_before_they_become_objects(tmp_path
     entries = {f"backbone.t{i}": ("F32", (0,), 40, 40) for i in range(1_000_000)}
     path = _safetensors(tmp_path / "many.safetensors", _meta(), {**_head(), **entries}, tail=bytes(40))
     result, peak = run_measured("info", path)
+    # refused by the first bound it meets: 180,000 JSON objects and arrays (2 a tensor), before the parse reaches 20,000 tensors
+    _refused(result, peak, "its header opens more than 180,000 JSON objects and arrays")
+    fewer = {f"backbone.t{i}": ("F32", (0,), 40, 40) for i in range(25_000)}  # under that bound: the tensor count refuses it
+    path = _safetensors(tmp_path / "fewer.safetensors", _meta(), {**_head(), **fewer}, tail=bytes(40))
+    result, peak = run_measured("info", path)
     _refused(result, peak, "more than 20,000 tensors")
 
 

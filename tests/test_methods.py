@@ -178,8 +178,8 @@ def test_method_on_the_command_line_and_in_rows(sample_run, tmp_path):
     assert raw.min() >= 0 and np.allclose(normalize_maps(raw), normalize_maps(np.maximum(cam_raw, 0)), atol=1e-5)
     boxes = runner.invoke(app, ["predict", str(image), "--checkpoint", str(ckpt), "--boxes", "--method", "layercam", "--format", "json"])
     assert boxes.exit_code == 0 and json.loads(boxes.stdout)[0]["method"] == "layercam"
-    bad = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--method", "scorecam"])
-    assert bad.exit_code == 2 and "'scorecam' is not one of 'auto', 'cam', 'gradcam', 'gradcam++', 'layercam'" in bad.stderr
+    bad = runner.invoke(app, ["overlay", str(image), "--checkpoint", str(ckpt), "--method", "fullgrad"])
+    assert bad.exit_code == 2 and "'fullgrad' is not one of 'auto', 'cam', 'gradcam', 'gradcam++', 'layercam'" in bad.stderr
 
 
 def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_train(tmp_path):
