@@ -85,7 +85,7 @@ def class_maps(features: np.ndarray, weight: np.ndarray, classes: np.ndarray | N
 
 
 
-def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
+def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str, eigen_smooth: bool = False) -> np.ndarray:
     """A gradient-weighted class map of one image, by the registered ``method`` (see
     :mod:`camcli.methods`): ``gradcam``, ``gradcam++``, ``layercam``, ``hirescam``, ``xgradcam``,
     ``eigencam`` or ``eigengradcam``.
@@ -93,6 +93,8 @@ def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.
     Args:
         activations: (C, h, w) feature maps A of the target layer.
         grads: (C, h, w) gradients of the class score (the logit) with respect to A.
+        eigen_smooth: combine the method's per-channel terms by their first principal component
+            (see :func:`combine`) instead of their sum (pytorch-grad-cam's ``eigen_smooth``).
 
     Returns:
         (h, w) float map, ReLU applied (normalize with :func:`normalize_maps` to show it).
@@ -100,41 +102,68 @@ def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str) -> np.
     entry = methods.get(method)
     if not entry.gradients:
         raise ValueError(f"method must be one of {', '.join(methods.gradient_methods())} here, got {method!r}")
-    return globals()[entry.function](activations, grads)
+    if method in ("eigencam", "eigengradcam"):  # already a principal component
+        return globals()[entry.function](activations, grads)
+    return combine(_TERMS[method](activations, grads), eigen_smooth)
+
+
+def combine(terms: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+    """A map from a method's (C, h, w) per-channel terms (e.g. w_k A_k): their sum over channels,
+    or with ``eigen_smooth`` their first principal component (:func:`first_component`); then ReLU."""
+    return np.maximum(first_component(terms) if eigen_smooth else terms.sum(axis=0), 0)
+
+
+def _gradcam_terms(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    return grads.mean(axis=(1, 2))[:, None, None] * activations
+
+
+def _gradcampp_terms(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    g2 = grads * grads
+    sums = activations.sum(axis=(1, 2), keepdims=True)
+    alpha = np.where(grads != 0, g2 / (2 * g2 + sums * g2 * grads + 1e-6), 0)
+    return (np.maximum(grads, 0) * alpha).sum(axis=(1, 2))[:, None, None] * activations
+
+
+def _xgradcam_terms(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    weights = (grads * activations).sum(axis=(1, 2)) / (activations.sum(axis=(1, 2)) + 1e-7)
+    return weights[:, None, None] * activations
+
+
+_TERMS = {
+    "gradcam": _gradcam_terms,
+    "gradcam++": _gradcampp_terms,
+    "layercam": lambda a, g: np.maximum(g, 0) * a,
+    "hirescam": lambda a, g: g * a,
+    "xgradcam": _xgradcam_terms,
+}
 
 
 def gradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017): channel weights = mean gradient; ReLU of the weighted sum."""
-    weights = grads.mean(axis=(1, 2))
-    return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+    return combine(_gradcam_terms(activations, grads))
 
 
 def gradcampp_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): alpha = g^2 / (2 g^2 + sum(A) g^3),
     weights = sum of alpha * ReLU(g); ReLU of the weighted sum."""
-    g2 = grads * grads
-    sums = activations.sum(axis=(1, 2), keepdims=True)
-    alpha = np.where(grads != 0, g2 / (2 * g2 + sums * g2 * grads + 1e-6), 0)
-    weights = (np.maximum(grads, 0) * alpha).sum(axis=(1, 2))
-    return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+    return combine(_gradcampp_terms(activations, grads))
 
 
 def layercam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """LayerCAM (Jiang et al. 2021): ReLU(g) * A summed over channels, then ReLU."""
-    return np.maximum((np.maximum(grads, 0) * activations).sum(axis=0), 0)
+    return combine(_TERMS["layercam"](activations, grads))
 
 
 def hirescam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """HiResCAM (Draelos & Carin 2020): the element-wise product g * A summed over channels, then ReLU
     (no spatial averaging of the gradients, so the map is the class score's own decomposition)."""
-    return np.maximum((grads * activations).sum(axis=0), 0)
+    return combine(_TERMS["hirescam"](activations, grads))
 
 
 def xgradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """XGrad-CAM (Fu et al. 2020): channel weights = sum(g * A) / (sum(A) + 1e-7) over the grid;
     ReLU of the weighted sum (pytorch-grad-cam's definition, its epsilon included)."""
-    weights = (grads * activations).sum(axis=(1, 2)) / (activations.sum(axis=(1, 2)) + 1e-7)
-    return np.maximum(np.tensordot(weights, activations, axes=1), 0)
+    return combine(_xgradcam_terms(activations, grads))
 
 
 def first_component(values: np.ndarray) -> np.ndarray:
@@ -210,15 +239,16 @@ def scorecam_masks(activations: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return ((up - low) / (high - low + 1e-8)).astype(np.float32)
 
 
-def scorecam_map(activations: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def scorecam_map(activations: np.ndarray, scores: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """Score-CAM: channel weights = softmax over channels of the class score (the logit) of the
-    input masked by each channel (``scores``: (C,)); ReLU of the weighted sum of ``activations``."""
+    input masked by each channel (``scores``: (C,)); ReLU of the weighted sum of ``activations``
+    (``eigen_smooth``: see :func:`combine`)."""
     z = scores.astype(np.float64) - scores.max()
     weights = np.exp(z) / np.exp(z).sum()
-    return np.maximum(np.tensordot(weights, activations.astype(np.float64), axes=1), 0).astype(np.float32)
+    return combine(weights[:, None, None] * activations.astype(np.float64), eigen_smooth).astype(np.float32)
 
 
-def ablationcam_map(activations: np.ndarray, weight_c: np.ndarray, logit: float) -> np.ndarray:
+def ablationcam_map(activations: np.ndarray, weight_c: np.ndarray, logit: float, eigen_smooth: bool = False) -> np.ndarray:
     """Ablation-CAM (Desai & Ramaswamy 2020) of a GAP + linear head, in closed form.
 
     Channel weights are (y - y_k) / y, y the class logit and y_k the logit with channel k
@@ -239,7 +269,7 @@ def ablationcam_map(activations: np.ndarray, weight_c: np.ndarray, logit: float)
     drops = weight_c.astype(np.float64) * (acts.mean(axis=(1, 2)) - ablated)
     with np.errstate(divide="ignore", invalid="ignore"):
         weights = drops / logit
-    return np.maximum(np.tensordot(np.nan_to_num(weights), acts, axes=1), 0).astype(np.float32)
+    return combine(np.nan_to_num(weights)[:, None, None] * acts, eigen_smooth).astype(np.float32)
 
 
 def head_gradients(weight: np.ndarray, c: int, shape: tuple[int, int, int]) -> np.ndarray:

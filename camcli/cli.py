@@ -333,6 +333,13 @@ class MapOptions:
     cam_scales: Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of "
         "normalized maps).")] = None
     method: Annotated[Literal[(methods.AUTO, *methods.NAMES)], typer.Option(help=methods.help_text())] = methods.AUTO
+    aug_smooth: Annotated[bool, typer.Option("--aug-smooth", help="Average the maps of the input flipped or not, times 0.9, "
+        "1 and 1.1 (pytorch-grad-cam's aug_smooth: 6 forward passes).")] = False
+    eigen_smooth: Annotated[bool, typer.Option("--eigen-smooth", help="Combine each method's per-channel terms by their first "
+        "principal component instead of their sum (pytorch-grad-cam's eigen_smooth).")] = False
+
+    def smooth(self) -> tuple[str, ...]:
+        return tuple(name for name, on in (("aug", self.aug_smooth), ("eigen", self.eigen_smooth)) if on)
 
     def sizes(self) -> list[int]:
         if self.cam_size is not None and self.cam_scales is not None:
@@ -639,7 +646,8 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import PredictJob
 
-    job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.method, run.batch_size, run.threads())
+    job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.method, run.batch_size, run.threads(),
+                     smooth=mapping.smooth())
     spec, engine = _checked(model, job), run.make_engine()
     guard = _guard_output(rows.output, [*inputs, model.checkpoint], overwrite)
     walk = iter_images(inputs, exclude=run.exclude or ())
@@ -703,7 +711,7 @@ def overlay(
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
                      box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.method, normalize,
                      rows.top_k, run.batch_size, run.threads(),
-                     rows_kept=None if previous is None else frozenset(_same_file(p) for p, _ in previous))
+                     rows_kept=None if previous is None else frozenset(_same_file(p) for p, _ in previous), smooth=mapping.smooth())
     spec, engine = _checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
@@ -781,7 +789,7 @@ def evaluate(
     unmatched: list[str] = []
     truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
     job = EvaluateJob(data, truth, model.checkpoint, box_threshold, mapping.sizes(), calibrate, out, run.exclude or (),
-                      mapping.method, run.batch_size, run.threads(), faithfulness)
+                      mapping.method, run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth())
     spec, engine = _checked(model, job), run.make_engine()
     if unmatched and not run.quiet:
         _say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "

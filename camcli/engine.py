@@ -47,6 +47,7 @@ class Batch:
     inputs: list[np.ndarray] | None = None  # the preprocessed (3, H, W) inputs (perturbation methods score them)
 
 
+SMOOTHING = ("aug", "eigen")  # batch_maps' smooth options (pytorch-grad-cam's aug_smooth and eigen_smooth)
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatever the job's size
 
 
@@ -172,9 +173,10 @@ class Model:
         raise NotImplementedError
 
     def _maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) raw maps of ``classes`` (B, J) from :meth:`forward`'s middle value
-        (``inputs``: the images' model inputs, which perturbation methods score)."""
+        (``inputs``: the images' model inputs, which perturbation methods score; ``eigen_smooth``:
+        see :func:`camcli.cam.combine`)."""
         raise NotImplementedError
 
     def batches(
@@ -209,7 +211,7 @@ class Model:
             yield Batch(positions, logits, feats, sizes, originals, failures, tensors)
 
     def batch_maps(
-        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto"
+        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto", smooth: Sequence[str] = ()
     ) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
 
@@ -223,23 +225,38 @@ class Model:
                 the gradients of a GAP + linear head are exact and need no backward pass, see
                 :func:`camcli.cam.head_gradients`).
 
+            smooth: ``eigen`` (each method's per-channel terms combined by their first principal
+                component, see :func:`camcli.cam.combine`) and/or ``aug`` (test-time augmentation
+                as pytorch-grad-cam's ``aug_smooth``: the input flipped or not, times 0.9, 1 and
+                1.1; the six maps, flipped back and min-max normalized, averaged).
+
         Returns:
             per image a float32 (J, h, w) array. From the ranking pass or one cam size: the raw
-            maps. From several cam sizes: the mean of the min-max normalized maps, each
-            upsampled to the largest one's resolution.
+            maps (with ``aug``: their normalized mean). From several cam sizes: the mean of the
+            min-max normalized maps, each upsampled to the largest one's resolution.
         """
         classes = np.asarray(classes, dtype=np.int64)
         method = self.resolve_method(method)
-        if not cam_sizes:
-            return self._maps(batch.features, batch.sizes, classes, method, batch.inputs)
-        if any(o is None for o in batch.originals):
+        unknown = set(smooth) - set(SMOOTHING)
+        if unknown:
+            raise CamcliError(f"`smooth` takes {', '.join(SMOOTHING)}, got {', '.join(sorted(unknown))}")
+        eigen, aug = "eigen" in smooth, "aug" in smooth
+        if not cam_sizes and not aug:
+            return self._maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen)
+        if cam_sizes and any(o is None for o in batch.originals):
             raise ValueError("cam_sizes needs batches made with keep_images=True")
         per_scale = []
-        for size in cam_sizes:
-            pre = replace(self.preprocess, img_size=size)
-            inputs = [pre(o) for o in batch.originals]
+        for size in cam_sizes or [None]:
+            if size is None:
+                inputs = batch.inputs
+            else:
+                pre = replace(self.preprocess, img_size=size)
+                inputs = [pre(o) for o in batch.originals]
+            if aug:
+                per_scale.append(self._augmented_maps(inputs, classes, method, eigen))
+                continue
             _, feats, sizes = self.forward(inputs)
-            per_scale.append(self._maps(feats, sizes, classes, method, inputs))
+            per_scale.append(self._maps(feats, sizes, classes, method, inputs, eigen))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
@@ -248,6 +265,19 @@ class Model:
             w = max(m.shape[-1] for m in maps)
             fused.append(np.mean([cam.upsample_to(cam.normalize_maps(m), (h, w)) for m in maps], axis=0))
         return fused
+
+    def _augmented_maps(self, inputs: list[np.ndarray], classes: np.ndarray, method: str, eigen: bool) -> list[np.ndarray]:
+        """pytorch-grad-cam's ``aug_smooth``: the mean of the normalized maps of the inputs flipped
+        or not (horizontally) times 0.9, 1 and 1.1, each flipped back."""
+        total: list[np.ndarray] | None = None
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                augmented = [np.ascontiguousarray((x[:, :, ::-1] if flip else x) * np.float32(factor)) for x in inputs]
+                _, feats, sizes = self.forward(augmented)
+                maps = self._maps(feats, sizes, classes, method, augmented, eigen)
+                maps = [cam.normalize_maps(m[..., ::-1] if flip else m) for m in maps]
+                total = maps if total is None else [t + m for t, m in zip(total, maps)]
+        return [(t / 6).astype(np.float32) for t in total]
 
     def class_index(self, name: str) -> int:
         """Index of a class name; raises CamcliError listing close names when absent."""
@@ -290,15 +320,16 @@ class Model:
 
     def maps(
         self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = BATCH_SIZE, method: str = "auto",
-        progress: bool = False,
+        progress: bool = False, smooth: Sequence[str] = (),
     ) -> np.ndarray:
         """Raw class activation maps (before normalization) at feature resolution.
 
         Args:
             images: paths or RGB uint8 (H, W, 3) arrays.
             classes: class indices to map (the same for every image); None maps all K.
-            method: ``auto``, ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` (see :meth:`batch_maps`).
+            method: ``auto`` or a registered method (see :mod:`camcli.methods`, :meth:`batch_maps`).
             progress: show a tqdm progress bar (a widget in notebooks).
+            smooth: ``aug`` and/or ``eigen`` (see :meth:`batch_maps`).
 
         Returns:
             float32 array (N, K or len(classes), h, w).
@@ -314,7 +345,7 @@ class Model:
             if batch.failures:
                 raise CamcliError(batch.failures[0][1])
             every = np.arange(self.num_classes) if chosen is None else chosen
-            out += self.batch_maps(batch, np.broadcast_to(every, (len(batch.positions), len(every))), method=method)
+            out += self.batch_maps(batch, np.broadcast_to(every, (len(batch.positions), len(every))), method=method, smooth=smooth)
         if len({m.shape for m in out}) > 1:
             raise CamcliError(
                 "keep-aspect maps of differently shaped images cannot form one array: "
@@ -389,22 +420,25 @@ class CamModel(Model):
             return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
     def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
         if methods.get(method).perturbation:
-            return self._perturbation_maps(feats, sizes, classes, method, inputs)
+            return self._perturbation_maps(feats, sizes, classes, method, inputs, eigen_smooth)
         if not methods.get(method).gradients:
-            return _crop(cam.class_maps(feats, self.weight, classes), sizes)
+            if not eigen_smooth:
+                return _crop(cam.class_maps(feats, self.weight, classes), sizes)
+            return [np.stack([cam.combine(self.weight[int(c)][:, None, None] * feats[i, :, :h, :w], True) for c in classes[i]])
+                    .astype(np.float32) for i, (h, w) in enumerate(sizes)]
         out = []
         for i, (h, w) in enumerate(sizes):
             acts = feats[i, :, :h, :w]
-            out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method)
+            out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method, eigen_smooth)
                                  for c in classes[i]]).astype(np.float32))
         return out
 
 
     def _perturbation_maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-                           inputs: list[np.ndarray] | None) -> list[np.ndarray]:
+                           inputs: list[np.ndarray] | None, eigen_smooth: bool = False) -> list[np.ndarray]:
         """Score-CAM (the input masked by each channel, scored in chunks through :meth:`forward`, so
         on ONNX Runtime or PyTorch) and Ablation-CAM (closed form through the head, see
         :func:`camcli.cam.ablationcam_map`)."""
@@ -413,7 +447,8 @@ class CamModel(Model):
             acts = feats[i, :, :h, :w]
             if method == "ablationcam":
                 logits = cam.pooled_logits(acts[None], self.weight, self.bias, [(h, w)])[0]
-                out.append(np.stack([cam.ablationcam_map(acts, self.weight[int(c)], float(logits[int(c)])) for c in classes[i]]))
+                out.append(np.stack([cam.ablationcam_map(acts, self.weight[int(c)], float(logits[int(c)]), eigen_smooth)
+                                     for c in classes[i]]))
                 continue
             if inputs is None:
                 raise ValueError("scorecam needs the batch's inputs (Batch.inputs)")
@@ -422,7 +457,7 @@ class CamModel(Model):
             scores = np.concatenate([
                 self.forward(list(x[None] * masks[k : k + SCORECAM_CHUNK, None]), maps=False)[0][:, classes[i]]
                 for k in range(0, len(masks), SCORECAM_CHUNK)])  # (C, J) class logits of the masked inputs
-            out.append(np.stack([cam.scorecam_map(acts, scores[:, j]) for j in range(classes.shape[1])]))
+            out.append(np.stack([cam.scorecam_map(acts, scores[:, j], eigen_smooth) for j in range(classes.shape[1])]))
         return out
 
 

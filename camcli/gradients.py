@@ -197,7 +197,7 @@ class GradModel(Model):
                           f"layer before the head ({self.listing})")
 
     def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
         if not methods.get(method).gradients:
             raise ValueError(f"not a gradient method: {method!r}")
         if any(not g.leaf.requires_grad for g in graph.groups):
@@ -219,7 +219,7 @@ class GradModel(Model):
                     grad = torch.zeros_like(group.leaf)
                 grads = self._grid(grad, group.input_hw).float().cpu().numpy()
                 for (k, i) in members:
-                    out[i].append(cam.gradient_map(group.acts[k], grads[k], method))
+                    out[i].append(cam.gradient_map(group.acts[k], grads[k], method, eigen_smooth))
         return [np.stack(maps).astype(np.float32) for maps in out]
 
 

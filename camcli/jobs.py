@@ -41,7 +41,7 @@ from camcli.defaults import (
     PAPER_THRESHOLD,
     TOP_K,
 )
-from camcli.engine import Model, extract_features, image_batches
+from camcli.engine import SMOOTHING, Model, extract_features, image_batches
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally
@@ -72,6 +72,9 @@ def check_common(job) -> None:
         raise CamcliError(f"`cam_sizes` must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {', '.join(map(str, sizes))}")
     if job.method != methods.AUTO:
         methods.get(job.method)
+    unknown = set(getattr(job, "smooth", ())) - set(SMOOTHING)
+    if unknown:
+        raise CamcliError(f"`smooth` takes {', '.join(SMOOTHING)}, got {', '.join(sorted(unknown))}")
 
 
 def box_threshold_for(model: Model, threshold: float | None) -> float:
@@ -109,6 +112,7 @@ class PredictJob:
     batch_size: int = BATCH_SIZE
     workers: int = 0
     chunk_size: int = 1024
+    smooth: Sequence[str] = ()
     stage: ClassVar[str] = "predict"
 
     def validate(self) -> None:
@@ -133,12 +137,12 @@ class PredictJob:
                         for pos, preds in zip(batch.positions, model.rank(batch.logits, self.top_k))}
                 if self.boxes and batch.positions:
                     top1 = batch.logits.argmax(axis=1)[:, None]
-                    maps = model.batch_maps(batch, top1, self.cam_sizes, self.method)
+                    maps = model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth)
                     for b, (pos, cam_map) in enumerate(zip(batch.positions, maps)):
                         heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
                         rows[pos].update(box=largest_component_box(heat, self.box_threshold),
                                          box_label=model.class_names[int(top1[b, 0])], box_threshold=self.box_threshold,
-                                         method=self.method)
+                                         method=self.method, **({"smooth": list(self.smooth)} if self.smooth else {}))
                 rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
                 yield from (rows[pos] for pos in sorted(rows))
 
@@ -206,6 +210,7 @@ class OverlayJob:
     workers: int = 0
     writers: int = 2
     rows_kept: frozenset[str] | None = None
+    smooth: Sequence[str] = ()
     plan: OverlayPlan | None = None
     stage: ClassVar[str] = "overlay"
 
@@ -285,7 +290,7 @@ class OverlayJob:
                         else:
                             classes = np.array([plan.chosen or [int(row.argmax())] for row in batch.logits], np.int64)
                         probs, ranked = softmax(batch.logits), model.rank(batch.logits, self.top_k)
-                        maps = model.batch_maps(batch, classes, self.cam_sizes, plan.method)
+                        maps = model.batch_maps(batch, classes, self.cam_sizes, plan.method, self.smooth)
                     entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
                     entries.update({pos: (None, why) for pos, why in batch.failures})
                     for pos in sorted(entries):
@@ -299,7 +304,8 @@ class OverlayJob:
                         future = pool.submit(write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names,
                                              paths, self, plan.threshold, guard.recorder, plan.method)
                         row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]],
-                               "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize}
+                               "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize,
+                               **({"smooth": list(self.smooth)} if self.smooth else {})}
                         pending.append((row, future))
                     while len(pending) > self.batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
                         yield finish_oldest()
@@ -351,6 +357,7 @@ class EvaluateJob:
     workers: int = 0
     faithfulness: bool = False
     labeled: bool = True
+    smooth: Sequence[str] = ()
     run_dir: Path | None = field(default=None, repr=False)
     guard: OutputGuard | None = field(default=None, repr=False)
     stage: ClassVar[str] = "evaluate"
@@ -421,12 +428,12 @@ class EvaluateJob:
             if self.faithfulness and batch.positions:
                 top1 = np.array([[c] for c in predicted], np.int64)
                 probs = softmax(batch.logits)
-                for b, cam_map in enumerate(model.batch_maps(batch, top1, self.cam_sizes, self.method)):
+                for b, cam_map in enumerate(model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth)):
                     c = predicted[b]
                     faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
                               lambda xs, c=c: softmax(model.forward(list(xs), maps=False)[0])[:, c])
             if boxes:
-                maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), self.cam_sizes, self.method)
+                maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), self.cam_sizes, self.method, self.smooth)
                 for b, pos in enumerate(batch.positions):
                     rel = samples[pos][0].relative_to(self.data).as_posix()
                     if rel not in boxes:
@@ -450,7 +457,8 @@ class EvaluateJob:
             result["faithfulness"] = {**faith.result(), "method": self.method}
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
                               "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
-                              "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes)}
+                              "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes),
+                              **({"smooth": list(self.smooth)} if self.smooth else {})}
         metrics_file, *others = self._outputs(self.run_dir)
         atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
         if self.boxes:

@@ -25,15 +25,15 @@ def resnet():
     return model, ours, x
 
 
-def _our_maps(ours, x, classes, method):
+def _our_maps(ours, x, classes, method, smooth=()):
     logits, feats, sizes = ours.forward(list(x.numpy()))
     from camcli.engine import Batch
 
     batch = Batch(list(range(len(x))), logits, feats, sizes, [None] * len(x), [], list(x.numpy()))
-    return ours.batch_maps(batch, np.array([[c] for c in classes]), method=method)
+    return ours.batch_maps(batch, np.array([[c] for c in classes]), method=method, smooth=smooth)
 
 
-def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch=None) -> list[np.ndarray]:
+def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch=None, eigen_smooth=False) -> list[np.ndarray]:
     """pytorch-grad-cam's maps of ``method`` (N, H, W in [0, 1]); for the eigen methods, with the
     principal component's sign that camcli's documented rule picks (pytorch-grad-cam leaves it to the SVD):
     both signs are computed and the one whose projection agrees with the channel sum is kept."""
@@ -55,10 +55,14 @@ def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch
                 out[i] = -out[i]
         return out
 
-    if method.startswith("eigen"):
-        monkeypatch.setattr(module, "get_2d_projection", signed)
+    if method.startswith("eigen") or eigen_smooth:
+        import pytorch_grad_cam.base_cam as base
+
+        for patched in {module, base}:
+            if hasattr(patched, "get_2d_projection"):
+                monkeypatch.setattr(patched, "get_2d_projection", signed)
     with oracle_class(model=model, target_layers=[layer], reshape_transform=reshape) as oracle:
-        return oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+        return oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes], eigen_smooth=eigen_smooth)
 
 
 ALL_GRADIENT = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam", "eigengradcam"]
@@ -112,6 +116,31 @@ def test_perturbation_methods_refuse_other_heads_and_run_without_pytorch(sample_
     assert lean.returncode == 0, lean.stderr
     row = json.loads(lean.stdout)
     assert row["method"] == "ablationcam" and row["box"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"])
+def test_eigen_smooth_equals_pytorch_grad_cams(resnet, method, monkeypatch):
+    model, ours, x = resnet
+    classes = [1, 3]
+    expected = oracle_maps(method, model, model.layer4, x, classes, monkeypatch=monkeypatch, eigen_smooth=True)
+    plain = _our_maps(ours, x, classes, method)
+    for i, maps in enumerate(_our_maps(ours, x, classes, method, smooth=("eigen",))):
+        np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0]), (96, 128))), expected[i], atol=1e-4)
+        assert np.abs(normalize_maps(maps[0]) - normalize_maps(plain[i][0])).max() > 0.01  # smoothing changed the map
+
+
+def test_aug_smooth_is_the_mean_of_six_augmented_normalized_maps(resnet):
+    _, ours, x = resnet
+    classes = np.array([[2], [4]])
+    expected = [np.zeros_like(m) for m in _our_maps(ours, x, [2, 4], "gradcam")]
+    for flip in (False, True):
+        for factor in (0.9, 1.0, 1.1):  # pytorch-grad-cam's tta: HorizontalFlip x Multiply(0.9, 1, 1.1), written out
+            augmented = torch.flip(x, dims=[3]) * factor if flip else x * factor
+            for i, m in enumerate(_our_maps(ours, augmented, [2, 4], "gradcam")):
+                expected[i] += normalize_maps(m[:, :, ::-1] if flip else m) / 6
+    for i, maps in enumerate(_our_maps(ours, x, [2, 4], "gradcam", smooth=("aug",))):
+        np.testing.assert_allclose(maps, expected[i], atol=1e-5)
+    assert classes.shape == (2, 1)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "xgradcam"])
@@ -286,3 +315,26 @@ def test_relu_and_minmax_paint_each_map_on_its_own_scale(sample_run, tmp_path, n
         coldest = np.abs(colored - zero_heat).max(axis=2).min()
         assert hottest < 30, (normalize, path, hottest)  # the weak class too (it has some positive evidence here)
         assert coldest < 30, (normalize, path, coldest)  # and some pixel at (nearly) none
+
+
+def test_smoothing_on_the_command_line_is_recorded_in_rows_and_metrics(sample_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    image = str(Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg")
+    ckpt = str(sample_run / "best.safetensors")
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(app, ["predict", image, "--checkpoint", ckpt, "--boxes", "--format", "jsonl"]).stdout)
+    assert "smooth" not in plain  # the default rows stay as they were
+    smoothed = runner.invoke(app, ["predict", image, "--checkpoint", ckpt, "--boxes", "--format", "jsonl", "--aug-smooth",
+                                   "--eigen-smooth", "--method", "gradcam"])
+    assert smoothed.exit_code == 0, smoothed.output
+    row = json.loads(smoothed.stdout)
+    assert row["smooth"] == ["aug", "eigen"] and row["method"] == "gradcam" and row["box"]
+    evaluated = runner.invoke(app, ["evaluate", str(Path(image).parents[1]), "--checkpoint", ckpt, "--aug-smooth", "--format", "json",
+                                    "--out", str(tmp_path / "e")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["settings"]["smooth"] == ["aug"]
