@@ -142,7 +142,8 @@ def _report_errors(command: Callable) -> Callable:
 # translated, so a backticked word in a file or class name that is no parameter stays as it is
 _FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes": "--cam-size/--cam-scales"} | {
     name: "--" + name.replace("_", "-") for name in (
-        "alpha", "arch", "augment", "backend", "batch_size", "box_threshold", "boxes", "calibrate", "checkpoint", "classes",
+        "alpha", "arch", "aug_smooth", "augment", "backend", "batch_size", "box_threshold", "boxes", "calibrate", "checkpoint",
+        "classes", "eigen_smooth", "faithfulness",
         "colormap", "device", "engine", "exclude", "exist_ok", "img_size", "layer", "maps", "max_pixels", "method", "normalize",
         "out", "out_dir", "output", "overwrite", "ray_address", "ray_workers", "report", "resize", "skip_existing", "top_k",
         "val_split", "weights", "workers")}

@@ -14,6 +14,14 @@ model input, as torchcam does before its metrics (:func:`explanation`).
   steps of ceil(P / steps) positions, insertion restores them into the baseline; each score
   curve's area over the perturbed fraction, by the trapezoid rule, in [0, 1]. A faithful map
   gives a low deletion and a high insertion area.
+- ROAD (Rong et al. 2022, pytorch-grad-cam's ``ROADMostRelevantFirstAverage``,
+  ``ROADLeastRelevantFirstAverage`` and ``ROADCombined``): at each percentile p of 10..90, the
+  positions of the explanation at or above its p-th percentile (MoRF: the most relevant, ``1 -
+  explanation`` for LeRF) are removed and filled by noisy linear imputation (each removed value
+  the weighted mean of its 8 neighbours, a sparse linear system; noise 0.01, seeded); the score is
+  the change of the class's probability, averaged over the percentiles: ``road_morf`` (lower:
+  more faithful), ``road_lerf`` (higher), ``road_combined`` = (lerf - morf) / 2. It needs SciPy's
+  sparse solver, an extra: ``pip install 'camcli[faithfulness]'``.
 """
 
 from __future__ import annotations
@@ -24,8 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from camcli.cam import normalize_maps, upsample_to
+from camcli.errors import EnvironmentProblem
 
 STEPS = 20
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+ROAD_NOISE = 0.01
+# each removed value: the weighted mean of its neighbours (offset (row, column), weight), as ROAD's imputer
+NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6), ((-1, -1), 1 / 12),
+              ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) inputs -> (N,) probabilities of the class
 
@@ -86,6 +100,68 @@ def deletion_insertion(x: np.ndarray, saliency: np.ndarray, prob: float, score: 
     return np.asarray(counts, np.float64) / positions, deletion, insertion
 
 
+def require_scipy():
+    """SciPy's sparse solver (ROAD's imputation), or one line naming the extra (exit 3)."""
+    try:
+        from scipy.sparse import csc_matrix
+        from scipy.sparse.linalg import spsolve
+    except ImportError:
+        raise EnvironmentProblem("`faithfulness` (its ROAD scores) needs SciPy's sparse solver: "
+                                 "pip install 'camcli[faithfulness]'") from None
+    return csc_matrix, spsolve
+
+
+def impute(x: np.ndarray, keep: np.ndarray, noise: float = ROAD_NOISE, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Noisy linear imputation (ROAD): the positions where ``keep`` (H, W) is False get, in every
+    channel of ``x`` (C, H, W), the solution of "each is the weighted mean of its neighbours inside
+    the image" (:data:`NEIGHBOURS`; weights of neighbours outside the image are left out), plus
+    ``noise`` times a standard normal draw. Returns float32 (C, H, W)."""
+    csc_matrix, spsolve = require_scipy()
+    c, h, w = x.shape
+    flat = x.reshape(c, -1).astype(np.float64)
+    known = keep.reshape(-1)
+    missing = np.flatnonzero(~known)
+    out = flat.copy()
+    if len(missing):
+        n = len(missing)
+        index_of = np.full(h * w, -1)
+        index_of[missing] = np.arange(n)
+        rows0, cols0 = np.divmod(missing, w)
+        diagonal = np.ones(n)
+        rhs = np.zeros((n, c))
+        entries_r, entries_c, entries_v = [np.arange(n)], [np.arange(n)], []
+        for (dy, dx), weight in NEIGHBOURS:
+            r, col = rows0 + dy, cols0 + dx
+            inside = (r >= 0) & (col >= 0) & (r < h) & (col < w)
+            diagonal[~inside] -= weight
+            ids, neighbour = np.flatnonzero(inside), r[inside] * w + col[inside]
+            given = known[neighbour]
+            rhs[ids[given]] -= weight * flat[:, neighbour[given]].T
+            entries_r.append(ids[~given])
+            entries_c.append(index_of[neighbour[~given]])
+            entries_v.append(np.full(int((~given).sum()), weight))
+        values = np.concatenate([-diagonal, *entries_v])
+        matrix = csc_matrix((values, (np.concatenate(entries_r), np.concatenate(entries_c))), shape=(n, n))
+        solution = np.asarray(spsolve(matrix, rhs)).reshape(n, c)
+        draw = (rng or np.random.default_rng(0)).standard_normal((c, n))
+        out[:, missing] = solution.T + noise * draw
+    return out.reshape(x.shape).astype(np.float32)
+
+
+def road(x: np.ndarray, saliency: np.ndarray, prob: float, score: Scorer, noise: float = ROAD_NOISE,
+         percentiles=ROAD_PERCENTILES) -> tuple[float, float]:
+    """(MoRF, LeRF) ROAD scores of one image: the mean change of the class's probability when the
+    most (least) relevant positions above each percentile are imputed (see :func:`impute`)."""
+    inputs = []
+    for relevance in (saliency, 1 - saliency):  # MoRF, then LeRF
+        for p in percentiles:
+            keep = relevance < np.percentile(relevance, p)
+            inputs.append(impute(x, keep, noise, np.random.default_rng(p)))
+    scores = np.concatenate([score(np.stack(inputs[i : i + 32])) for i in range(0, len(inputs), 32)])
+    k = len(percentiles)
+    return float(np.mean(scores[:k] - prob)), float(np.mean(scores[k:] - prob))
+
+
 def area(fractions: np.ndarray, curve: np.ndarray) -> float:
     """The area under a score curve over the perturbed fraction (trapezoid rule)."""
     return float(np.trapezoid(curve, fractions))
@@ -99,6 +175,8 @@ class FaithfulnessTally:
     increase: int = 0
     deletion: float = 0.0
     insertion: float = 0.0
+    morf: float = 0.0
+    lerf: float = 0.0
     count: int = 0
 
     def add(self, x: np.ndarray, cam_map: np.ndarray, prob: float, score: Scorer, steps: int = STEPS) -> None:
@@ -107,6 +185,9 @@ class FaithfulnessTally:
         masked = float(score((x * saliency[None]).astype(np.float32)[None])[0])
         drop, increased = confidence_change(prob, masked)
         fractions, deletion, insertion = deletion_insertion(x, saliency, prob, score, steps)
+        morf, lerf = road(x, saliency, prob, score)
+        self.morf += morf
+        self.lerf += lerf
         self.drop += drop
         self.increase += increased
         self.deletion += area(fractions, deletion)
@@ -118,6 +199,8 @@ class FaithfulnessTally:
         self.increase += other.increase
         self.deletion += other.deletion
         self.insertion += other.insertion
+        self.morf += other.morf
+        self.lerf += other.lerf
         self.count += other.count
 
     def result(self) -> dict:
@@ -128,6 +211,10 @@ class FaithfulnessTally:
             "increase_in_confidence": 100.0 * self.increase / n,
             "deletion_auc": self.deletion / n,
             "insertion_auc": self.insertion / n,
+            "road_morf": self.morf / n,
+            "road_lerf": self.lerf / n,
+            "road_combined": (self.lerf - self.morf) / (2 * n),
+            "road_percentiles": list(ROAD_PERCENTILES),
             "steps": STEPS,
             "baseline": "zeros of the preprocessed input",
             "score": "softmax probability of the predicted class",

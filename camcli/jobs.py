@@ -44,7 +44,7 @@ from camcli.defaults import (
 from camcli.engine import SMOOTHING, Model, extract_features, image_batches
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
-from camcli.faithfulness import FaithfulnessTally
+from camcli.faithfulness import FaithfulnessTally, require_scipy
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
 from camcli.outputs import FixedNames, RankedNames
 from camcli.render import plot_curves, write_image, write_overlays
@@ -366,6 +366,8 @@ class EvaluateJob:
         check_common(self)
         if self.calibrate and self.boxes is None:
             raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
+        if self.faithfulness:
+            require_scipy()
         if self.calibrate and self.checkpoint is None:
             raise CamcliError("`calibrate` writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
 

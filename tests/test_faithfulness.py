@@ -85,3 +85,52 @@ def test_evaluate_faithfulness_on_a_plain_folder_and_with_labels(sample_run, tmp
     assert 0 <= faith["average_drop"] <= 100 and faith["deletion_auc"] < faith["insertion_auc"]  # a map better than chance
     refused = CliRunner().invoke(app, ["evaluate", str(plain), "--checkpoint", ckpt])  # no labels without --faithfulness
     assert refused.exit_code == 2
+
+
+def test_road_equals_pytorch_grad_cams_without_noise(resnet, monkeypatch):  # noqa: F811
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from camcli.faithfulness import explanation, road
+
+    model, ours, x = resnet
+    x = x[:1]
+    logits, feats, sizes = ours.forward(list(x.numpy()))
+    c = int(logits.argmax())
+    from camcli.engine import Batch
+
+    batch = Batch([0], logits, feats, sizes, [None], [], list(x.numpy()))
+    saliency = explanation(ours.batch_maps(batch, np.array([[c]]), method="cam")[0][0], (96, 128))
+    prob = float(softmax(logits)[0, c])
+    morf, lerf = road(x[0].numpy(), saliency, prob, lambda xs: softmax(ours.forward(list(xs), maps=False)[0])[:, c], noise=0.0)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)  # the oracle's imputation noise, off
+    targets = [ClassifierOutputSoftmaxTarget(c)]
+    expected_morf = ROADMostRelevantFirstAverage()(x, saliency[None], targets, model)[0]
+    expected_lerf = ROADLeastRelevantFirstAverage()(x, saliency[None], targets, model)[0]
+    assert morf == pytest.approx(float(expected_morf), abs=1e-5) and lerf == pytest.approx(float(expected_lerf), abs=1e-5)
+
+
+def test_imputation_fills_a_hole_with_its_neighbours_mean():
+    from camcli.faithfulness import impute
+
+    x = np.zeros((1, 5, 5), np.float32)
+    x[0] = 2.0
+    keep = np.ones((5, 5), bool)
+    keep[2, 2] = False  # one hole in a constant image: the weighted mean of its neighbours is the constant
+    assert impute(x, keep, noise=0.0)[0, 2, 2] == pytest.approx(2.0)
+    ramp = np.tile(np.arange(5, dtype=np.float32), (5, 1))[None]
+    filled = impute(ramp, keep, noise=0.0)
+    assert filled[0, 2, 2] == pytest.approx(2.0) and np.array_equal(filled[0][keep], ramp[0][keep])
+
+
+def test_faithfulness_without_scipy_names_the_extra(sample_run, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['scipy'] = None; sys.modules['scipy.sparse'] = None\n"
+            "from camcli.cli import main; sys.argv = ['camcli', *sys.argv[1:]]; main()")
+    result = subprocess.run([sys.executable, "-c", code, "evaluate", str(tmp_path), "--checkpoint", str(sample_run / "best.safetensors"),
+                             "--faithfulness"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == "error: --faithfulness (its ROAD scores) needs SciPy's sparse solver: pip install " \
+                                    "'camcli[faithfulness]'"
