@@ -102,9 +102,7 @@ def gradient_map(activations: np.ndarray, grads: np.ndarray, method: str, eigen_
     entry = methods.get(method)
     if not entry.gradients:
         raise ValueError(f"method must be one of {', '.join(methods.gradient_methods())} here, got {method!r}")
-    if method in ("eigencam", "eigengradcam"):  # already a principal component
-        return globals()[entry.function](activations, grads)
-    return combine(_TERMS[method](activations, grads), eigen_smooth)
+    return globals()[entry.function](activations, grads, eigen_smooth)
 
 
 def combine(terms: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
@@ -113,57 +111,39 @@ def combine(terms: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     return np.maximum(first_component(terms) if eigen_smooth else terms.sum(axis=0), 0)
 
 
-def _gradcam_terms(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    return grads.mean(axis=(1, 2))[:, None, None] * activations
+# Each gradient method: (C, h, w) activations A and gradients g -> its per-channel terms, combined
+# by :func:`combine` (``eigen_smooth``: see there).
+
+def gradcam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): channel weights = mean gradient; ReLU of the weighted sum."""
+    return combine(grads.mean(axis=(1, 2))[:, None, None] * activations, eigen_smooth)
 
 
-def _gradcampp_terms(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def gradcampp_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): alpha = g^2 / (2 g^2 + sum(A) g^3),
+    weights = sum of alpha * ReLU(g); ReLU of the weighted sum."""
     g2 = grads * grads
     sums = activations.sum(axis=(1, 2), keepdims=True)
     alpha = np.where(grads != 0, g2 / (2 * g2 + sums * g2 * grads + 1e-6), 0)
-    return (np.maximum(grads, 0) * alpha).sum(axis=(1, 2))[:, None, None] * activations
+    return combine((np.maximum(grads, 0) * alpha).sum(axis=(1, 2))[:, None, None] * activations, eigen_smooth)
 
 
-def _xgradcam_terms(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    weights = (grads * activations).sum(axis=(1, 2)) / (activations.sum(axis=(1, 2)) + 1e-7)
-    return weights[:, None, None] * activations
-
-
-_TERMS = {
-    "gradcam": _gradcam_terms,
-    "gradcam++": _gradcampp_terms,
-    "layercam": lambda a, g: np.maximum(g, 0) * a,
-    "hirescam": lambda a, g: g * a,
-    "xgradcam": _xgradcam_terms,
-}
-
-
-def gradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017): channel weights = mean gradient; ReLU of the weighted sum."""
-    return combine(_gradcam_terms(activations, grads))
-
-
-def gradcampp_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): alpha = g^2 / (2 g^2 + sum(A) g^3),
-    weights = sum of alpha * ReLU(g); ReLU of the weighted sum."""
-    return combine(_gradcampp_terms(activations, grads))
-
-
-def layercam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def layercam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """LayerCAM (Jiang et al. 2021): ReLU(g) * A summed over channels, then ReLU."""
-    return combine(_TERMS["layercam"](activations, grads))
+    return combine(np.maximum(grads, 0) * activations, eigen_smooth)
 
 
-def hirescam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def hirescam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """HiResCAM (Draelos & Carin 2020): the element-wise product g * A summed over channels, then ReLU
     (no spatial averaging of the gradients, so the map is the class score's own decomposition)."""
-    return combine(_TERMS["hirescam"](activations, grads))
+    return combine(grads * activations, eigen_smooth)
 
 
-def xgradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def xgradcam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """XGrad-CAM (Fu et al. 2020): channel weights = sum(g * A) / (sum(A) + 1e-7) over the grid;
     ReLU of the weighted sum (pytorch-grad-cam's definition, its epsilon included)."""
-    return combine(_xgradcam_terms(activations, grads))
+    weights = (grads * activations).sum(axis=(1, 2)) / (activations.sum(axis=(1, 2)) + 1e-7)
+    return combine(weights[:, None, None] * activations, eigen_smooth)
 
 
 def first_component(values: np.ndarray) -> np.ndarray:
@@ -188,16 +168,17 @@ def first_component(values: np.ndarray) -> np.ndarray:
     return projection.reshape(h, w).astype(np.float32)
 
 
-def eigencam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def eigencam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the layer's
     activations (see :func:`first_component` for its sign), then ReLU. It uses no gradient and
-    no class: every class of an image gets the same map."""
+    no class: every class of an image gets the same map (already a component: ``eigen_smooth``
+    changes nothing)."""
     return np.maximum(first_component(activations), 0)
 
 
-def eigengradcam_map(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def eigengradcam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """Eigen-Grad-CAM (pytorch-grad-cam): the first principal component of g * A (class-specific,
-    see :func:`first_component`), then ReLU."""
+    see :func:`first_component`), then ReLU (``eigen_smooth`` changes nothing)."""
     return np.maximum(first_component(grads * activations), 0)
 
 

@@ -353,21 +353,27 @@ def append_manifest(folder: Path, name: str, info: os.stat_result) -> dict:
 COMPACT_LINES = 1024  # a manifest is rewritten when its lines exceed twice its live records by this many
 
 
-def compact_manifest(folder: Path) -> dict[str, dict]:
+def compact_manifest(folder: Path) -> tuple[dict[str, dict], int, tuple, int]:
     """Rewrite the manifest with one record per file that is still as camcli wrote it, when its
     lines exceed twice the files it can describe (its distinct names, at most the folder's
     entries) by ``COMPACT_LINES``: runs with ``overwrite`` add a record per file each time, and
-    deleted files leave theirs. Returns the records. Done under the manifest's lock, by rename."""
+    deleted files leave theirs. Done under the manifest's lock, by rename.
+
+    Returns:
+        the manifest as it is now, as :func:`_read_records` returns it (read once when nothing
+        was compacted).
+    """
     path = Path(folder) / MANIFEST_NAME
-    files, _, _, lines = _read_records(path)
+    read = _read_records(path)
+    files, lines = read[0], read[3]
     if lines <= 2 * len(files) + COMPACT_LINES:
         try:  # records of files since deleted count as lines too: the folder's entries bound what is described
             with os.scandir(folder) as entries:
                 present = sum(1 for _ in entries)
         except OSError:
-            return files
+            return read
         if lines <= 2 * min(len(files), present) + COMPACT_LINES:
-            return files
+            return read
     with _APPEND_LOCK:
         fd = _locked_manifest(path)
         try:
@@ -385,7 +391,7 @@ def compact_manifest(folder: Path) -> dict[str, dict]:
             atomic_write(path, "".join(json.dumps({"name": n, **e}) + "\n" for n, e in live.items()))
         finally:
             os.close(fd)
-    return live
+    return _read_records(path)  # the compacted file: small
 
 
 @dataclass
@@ -404,8 +410,7 @@ class OutputGuard:
         """The folder's records, read whole once per run (and compacted if it has grown far
         beyond its files), then only the bytes appended since (see :meth:`is_ours`)."""
         if folder not in self.manifests:
-            compact_manifest(folder)
-            files, end, ident, _ = _read_records(folder / MANIFEST_NAME)
+            files, end, ident, _ = compact_manifest(folder)
             self.manifests[folder], self.read_to[folder] = files, (end, ident)
         return self.manifests[folder]
 

@@ -79,10 +79,6 @@ def gradient_methods() -> tuple[str, ...]:
     return tuple(m.name for m in REGISTRY.values() if m.gradients)
 
 
-def perturbation_methods() -> tuple[str, ...]:
-    """The gradient-free methods that score perturbed inputs or features (GAP + linear heads)."""
-    return tuple(m.name for m in REGISTRY.values() if m.perturbation)
-
 
 def help_text() -> str:
     """``--method``'s help, from the registry."""

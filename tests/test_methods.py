@@ -256,11 +256,14 @@ def test_a_classifier_trained_elsewhere_predicts_and_overlays_without_camcli_tra
     assert wrong.exit_code == 2 and "size mismatch" in wrong.stderr and "--classes" in wrong.stderr
 
 
-@pytest.mark.parametrize("method", ["cam", *ALL_GRADIENT, "ablationcam"])
-def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, tmp_path, method):
-    """Read the heat back from the written overlay pixels: overlay = (1 - alpha) image + alpha colormap(heat)."""
+def _overlay_heat(sample_run, tmp_path, *options) -> tuple[dict, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Overlays of the sample cat (as PNG) with ``options``, read back: overlay = (1 - alpha) image +
+    alpha colormap(heat), so each overlay's colormap part is recovered per pixel.
+
+    Returns:
+        (the row, each overlay's colormap part, jet's color at heat 0, jet's at full heat).
+    """
     import json
-    import shutil
 
     import cv2
     from typer.testing import CliRunner
@@ -270,51 +273,36 @@ def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, 
 
     image = tmp_path / "cat.png"
     cv2.imwrite(str(image), cv2.imread(str(Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg")))
-    result = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", str(sample_run / "best.safetensors"), "--maps", "3",
-                                      "--method", method, "--no-caption", "--out-dir", str(tmp_path / "o"), "--format", "jsonl"])
+    result = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", str(sample_run / "best.safetensors"), "--no-caption",
+                                      "--out-dir", str(tmp_path / "o"), "--format", "jsonl", *options])
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)
+    original = cv2.imread(str(image)).astype(np.float32)
+    colored = [(cv2.imread(p).astype(np.float32) - (1 - defaults.ALPHA) * original) / defaults.ALPHA for p in row["outputs"]]
+    jet = [cv2.applyColorMap(np.full((1, 1), v, np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32) for v in (0, 255)]
+    return row, colored, jet[0], jet[1]
+
+
+@pytest.mark.parametrize("method", ["cam", *ALL_GRADIENT, "ablationcam"])
+def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, tmp_path, method):
+    """The heat read back from the written overlay pixels."""
+    row, colored, zero_heat, _ = _overlay_heat(sample_run, tmp_path, "--maps", "3", "--method", method)
     probs = [p["prob"] for p in row["predictions"][:3]]
     assert probs[0] > 0.9 and probs[1] < 0.03  # the sample run's cat: one strong class, weak others
-    original = cv2.imread(str(image)).astype(np.float32)
-    zero_heat = cv2.applyColorMap(np.zeros((1, 1), np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32)
-    alpha = defaults.ALPHA
-    heat_distance = []
-    for path in row["outputs"]:
-        overlay = cv2.imread(path).astype(np.float32)
-        colored = (overlay - (1 - alpha) * original) / alpha  # the colormap part of every pixel
-        heat_distance.append(float(np.abs(colored - zero_heat).max(axis=2).mean()))
+    heat_distance = [float(np.abs(c - zero_heat).max(axis=2).mean()) for c in colored]
     strong, weak = heat_distance[0], max(heat_distance[1:])
     assert strong > 40 and weak < 0.25 * strong, (method, heat_distance)
-    shutil.rmtree(tmp_path / "o")
 
 
 @pytest.mark.parametrize("normalize", ["relu", "minmax"])
 def test_relu_and_minmax_paint_each_map_on_its_own_scale(sample_run, tmp_path, normalize):
     """The other scales, read back from the overlay pixels the same way: a weak class is painted at full heat."""
-    import json
-
-    import cv2
-    from typer.testing import CliRunner
-
-    from camcli import defaults
-    from camcli.cli import app
-
-    image = tmp_path / "cat.png"
-    cv2.imwrite(str(image), cv2.imread(str(Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg")))
-    result = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", str(sample_run / "best.safetensors"), "--maps", "2",
-                                      "--normalize", normalize, "--no-caption", "--out-dir", str(tmp_path / "o"), "--format", "jsonl"])
-    assert result.exit_code == 0, result.output
-    row = json.loads(result.stdout)
-    original = cv2.imread(str(image)).astype(np.float32)
-    zero_heat = cv2.applyColorMap(np.zeros((1, 1), np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32)
-    full_heat = cv2.applyColorMap(np.full((1, 1), 255, np.uint8), cv2.COLORMAP_JET)[0, 0].astype(np.float32)
-    for path in row["outputs"]:
-        colored = (cv2.imread(path).astype(np.float32) - (1 - defaults.ALPHA) * original) / defaults.ALPHA
-        hottest = np.abs(colored - full_heat).max(axis=2).min()  # some pixel at (nearly) full heat
-        coldest = np.abs(colored - zero_heat).max(axis=2).min()
-        assert hottest < 30, (normalize, path, hottest)  # the weak class too (it has some positive evidence here)
-        assert coldest < 30, (normalize, path, coldest)  # and some pixel at (nearly) none
+    _, colored, zero_heat, full_heat = _overlay_heat(sample_run, tmp_path, "--maps", "2", "--normalize", normalize)
+    for c in colored:
+        hottest = np.abs(c - full_heat).max(axis=2).min()  # some pixel at (nearly) full heat
+        coldest = np.abs(c - zero_heat).max(axis=2).min()
+        assert hottest < 30, (normalize, hottest)  # the weak class too (it has some positive evidence here)
+        assert coldest < 30, (normalize, coldest)  # and some pixel at (nearly) none
 
 
 def test_smoothing_on_the_command_line_is_recorded_in_rows_and_metrics(sample_run, tmp_path):
