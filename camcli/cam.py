@@ -7,6 +7,7 @@ logit is ``mean(M_c) + b[c]``: the maps and the ranking come from the same numbe
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import cv2
@@ -180,6 +181,72 @@ def eigengradcam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: b
     """Eigen-Grad-CAM (pytorch-grad-cam): the first principal component of g * A (class-specific,
     see :func:`first_component`), then ReLU (``eigen_smooth`` changes nothing)."""
     return np.maximum(first_component(grads * activations), 0)
+
+
+def gradcamelementwise_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+    """Grad-CAM element-wise (pytorch-grad-cam's ``GradCAMElementWise``): ReLU(g * A) per
+    position and channel, summed over channels, then ReLU."""
+    return combine(np.maximum(grads * activations, 0), eigen_smooth)
+
+
+def fem_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False, k: float = 2.0) -> np.ndarray:
+    """FEM, the feature explanation method (Fuad et al. 2020, pytorch-grad-cam's ``FEM``): channel
+    weights = the fraction of the channel's positions above its mean + ``k`` standard deviations;
+    ReLU of the weighted sum. No gradient, no class."""
+    acts = activations.astype(np.float64)
+    threshold = acts.mean(axis=(1, 2), keepdims=True) + k * acts.std(axis=(1, 2), keepdims=True)
+    weights = (acts > threshold).mean(axis=(1, 2))
+    return combine(weights[:, None, None] * acts, eigen_smooth).astype(np.float32)
+
+
+def kpcacam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+    """KPCA-CAM (Karmani et al. 2024, pytorch-grad-cam's ``KPCA_CAM``): the first kernel principal
+    component of the positions' centered (C,) vectors, with scikit-learn's ``KernelPCA``
+    defaults: a sigmoid kernel tanh(<x, y> / C + 1), centered in feature space, the projection
+    eigenvector x sqrt(eigenvalue); its sign by :func:`first_component`'s rule; then ReLU. No
+    gradient, no class."""
+    c, h, w = activations.shape
+    flat = np.nan_to_num(activations.reshape(c, h * w).T.astype(np.float64))
+    flat = flat - flat.mean(axis=0)
+    kernel = np.tanh(flat @ flat.T / c + 1.0)
+    n = len(kernel)
+    centering = np.full((n, n), 1.0 / n)
+    kernel = kernel - centering @ kernel - kernel @ centering + centering @ kernel @ centering
+    values, vectors = np.linalg.eigh((kernel + kernel.T) / 2)
+    if values[-1] <= 0:
+        return np.zeros((h, w), np.float32)
+    projection = vectors[:, -1] * np.sqrt(values[-1])
+    agreement = float(projection @ flat.sum(axis=1))
+    if agreement < 0 or (agreement == 0 and projection[np.argmax(np.abs(projection))] < 0):
+        projection = -projection
+    return np.maximum(projection.reshape(h, w), 0).astype(np.float32)
+
+
+# The baselines (see :mod:`camcli.methods`): maps that know nothing of the model, which a method
+# has to beat before its maps can be trusted. Each takes one image's (3, H, W) model input and
+# its (h, w) map grid.
+
+def random_map(x: np.ndarray, grid: Size) -> np.ndarray:
+    """Uniform noise on the map grid, seeded by the input's bytes (the same image always gets
+    the same map, in any batch or engine)."""
+    seed = zlib.crc32(np.ascontiguousarray(x, np.float32).tobytes())
+    return np.random.default_rng(seed).random(grid).astype(np.float32)
+
+
+def center_map(x: np.ndarray, grid: Size) -> np.ndarray:
+    """A Gaussian centred on the grid, its standard deviation a quarter of each side."""
+    ys = (np.arange(grid[0]) + 0.5 - grid[0] / 2) / (grid[0] / 4)
+    xs = (np.arange(grid[1]) + 0.5 - grid[1] / 2) / (grid[1] / 4)
+    return np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2)).astype(np.float32)
+
+
+def sobel_map(x: np.ndarray, grid: Size) -> np.ndarray:
+    """Edge magnitude of the input, at input resolution: the channel mean, then half the absolute
+    3x3 Sobel derivative in x plus half in y (pytorch-grad-cam's ``sobel_cam``, on the model
+    input and without its rounding to 8 bits)."""
+    gray = np.asarray(x, np.float32).mean(axis=0)
+    return (0.5 * np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3))
+            + 0.5 * np.abs(cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))).astype(np.float32)
 
 
 def upsample_corners(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -353,6 +353,29 @@ class MapOptions:
             raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {self.cam_scales!r}") from None
 
 
+def _method_choices(values: list[str] | None) -> list[str] | None:
+    """A repeated --method's values, each a method (click's message for a bad one)."""
+    choices = (methods.AUTO, *methods.NAMES)
+    for value in values or ():
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}.")
+    return values
+
+
+@dataclass
+class CompareMapOptions(MapOptions):
+    """MapOptions whose --method repeats: evaluate compares methods side by side."""
+
+    method: Annotated[Optional[list[str]], typer.Option(
+        callback=_method_choices, metavar="METHOD", help="Repeatable: every method's metrics side by side, one row each "
+        "(the baselines random, center and sobel show what a map that knows nothing of the model scores). "
+        + methods.help_text(),
+        show_default=methods.AUTO)] = None
+
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.method or (methods.AUTO,))
+
+
 @dataclass
 class RunOptions:
     """Batches, threads, the engine, what to leave out, and how much to say (predict, overlay, evaluate)."""
@@ -758,7 +781,7 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the "
         "checkpoint.", show_default=False)],
     model: ModelOptions,
-    mapping: MapOptions,
+    mapping: CompareMapOptions,
     boxes: Annotated[Optional[Path], typer.Option(
         callback=_a_value, help="Ground-truth boxes: JSON {rel/path: [x0,y0,x1,y1] or a list}, COCO JSON, or "
         "Pascal VOC XML (file or folder).")] = None,
@@ -790,7 +813,7 @@ def evaluate(
     unmatched: list[str] = []
     truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
     job = EvaluateJob(data, truth, model.checkpoint, box_threshold, mapping.sizes(), calibrate, out, run.exclude or (),
-                      mapping.method, run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth())
+                      mapping.methods(), run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth())
     spec, engine = _checked(model, job), run.make_engine()
     if unmatched and not run.quiet:
         _say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "
@@ -803,6 +826,10 @@ def evaluate(
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
     else:
         _print_evaluation(result)
+    if not run.quiet and ("by_method" in result):
+        _say("seconds per image: " + "; ".join(
+            f"{m} " + ", ".join(f"{what.replace('_', ' ')} {spent:.3f}" for what, spent in costs.items())
+            for m, costs in result["seconds_per_image"].items()))
     if not run.quiet:
         if calibrate:
             _say(f"calibrated box threshold {result['best_threshold']:.2f} saved in {job.run_dir / 'calibrated.safetensors'} "
@@ -811,24 +838,15 @@ def evaluate(
 
 
 def _print_evaluation(result: dict) -> None:
-    console = _stdout_console()
+    console = _stdout_console(**({} if is_tty(sys.stdout) else {"width": 200}))  # a file gets whole rows, not 80 columns
     summary = Table("metric", "value", title=f"{result['num_images']} images")
     if "accuracy" in result:
         summary.add_row("accuracy", f"{result['accuracy']:.4f}")
-    faith = result.get("faithfulness")
-    if faith:
-        summary.add_row(f"average drop ({faith['method']} maps)", f"{faith['average_drop']:.2f} %")
-        summary.add_row("increase in confidence", f"{faith['increase_in_confidence']:.2f} %")
-        summary.add_row("deletion area (lower: more faithful)", f"{faith['deletion_auc']:.4f}")
-        summary.add_row("insertion area (higher: more faithful)", f"{faith['insertion_auc']:.4f}")
     if "max_box_acc" in result:
         summary.add_row("images with boxes", str(result["num_images_with_boxes"]))
-        summary.add_row("pointing game", f"{result['pointing_game']:.4f}")
-        summary.add_row(f"GT-known loc @ {result['threshold']:.2f}", f"{result['gt_known_loc']:.4f}")
-        summary.add_row(f"top-1 loc @ {result['threshold']:.2f}", f"{result['top1_loc']:.4f}")
-        summary.add_row("MaxBoxAcc", f"{result['max_box_acc']:.4f} (threshold {result['best_threshold']:.2f})")
-        summary.add_row("MaxBoxAccV2", f"{result['max_box_acc_v2']:.4f}")
     console.print(summary)
+    for table in _method_tables(result) if "by_method" in result else ():
+        console.print(table)
     if "per_class" not in result:  # a folder without labels (--faithfulness only)
         return
     per_class = Table("class", "precision", "recall", "support")
@@ -840,6 +858,38 @@ def _print_evaluation(result: dict) -> None:
     for label, row in zip(labels, result["confusion"]["matrix"]):
         confusion.add_row(printable(label), *map(str, row))
     console.print(confusion)
+
+
+def _method_tables(result: dict) -> list[Table]:
+    """One row per method: a table of localization (with boxes), one of faithfulness (with --faithfulness)."""
+    first = next(iter(result["by_method"].values()))
+    tables: list[tuple[str, list[tuple[str, Callable[[dict], str]]]]] = []
+    if "max_box_acc" in first:
+        tables.append((f"localization ({first['num_images_with_boxes']} images with boxes; higher is better)", [
+            ("pointing game", lambda m: f"{m['pointing_game']:.3f}"),
+            (f"GT-known loc @ {first['threshold']:.2f}", lambda m: f"{m['gt_known_loc']:.3f}"),
+            (f"top-1 loc @ {first['threshold']:.2f}", lambda m: f"{m['top1_loc']:.3f}"),
+            ("MaxBoxAcc (threshold)", lambda m: f"{m['max_box_acc']:.3f} ({m['best_threshold']:.2f})"),
+            ("MaxBoxAccV2", lambda m: f"{m['max_box_acc_v2']:.3f}")]))
+    if "faithfulness" in first:
+        tables.append(("faithfulness (lower is better: average drop, deletion, ROAD MoRF; higher: the others)", [
+            ("average drop", lambda m: f"{m['faithfulness']['average_drop']:.2f} %"),
+            ("increase", lambda m: f"{m['faithfulness']['increase_in_confidence']:.1f} %"),
+            ("deletion", lambda m: f"{m['faithfulness']['deletion_auc']:.3f}"),
+            ("insertion", lambda m: f"{m['faithfulness']['insertion_auc']:.3f}"),
+            ("ROAD MoRF", lambda m: f"{m['faithfulness']['road_morf']:.3f}"),
+            ("ROAD LeRF", lambda m: f"{m['faithfulness']['road_lerf']:.3f}"),
+            ("ROAD combined", lambda m: f"{m['faithfulness']['road_combined']:.3f}")]))
+    out = []
+    for title, columns in tables:
+        table = Table(title=title)
+        table.add_column("method", no_wrap=True)
+        for name, _ in columns:
+            table.add_column(name)
+        for scores in result["by_method"].values():
+            table.add_row(printable(scores["method"]), *(cell(scores) for _, cell in columns))
+        out.append(table)
+    return out
 
 
 @app.command(short_help="Write a checkpoint as one ONNX model.")

@@ -179,6 +179,18 @@ class Model:
         see :func:`camcli.cam.combine`)."""
         raise NotImplementedError
 
+    def _method_maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
+                     inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
+        """:meth:`_maps`, or a baseline's map (from each image's input alone, the same for every
+        class; see :mod:`camcli.methods`)."""
+        entry = methods.get(method)
+        if not entry.baseline:
+            return self._maps(feats, sizes, classes, method, inputs, eigen_smooth)
+        if inputs is None:
+            raise ValueError(f"{method} needs the batch's inputs (Batch.inputs)")
+        make = getattr(cam, entry.function)
+        return [np.repeat(make(x, size)[None], classes.shape[1], axis=0) for x, size in zip(inputs, sizes)]
+
     def batches(
         self, images: Sequence[Image], batch_size: int = BATCH_SIZE, workers: int = 0, keep_images: bool = False,
         for_maps: bool | None = None, cam_sizes: Sequence[int] = (),
@@ -242,7 +254,7 @@ class Model:
             raise CamcliError(f"`smooth` takes {', '.join(SMOOTHING)}, got {', '.join(sorted(unknown))}")
         eigen, aug = "eigen" in smooth, "aug" in smooth
         if not cam_sizes and not aug:
-            return self._maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen)
+            return self._method_maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen)
         if cam_sizes and any(o is None for o in batch.originals):
             raise ValueError("cam_sizes needs batches made with keep_images=True")
         per_scale = []
@@ -256,7 +268,7 @@ class Model:
                 per_scale.append(self._augmented_maps(inputs, classes, method, eigen))
                 continue
             _, feats, sizes = self.forward(inputs)
-            per_scale.append(self._maps(feats, sizes, classes, method, inputs, eigen))
+            per_scale.append(self._method_maps(feats, sizes, classes, method, inputs, eigen))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
@@ -274,7 +286,7 @@ class Model:
             for factor in (0.9, 1.0, 1.1):
                 augmented = [np.ascontiguousarray((x[:, :, ::-1] if flip else x) * np.float32(factor)) for x in inputs]
                 _, feats, sizes = self.forward(augmented)
-                maps = self._maps(feats, sizes, classes, method, augmented, eigen)
+                maps = self._method_maps(feats, sizes, classes, method, augmented, eigen)
                 maps = [cam.normalize_maps(m[..., ::-1] if flip else m) for m in maps]
                 total = maps if total is None else [t + m for t, m in zip(total, maps)]
         return [(t / 6).astype(np.float32) for t in total]
@@ -452,16 +464,32 @@ class CamModel(Model):
                 continue
             if inputs is None:
                 raise ValueError("scorecam needs the batch's inputs (Batch.inputs)")
-            x = inputs[i]
-            masks = cam.scorecam_masks(acts, x.shape[-2:])
-            scores = np.concatenate([
-                self.forward(list(x[None] * masks[k : k + SCORECAM_CHUNK, None]), maps=False)[0][:, classes[i]]
-                for k in range(0, len(masks), SCORECAM_CHUNK)])  # (C, J) class logits of the masked inputs
-            out.append(np.stack([cam.scorecam_map(acts, scores[:, j], eigen_smooth) for j in range(classes.shape[1])]))
+            out.append(scorecam_maps(acts, inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0], eigen_smooth))
         return out
 
 
 SCORECAM_CHUNK = 32  # masked inputs per forward call: bounds memory (each is a whole input image)
+
+
+def scorecam_maps(acts: np.ndarray, x: np.ndarray, classes: np.ndarray, logits_of: Callable[[list[np.ndarray]], np.ndarray],
+                  eigen_smooth: bool = False) -> np.ndarray:
+    """Score-CAM maps (J, h, w) of one image's ``classes`` (J,): ``acts`` (C, h, w) the target
+    layer's activations, ``x`` (3, H, W) its input, ``logits_of`` a list of inputs -> (N, K) logits.
+
+    A channel that is constant over the grid (after a ReLU, most often all zeros: about half of
+    EfficientNet-Lite0's 1280 on a photograph) has an all-zero mask, so every such channel scores
+    the same all-zero input: it is scored once. The others go in chunks of :data:`SCORECAM_CHUNK`.
+    """
+    masks = cam.scorecam_masks(acts, x.shape[-2:])
+    varying = np.flatnonzero(masks.reshape(len(masks), -1).max(axis=1) > 0)
+    constant = len(varying) < len(masks)
+    inputs = [x[None] * masks[varying[k : k + SCORECAM_CHUNK], None] for k in range(0, len(varying), SCORECAM_CHUNK)]
+    if constant:
+        inputs.append(np.zeros((1, *x.shape), np.float32))
+    scored = np.concatenate([logits_of(list(chunk))[:, classes] for chunk in inputs])  # (unique inputs, J)
+    scores = np.repeat(scored[-1:], len(masks), axis=0) if constant else np.empty((len(masks), len(classes)), np.float32)
+    scores[varying] = scored[: len(varying)]
+    return np.stack([cam.scorecam_map(acts, scores[:, j], eigen_smooth) for j in range(len(classes))])
 
 
 def _with_bar(batches: Iterator[Batch], total: int, what: str, enabled: bool) -> Iterator[Batch]:

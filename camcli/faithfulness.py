@@ -26,8 +26,9 @@ model input, as torchcam does before its metrics (:func:`explanation`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -167,9 +168,13 @@ def area(fractions: np.ndarray, curve: np.ndarray) -> float:
     return float(np.trapezoid(curve, fractions))
 
 
+CURVE_FRACTIONS = np.linspace(0.0, 1.0, STEPS + 1)  # the mean curves' grid (each image's curve interpolated on it)
+
+
 @dataclass
 class FaithfulnessTally:
-    """Sums over images, mergeable across batches and workers."""
+    """Sums over images, mergeable across batches and workers: the scores, the deletion and
+    insertion curves on :data:`CURVE_FRACTIONS`, and the seconds each metric took."""
 
     drop: float = 0.0
     increase: int = 0
@@ -178,21 +183,35 @@ class FaithfulnessTally:
     morf: float = 0.0
     lerf: float = 0.0
     count: int = 0
+    deletion_curve: np.ndarray = field(default_factory=lambda: np.zeros(len(CURVE_FRACTIONS)))
+    insertion_curve: np.ndarray = field(default_factory=lambda: np.zeros(len(CURVE_FRACTIONS)))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRIC_COSTS, 0.0))
 
     def add(self, x: np.ndarray, cam_map: np.ndarray, prob: float, score: Scorer, steps: int = STEPS) -> None:
         """One image: ``x`` (3, H, W), the predicted class's raw map and probability, its scorer."""
+        clock = time.perf_counter()
         saliency = explanation(cam_map, x.shape[-2:])
         masked = float(score((x * saliency[None]).astype(np.float32)[None])[0])
         drop, increased = confidence_change(prob, masked)
+        clock = self._spent("average_drop", clock)
         fractions, deletion, insertion = deletion_insertion(x, saliency, prob, score, steps)
+        clock = self._spent("deletion_insertion", clock)
         morf, lerf = road(x, saliency, prob, score)
+        self._spent("road", clock)
         self.morf += morf
         self.lerf += lerf
         self.drop += drop
         self.increase += increased
         self.deletion += area(fractions, deletion)
         self.insertion += area(fractions, insertion)
+        self.deletion_curve += np.interp(CURVE_FRACTIONS, fractions, deletion)
+        self.insertion_curve += np.interp(CURVE_FRACTIONS, fractions, insertion)
         self.count += 1
+
+    def _spent(self, metric: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[metric] += now - since
+        return now
 
     def merge(self, other: FaithfulnessTally) -> None:
         self.drop += other.drop
@@ -202,6 +221,17 @@ class FaithfulnessTally:
         self.morf += other.morf
         self.lerf += other.lerf
         self.count += other.count
+        self.deletion_curve = self.deletion_curve + other.deletion_curve
+        self.insertion_curve = self.insertion_curve + other.insertion_curve
+        for metric, spent in other.seconds.items():
+            self.seconds[metric] = self.seconds.get(metric, 0.0) + spent
+
+    def curves(self) -> dict[str, list[float]]:
+        """The mean deletion and insertion curves: ``fractions`` (the perturbed fraction of the
+        input's positions), ``deletion``, ``insertion`` (the class's mean probability there)."""
+        n = max(self.count, 1)
+        return {"fractions": CURVE_FRACTIONS.tolist(), "deletion": (self.deletion_curve / n).tolist(),
+                "insertion": (self.insertion_curve / n).tolist()}
 
     def result(self) -> dict:
         n = max(self.count, 1)
@@ -218,4 +248,8 @@ class FaithfulnessTally:
             "steps": STEPS,
             "baseline": "zeros of the preprocessed input",
             "score": "softmax probability of the predicted class",
+            "curves": self.curves(),
         }
+
+
+METRIC_COSTS = ("average_drop", "deletion_insertion", "road")  # what :attr:`FaithfulnessTally.seconds` times

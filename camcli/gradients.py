@@ -21,7 +21,7 @@ import torch
 from camcli import cam, methods
 from camcli.backbones import Classifier
 from camcli.data import Preprocess
-from camcli.engine import CamModel, Model
+from camcli.engine import CamModel, Model, scorecam_maps
 from camcli.errors import CamcliError
 
 CPU_CHUNK = 8  # images per forward pass on the CPU (see GradModel.forward)
@@ -85,12 +85,15 @@ class GradModel(Model):
 
     def resolve_method(self, method: str) -> str:
         method = super().resolve_method(method)
-        if not methods.get(method).gradients:
+        entry = methods.get(method)
+        if method == "ablationcam":
+            raise CamcliError("`method` ablationcam runs on a GAP + linear head at its last feature map (there its drops are "
+                              "exact, in closed form); for this head or a chosen `layer` use `method` scorecam, gradcam or "
+                              "another gradient method")
+        if not (entry.gradients or entry.baseline or entry.perturbation):
             first, *others = methods.gradient_methods()
-            kind = "runs on a GAP + linear head at its last feature map" if methods.get(method).perturbation else \
-                "is the map of a GAP + linear head at its last feature map"
-            raise CamcliError(f"`method` {method} {kind}; for this head or a chosen `layer` use `method` {first} "
-                              f"(or {', '.join(others)})")
+            raise CamcliError(f"`method` {method} is the map of a GAP + linear head at its last feature map; for this head or a "
+                              f"chosen `layer` use `method` {first} (or {', '.join(others)})")
         return method
 
     def prepare(self) -> str | None:
@@ -198,6 +201,8 @@ class GradModel(Model):
 
     def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
               inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
+        if method == "scorecam":
+            return self._scorecam_maps(graph, classes, inputs, eigen_smooth)
         if not methods.get(method).gradients:
             raise ValueError(f"not a gradient method: {method!r}")
         if any(not g.leaf.requires_grad for g in graph.groups):
@@ -221,6 +226,25 @@ class GradModel(Model):
                 for (k, i) in members:
                     out[i].append(cam.gradient_map(group.acts[k], grads[k], method, eigen_smooth))
         return [np.stack(maps).astype(np.float32) for maps in out]
+
+
+    def _scorecam_maps(self, graph: Graph, classes: np.ndarray, inputs: list[np.ndarray] | None,
+                       eigen_smooth: bool) -> list[np.ndarray]:
+        """Score-CAM at the target layer: its activations mask the input, the whole classifier
+        scores the masked inputs (see :func:`camcli.engine.scorecam_maps`)."""
+        if inputs is None:
+            raise ValueError("scorecam needs the batch's inputs (Batch.inputs)")
+        out: list[np.ndarray | None] = [None] * len(graph.rows)
+        where = {int(row): i for i, row in enumerate(graph.rows)}
+        for group in graph.groups:
+            if group.acts is None:
+                group.acts = self._grid(group.leaf.detach(), group.input_hw).float().cpu().numpy()
+            for k, row in enumerate(group.rows):
+                if row in where:
+                    i = where[row]
+                    out[i] = scorecam_maps(group.acts[k], inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0],
+                                           eigen_smooth).astype(np.float32)
+        return out
 
 
 def _channels_last(t: torch.Tensor, input_hw: Sequence[int], default: bool) -> bool:

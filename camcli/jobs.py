@@ -17,6 +17,7 @@ every job.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,11 +71,20 @@ def check_common(job) -> None:
     sizes = getattr(job, "cam_sizes", ())
     if any(not MIN_IMG_SIZE <= s <= MAX_IMG_SIZE for s in sizes):
         raise CamcliError(f"`cam_sizes` must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {', '.join(map(str, sizes))}")
-    if job.method != methods.AUTO:
-        methods.get(job.method)
+    for name in method_names(job.method):
+        if name != methods.AUTO:
+            methods.get(name)
     unknown = set(getattr(job, "smooth", ())) - set(SMOOTHING)
     if unknown:
         raise CamcliError(f"`smooth` takes {', '.join(SMOOTHING)}, got {', '.join(sorted(unknown))}")
+
+
+def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
+    """A job's ``method``: one name, or (evaluate) several, compared side by side."""
+    names = (method,) if isinstance(method, str) else tuple(method)
+    if not names:
+        raise CamcliError("`method` needs at least one method")
+    return names
 
 
 def box_threshold_for(model: Model, threshold: float | None) -> float:
@@ -237,6 +247,9 @@ class OverlayJob:
             chosen.append(index)
         chosen = list(dict.fromkeys(chosen))
         maps_k = min(self.maps, model.num_classes)
+        if methods.get(method).class_free and (chosen or maps_k > 1):
+            raise CamcliError(f"`method` {method} makes one map per image whatever the class (it uses no class score): "
+                              "leave out `class_names`, `class_indices` and `maps`, or choose a class-specific method")
         guard = OutputGuard({real_path(i.path) for i in images}, self.overwrite, {real_path(p) for p in self.reserved})
         if maps_k:
             names: FixedNames | RankedNames = RankedNames(images, maps_k, self, guard)
@@ -341,6 +354,9 @@ class EvaluateJob:
         faithfulness: also score the map of each image's predicted class by what the model does
             when the input is perturbed by it (see :mod:`camcli.faithfulness`); DATA may then be a
             plain folder of images (no labels: no accuracy).
+        method: ``auto``, a registered method, or several (compared side by side: the metrics of
+            each in ``by_method``, the first one's also at the top level); :meth:`bind` makes it
+            the tuple of resolved names.
         labeled: set by :meth:`bind`: whether DATA's images have labels.
     """
 
@@ -352,7 +368,7 @@ class EvaluateJob:
     calibrate: bool = False
     out: Path | None = None
     exclude: Sequence[str] = ()
-    method: str = methods.AUTO
+    method: str | Sequence[str] = methods.AUTO
     batch_size: int = BATCH_SIZE
     workers: int = 0
     faithfulness: bool = False
@@ -373,8 +389,8 @@ class EvaluateJob:
 
     def bind(self, model: Model, work=None, notify: Notify | None = None) -> tuple[EvaluateJob, list[tuple[Path, int]]]:
         """The labeled images, and every output path checked before any work."""
-        method = model.resolve_method(self.method)
-        if self.calibrate and (method != "cam" or getattr(model, "layer", None) is not None):
+        method = tuple(dict.fromkeys(model.resolve_method(m) for m in method_names(self.method)))
+        if self.calibrate and (method != ("cam",) or getattr(model, "layer", None) is not None):
             raise CamcliError("`calibrate` measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
                               "leave out `method` and `layer`")
         data = Path(self.data)
@@ -401,6 +417,7 @@ class EvaluateJob:
 
     def _outputs(self, run_dir: Path) -> list[Path]:
         return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
+            [run_dir / "faithfulness_curves.png"] if self.faithfulness else []) + (
             [run_dir / f"calibrated{SUFFIX}"] if self.calibrate else [])
 
     def slice(self, samples: Sequence[tuple[Path, int]], start: int, stop: int) -> tuple[EvaluateJob, list]:
@@ -416,50 +433,70 @@ class EvaluateJob:
         return len(part["true"])
 
     def run(self, model: Model, samples: Sequence[tuple[Path, int]]) -> Iterator[dict]:
-        """Per batch: ``{"true": classes, "pred": predicted classes, "tally": LocalizationTally}``."""
+        """Per batch: ``{"true": classes, "pred": predicted classes, "by_method": {method: {"tally":
+        LocalizationTally, "faithfulness": FaithfulnessTally, "seconds": map seconds}}}``."""
         boxes = self.boxes
         maps_at_sizes = bool(boxes) or (self.faithfulness and bool(self.cam_sizes))
         for batch in model.batches([p for p, _ in samples], self.batch_size, self.workers, keep_images=maps_at_sizes,
-                                       cam_sizes=self.cam_sizes if maps_at_sizes else ()):
+                                   cam_sizes=self.cam_sizes if maps_at_sizes else ()):
             if batch.failures:
                 raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
             labels = [samples[i][1] for i in batch.positions]
             predicted = batch.logits.argmax(axis=1).tolist()
-            tally = LocalizationTally(self.box_threshold)
-            faith = FaithfulnessTally()
-            if self.faithfulness and batch.positions:
-                top1 = np.array([[c] for c in predicted], np.int64)
-                probs = softmax(batch.logits)
-                for b, cam_map in enumerate(model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth)):
-                    c = predicted[b]
-                    faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
-                              lambda xs, c=c: softmax(model.forward(list(xs), maps=False)[0])[:, c])
-            if boxes:
-                maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), self.cam_sizes, self.method, self.smooth)
-                for b, pos in enumerate(batch.positions):
-                    rel = samples[pos][0].relative_to(self.data).as_posix()
-                    if rel not in boxes:
-                        continue
-                    check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
-                    tally.add(heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
-            yield {"true": labels, "pred": predicted, "tally": tally, "faithfulness": faith}
+            probs = softmax(batch.logits)
+            by_method = {}
+            for method in method_names(self.method):
+                tally, faith, seconds = LocalizationTally(self.box_threshold), FaithfulnessTally(), 0.0
+                if self.faithfulness and batch.positions:
+                    clock = time.perf_counter()
+                    maps = model.batch_maps(batch, np.array([[c] for c in predicted], np.int64), self.cam_sizes, method, self.smooth)
+                    seconds += time.perf_counter() - clock
+                    for b, cam_map in enumerate(maps):
+                        c = predicted[b]
+                        faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
+                                  lambda xs, c=c: softmax(model.forward(list(xs), maps=False)[0])[:, c])
+                if boxes:
+                    clock = time.perf_counter()
+                    maps = model.batch_maps(batch, np.array([[y] for y in labels], np.int64), self.cam_sizes, method, self.smooth)
+                    seconds += time.perf_counter() - clock
+                    for b, pos in enumerate(batch.positions):
+                        rel = samples[pos][0].relative_to(self.data).as_posix()
+                        if rel not in boxes:
+                            continue
+                        check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
+                        tally.add(heatmap(maps[b][0], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
+                by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
+            yield {"true": labels, "pred": predicted, "by_method": by_method}
 
     def finish(self, model: Model, parts: Iterable[dict]) -> dict:
-        """Merge the parts into the metrics and write the run folder; returns the metrics."""
-        true, pred, tally, faith = [], [], LocalizationTally(self.box_threshold), FaithfulnessTally()
+        """Merge the parts into the metrics and write the run folder; returns the metrics, with
+        ``seconds_per_image`` (what each method's maps and each faithfulness metric cost; not
+        written to ``metrics.json``, which stays the same from run to run)."""
+        names = method_names(self.method)
+        true, pred = [], []
+        tallies = {m: LocalizationTally(self.box_threshold) for m in names}
+        faiths = {m: FaithfulnessTally() for m in names}
+        seconds = dict.fromkeys(names, 0.0)
         for part in parts:
             true += part["true"]
             pred += part["pred"]
-            tally.merge(part["tally"])
-            faith.merge(part["faithfulness"])
+            for m, got in part["by_method"].items():
+                tallies[m].merge(got["tally"])
+                faiths[m].merge(got["faithfulness"])
+                seconds[m] += got["seconds"]
         result = classification_metrics(true, pred, model.class_names) if self.labeled else {"num_images": len(pred)}
-        if self.boxes:
-            result.update(tally.result(), method=self.method)
-        if self.faithfulness:
-            result["faithfulness"] = {**faith.result(), "method": self.method}
+        by_method = {}
+        for m in names:
+            scores = {"method": m, **(tallies[m].result() if self.boxes else {})}
+            if self.faithfulness:
+                scores["faithfulness"] = {**faiths[m].result(), "method": m}
+            by_method[m] = scores
+        if self.boxes or self.faithfulness:
+            result.update(by_method[names[0]])
+            result["by_method"] = by_method
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
                               "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
-                              "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes),
+                              "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes), "methods": list(names),
                               **({"smooth": list(self.smooth)} if self.smooth else {})}
         metrics_file, *others = self._outputs(self.run_dir)
         atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
@@ -473,12 +510,34 @@ class EvaluateJob:
                 "threshold (fraction of the normalized map)", "box accuracy",
                 mark=(result["best_threshold"], result["max_box_acc"]),
             )
-            write_image(others[0], plot, self.guard.recorder(others[0]))
+            target = others.pop(0)
+            write_image(target, plot, self.guard.recorder(target))
+        if self.faithfulness:
+            target = others.pop(0)
+            write_image(target, faithfulness_plot({m: by_method[m]["faithfulness"] for m in names}), self.guard.recorder(target))
         if self.calibrate:
             target = others[-1]
             atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), result, self.data)),
                          self.guard.recorder(target))
+        n = max(len(pred), 1)
+        result["seconds_per_image"] = {m: {"maps": seconds[m] / n, **({k: v / n for k, v in faiths[m].seconds.items()}
+                                                                          if self.faithfulness else {})} for m in names}
         return result
+
+
+def faithfulness_plot(scores: dict[str, dict]) -> np.ndarray:
+    """The mean deletion and insertion curves of each method, side by side: RGB uint8."""
+    charts = []
+    for curve, better in (("deletion", "lower"), ("insertion", "higher")):
+        first = next(iter(scores.values()))
+        charts.append(plot_curves(
+            first["curves"]["fractions"],
+            {f"{m} {f[curve + '_auc']:.3f}": f["curves"][curve] for m, f in scores.items()},
+            f"{curve.capitalize()} ({first['num_images']} images; area: {better} is more faithful)",
+            "fraction of the input's positions " + ("deleted" if curve == "deletion" else "inserted"),
+            "probability of the predicted class", size=(640, 440),
+        ))
+    return np.hstack(charts)
 
 
 # ---------------------------------------------------------------- train's feature pass

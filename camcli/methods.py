@@ -34,6 +34,11 @@ class Method:
         perturbation: gradient-free: the weights come from the model's scores of perturbed
             inputs or features (a GAP + linear head only; run through the engine's batches, so
             on ONNX Runtime as well as PyTorch).
+        class_free: the map does not depend on the class (every class of an image gets the same
+            map), so choosing classes to map (``--class``, ``--maps``) is refused.
+        baseline: a map that knows nothing of the model (noise, a centred Gaussian, the image's
+            edges): a method is only to be trusted where it beats them (``evaluate``'s
+            side-by-side table). Computed from the model input alone, on any head.
     """
 
     name: str
@@ -43,6 +48,8 @@ class Method:
     summary: str
     common_scale: bool = False
     perturbation: bool = False
+    class_free: bool = False
+    baseline: bool = False
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -55,13 +62,22 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "2020)"),
     Method("xgradcam", True, "xgradcam_map", True, "channel weights = sum(gradient x activation) / sum(activation) (Fu et al. "
            "2020)"),
+    Method("gradcamelementwise", True, "gradcamelementwise_map", True, "ReLU(gradient x activation) per position, summed "
+           "over channels (pytorch-grad-cam's GradCAMElementWise)"),
     Method("eigencam", True, "eigencam_map", True, "first principal component of the activations: no class, no gradient "
-           "(Muhammad & Yeasin 2020)"),
+           "(Muhammad & Yeasin 2020)", class_free=True),
     Method("eigengradcam", True, "eigengradcam_map", True, "first principal component of gradient x activation"),
     Method("scorecam", False, "scorecam_map", True, "channel weights = softmax of the class score of the input masked by each "
            "channel: C forward passes per image (Wang et al. 2020)", perturbation=True),
     Method("ablationcam", False, "ablationcam_map", True, "channel weights = relative drop of the class score when the channel "
            "is ablated (Desai & Ramaswamy 2020)", perturbation=True),
+    Method("fem", True, "fem_map", True, "channel weights = fraction of the channel above its mean + 2 std: no class, no "
+           "gradient (Fuad et al. 2020)", class_free=True),
+    Method("kpcacam", True, "kpcacam_map", True, "first kernel principal component (sigmoid kernel) of the activations: no "
+           "class, no gradient (Karmani et al. 2024)", class_free=True),
+    Method("random", False, "random_map", False, "baseline: uniform noise, seeded by the image", class_free=True, baseline=True),
+    Method("center", False, "center_map", False, "baseline: a centred Gaussian", class_free=True, baseline=True),
+    Method("sobel", False, "sobel_map", False, "baseline: edge magnitude of the input (Sobel)", class_free=True, baseline=True),
 )}
 NAMES = tuple(REGISTRY)  # the parser's choices (with "auto")
 AUTO = "auto"  # the model's own default: cam on a GAP + linear head, else gradcam
@@ -77,7 +93,6 @@ def get(name: str) -> Method:
 def gradient_methods() -> tuple[str, ...]:
     """The names of the methods a head without a GAP + linear form can use."""
     return tuple(m.name for m in REGISTRY.values() if m.gradients)
-
 
 
 def help_text() -> str:

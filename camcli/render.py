@@ -120,13 +120,15 @@ def plot_curves(
     cv2.putText(img, title, (left, 22), font, 0.6, black, 1, cv2.LINE_AA)
     cv2.putText(img, x_label, (left + pw // 2 - 40, height - 12), font, 0.5, black, 1, cv2.LINE_AA)
     cv2.putText(img, y_label, (8, top - 14), font, 0.45, black, 1, cv2.LINE_AA)
-    palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+    palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    spacing = min(22, max(12, ph // max(len(curves), 1)))  # every legend row inside the plot's height
     for i, (label, ys) in enumerate(curves.items()):
         color = palette[i % len(palette)]
         thickness = 5 if i == 0 else 2  # the first curve widest: where a later one covers it, it still shows at the edges
         points = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
         cv2.polylines(img, [points], False, color, thickness, cv2.LINE_AA)
-        y = top + 12 + 22 * i
+        y = top + 12 + spacing * i
         cv2.line(img, (left + pw + 12, y - 4), (left + pw + 34, y - 4), color, thickness)
         cv2.putText(img, label, (left + pw + 40, y), font, 0.42, black, 1, cv2.LINE_AA)
     if mark is not None:

@@ -247,3 +247,26 @@ def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
     shutil.copy(sample_run / "best.safetensors", plain)
     listed = runner.invoke(app, ["layers", "--checkpoint", str(plain), "--format", "jsonl"])
     assert listed.exit_code == 0 and any(json.loads(line)["name"] == "features" for line in listed.stdout.splitlines())
+
+
+def test_scorecam_equals_pytorch_grad_cams_on_a_head_that_is_not_gap_linear():
+    """VGG16's own head (flatten + three linear layers): Score-CAM at its last feature map, the masked
+    inputs scored by the whole classifier; constant channels (all-zero masks) scored once."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    classifier = build_classifier("vgg16", "none")
+    oracle_model = copy.deepcopy(classifier.model).requires_grad_(True)
+    ours = GradModel(classifier, [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    logits, graph, sizes = ours.forward(list(x.numpy()))
+    acts = ours._grid(graph.groups[0].leaf.detach(), (64, 64)).numpy()[0]
+    assert (acts.max(axis=(1, 2)) == acts.min(axis=(1, 2))).any()  # the shortcut is exercised
+    with pgc.ScoreCAM(model=oracle_model, target_layers=[oracle_model.features]) as oracle:
+        expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(7)])
+    maps = ours._maps(graph, sizes, np.array([[7]]), "scorecam", list(x.numpy()))
+    assert expected[0].max() > 0.99
+    np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0][0]), (64, 64))), expected[0], atol=1e-4)
+    with pytest.raises(CamcliError, match="ablationcam runs on a GAP"):
+        ours.resolve_method("ablationcam")

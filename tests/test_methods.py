@@ -1,6 +1,7 @@
 """Gradient-weighted maps for GAP + linear heads, against pytorch-grad-cam (the oracle) and the CAM theorem."""
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,19 +43,17 @@ def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     oracle_class = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM,
-                    "xgradcam": pgc.XGradCAM, "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM}[method]
+                    "xgradcam": pgc.XGradCAM, "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM,
+                    "gradcamelementwise": pgc.GradCAMElementWise, "fem": pgc.FEM, "kpcacam": pgc.KPCA_CAM}[method]
     module = __import__(oracle_class.__module__, fromlist=["x"])
     original = svd_on_activations.get_2d_projection
 
-    def signed(batch):  # the rule written out: correlate with the centered channel sum
-        out = original(batch)
-        for i, values in enumerate(np.nan_to_num(batch)):
-            flat = values.reshape(values.shape[0], -1).T
-            flat = flat - flat.mean(axis=0)
-            if float(out[i].reshape(-1) @ flat.sum(axis=1)) < 0:
-                out[i] = -out[i]
-        return out
+    def signed(batch):
+        return _agreeing(original(batch), batch)
 
+    if method == "kpcacam":  # scikit-learn's sign (svd_flip) replaced by the same rule
+        kernel_projection = module.get_2d_projection_kernel
+        monkeypatch.setattr(module, "get_2d_projection_kernel", lambda batch, *a: _agreeing(kernel_projection(batch, *a), batch))
     if method.startswith("eigen") or eigen_smooth:
         import pytorch_grad_cam.base_cam as base
 
@@ -65,7 +64,21 @@ def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch
         return oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes], eigen_smooth=eigen_smooth)
 
 
-ALL_GRADIENT = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam", "eigengradcam"]
+def _agreeing(projections: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """The sign rule written out: each projection negated where it correlates negatively with the
+    centered channel sum."""
+    out = np.array(projections)
+    for i, values in enumerate(np.nan_to_num(batch)):
+        flat = values.reshape(values.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        if float(out[i].reshape(-1) @ flat.sum(axis=1)) < 0:
+            out[i] = -out[i]
+    return out
+
+
+ALL_GRADIENT = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "gradcamelementwise", "eigencam", "eigengradcam",
+                "fem", "kpcacam"]
+CLASS_FREE = {"eigencam", "fem", "kpcacam"}
 
 
 @pytest.mark.parametrize("method", ALL_GRADIENT)
@@ -283,7 +296,7 @@ def _overlay_heat(sample_run, tmp_path, *options) -> tuple[dict, list[np.ndarray
     return row, colored, jet[0], jet[1]
 
 
-@pytest.mark.parametrize("method", ["cam", *ALL_GRADIENT, "ablationcam"])
+@pytest.mark.parametrize("method", ["cam", *(m for m in ALL_GRADIENT if m not in CLASS_FREE), "ablationcam"])
 def test_shared_scale_makes_a_weak_class_look_weak_for_every_method(sample_run, tmp_path, method):
     """The heat read back from the written overlay pixels."""
     row, colored, zero_heat, _ = _overlay_heat(sample_run, tmp_path, "--maps", "3", "--method", method)
@@ -326,3 +339,50 @@ def test_smoothing_on_the_command_line_is_recorded_in_rows_and_metrics(sample_ru
                                     "--out", str(tmp_path / "e")])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["settings"]["smooth"] == ["aug"]
+
+
+def test_the_baselines_know_nothing_of_the_model():
+    import cv2
+
+    from camcli.cam import center_map, random_map, sobel_map
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 32, 48)).astype(np.float32), rng.standard_normal((3, 32, 48)).astype(np.float32)
+    noise = random_map(x, (4, 6))
+    assert noise.shape == (4, 6) and np.array_equal(noise, random_map(x.copy(), (4, 6)))  # seeded by the image
+    assert not np.array_equal(noise, random_map(y, (4, 6)))
+    gauss = center_map(x, (5, 7))
+    assert np.unravel_index(gauss.argmax(), gauss.shape) == (2, 3) and np.allclose(gauss, gauss[::-1, ::-1])
+    assert gauss[2, 0] == pytest.approx(np.exp(-0.5 * (3 / (7 / 4)) ** 2), rel=1e-5)  # 3 cells from the centre, sigma 7/4
+    step = np.zeros((3, 20, 20), np.float32)
+    step[:, :, 10:] = 20 / 255  # a vertical edge between columns 9 and 10 (no 8-bit saturation below)
+    edges = sobel_map(step, (2, 2))
+    assert edges.shape == (20, 20)  # at input resolution
+    assert set(np.flatnonzero(edges[10] > 0)) == {9, 10}
+    gray = np.rint(step.mean(axis=0) * 255).astype(np.uint8)  # pytorch-grad-cam's sobel_cam on the same picture, rescaled
+    theirs = cv2.addWeighted(cv2.convertScaleAbs(cv2.Sobel(gray, cv2.CV_64F, 1, 0, ksize=3)), 0.5,
+                             cv2.convertScaleAbs(cv2.Sobel(gray, cv2.CV_64F, 0, 1, ksize=3)), 0.5, 0)
+    assert theirs.max() == 40
+    np.testing.assert_allclose(edges * 255, theirs, atol=1e-3)
+
+
+def test_class_free_methods_refuse_a_chosen_class(sample_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    image = Path(__file__).resolve().parents[1] / "sample_data" / "val" / "cat" / "cat_00.jpg"
+    ckpt = str(sample_run / "best.safetensors")
+    for method in ("eigencam", "fem", "kpcacam", "random"):
+        for choice in (["--class", "cat"], ["--maps", "2"]):
+            result = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", ckpt, "--method", method, *choice,
+                                              "--out-dir", str(tmp_path / "o")])
+            assert result.exit_code != 0
+            assert result.stderr.strip().splitlines() == [
+                f"error: --method {method} makes one map per image whatever the class (it uses no class score): leave out "
+                "--class, --class-index and --maps, or choose a class-specific method"]
+    assert not (tmp_path / "o").exists()
+    kept = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", ckpt, "--method", "sobel", "--out-dir",
+                                    str(tmp_path / "o"), "--format", "json"])
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)[0]["method"] == "sobel"
