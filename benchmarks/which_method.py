@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "gradcamelementwise", "eigencam", "eigengradcam",
-           "scorecam", "ablationcam", "fem", "kpcacam", "random", "center", "sobel")
+           "scorecam", "ablationcam", "fem", "kpcacam", "finercam", "random", "center", "sobel")
 
 
 def evaluate(checkpoint: Path, out: Path, *options: str) -> dict:

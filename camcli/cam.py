@@ -330,6 +330,34 @@ def head_gradients(weight: np.ndarray, c: int, shape: tuple[int, int, int]) -> n
     return np.broadcast_to((weight[c] / (h * w)).astype(np.float32)[:, None, None], (channels, h, w))
 
 
+FINER_COMPARISONS = 3  # FinerCAM's classes compared with the mapped one (pytorch-grad-cam's default: 1, 2, 3)
+FINER_ALPHA = 1.0  # and the strength of the comparison
+
+
+def finer_classes(logits: np.ndarray, c: int, count: int = FINER_COMPARISONS) -> np.ndarray:
+    """FinerCAM's comparison classes for class ``c`` of one image's (K,) logits: the ``count``
+    other classes whose logits are nearest to c's (pytorch-grad-cam's order: by |y - y_c|)."""
+    order = np.argsort(np.abs(np.asarray(logits, np.float64) - float(logits[c])), kind="stable")
+    return order[order != c][:count]
+
+
+def finer_score_gradient(logits: np.ndarray, c: int, alpha: float = FINER_ALPHA) -> np.ndarray:
+    """d s / d y for FinerCAM's score of class ``c`` (Zhang et al. 2025, pytorch-grad-cam's
+    ``FinerWeightedTarget``): s = sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9) over the
+    comparison classes j (:func:`finer_classes`), p the softmax of the (K,) logits y, which
+    depends on y too. Returns float64 (K,)."""
+    y = np.asarray(logits, np.float64)
+    p = softmax(y[None])[0]
+    classes = finer_classes(y, c)
+    eye = np.eye(len(y))
+    dp = p[classes, None] * (eye[classes] - p[None, :])  # (J, K): d p_j / d y
+    gaps = y[c] - alpha * y[classes]
+    numerator = float(p[classes] @ gaps)
+    d_numerator = gaps @ dp + p[classes] @ (eye[c][None, :] - alpha * eye[classes])
+    denominator = float(p[classes].sum()) + 1e-9
+    return (d_numerator * denominator - numerator * dp.sum(axis=0)) / denominator**2
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, K) logits, computed stably (max subtracted) in float64."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)

@@ -441,12 +441,22 @@ class CamModel(Model):
                 return _crop(cam.class_maps(feats, self.weight, classes), sizes)
             return [np.stack([cam.combine(self.weight[int(c)][:, None, None] * feats[i, :, :h, :w], True) for c in classes[i]])
                     .astype(np.float32) for i, (h, w) in enumerate(sizes)]
+        finer = methods.get(method).target == "finer"
         out = []
         for i, (h, w) in enumerate(sizes):
             acts = feats[i, :, :h, :w]
-            out.append(np.stack([cam.gradient_map(acts, cam.head_gradients(self.weight, int(c), acts.shape), method, eigen_smooth)
+            logits = cam.pooled_logits(acts[None], self.weight, self.bias, [(h, w)])[0] if finer else None
+            out.append(np.stack([cam.gradient_map(acts, self._head_gradients(int(c), acts.shape, logits), method, eigen_smooth)
                                  for c in classes[i]]).astype(np.float32))
         return out
+
+    def _head_gradients(self, c: int, shape: tuple[int, int, int], logits: np.ndarray | None) -> np.ndarray:
+        """The exact gradients of class ``c``'s logit, or (``logits`` given: FinerCAM) of its
+        score against its most similar classes, d s / d A = W^T (d s / d y) / (h w)."""
+        if logits is None:
+            return cam.head_gradients(self.weight, c, shape)
+        row = (cam.finer_score_gradient(logits, c) @ self.weight.astype(np.float64)).astype(np.float32)
+        return np.broadcast_to((row / (shape[1] * shape[2]))[:, None, None], shape)
 
 
     def _perturbation_maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,

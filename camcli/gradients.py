@@ -216,9 +216,10 @@ class GradModel(Model):
             ks = torch.tensor([k for k, _ in members], device=group.logits.device)
             if group.acts is None:
                 group.acts = self._grid(group.leaf.detach(), group.input_hw).float().cpu().numpy()
+            finer = methods.get(method).target == "finer"
             for j in range(classes.shape[1]):
                 targets = torch.tensor([int(classes[i, j]) for _, i in members], device=group.logits.device)
-                score = group.logits[ks, targets].float().sum()
+                score = _finer_score(group.logits[ks].float(), targets) if finer else group.logits[ks, targets].float().sum()
                 (grad,) = torch.autograd.grad(score, group.leaf, retain_graph=True, allow_unused=True)
                 if grad is None:  # the scores do not depend on this layer: no gradient, an empty map
                     grad = torch.zeros_like(group.leaf)
@@ -245,6 +246,19 @@ class GradModel(Model):
                     out[i] = scorecam_maps(group.acts[k], inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0],
                                            eigen_smooth).astype(np.float32)
         return out
+
+
+def _finer_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """FinerCAM's score summed over rows: sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9), the
+    comparison classes j from :func:`camcli.cam.finer_classes` (see
+    :func:`camcli.cam.finer_score_gradient`, its gradient on a GAP + linear head)."""
+    total = logits.new_zeros(())
+    values = logits.detach().cpu().numpy()
+    for row, c in enumerate(targets.tolist()):
+        others = torch.as_tensor(cam.finer_classes(values[row], c), device=logits.device)
+        p = torch.softmax(logits[row], dim=-1)[others]
+        total = total + (p * (logits[row, c] - cam.FINER_ALPHA * logits[row, others])).sum() / (p.sum() + 1e-9)
+    return total
 
 
 def _channels_last(t: torch.Tensor, input_hw: Sequence[int], default: bool) -> bool:

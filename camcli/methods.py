@@ -36,6 +36,9 @@ class Method:
             on ONNX Runtime as well as PyTorch).
         class_free: the map does not depend on the class (every class of an image gets the same
             map), so choosing classes to map (``--class``, ``--maps``) is refused.
+        target: what the gradients are of: ``class`` (the class's logit) or ``finer`` (FinerCAM's
+            score: the class's logit against its most similar classes', see
+            :func:`camcli.cam.finer_score_gradient`).
         baseline: a map that knows nothing of the model (noise, a centred Gaussian, the image's
             edges): a method is only to be trusted where it beats them (``evaluate``'s
             side-by-side table). Computed from the model input alone, on any head.
@@ -50,6 +53,7 @@ class Method:
     perturbation: bool = False
     class_free: bool = False
     baseline: bool = False
+    target: str = "class"
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -75,6 +79,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "gradient (Fuad et al. 2020)", class_free=True),
     Method("kpcacam", True, "kpcacam_map", True, "first kernel principal component (sigmoid kernel) of the activations: no "
            "class, no gradient (Karmani et al. 2024)", class_free=True),
+    Method("finercam", True, "gradcam_map", True, "Grad-CAM of the class's logit against its 3 most similar classes', "
+           "weighted by their probabilities: what tells the class from its neighbours (Zhang et al. 2025)", target="finer"),
     Method("random", False, "random_map", False, "baseline: uniform noise, seeded by the image", class_free=True, baseline=True),
     Method("center", False, "center_map", False, "baseline: a centred Gaussian", class_free=True, baseline=True),
     Method("sobel", False, "sobel_map", False, "baseline: edge magnitude of the input (Sobel)", class_free=True, baseline=True),

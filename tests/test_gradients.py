@@ -270,3 +270,19 @@ def test_scorecam_equals_pytorch_grad_cams_on_a_head_that_is_not_gap_linear():
     np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0][0]), (64, 64))), expected[0], atol=1e-4)
     with pytest.raises(CamcliError, match="ablationcam runs on a GAP"):
         ours.resolve_method("ablationcam")
+
+
+def test_finercam_equals_pytorch_grad_cams_on_a_head_that_is_not_gap_linear():
+    from test_methods import finer_oracle
+
+    torch.manual_seed(0)
+    classifier = build_classifier("vgg16", "none")
+    oracle_model = copy.deepcopy(classifier.model).requires_grad_(True)
+    ours = GradModel(classifier, [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    logits, graph, sizes = ours.forward(list(x.numpy()))
+    classes = [7, int(logits[1].argmax())]
+    expected = finer_oracle(oracle_model, oracle_model.features, x, classes)
+    for i, maps in enumerate(ours._maps(graph, sizes, np.array([[c] for c in classes]), "finercam")):
+        assert expected[i].max() > 0.99
+        np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0]), (64, 64))), expected[i], atol=1e-4)

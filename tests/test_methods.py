@@ -387,3 +387,38 @@ def test_class_free_methods_refuse_a_chosen_class(sample_run, tmp_path):
                                     str(tmp_path / "o"), "--format", "json"])
     assert kept.exit_code == 0, kept.output
     assert json.loads(kept.stdout)[0]["method"] == "sobel"
+
+
+def finer_oracle(model, layer, x, classes) -> list[np.ndarray]:
+    """pytorch-grad-cam's FinerCAM (base GradCAM, alpha 1, comparisons 1..3), one image at a time with
+    its class as ``target_idx``."""
+    from pytorch_grad_cam import FinerCAM
+
+    with FinerCAM(model, [layer]) as oracle:
+        return [oracle(input_tensor=x[i : i + 1], target_idx=c)[0] for i, c in enumerate(classes)]
+
+
+def test_finercam_equals_pytorch_grad_cams_on_a_gap_linear_model(resnet):
+    """camcli's exact head gradients of FinerCAM's score (the softmax weights differentiated too)."""
+    model, ours, x = resnet
+    classes = [1, 3]
+    expected = finer_oracle(model, model.layer4, x, classes)
+    for i, maps in enumerate(_our_maps(ours, x, classes, "finercam")):
+        assert expected[i].max() > 0.99
+        np.testing.assert_allclose(normalize_maps(upsample_to(normalize_maps(maps[0]), (96, 128))), expected[i], atol=1e-4)
+    plain = _our_maps(ours, x, classes, "gradcam")
+    assert not np.allclose(normalize_maps(plain[0][0]), normalize_maps(_our_maps(ours, x, classes, "finercam")[0][0]))
+
+
+def test_finer_score_gradient_by_finite_differences():
+    from camcli.cam import finer_classes, finer_score_gradient, softmax
+
+    y = np.array([2.0, 1.5, -0.3, 1.9, 0.2, 3.0])
+    assert finer_classes(y, 0).tolist() == [3, 1, 5]  # the logits nearest to 2.0
+
+    def score(v):
+        p = softmax(v[None])[0][[3, 1, 5]]
+        return float(p @ (v[0] - v[[3, 1, 5]]) / (p.sum() + 1e-9))
+
+    numeric = np.array([(score(y + 1e-6 * e) - score(y - 1e-6 * e)) / 2e-6 for e in np.eye(len(y))])
+    np.testing.assert_allclose(finer_score_gradient(y, 0), numeric, atol=1e-6)
