@@ -791,8 +791,8 @@ def evaluate(
         "box threshold, which overlay then uses.")] = False,
     faithfulness: Annotated[bool, typer.Option("--faithfulness", help="Also score the map of each image's predicted class "
         "without boxes: average drop and increase in confidence (the input multiplied by the map), deletion and insertion "
-        "areas (20 steps, zero baseline); about 40 forward passes per image. DATA may then be a plain folder of "
-        "images.")] = False,
+        "areas (20 steps, zero baseline), ROAD (needs SciPy: camcli[faithfulness]); about 60 forward passes and 18 sparse "
+        "solves per image and method. DATA may then be a plain folder of images.")] = False,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
     out: Annotated[Optional[Path], typer.Option(
         callback=_a_value, help="Folder for metrics.json and the box-accuracy plot [default: "

@@ -249,18 +249,23 @@ def test_hostile_review_findings_stay_fixed(tmp_path, sample_run):
     assert listed.exit_code == 0 and any(json.loads(line)["name"] == "features" for line in listed.stdout.splitlines())
 
 
+def _vgg16_at_64(n: int):
+    """A random VGG16 (its own head), its copy for the oracle, camcli's model, n inputs and their forward pass."""
+    torch.manual_seed(0)
+    classifier = build_classifier("vgg16", "none")
+    oracle_model = copy.deepcopy(classifier.model).requires_grad_(True)
+    ours = GradModel(classifier, [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
+    x = torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    return oracle_model, ours, x, ours.forward(list(x.numpy()))
+
+
 def test_scorecam_equals_pytorch_grad_cams_on_a_head_that_is_not_gap_linear():
     """VGG16's own head (flatten + three linear layers): Score-CAM at its last feature map, the masked
     inputs scored by the whole classifier; constant channels (all-zero masks) scored once."""
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    torch.manual_seed(0)
-    classifier = build_classifier("vgg16", "none")
-    oracle_model = copy.deepcopy(classifier.model).requires_grad_(True)
-    ours = GradModel(classifier, [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    logits, graph, sizes = ours.forward(list(x.numpy()))
+    oracle_model, ours, x, (logits, graph, sizes) = _vgg16_at_64(1)
     acts = ours._grid(graph.groups[0].leaf.detach(), (64, 64)).numpy()[0]
     assert (acts.max(axis=(1, 2)) == acts.min(axis=(1, 2))).any()  # the shortcut is exercised
     with pgc.ScoreCAM(model=oracle_model, target_layers=[oracle_model.features]) as oracle:
@@ -275,12 +280,7 @@ def test_scorecam_equals_pytorch_grad_cams_on_a_head_that_is_not_gap_linear():
 def test_finercam_equals_pytorch_grad_cams_on_a_head_that_is_not_gap_linear():
     from test_methods import finer_oracle
 
-    torch.manual_seed(0)
-    classifier = build_classifier("vgg16", "none")
-    oracle_model = copy.deepcopy(classifier.model).requires_grad_(True)
-    ours = GradModel(classifier, [f"c{i}" for i in range(1000)], Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), device="cpu")
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    logits, graph, sizes = ours.forward(list(x.numpy()))
+    oracle_model, ours, x, (logits, graph, sizes) = _vgg16_at_64(2)
     classes = [7, int(logits[1].argmax())]
     expected = finer_oracle(oracle_model, oracle_model.features, x, classes)
     for i, maps in enumerate(ours._maps(graph, sizes, np.array([[c] for c in classes]), "finercam")):
