@@ -2,9 +2,10 @@
 
 The same arithmetic as ``torch.nn.Linear`` + ``torch.nn.functional.cross_entropy`` +
 ``torch.optim.AdamW`` with PyTorch's defaults (betas 0.9 / 0.999, eps 1e-8, decoupled weight
-decay), so that a head can be fitted where PyTorch is not installed (the light install, issue
-21). Tested step by step against PyTorch on the same batches. Not wired into ``camcli train``
-yet: ``camcli.train`` still fits with PyTorch.
+decay), so that a head is fitted the same way whether PyTorch is installed or not (``camcli
+train`` fits with it; the light install of issue 21 needs it). Tested step by step against
+PyTorch on the same batches. The head's initialization and each epoch's order are drawn from one
+NumPy generator seeded by ``seed``.
 """
 
 from __future__ import annotations

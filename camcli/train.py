@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
-from torch import nn
 
 from camcli.backbones import Backbone, backbone_state, build_backbone
 from camcli.cam import softmax
@@ -33,6 +31,7 @@ from camcli.errors import CamcliError, os_error
 from camcli.evaluate import classification_metrics
 from camcli.factory import ModelSpec, backbone_model
 from camcli.files import FolderLock, OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
+from camcli.headfit import AdamW, LinearHead, evaluate, shuffled_batches, train_one_epoch
 from camcli.jobs import FeatureJob, LocalEngine
 from camcli.render import draw_caption, render_overlay
 from camcli.report import write_train_report
@@ -75,7 +74,7 @@ def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preproces
 
 def cached_pooled_features(
     paths: list[Path], preprocess: Preprocess, weights_id: str, backend: str, compute: Callable[[], Iterable[np.ndarray]],
-) -> tuple[torch.Tensor, bool]:
+) -> tuple[np.ndarray, bool]:
     """(N, C) pooled features of ``paths`` from the feature cache, computing them with ``compute``
     (one (B, C) array per batch, in order: a :class:`camcli.jobs.FeatureJob` on an engine) and
     caching them on a miss. A cache file is used only as its record says it was written (its
@@ -88,52 +87,14 @@ def cached_pooled_features(
         with contextlib.suppress(ValueError, OSError, EOFError):  # a file camcli did not write is recomputed
             cached = np.load(io.BytesIO(data), allow_pickle=False)
             if cached.ndim == 2 and len(cached) == len(paths) and cached.dtype == np.float32:
-                return torch.from_numpy(cached), True
+                return cached, True
     feats = np.concatenate(list(compute())).astype(np.float32, copy=False)
     with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
         buffer = io.BytesIO()
         np.save(buffer, feats, allow_pickle=False)
         atomic_write(path, buffer.getvalue())
         record_cache(path, **facts)
-    return torch.from_numpy(feats), False
-
-
-def shuffled_batches(
-    features: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(features, labels) mini-batches of cached (N, C) features in a seeded random order."""
-    order = torch.randperm(len(labels), generator=generator)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield features[idx], labels[idx]
-
-
-def train_one_epoch(
-    head: nn.Linear, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer
-) -> tuple[float, float]:
-    """One pass over (pooled features (B, C), labels (B,)) batches; returns (mean loss, accuracy)."""
-    head.train()
-    total_loss, correct, count = 0.0, 0, 0
-    for x, y in batches:
-        logits = head(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        count += len(y)
-    return total_loss / count, correct / count
-
-
-def evaluate(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
-    """(mean loss, accuracy, predicted class per sample) of the head on (N, C) pooled features."""
-    head.eval()
-    with torch.inference_mode():
-        logits = head(features)
-        loss = F.cross_entropy(logits, labels)
-        preds = logits.argmax(1)
-    return float(loss), float((preds == labels).float().mean()), preds
+    return feats, False
 
 
 RUN_FILES = ("config.yaml", f"best{SUFFIX}", f"last{SUFFIX}", "metrics.csv", "report.html")
@@ -196,36 +157,36 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
     if note:
         say(note)
 
-    def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def extract(samples: list[tuple[Path, int]], stage: str) -> tuple[np.ndarray, np.ndarray]:
         paths = [p for p, _ in samples]
         job = FeatureJob(preprocess, config.batch_size, config.workers, stage=stage)
         feats, hit = cached_pooled_features(paths, preprocess, features.weights_id(), features.runner.name,
                                             lambda: engine.run(job, features, paths, progress))
         if hit:
             say(f"{stage}: {len(samples)} images from the feature cache")
-        return feats, torch.tensor([y for _, y in samples], dtype=torch.long)
+        return feats, np.array([y for _, y in samples], np.int64)
 
-    train_y = torch.tensor([y for _, y in train_set], dtype=torch.long)
+    train_y = np.array([y for _, y in train_set], np.int64)
     if config.augment:
         say("`augment`: random resized crops and flips, so features are computed every epoch (no feature cache)")
     else:
         train_x, train_y = extract(train_set, "train features")
     val_x, val_y = extract(val_set, "val features")
 
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    head = nn.Linear(backbone.num_features, len(class_names))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)  # the head's init, then each epoch's order
+    head = LinearHead.init(backbone.num_features, len(class_names), seed=config.seed)
+    optimizer = AdamW(lr=config.lr, weight_decay=config.weight_decay)
     train_paths = [p for p, _ in train_set]
 
-    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch_batches(epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not config.augment:
-            return shuffled_batches(train_x, train_y, config.batch_size, generator)
-        order = torch.randperm(len(train_paths), generator=generator).tolist()
+            return shuffled_batches(train_x, train_y, config.batch_size, rng)
+        order = rng.permutation(len(train_paths))
         job = FeatureJob(preprocess, config.batch_size, config.workers, augment=True, seed=config.seed * 100_003 + epoch,
                          stage=f"epoch {epoch} (augmented)")
         feats = LocalEngine().run(job, features, [train_paths[i] for i in order], progress)
-        return zip(map(torch.from_numpy, feats), train_y[order].split(config.batch_size))
+        labels = train_y[order]
+        return zip(feats, (labels[i : i + config.batch_size] for i in range(0, len(labels), config.batch_size)))
 
     # a reused run folder (--exist-ok): the previous run's files go first, so a run that stops early never leaves a
     # mix of two runs (its config.yaml beside the previous run's checkpoints); each is checked to be camcli's in the
@@ -239,14 +200,14 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
     for epoch in range(1, config.epochs + 1):
         train_loss, train_acc = train_one_epoch(head, epoch_batches(epoch), optimizer)
         val_loss, val_acc, _ = evaluate(head, val_x, val_y)
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(torch.isfinite(head.weight).all())):
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(np.isfinite(head.weight).all())):
             raise CamcliError(
                 f"training diverged at epoch {epoch} (the loss is not a finite number): lower lr (now {config.lr:g})"
                 + (f"; {run_dir} keeps the checkpoints of epoch{'s 1-' if epoch > 2 else ' '}{epoch - 1}" if epoch > 1 else "")
             )
         row = dict(zip(METRIC_COLUMNS, (epoch, train_loss, train_acc, val_loss, val_acc)))
         history.append(row)
-        checkpoint = make_checkpoint(config.arch, head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(), class_names,
+        checkpoint = make_checkpoint(config.arch, head.weight.copy(), head.bias.copy(), class_names,
                                      preprocess, config.to_dict(), row, stored_backbone)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
             best, best_checkpoint = row, checkpoint
@@ -263,13 +224,12 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
 
 def _write_report(
     run_dir: Path, checkpoint: dict, backbone: Backbone, preprocess: Preprocess, config: TrainConfig,
-    val_x: torch.Tensor, val_y: torch.Tensor, val_set: list[tuple[Path, int]], class_names: list[str],
+    val_x: np.ndarray, val_y: np.ndarray, val_set: list[tuple[Path, int]], class_names: list[str],
     history: list[dict], per_kind: int = 6, before_rename=None,
 ) -> None:
     """RUN_DIR/report.html for the best epoch: curves, confusion matrix, and validation
     overlays of up to ``per_kind`` correct and ``per_kind`` misclassified images."""
-    head = nn.Linear(checkpoint["head"]["weight"].shape[1], len(class_names))
-    head.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint["head"].items()})
+    head = LinearHead(checkpoint["head"]["weight"], checkpoint["head"]["bias"])
     _, _, preds = evaluate(head, val_x, val_y)
     confusion = classification_metrics(val_y.tolist(), preds.tolist(), class_names)["confusion"]["matrix"]
     def spread(indices: list[int]) -> list[int]:
@@ -287,7 +247,8 @@ def _write_report(
     chosen = right + wrong
     examples = []
     if chosen:
-        model = CamModel(config.arch, backbone.features, head, class_names, preprocess, config.device, backend="torch")
+        model = CamModel(config.arch, backbone.features, (head.weight, head.bias), class_names, preprocess, config.device,
+                         backend="torch")
         paths = [val_set[i][0] for i in chosen]
         for batch in model.batches(paths, config.batch_size, 0, keep_images=True):
             top = batch.logits.argmax(axis=1)[:, None]

@@ -96,7 +96,10 @@ def test_ray_engine_trains_and_evaluates_as_the_local_engine(tmp_path, monkeypat
     assert (local_ckpt["head"]["weight"] == ray_ckpt["head"]["weight"]).all()
     assert local_metrics.pop("settings")["checkpoint"] == "t_local/best.safetensors"
     assert ray_metrics.pop("settings")["checkpoint"] == "t_ray/best.safetensors"
+    assert set(local_metrics.pop("seconds_per_image")) == set(ray_metrics.pop("seconds_per_image")) == {"cam"}  # timings differ
     assert local_metrics == ray_metrics and local_metrics["num_images_with_boxes"] == 2
+    assert (tmp_path / "e_local" / "metrics.json").read_bytes().replace(b"t_local", b"t_ray") == \
+        (tmp_path / "e_ray" / "metrics.json").read_bytes()
     assert (tmp_path / "e_local" / "box_accuracy.png").read_bytes() == (tmp_path / "e_ray" / "box_accuracy.png").read_bytes()
 
 
