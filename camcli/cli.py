@@ -325,32 +325,7 @@ class ModelOptions:
         return spec
 
 
-@dataclass
-class MapOptions:
-    """How the maps are made (predict --boxes, overlay, evaluate)."""
-
-    cam_size: Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at "
-        "--img-size).")] = None
-    cam_scales: Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of "
-        "normalized maps).")] = None
-    method: Annotated[Literal[(methods.AUTO, *methods.NAMES)], typer.Option(help=methods.help_text())] = methods.AUTO
-    aug_smooth: Annotated[bool, typer.Option("--aug-smooth", help="Average the maps of the input flipped or not, times 0.9, "
-        "1 and 1.1 (pytorch-grad-cam's aug_smooth: 6 forward passes).")] = False
-    eigen_smooth: Annotated[bool, typer.Option("--eigen-smooth", help="Combine each method's per-channel terms by their first "
-        "principal component instead of their sum (pytorch-grad-cam's eigen_smooth).")] = False
-
-    def smooth(self) -> tuple[str, ...]:
-        return tuple(name for name, on in (("aug", self.aug_smooth), ("eigen", self.eigen_smooth)) if on)
-
-    def sizes(self) -> list[int]:
-        if self.cam_size is not None and self.cam_scales is not None:
-            raise CamcliError("give --cam-size or --cam-scales, not both")
-        if self.cam_size is not None:
-            return [self.cam_size]
-        try:
-            return [int(s) for s in self.cam_scales.split(",")] if self.cam_scales is not None else []
-        except ValueError:
-            raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {self.cam_scales!r}") from None
+_METHOD_CHOICES = "<" + "|".join((methods.AUTO, *methods.NAMES)) + ">"  # --method's metavar: the choices, as for a Literal
 
 
 def _method_choices(values: list[str] | None) -> list[str] | None:
@@ -363,11 +338,46 @@ def _method_choices(values: list[str] | None) -> list[str] | None:
 
 
 @dataclass
+class MapOptions:
+    """How the maps are made (predict --boxes, overlay, evaluate)."""
+
+    cam_size: Annotated[Optional[int], typer.Option(help="Compute the maps at this input size (the ranking stays at "
+        "--img-size).")] = None
+    cam_scales: Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of "
+        "normalized maps).")] = None
+    method: Annotated[Optional[list[str]], typer.Option(callback=_method_choices, metavar=_METHOD_CHOICES,
+        help=methods.help_text(), show_default=methods.AUTO)] = None
+    aug_smooth: Annotated[bool, typer.Option("--aug-smooth", help="Average the maps of the input flipped or not, times 0.9, "
+        "1 and 1.1 (pytorch-grad-cam's aug_smooth: 6 forward passes).")] = False
+    eigen_smooth: Annotated[bool, typer.Option("--eigen-smooth", help="Combine each method's per-channel terms by their first "
+        "principal component instead of their sum (pytorch-grad-cam's eigen_smooth).")] = False
+
+    def smooth(self) -> tuple[str, ...]:
+        return tuple(name for name, on in (("aug", self.aug_smooth), ("eigen", self.eigen_smooth)) if on)
+
+    def one_method(self) -> str:
+        """The method (a repeated --method is for evaluate, which compares them)."""
+        if self.method and len(self.method) > 1:
+            raise InputMistake("--method takes one method here (evaluate compares several side by side)")
+        return self.method[0] if self.method else methods.AUTO
+
+    def sizes(self) -> list[int]:
+        if self.cam_size is not None and self.cam_scales is not None:
+            raise CamcliError("give --cam-size or --cam-scales, not both")
+        if self.cam_size is not None:
+            return [self.cam_size]
+        try:
+            return [int(s) for s in self.cam_scales.split(",")] if self.cam_scales is not None else []
+        except ValueError:
+            raise CamcliError(f"--cam-scales must be sizes separated by commas, e.g. 224,320; got {self.cam_scales!r}") from None
+
+
+@dataclass
 class CompareMapOptions(MapOptions):
     """MapOptions whose --method repeats: evaluate compares methods side by side."""
 
     method: Annotated[Optional[list[str]], typer.Option(
-        callback=_method_choices, metavar="METHOD", help="Repeatable: every method's metrics side by side, one row each "
+        callback=_method_choices, metavar=_METHOD_CHOICES, help="Repeatable: every method's metrics side by side, one row each "
         "(the baselines random, center and sobel show what a map that knows nothing of the model scores). "
         + methods.help_text(),
         show_default=methods.AUTO)] = None
@@ -670,7 +680,7 @@ def predict(
     from camcli.data import iter_images
     from camcli.jobs import PredictJob
 
-    job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.method, run.batch_size, run.threads(),
+    job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.one_method(), run.batch_size, run.threads(),
                      smooth=mapping.smooth())
     spec, engine = _checked(model, job), run.make_engine()
     guard = _guard_output(rows.output, [*inputs, model.checkpoint], overwrite)
@@ -733,7 +743,7 @@ def overlay(
 
     previous = _previous_rows(rows) if skip_existing else None  # a resumed run completes its --output file
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
-                     box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.method, normalize,
+                     box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.one_method(), normalize,
                      rows.top_k, run.batch_size, run.threads(),
                      rows_kept=None if previous is None else frozenset(_same_file(p) for p, _ in previous), smooth=mapping.smooth())
     spec, engine = _checked(model, job), run.make_engine()
@@ -779,7 +789,7 @@ def overlay(
 @_expand_groups
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labeled ImageFolder: DATA/<class>/*, class folders named as in the "
-        "checkpoint.", show_default=False)],
+        "checkpoint (with --faithfulness alone, any folder of images).", show_default=False)],
     model: ModelOptions,
     mapping: CompareMapOptions,
     boxes: Annotated[Optional[Path], typer.Option(
@@ -839,12 +849,14 @@ def evaluate(
 
 def _print_evaluation(result: dict) -> None:
     console = _stdout_console(**({} if is_tty(sys.stdout) else {"width": 200}))  # a file gets whole rows, not 80 columns
-    summary = Table("metric", "value", title=f"{result['num_images']} images")
+    n = result["num_images"]
+    summary = Table("metric", "value", title=f"{n} image{'s' * (n != 1)}")
     if "accuracy" in result:
         summary.add_row("accuracy", f"{result['accuracy']:.4f}")
     if "max_box_acc" in result:
         summary.add_row("images with boxes", str(result["num_images_with_boxes"]))
-    console.print(summary)
+    if summary.row_count:
+        console.print(summary)
     for table in _method_tables(result) if "by_method" in result else ():
         console.print(table)
     if "per_class" not in result:  # a folder without labels (--faithfulness only)

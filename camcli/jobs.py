@@ -16,6 +16,7 @@ every job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
@@ -46,7 +47,7 @@ from camcli.engine import SMOOTHING, Model, extract_features, image_batches
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally, require_scipy
-from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path
+from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.outputs import FixedNames, RankedNames
 from camcli.render import plot_curves, write_image, write_overlays
 
@@ -392,7 +393,7 @@ class EvaluateJob:
         method = tuple(dict.fromkeys(model.resolve_method(m) for m in method_names(self.method)))
         if self.calibrate and (method != ("cam",) or getattr(model, "layer", None) is not None):
             raise CamcliError("`calibrate` measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
-                              "leave out `method` and `layer`")
+                              "leave out `layer` and use `method` cam alone (or leave it out)")
         data = Path(self.data)
         labeled = True
         try:
@@ -419,6 +420,15 @@ class EvaluateJob:
         return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
             [run_dir / "faithfulness_curves.png"] if self.faithfulness else []) + (
             [run_dir / f"calibrated{SUFFIX}"] if self.calibrate else [])
+
+    def _remove_stale(self) -> None:
+        """An earlier evaluation's files that this one does not write (its plot of faithfulness, say)
+        are removed when camcli wrote them, so the folder holds one evaluation; a user's file stays."""
+        written = set(self._outputs(self.run_dir))
+        for name in ("box_accuracy.png", "faithfulness_curves.png", f"calibrated{SUFFIX}"):
+            if self.run_dir / name not in written:
+                with contextlib.suppress(CamcliError):
+                    remove_if_ours(self.run_dir / name, self.guard)
 
     def slice(self, samples: Sequence[tuple[Path, int]], start: int, stop: int) -> tuple[EvaluateJob, list]:
         """A worker's part: its samples and their boxes only."""
@@ -499,6 +509,7 @@ class EvaluateJob:
                               "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes), "methods": list(names),
                               **({"smooth": list(self.smooth)} if self.smooth else {})}
         metrics_file, *others = self._outputs(self.run_dir)
+        self._remove_stale()
         atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
         if self.boxes:
             curve = result["box_acc_curve"]
@@ -506,7 +517,7 @@ class EvaluateJob:
                 curve["thresholds"],
                 {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
                  **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
-                f"Box accuracy vs CAM threshold ({result['num_images_with_boxes']} images)",
+                f"Box accuracy vs threshold: {names[0]} maps ({result['num_images_with_boxes']} images)",
                 "threshold (fraction of the normalized map)", "box accuracy",
                 mark=(result["best_threshold"], result["max_box_acc"]),
             )

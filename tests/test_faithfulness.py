@@ -174,6 +174,10 @@ def test_evaluate_compares_methods_side_by_side(sample_run, tmp_path):
         assert all(name in section for name in by_method)
     assert "seconds per image: gradcam++ maps" in result.stderr and "road" in result.stderr
     assert "seconds_per_image" not in metrics  # metrics.json stays the same from run to run
+    again = CliRunner().invoke(app, ["evaluate", str(data), "--checkpoint", str(sample_run / "best.safetensors"), "--boxes",
+                                     str(tmp_path / "boxes.json"), "--method", "sobel", "--out", str(tmp_path / "e"), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in (tmp_path / "e").iterdir() if not p.name.startswith(".")) == ["box_accuracy.png", "metrics.json"]
 
 
 def test_the_cam_beats_the_random_baseline_on_real_photographs(tmp_path):

@@ -382,6 +382,11 @@ def test_class_free_methods_refuse_a_chosen_class(sample_run, tmp_path):
             assert result.stderr.strip().splitlines() == [
                 f"error: --method {method} makes one map per image whatever the class (it uses no class score): leave out "
                 "--class, --class-index and --maps, or choose a class-specific method"]
+    for command in (["overlay", "--out-dir", str(tmp_path / "o")], ["predict", "--boxes"]):
+        twice = CliRunner().invoke(app, [command[0], str(image), "--checkpoint", ckpt, "--method", "cam", "--method", "gradcam",
+                                         *command[1:]])
+        assert twice.exit_code == 2 and twice.stderr.strip().splitlines() == [
+            f"error: --method takes one method here (evaluate compares several side by side) (see camcli {command[0]} --help)"]
     assert not (tmp_path / "o").exists()
     kept = CliRunner().invoke(app, ["overlay", str(image), "--checkpoint", ckpt, "--method", "sobel", "--out-dir",
                                     str(tmp_path / "o"), "--format", "json"])
