@@ -48,6 +48,15 @@ class Batch:
 
 
 SMOOTHING = ("aug", "eigen")  # batch_maps' smooth options (pytorch-grad-cam's aug_smooth and eigen_smooth)
+
+
+def check_smooth(smooth: Sequence[str]) -> None:
+    """``smooth`` names only :data:`SMOOTHING` options, or one line that lists them."""
+    unknown = set(smooth) - set(SMOOTHING)
+    if unknown:
+        raise CamcliError(f"`smooth` takes {', '.join(SMOOTHING)}, got {', '.join(sorted(unknown))}")
+
+
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatever the job's size
 
 
@@ -249,9 +258,7 @@ class Model:
         """
         classes = np.asarray(classes, dtype=np.int64)
         method = self.resolve_method(method)
-        unknown = set(smooth) - set(SMOOTHING)
-        if unknown:
-            raise CamcliError(f"`smooth` takes {', '.join(SMOOTHING)}, got {', '.join(sorted(unknown))}")
+        check_smooth(smooth)
         eigen, aug = "eigen" in smooth, "aug" in smooth
         if not cam_sizes and not aug:
             return self._method_maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen)
@@ -457,7 +464,6 @@ class CamModel(Model):
             return cam.head_gradients(self.weight, c, shape)
         row = (cam.finer_score_gradient(logits, c) @ self.weight.astype(np.float64)).astype(np.float32)
         return np.broadcast_to((row / (shape[1] * shape[2]))[:, None, None], shape)
-
 
     def _perturbation_maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
                            inputs: list[np.ndarray] | None, eigen_smooth: bool = False) -> list[np.ndarray]:

@@ -207,6 +207,7 @@ class GradModel(Model):
             raise ValueError(f"not a gradient method: {method!r}")
         if any(not g.leaf.requires_grad for g in graph.groups):
             raise ValueError("maps of a batch made without a graph: pass for_maps=True to batches()")
+        finer = methods.get(method).target == "finer"
         out: list[list[np.ndarray]] = [[] for _ in graph.rows]
         where = {int(row): i for i, row in enumerate(graph.rows)}
         for group in graph.groups:
@@ -214,9 +215,7 @@ class GradModel(Model):
             if not members:
                 continue
             ks = torch.tensor([k for k, _ in members], device=group.logits.device)
-            if group.acts is None:
-                group.acts = self._grid(group.leaf.detach(), group.input_hw).float().cpu().numpy()
-            finer = methods.get(method).target == "finer"
+            acts = self._activations(group)
             for j in range(classes.shape[1]):
                 targets = torch.tensor([int(classes[i, j]) for _, i in members], device=group.logits.device)
                 score = _finer_score(group.logits[ks].float(), targets) if finer else group.logits[ks, targets].float().sum()
@@ -225,9 +224,8 @@ class GradModel(Model):
                     grad = torch.zeros_like(group.leaf)
                 grads = self._grid(grad, group.input_hw).float().cpu().numpy()
                 for (k, i) in members:
-                    out[i].append(cam.gradient_map(group.acts[k], grads[k], method, eigen_smooth))
+                    out[i].append(cam.gradient_map(acts[k], grads[k], method, eigen_smooth))
         return [np.stack(maps).astype(np.float32) for maps in out]
-
 
     def _scorecam_maps(self, graph: Graph, classes: np.ndarray, inputs: list[np.ndarray] | None,
                        eigen_smooth: bool) -> list[np.ndarray]:
@@ -238,14 +236,19 @@ class GradModel(Model):
         out: list[np.ndarray | None] = [None] * len(graph.rows)
         where = {int(row): i for i, row in enumerate(graph.rows)}
         for group in graph.groups:
-            if group.acts is None:
-                group.acts = self._grid(group.leaf.detach(), group.input_hw).float().cpu().numpy()
+            acts = self._activations(group)
             for k, row in enumerate(group.rows):
                 if row in where:
                     i = where[row]
-                    out[i] = scorecam_maps(group.acts[k], inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0],
+                    out[i] = scorecam_maps(acts[k], inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0],
                                            eigen_smooth).astype(np.float32)
         return out
+
+    def _activations(self, group: _Group) -> np.ndarray:
+        """The group's target-layer activations as an (m, C, h, w) float32 grid, made once."""
+        if group.acts is None:
+            group.acts = self._grid(group.leaf.detach(), group.input_hw).float().cpu().numpy()
+        return group.acts
 
 
 def _finer_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
