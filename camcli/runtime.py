@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -22,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from camcli.defaults import BACKENDS, DEVICES
-from camcli.errors import CamcliError, first_line, os_error
+from camcli.errors import CamcliError, first_line, need, os_error
 from camcli.files import OUTPUT_MODE, atomic_write, read_bytes
+from camcli.packaged import shipped_graph
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max|delta| / max|reference| accepted when verifying an export
@@ -42,6 +44,14 @@ def _may_have_cuda() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported (found without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a module entry that is None or has no spec
+        return False
+
+
 def resolve_device(name: str = "auto") -> str:
     """``auto`` picks CUDA, then MPS, then the CPU; an unavailable choice is an error.
 
@@ -51,7 +61,9 @@ def resolve_device(name: str = "auto") -> str:
         raise CamcliError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "cpu" or (name == "auto" and not _may_have_cuda() and sys.platform != "darwin"):
         return "cpu"
-    import torch
+    if name == "auto" and not torch_installed():
+        return "cpu"  # an install without PyTorch runs on the CPU
+    torch = need("torch", f"`device` {name}")
 
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -189,23 +201,17 @@ def onnx_path(arch: str, key: str) -> Path:
     return cache_dir() / "onnx" / f"{arch.replace(':', '_').replace('/', '_')}-{digest}.onnx"
 
 
-def export_verified(
-    module, path: Path, outputs: dict[str, dict[int, str]], check: Callable[[Path], object],
-    edit: Callable[[str], None] | None = None, before_rename: Callable[[os.stat_result], None] | None = None,
-) -> object:
-    """Export a PyTorch module taking ``image`` (N, 3, H, W; dynamic batch, height, width) to
-    ``path`` atomically: to a temporary file beside it, then ``edit(tmp)`` (e.g. add metadata),
-    then ``check(tmp)`` (raises CamcliError on a mismatch), then the rename.
-
-    Returns:
-        what ``check`` returned.
+def export_onnx(features, path: Path) -> None:
+    """Export the backbone ``features`` (image (N, 3, H, W) -> feature maps; dynamic batch, height,
+    width) to ``path`` atomically: to a temporary file beside it, checked against PyTorch on two
+    input shapes, then renamed.
 
     Raises:
-        CamcliError: the export failed or the check refused it.
+        CamcliError: the export failed or its outputs differ from PyTorch's.
     """
     import torch
 
-    module = module.eval().to("cpu", memory_format=torch.contiguous_format)
+    features = features.eval().to("cpu", memory_format=torch.contiguous_format)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".camcli-export-", suffix=".tmp", dir=path.parent)
@@ -217,17 +223,21 @@ def export_verified(
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (torch.zeros(1, 3, 224, 224),), tmp, input_names=["image"], output_names=list(outputs),
-                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, **outputs}, opset_version=ONNX_OPSET, dynamo=False,
+                features, (torch.zeros(1, 3, 224, 224),), tmp, input_names=["image"], output_names=["features"],
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "fh", 3: "fw"}},
+                opset_version=ONNX_OPSET, dynamo=False,
             )
-        if edit is not None:
-            edit(tmp)
-        measured = check(Path(tmp))
+        runner = OnnxRunner(Path(tmp))
+        rng = np.random.default_rng(0)
+        for shape in ((2, 3, 224, 224), (1, 3, 224, 320)):
+            x = rng.standard_normal(shape, dtype=np.float32)
+            with torch.inference_mode():
+                reference = features(torch.from_numpy(x)).float().numpy()
+            error = float(np.abs(runner(x) - reference).max() / max(float(np.abs(reference).max()), 1e-12))
+            if not error <= ONNX_TOLERANCE:  # NaN fails too
+                raise CamcliError(f"the ONNX export differs from PyTorch (relative error {error:.1e})")
         os.chmod(tmp, OUTPUT_MODE)  # mkstemp made it 0600; an export is an ordinary output
-        if before_rename is not None:
-            before_rename(os.stat(tmp))
         os.replace(tmp, path)
-        return measured
     except CamcliError:
         raise
     except Exception as exc:  # exporters and runtimes fail in many ways
@@ -237,37 +247,40 @@ def export_verified(
             os.unlink(tmp)
 
 
-def export_onnx(features, path: Path) -> None:
-    """Export the backbone ``features`` (image -> feature maps) to ``path``, checked against PyTorch.
+def onnx_ready(arch: str, key: str, device: str, backend: str) -> bool:
+    """Whether a job can run on ONNX Runtime without PyTorch: CPU, ONNX backend allowed, and the
+    backbone's graph shipped with camcli (the default backbone) or its export cached."""
+    if device != "cpu" or backend == "torch":
+        return False
+    return shipped_graph(arch, key) is not None or _record_path(onnx_path(arch, key)).is_file()
+
+
+def backbone_onnx(build: Callable[[], object], arch: str, key: str) -> tuple[Path, bytes, str | None]:
+    """The backbone's ONNX graph (image -> features): the one camcli ships for the default
+    backbone with its packaged weights, else the cached export, made with PyTorch (``build``)
+    on first use and again when the cache file is not what its record says.
+
+    Returns:
+        (its path, its bytes, a one-line note when an export was made, else None).
 
     Raises:
-        CamcliError: the export failed or its outputs differ from PyTorch's.
+        CamcliError: the export failed; MissingExtra: it needs PyTorch, which is not installed.
     """
-    import torch
-
-    def check(tmp: Path) -> None:
-        runner = OnnxRunner(tmp)
-        rng = np.random.default_rng(0)
-        for shape in ((2, 3, 224, 224), (1, 3, 224, 320)):
-            x = rng.standard_normal(shape, dtype=np.float32)
-            with torch.inference_mode():
-                reference = features(torch.from_numpy(x)).float().numpy()
-            error = float(np.abs(runner(x) - reference).max() / max(float(np.abs(reference).max()), 1e-12))
-            if not error <= ONNX_TOLERANCE:  # NaN fails too
-                raise CamcliError(f"the ONNX export differs from PyTorch (relative error {error:.1e})")
-
-    export_verified(features, path, {"features": {0: "n", 2: "fh", 3: "fw"}}, check)
-
-
-def onnx_ready(arch: str, key: str, device: str, backend: str) -> bool:
-    """Whether a job can run on ONNX Runtime without PyTorch: CPU, ONNX backend allowed, export cached."""
-    if device != "cpu" or backend == "torch" or not _record_path(onnx_path(arch, key)).is_file():
-        return False
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    shipped = shipped_graph(arch, key)
+    if shipped is not None:
+        return *shipped, None
+    path, facts = onnx_path(arch, key), onnx_facts(arch, key)
+    model = cached_bytes(path, **facts)
+    if model is not None:
+        return path, model, None
+    again = _record_path(path).is_file()  # a record, and a file that is not what it says
+    export_onnx(build(), path)
+    record_cache(path, **facts)
+    model = cached_bytes(path, **facts)
+    if model is None:
+        raise CamcliError(f"the ONNX export of {arch} changed while it was written ({path})")
+    return path, model, (f"the cached ONNX export of {arch} did not match its record: exported again ({path})" if again
+                         else f"exported {arch} to ONNX ({path}): later runs start without PyTorch")
 
 
 def make_runner(
@@ -276,8 +289,8 @@ def make_runner(
 ) -> tuple[TorchRunner | OnnxRunner, str | None]:
     """Choose and build the runner.
 
-    On the CPU, ``auto`` takes ONNX Runtime (2x to 5x PyTorch eager here), exporting the backbone
-    on its first use; on a GPU, PyTorch. When ONNX Runtime fails, PyTorch takes over.
+    On the CPU, ``auto`` takes ONNX Runtime (2x to 5x PyTorch eager here) on the backbone's
+    graph (:func:`backbone_onnx`); on a GPU, PyTorch. When ONNX Runtime fails, PyTorch takes over.
     ``build`` makes the PyTorch module and is called only when PyTorch runs or exports it.
 
     Returns:
@@ -288,6 +301,7 @@ def make_runner(
     if backend == "onnxruntime" and device != "cpu":
         raise CamcliError(f"the onnxruntime backend runs on the CPU; use the cpu device or the torch backend (device is {device})")
     if backend == "torch" or device != "cpu":
+        need("torch", "`backend` torch" if backend == "torch" else f"`device` {device}")
         return TorchRunner(build(), device, amp), None
     try:
         import onnxruntime  # noqa: F401
@@ -295,17 +309,12 @@ def make_runner(
         note = "onnxruntime is not installed: using PyTorch" if backend == "onnxruntime" else None
         return TorchRunner(build(), device, amp), note
     weights = key()
-    path, facts = onnx_path(arch, weights), onnx_facts(arch, weights)
-    note = None
     try:
-        model = cached_bytes(path, **facts)
-        if model is None:  # missing, not a regular file, or not what its record says: export anew
-            again = _record_path(path).is_file()  # a record, and a file that is not what it says
-            export_onnx(build(), path)
-            record_cache(path, **facts)
-            model = cached_bytes(path, **facts)
-            note = (f"the cached ONNX export of {arch} did not match its record: exported again ({path})" if again
-                    else f"exported {arch} to ONNX ({path}): later runs start without PyTorch")
-        return OnnxRunner(path, model=model, facts=facts), note
-    except Exception as exc:  # any failure falls back to PyTorch, said once
-        return TorchRunner(build(), device, amp), f"warning: ONNX Runtime unavailable for {arch} ({exc}); using PyTorch"
+        path, model, note = backbone_onnx(build, arch, weights)
+        return OnnxRunner(path, model=model, facts=onnx_facts(arch, weights)), note
+    except Exception as exc:  # any failure falls back to PyTorch, said once; without PyTorch, it is the error
+        if not torch_installed():
+            if isinstance(exc, CamcliError):
+                raise
+            raise CamcliError(f"ONNX Runtime failed on {arch}: {first_line(exc)}") from exc
+        return TorchRunner(build(), device, amp), f"warning: ONNX Runtime unavailable for {arch} ({first_line(exc)}); using PyTorch"

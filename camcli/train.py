@@ -18,21 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
-from camcli.backbones import Backbone, backbone_state, build_backbone
 from camcli.cam import softmax
 from camcli.checkpoint import SUFFIX, make_checkpoint, save_checkpoint
 from camcli.config import TrainConfig
 from camcli.data import Preprocess, load_image_folder
 from camcli.engine import CamModel
-from camcli.errors import CamcliError, os_error
+from camcli.errors import CamcliError, need, os_error
 from camcli.evaluate import classification_metrics
 from camcli.factory import ModelSpec, backbone_model
 from camcli.files import FolderLock, OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.headfit import AdamW, LinearHead, evaluate, shuffled_batches, train_one_epoch
 from camcli.jobs import FeatureJob, LocalEngine
+from camcli.packaged import DEFAULT_ARCH, backbone_facts, lite0_reference
 from camcli.render import draw_caption, render_overlay
 from camcli.report import write_train_report
 from camcli.runtime import cache_dir, cached_bytes, record_cache
@@ -70,6 +69,30 @@ def feature_cache_file(paths: list[Path], weights_id: str, preprocess: Preproces
         files.append([str(real_path(p)), stat.st_size, stat.st_mtime_ns])
     key = json.dumps({"files": files, "weights": weights_id, "preprocess": preprocess.to_dict(), "backend": backend, "v": 2})
     return cache_dir() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+
+
+def train_backbone(arch: str, weights: str, seed: int) -> tuple[dict, dict, object | None]:
+    """What training needs of the backbone: (what a checkpoint stores of it, its facts
+    ``{num_features, stride, mean, std}``, its PyTorch features module or None).
+
+    The default backbone with its packaged weights needs no PyTorch: its facts come with camcli
+    (``camcli/assets/manifest.json``) and so does its ONNX graph. Any other backbone, or other
+    weights, is built in PyTorch (``seed`` makes a random init reproducible).
+    """
+    if arch == DEFAULT_ARCH and weights == "imagenet":
+        return {"reference": lite0_reference()}, backbone_facts(), None
+    backbones = need("camcli.backbones", _needs_pytorch(arch, weights))
+    need("torch", "training").manual_seed(seed)
+    backbone = backbones.build_backbone(arch, weights)
+    facts = {"num_features": backbone.num_features, "stride": backbone.stride, "mean": backbone.mean, "std": backbone.std}
+    return backbones.backbone_state(backbone), facts, backbone.features
+
+
+def _needs_pytorch(arch: str, weights: str) -> str | None:
+    """What in a training request needs PyTorch (for its one-line error), or None."""
+    if arch == DEFAULT_ARCH and weights == "imagenet":
+        return None
+    return f"`arch` {arch}" if arch != DEFAULT_ARCH else "`weights` none" if weights == "none" else "`weights` from a file"
 
 
 def cached_pooled_features(
@@ -135,6 +158,8 @@ def fit(
     ``dataset``: :func:`camcli.data.load_image_folder`'s result for ``config``, when the caller has it.
     """
     config.validate()
+    if _needs_pytorch(config.arch, config.weights):  # said before the run folder is made
+        need("camcli.backbones", _needs_pytorch(config.arch, config.weights))
     train_set, val_set, class_names = dataset or load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
     run_dir, guard, lock = prepare_run_dir(config)
     try:
@@ -146,12 +171,10 @@ def fit(
 def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: list, val_set: list, class_names: list[str],
             progress, on_epoch, notify, engine) -> TrainResult:
     engine = engine or LocalEngine()
-    torch.manual_seed(config.seed)  # also makes a random-init (--weights none) backbone reproducible
-    backbone = build_backbone(config.arch, config.weights)
-    preprocess = Preprocess(config.img_size, backbone.mean, backbone.std, config.resize, backbone.stride)
-    stored_backbone = backbone_state(backbone)
+    stored_backbone, facts, module = train_backbone(config.arch, config.weights, config.seed)
+    preprocess = Preprocess(config.img_size, tuple(facts["mean"]), tuple(facts["std"]), config.resize, facts["stride"])
     spec = ModelSpec(arch=config.arch, device=config.device, backend=config.backend, amp=config.amp, backbone=stored_backbone)
-    features = backbone_model(spec, backbone.features)
+    features = backbone_model(spec, module)
     note = features.prepare()
     say = notify or (lambda _: None)
     if note:
@@ -174,7 +197,7 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
     val_x, val_y = extract(val_set, "val features")
 
     rng = np.random.default_rng(config.seed)  # the head's init, then each epoch's order
-    head = LinearHead.init(backbone.num_features, len(class_names), seed=config.seed)
+    head = LinearHead.init(facts["num_features"], len(class_names), seed=config.seed)
     optimizer = AdamW(lr=config.lr, weight_decay=config.weight_decay)
     train_paths = [p for p, _ in train_set]
 
@@ -216,14 +239,14 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
         _write_metrics(run_dir / "metrics.csv", history, guard.recorder(run_dir / "metrics.csv", recheck=True))
         if on_epoch:
             on_epoch(row)
-    _write_report(run_dir, best_checkpoint, backbone, preprocess, config, val_x, val_y, val_set, class_names, history,
+    _write_report(run_dir, best_checkpoint, features, preprocess, config, val_x, val_y, val_set, class_names, history,
                   before_rename=guard.recorder(run_dir / "report.html", recheck=True))
     return TrainResult(run_dir, history, best, class_names, len(train_set), len(val_set))
 
 
 
 def _write_report(
-    run_dir: Path, checkpoint: dict, backbone: Backbone, preprocess: Preprocess, config: TrainConfig,
+    run_dir: Path, checkpoint: dict, features: CamModel, preprocess: Preprocess, config: TrainConfig,
     val_x: np.ndarray, val_y: np.ndarray, val_set: list[tuple[Path, int]], class_names: list[str],
     history: list[dict], per_kind: int = 6, before_rename=None,
 ) -> None:
@@ -247,8 +270,7 @@ def _write_report(
     chosen = right + wrong
     examples = []
     if chosen:
-        model = CamModel(config.arch, backbone.features, (head.weight, head.bias), class_names, preprocess, config.device,
-                         backend="torch")
+        model = features.with_head((head.weight, head.bias), class_names, preprocess)
         paths = [val_set[i][0] for i in chosen]
         for batch in model.batches(paths, config.batch_size, 0, keep_images=True):
             top = batch.logits.argmax(axis=1)[:, None]

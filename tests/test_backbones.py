@@ -176,13 +176,13 @@ def test_tampered_default_weights_and_a_wrong_checkpoint_reference_are_refused(s
     tampered.write_bytes(bytes(data))
     monkeypatch.setattr(packaged, "lite0_weights_path", lambda: tampered)
     monkeypatch.setattr(backbones, "lite0_weights_path", lambda: tampered)
-    packaged.lite0_reference.cache_clear()
+    packaged.verified_lite0_weights.cache_clear()
     try:
         with pytest.raises(EnvironmentProblem, match="is not the expected weights file"):
             build_backbone()
     finally:
         monkeypatch.undo()
-        packaged.lite0_reference.cache_clear()
+        packaged.verified_lite0_weights.cache_clear()
 
     ckpt = load_checkpoint(sample_run / "best.safetensors")
     ckpt["backbone"]["reference"]["sha256"] = "0" * 64  # a checkpoint trained on other weights

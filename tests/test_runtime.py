@@ -153,24 +153,10 @@ def test_a_cached_export_replaced_damaged_or_truncated_is_never_used(tmp_path, m
         assert path.read_bytes() != tampered
 
 
-def test_a_replaced_head_or_feature_cache_is_rebuilt_and_the_feature_key_holds_the_size(tiny_folder, tmp_path, monkeypatch):
-    from camcli.factory import imagenet_head_cache
-    from camcli.packaged import lite0_reference, reference_key
+def test_a_replaced_feature_cache_is_rebuilt_and_the_feature_key_holds_the_size(tiny_folder, tmp_path, monkeypatch):
     from camcli.train import feature_cache_file
 
     monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path / "cache"))
-    image = sorted((SAMPLE_DATA / "val" / "cat").glob("*.jpg"))[0]
-    first = list(run_here(PredictJob(top_k=3), load("efficientnet_lite0", device="cpu"), find_images([image])))
-    head = imagenet_head_cache("efficientnet_lite0", reference_key(lite0_reference()))
-    ckpt = load_checkpoint(head)
-    ckpt["head"]["weight"] = ckpt["head"]["weight"][::-1].copy()  # another valid head: classes in reverse
-    from camcli.checkpoint import save_checkpoint
-
-    save_checkpoint(ckpt, head)
-    again = list(run_here(PredictJob(top_k=3), load("efficientnet_lite0", device="cpu"), find_images([image])))
-    assert again == first
-    assert load_checkpoint(head)["head"]["weight"][0].tolist() != ckpt["head"]["weight"][0].tolist()  # rebuilt
-
     config = resolve_train_config(data=str(tiny_folder), out=str(tmp_path / "a"), epochs=1, **SMALL)
     fit(config)
     cached = sorted((tmp_path / "cache" / "features").glob("*.npy"))

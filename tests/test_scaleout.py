@@ -152,7 +152,7 @@ def test_ray_engine_spreads_a_job_over_two_nodes_with_the_local_engines_rows_and
             results[name] = (json.loads(json.dumps(rows).replace(str(tmp_path / name), "OUT")), _files(tmp_path / name))
             nodes |= getattr(engine, "nodes", set())
         assert len(nodes) == 2  # batches ran on both nodes
-        assert all((c / "onnx").is_dir() for c in caches)  # each node's workers used their own cache
+        assert not any((c / "onnx").exists() for c in caches)  # the default backbone's graph ships: no node exports it
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -206,7 +206,7 @@ def test_ctrl_c_in_a_ray_run_exits_130_and_leaves_no_process_or_folder(tmp_path)
     temp = Path(tempfile.mkdtemp(dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     images = tmp_path / "imgs"
     images.mkdir()
-    for i in range(40):  # enough work to be interrupted in the middle
+    for i in range(400):  # enough work to be interrupted in the middle
         shutil.copy(SAMPLE_DATA / "val" / "cat" / "cat_00.jpg", images / f"{i}.jpg")
     env = {**os.environ, "TMPDIR": str(temp)}
     proc = subprocess.Popen([sys.executable, "-m", "camcli", "overlay", str(images), "--out-dir", str(tmp_path / "out"),
