@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import pytest
 
 # the tests never touch the user's cache (ONNX exports, pooled features), and leave none behind
 os.environ["CAMCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="camcli-test-cache-")
+# a shell that starts pytest in the background (`pytest &`) sets SIGINT to "ignore", which every camcli the tests start would
+# inherit, so that the Ctrl-C tests could not interrupt it: a Python handler here is reset to the default in those processes
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 atexit.register(shutil.rmtree, os.environ["CAMCLI_CACHE_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
