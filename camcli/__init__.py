@@ -39,8 +39,8 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
+    if name in _API:  # camcli.GradModel without PyTorch: a CamcliError that names the extra, not an ImportError
+        return getattr(importlib.import_module("camcli.errors").need(_API[name], f"camcli.{name}"), name)
     raise AttributeError(f"module 'camcli' has no attribute {name!r}")
 
 

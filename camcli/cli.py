@@ -44,9 +44,7 @@ from camcli.defaults import (
     TRAIN,
 )
 from camcli.errors import (
-    EXTRAS,
     CamcliError,
-    EnvironmentProblem,
     InputMistake,
     first_line,
     flag_names,
@@ -131,8 +129,7 @@ def _report_errors(command: Callable) -> Callable:
             raise typer.Exit(0) from None
         except (CamcliError, OSError, ImportError) as exc:
             if isinstance(exc, ImportError):  # an optional dependency no library call checked for: still one line
-                exc = missing_extra(exc.name or "", f"camcli {command.__name__}") if (exc.name or "").split(".")[0] in EXTRAS \
-                    else EnvironmentProblem(f"camcli's installation is incomplete ({first_line(exc)}): reinstall camcli")
+                exc = missing_extra(exc.name or first_line(exc), f"camcli {command.__name__}")
             if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
                 exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
             usage = f" (see camcli {command.__name__} --help)" if isinstance(exc, InputMistake) else ""

@@ -49,8 +49,10 @@ _WHAT = {"torch": "PyTorch", "torchvision": "torchvision", "timm": "timm", "onnx
 def missing_extra(module: str, feature: str) -> MissingExtra:
     """The one-line error of a ``feature`` that needs the optional ``module`` (its top-level name)."""
     root = module.split(".")[0]
-    return MissingExtra(f"{feature} needs {_WHAT.get(root, root)}, which this install leaves out: "
-                        f"pip install 'camcli[{EXTRAS.get(root, root)}]'")
+    if root not in EXTRAS:  # not optional: the installation is broken
+        return MissingExtra(f"{feature} needs the module {root or module}, which is missing: camcli's installation is incomplete "
+                            "(reinstall camcli)")
+    return MissingExtra(f"{feature} needs {_WHAT[root]}, which this install leaves out: pip install 'camcli[{EXTRAS[root]}]'")
 
 
 def need(module: str, feature: str):

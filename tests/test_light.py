@@ -168,3 +168,18 @@ def test_models_lists_the_default_backbone_and_says_where_the_others_are():
     assert result.returncode == 0, result.stderr
     assert [r["name"] for r in json.loads(result.stdout)] == ["efficientnet_lite0"]
     assert "pip install 'camcli[torch]'" in result.stderr
+
+
+def test_the_python_api_runs_without_pytorch_and_names_the_extra_for_the_rest():
+    code = ("import sys\nimport camcli\n"
+            "model = camcli.load('efficientnet_lite0')\n"
+            "print('TOP', model.predict([sys.argv[1]], top_k=1)[0]['predictions'][0]['label'])\n"
+            "print('MAPS', model.maps([sys.argv[1]], method='gradcam').shape)\n"
+            "for attempt in (lambda: camcli.GradModel, lambda: camcli.load('resnet18')):\n"
+            "    try:\n        attempt()\n    except camcli.CamcliError as exc:\n        print('ERROR', exc)\n")
+    result = light_python(code, IMAGE)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] in ("TOP Egyptian cat", "TOP tabby", "TOP tiger cat") and lines[1].startswith("MAPS (1, 1000, 7, "), lines
+    assert lines[2:] == ["ERROR camcli.GradModel needs PyTorch, which this install leaves out: pip install 'camcli[torch]'",
+                         "ERROR `arch` resnet18 needs PyTorch, which this install leaves out: pip install 'camcli[torch]'"]
