@@ -543,7 +543,9 @@ def train(
                       f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}")
 
     dataset = load_image_folder(Path(cfg.data), cfg.val_split, cfg.seed, cfg.exclude)  # a bad DATA is said at once
-    from camcli.train import fit
+    from camcli.train import check_extras, fit
+
+    check_extras(cfg)
 
     starting = f"train: loading {cfg.arch}…"
     with _make_engine(engine, ray_address, ray_workers, quiet) as runner, _progress(quiet, starting) as progress:
@@ -968,7 +970,7 @@ def models(
         _say(note)
     if fmt != "table":
         return _echo_json_rows(rows, fmt)
-    table = Table(title=f"{len(rows)} models")
+    table = Table(title=f"{len(rows)} model{'s' if len(rows) != 1 else ''}")
     for column in ("--arch", "source", "maps of its own head", "weights offline", "weights file"):
         table.add_column(column, overflow="fold")
     for r in rows:

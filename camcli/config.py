@@ -65,6 +65,8 @@ class TrainConfig:
             ("resize", self.resize in RESIZE_MODES, f"must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"),
             ("device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}, got {self.device!r}"),
             ("backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
+            ("weights", self.weights in ("imagenet", "none") or os.path.lexists(self.weights),
+             f"is imagenet, none or a state dict file; no file {_short(self.weights)} exists"),
         ]
         for name, ok, message in checks:
             if not ok:

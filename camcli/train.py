@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +28,14 @@ from camcli.data import Preprocess, load_image_folder
 from camcli.engine import CamModel
 from camcli.errors import CamcliError, need, os_error
 from camcli.evaluate import classification_metrics
-from camcli.factory import ModelSpec, backbone_model
+from camcli.factory import ModelSpec, backbone_model, need_torch_for_arch
 from camcli.files import FolderLock, OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.headfit import AdamW, LinearHead, evaluate, shuffled_batches, train_one_epoch
 from camcli.jobs import FeatureJob, LocalEngine
-from camcli.packaged import DEFAULT_ARCH, backbone_facts, lite0_reference
+from camcli.packaged import BACKBONE_GRAPH, DEFAULT_ARCH, asset, backbone_facts, lite0_reference
 from camcli.render import draw_caption, render_overlay
 from camcli.report import write_train_report
-from camcli.runtime import cache_dir, cached_bytes, record_cache
+from camcli.runtime import cache_dir, cached_bytes, record_cache, torch_installed
 
 Progress = Callable[[str, int, int], None]
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -93,6 +94,23 @@ def _needs_pytorch(arch: str, weights: str) -> str | None:
     if arch == DEFAULT_ARCH and weights == "imagenet":
         return None
     return f"`arch` {arch}" if arch != DEFAULT_ARCH else "`weights` none" if weights == "none" else "`weights` from a file"
+
+
+def check_extras(config: TrainConfig) -> None:
+    """Refuse, before anything is written, a training request that needs PyTorch in an install
+    without it (another backbone or weights, `device` cuda or mps, `backend` torch), and a damaged
+    shipped backbone.
+
+    Raises:
+        MissingExtra, EnvironmentProblem: one line naming the extra, or saying to reinstall.
+    """
+    if torch_installed():  # PyTorch can run anything, and takes over from a damaged graph
+        return
+    what = _needs_pytorch(config.arch, config.weights) or (f"`device` {config.device}" if config.device in ("cuda", "mps")
+                                                           else "`backend` torch" if config.backend == "torch" else None)
+    if what is not None:
+        need_torch_for_arch(config.arch, what)
+    asset(BACKBONE_GRAPH)  # checked against its sha256 here, before the run folder is made
 
 
 def cached_pooled_features(
@@ -158,12 +176,17 @@ def fit(
     ``dataset``: :func:`camcli.data.load_image_folder`'s result for ``config``, when the caller has it.
     """
     config.validate()
-    if _needs_pytorch(config.arch, config.weights):  # said before the run folder is made
-        need("camcli.backbones", _needs_pytorch(config.arch, config.weights))
+    check_extras(config)
     train_set, val_set, class_names = dataset or load_image_folder(Path(config.data), config.val_split, config.seed, config.exclude)
+    made = not os.path.lexists(config.out) if config.out is not None else True  # next_run_dir() is always new
     run_dir, guard, lock = prepare_run_dir(config)
     try:
         return _fit_in(config, run_dir, guard, train_set, val_set, class_names, progress, on_epoch, notify, engine)
+    except BaseException:
+        if made:  # a run that stopped before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only an empty folder
+        raise
     finally:
         lock.release()
 

@@ -11,7 +11,9 @@ their sha256), it writes:
 - ``efficientnet_lite0_imagenet.safetensors``: the classifier's own ImageNet head (1000 classes)
   as a camcli checkpoint, its backbone stored by reference to the package's weights;
 - ``manifest.json``: each file's sha256 and size, the weights they came from, the backbone's facts
-  (channels, stride, normalization) and the versions that made them.
+  (channels, stride, normalization) and the versions that made them. camcli checks the files against
+  ``camcli.packaged.SHIPPED`` (the script prints its new value) and ``LITE0_FACTS``; the tests check
+  that those equal the manifest.
 
 ``tests/test_packaged.py`` checks that the shipped graph equals a fresh export to 1e-5.
 """
@@ -55,8 +57,9 @@ def main(out: Path = ASSETS) -> None:
                       "command": "python scripts/make_assets.py"},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print("camcli/packaged.py's SHIPPED (camcli checks the files against it; tests/test_packaged.py checks it against the manifest):")
     for name, facts in files.items():
-        print(f"{name}: {facts['bytes']:,} bytes, sha256 {facts['sha256']}")
+        print(f'    {name!r}: ("{facts["sha256"]}", {facts["bytes"]:_}),')
 
 
 if __name__ == "__main__":

