@@ -47,7 +47,7 @@ def export_model(model: CamModel, path: Path, before_rename: Callable[[os.stat_r
     onnx = need("onnx", "camcli export")
     _, backbone, note = backbone_onnx(model.features_module, model.arch, model.weights_id())
     try:
-        proto = _with_head(onnx, onnx.load_from_string(backbone), model.weight, model.bias)
+        proto = _with_head(onnx.load_from_string(backbone), model.weight, model.bias)
         meta = {"camcli_version": __version__, "arch": model.arch, "class_names": json.dumps(model.class_names),
                 "preprocess": json.dumps(model.preprocess.to_dict()), "outputs": OUTPUTS}
         for key, value in meta.items():
@@ -63,7 +63,7 @@ def export_model(model: CamModel, path: Path, before_rename: Callable[[os.stat_r
     return {"path": str(path), **measured, "note": note}
 
 
-def _with_head(onnx, proto, weight: np.ndarray, bias: np.ndarray):
+def _with_head(proto, weight: np.ndarray, bias: np.ndarray):
     """The backbone graph ``proto`` (image -> features) with the GAP + linear head and the class
     maps appended: features -> ReduceMean over h, w -> Gemm (W, b) -> Softmax = probabilities;
     features -> 1x1 Conv with W = maps (sum_k W[c, k] F[k] at every position)."""

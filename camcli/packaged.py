@@ -11,7 +11,6 @@ weights by ``scripts/make_assets.py``; :data:`SHIPPED` holds each file's sha256 
 from __future__ import annotations
 
 import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,12 +99,6 @@ SHIPPED = {
     IMAGENET_HEAD: ("05a26c60db513534f034e1a55b843bfb3c2d906056618ae556040f69b1a7784d", 5_140_344),
 }
 LITE0_FACTS = {"num_features": 1280, "stride": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
-
-def manifest() -> dict:
-    """``camcli/assets/manifest.json``, as written by ``scripts/make_assets.py`` (documentation:
-    camcli itself checks the shipped files against :data:`SHIPPED`)."""
-    return json.loads((ASSETS / "manifest.json").read_text())
 
 
 def asset(name: str) -> tuple[Path, bytes]:

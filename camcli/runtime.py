@@ -247,14 +247,6 @@ def export_onnx(features, path: Path) -> None:
             os.unlink(tmp)
 
 
-def onnx_ready(arch: str, key: str, device: str, backend: str) -> bool:
-    """Whether a job can run on ONNX Runtime without PyTorch: CPU, ONNX backend allowed, and the
-    backbone's graph shipped with camcli (the default backbone) or its export cached."""
-    if device != "cpu" or backend == "torch":
-        return False
-    return shipped_graph(arch, key) is not None or _record_path(onnx_path(arch, key)).is_file()
-
-
 def backbone_onnx(build: Callable[[], object], arch: str, key: str) -> tuple[Path, bytes, str | None]:
     """The backbone's ONNX graph (image -> features): the one camcli ships for the default
     backbone with its packaged weights, else the cached export, made with PyTorch (``build``)

@@ -76,8 +76,8 @@ def train_backbone(arch: str, weights: str, seed: int) -> tuple[dict, dict, obje
     """What training needs of the backbone: (what a checkpoint stores of it, its facts
     ``{num_features, stride, mean, std}``, its PyTorch features module or None).
 
-    The default backbone with its packaged weights needs no PyTorch: its facts come with camcli
-    (``camcli/assets/manifest.json``) and so does its ONNX graph. Any other backbone, or other
+    The default backbone with its packaged weights needs no PyTorch: its facts
+    (:data:`camcli.packaged.LITE0_FACTS`) and its ONNX graph come with camcli. Any other backbone, or other
     weights, is built in PyTorch (``seed`` makes a random init reproducible).
     """
     if arch == DEFAULT_ARCH and weights == "imagenet":
