@@ -41,11 +41,13 @@ MAX_CHECKPOINT_BYTES = 8 << 30
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 1000
+INT8_TENSORS = ("int8.jpeg", "int8.offsets")  # the optional INT8 calibration entry (see camcli.quantize.calibration_entry)
+MAX_INT8_IMAGES = 1024
 
 
 def make_checkpoint(
     arch: str, weight: np.ndarray, bias: np.ndarray, class_names: list[str], preprocess: Preprocess,
-    config: dict, metrics: dict, stored_backbone: dict,
+    config: dict, metrics: dict, stored_backbone: dict, int8_calibration: dict | None = None,
 ) -> dict:
     """The checkpoint dict (see the module docstring and README, "Checkpoint format").
 
@@ -53,6 +55,7 @@ def make_checkpoint(
         weight, bias: the GAP + linear head, (K, C) and (K,).
         config: the resolved training config (empty for a head that was not trained here).
         stored_backbone: ``{"reference": {...}}`` or ``{"state_dict": {name: array}}``.
+        int8_calibration: images for ``precision`` int8 (:func:`camcli.quantize.calibration_entry`), or None.
     """
     return {
         "format_version": FORMAT_VERSION,
@@ -67,6 +70,7 @@ def make_checkpoint(
         "metrics": dict(metrics),
         "backbone": stored_backbone,
         "head": {"weight": np.array(weight, np.float32), "bias": np.array(bias, np.float32)},
+        **({"int8_calibration": int8_calibration} if int8_calibration is not None else {}),
     }
 
 
@@ -78,7 +82,9 @@ def checkpoint_bytes(checkpoint: dict) -> bytes:
     backbone = checkpoint["backbone"]
     if "state_dict" in backbone:
         tensors.update({f"backbone.{k}": np.ascontiguousarray(v) for k, v in backbone["state_dict"].items()})
-    meta = {k: v for k, v in checkpoint.items() if k not in ("head", "backbone")}
+    if checkpoint.get("int8_calibration") is not None:
+        tensors.update({f"int8.{k}": np.ascontiguousarray(v) for k, v in checkpoint["int8_calibration"].items()})
+    meta = {k: v for k, v in checkpoint.items() if k not in ("head", "backbone", "int8_calibration")}
     meta["format_version"] = FORMAT_VERSION
     meta["backbone"] = {"reference": dict(backbone["reference"])} if "reference" in backbone else {"stored": "tensors"}
     return save(tensors, metadata={"camcli": json.dumps(_plain(meta), allow_nan=False)})
@@ -167,7 +173,9 @@ def _load_v2(f, path: Path, read_tensors: bool = True) -> dict:
     def read(name: str) -> np.ndarray:
         return _read_tensor(f, path, data_start, *entries[name]) if read_tensors else _placeholder(*entries[name])
 
-    ckpt = dict(meta)
+    ckpt = {k: v for k, v in meta.items() if k != "int8_calibration"}  # an entry is tensors, never metadata
+    if any(name.startswith("int8.") for name in entries):
+        ckpt["int8_calibration"] = {name[len("int8."):]: read(name) for name in entries if name.startswith("int8.")}
     ckpt["head"] = {k: read(f"head.{k}") if f"head.{k}" in entries else None for k in ("weight", "bias")}
     if stored:
         if not any(name.startswith("backbone.") for name in entries):
@@ -185,7 +193,7 @@ def _tensor_entries(header: dict, path: Path, data_bytes: int, stored: bool) -> 
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        if name not in ("head.weight", "head.bias") and not (stored and name.startswith("backbone.")):
+        if name not in ("head.weight", "head.bias", *INT8_TENSORS) and not (stored and name.startswith("backbone.")):
             raise CamcliError(f"{path} is not a camcli checkpoint: it holds a tensor camcli does not write ({str(name)[:60]!r})")
         try:
             dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -294,6 +302,8 @@ def _arrays_of(ckpt: object, array) -> object:
         backbone = ckpt.get("backbone")
         if isinstance(backbone, dict) and isinstance(backbone.get("state_dict"), dict):
             ckpt["backbone"] = {"state_dict": {k: array(v) for k, v in backbone["state_dict"].items()}}
+        if isinstance(ckpt.get("int8_calibration"), dict):
+            ckpt["int8_calibration"] = {k: array(v) for k, v in ckpt["int8_calibration"].items()}
     return ckpt
 
 
@@ -379,6 +389,19 @@ def _finite_tensor(value: object, ndim: int | None) -> bool:
     return True
 
 
+def _int8_entry_problem(entry: object) -> str | None:
+    """What is wrong with a checkpoint's ``int8_calibration`` entry (shapes and offsets), or None."""
+    if not isinstance(entry, dict) or set(entry) != {"jpeg", "offsets"}:
+        return "a mapping of jpeg and offsets tensors"
+    jpeg, offsets = entry["jpeg"], entry["offsets"]
+    if not (isinstance(jpeg, np.ndarray) and jpeg.dtype == np.uint8 and jpeg.ndim == 1):
+        return "jpeg: a 1-D uint8 tensor"
+    if not (isinstance(offsets, np.ndarray) and offsets.dtype == np.int64 and offsets.ndim == 1
+            and 2 <= len(offsets) <= MAX_INT8_IMAGES + 1):
+        return f"offsets: a 1-D int64 tensor of 2 to {MAX_INT8_IMAGES + 1} values"
+    return None
+
+
 def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint", values: bool = True) -> dict:
     """Check every field camcli uses; returns ``ckpt``. ``values=False``: the tensors' shapes and
     dtypes only (placeholders, see :func:`load_checkpoint`), not whether their values are finite.
@@ -445,6 +468,9 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint", values: b
     threshold = ckpt.get("cam_threshold")
     need(threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1),
          "cam_threshold", "a number in [0, 1)")
+    entry = ckpt.get("int8_calibration")
+    if entry is not None:
+        need(_int8_entry_problem(entry) is None, "int8_calibration", _int8_entry_problem(entry) or "")
     for key in ("metrics", "config", "calibration"):
         need(ckpt.get(key) is None or isinstance(ckpt[key], dict), key, "a mapping")
     return ckpt
@@ -466,6 +492,8 @@ def describe(checkpoint: dict) -> dict:
         "preprocess": _plain(checkpoint["preprocess"]),
         "cam_threshold": checkpoint.get("cam_threshold"),
         "calibration": _plain(checkpoint.get("calibration")),
+        "int8_calibration_images": (len(checkpoint["int8_calibration"]["offsets"]) - 1
+                                    if checkpoint.get("int8_calibration") is not None else 0),
         "metrics": _plain(checkpoint.get("metrics") or {}),
         "config": _plain(checkpoint.get("config") or {}),
     }

@@ -29,6 +29,7 @@ ALPHA = 0.5  # heatmap weight in an overlay's blend
 # the fixed choices (a value outside them is refused by the parser, in one line)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "int8")  # the backbone's arithmetic (int8: ONNX Runtime on the CPU, see camcli.quantize)
 RESIZE_MODES = ("squash", "keep-aspect")
 NORMALIZATIONS = ("shared", "relu", "minmax")
 FORMATS = ("table", "csv", "json", "jsonl")

@@ -18,7 +18,8 @@ from camcli import cam, methods
 from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
 from camcli.defaults import BATCH_SIZE, MAX_FORWARD_PIXELS, TOP_K
 from camcli.errors import CamcliError, suggestions
-from camcli.runtime import OnnxRunner, TorchRunner, make_runner, module_state, resolve_device, weights_key
+from camcli.quantize import Calibration, int8_graph
+from camcli.runtime import OnnxRunner, TorchRunner, backbone_onnx, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
 
@@ -148,6 +149,7 @@ class Model:
     """
 
     default_method = "cam"
+    precision = "fp32"  # the backbone's arithmetic: fp32, or int8 (a CamModel on ONNX Runtime, see camcli.quantize)
 
     def __init__(self, arch: str, class_names: list[str], preprocess: Preprocess, device: str = "auto",
                  checkpoint: dict | None = None):
@@ -402,6 +404,9 @@ class CamModel(Model):
         self._backbone = backbone
         self.backend, self.amp, self._weights_id = backend, amp, weights_id
         self.runner: TorchRunner | OnnxRunner | None = None
+        self.precision = "fp32"  # int8: the backbone's INT8 model (set with ``calibration`` by camcli.factory)
+        self.calibration: Calibration | None = None
+        self.int8_graph: bytes | None = None  # the INT8 graph the runner runs, once prepared
         weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
             if hasattr(head, "weight") else head
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -423,15 +428,32 @@ class CamModel(Model):
         """This backbone with another head (``(weight (K, C), bias (K,))``), sharing its runner."""
         model = CamModel(self.arch, self._backbone, head, class_names, preprocess, self.device, None, self.backend, self.amp,
                          self._weights_id)
-        model.runner = self.runner
+        model.runner, model.precision, model.calibration, model.int8_graph = self.runner, self.precision, self.calibration, \
+            self.int8_graph
         return model
 
     def prepare(self) -> str | None:
         """Build the runner; returns a one-line note for the user (an export made, a fallback) or None."""
         if self.runner is not None:
             return None
+        if self.precision == "int8":
+            return self._prepare_int8()
         self.runner, note = make_runner(self.features_module, self.arch, self.device, self.backend, self.amp, self.weights_id)
         return note
+
+    def _prepare_int8(self) -> str | None:
+        """The INT8 runner, or fp32's when the INT8 model fails its check (``precision`` then says fp32)."""
+        if self.calibration is None:
+            raise ValueError("an int8 CamModel needs its calibration images (camcli.factory sets them)")
+        path, fp32, export_note = backbone_onnx(self.features_module, self.arch, self.weights_id())
+        graph, _, note = int8_graph(fp32, self.arch, self.calibration, self.preprocess, self.weight, self.bias)
+        if graph is None:
+            self.precision = "fp32"
+            self.runner = OnnxRunner(path, model=fp32)
+        else:
+            self.int8_graph = graph
+            self.runner = OnnxRunner(path.with_name(path.stem + "-int8.onnx"), model=graph)
+        return "; ".join(n for n in (export_note, note) if n) or None
 
     def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).

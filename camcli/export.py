@@ -9,7 +9,9 @@ and ONNX Runtime alone (Python, C++, a browser) runs it.
 
 Metadata (``metadata_props``): ``camcli_version``, ``arch``, ``class_names`` (JSON list),
 ``preprocess`` (JSON: img_size, mean, std, resize, stride, interpolation, color,
-exif_orientation; see README "Checkpoint format"), ``outputs`` (a one-line description).
+exif_orientation; see README "Checkpoint format"), ``outputs`` (a one-line description),
+and ``precision`` = int8 in an INT8 model (the backbone's static INT8 graph, see
+:mod:`camcli.quantize`; an fp32 file is as it was before INT8 existed).
 """
 
 from __future__ import annotations
@@ -45,11 +47,18 @@ def export_model(model: CamModel, path: Path, before_rename: Callable[[os.stat_r
             package, or the backbone has no ONNX graph yet and PyTorch is missing.
     """
     onnx = need("onnx", "camcli export")
-    _, backbone, note = backbone_onnx(model.features_module, model.arch, model.weights_id())
+    if model.precision == "int8":
+        note = model.prepare()
+        if model.int8_graph is None:  # refused by its check: an fp32 file under an int8 request would mislead
+            raise CamcliError(f"no INT8 model written: {note}".replace("warning: ", "").replace(", running fp32", ""))
+        backbone = model.int8_graph
+    else:
+        _, backbone, note = backbone_onnx(model.features_module, model.arch, model.weights_id())
     try:
         proto = _with_head(onnx.load_from_string(backbone), model.weight, model.bias)
         meta = {"camcli_version": __version__, "arch": model.arch, "class_names": json.dumps(model.class_names),
-                "preprocess": json.dumps(model.preprocess.to_dict()), "outputs": OUTPUTS}
+                "preprocess": json.dumps(model.preprocess.to_dict()), "outputs": OUTPUTS,
+                **({"precision": "int8"} if model.precision == "int8" else {})}
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(proto)

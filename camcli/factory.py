@@ -19,10 +19,11 @@ import numpy as np
 
 from camcli.checkpoint import SUFFIX, load_checkpoint
 from camcli.data import DEFAULT_RESIZE, Preprocess
-from camcli.defaults import BACKENDS, DEVICES, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES
+from camcli.defaults import BACKENDS, DEVICES, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, PRECISIONS, RESIZE_MODES
 from camcli.engine import CamModel, Model
 from camcli.errors import CamcliError, MissingExtra, missing_extra, need
 from camcli.packaged import DEFAULT_ARCH, IMAGENET_HEAD, asset, check_reference, default_model_row, reference_key
+from camcli.quantize import entry_calibration, folder_calibration
 from camcli.runtime import torch_installed, weights_key
 
 CHECKPOINT_SUFFIXES = (SUFFIX, ".pt", ".pth", ".onnx")  # a name with one of these is a file, never an arch
@@ -48,6 +49,10 @@ class ModelSpec:
         max_pixels: images whose header declares more pixels are refused before decoding.
         backbone: ``camcli train``'s feature pass: the backbone alone as a checkpoint stores it
             (see :func:`camcli.backbones.backbone_state`), no head.
+        precision: ``fp32``, or ``int8``: the backbone's static INT8 model on ONNX Runtime (the CPU),
+            checked against fp32 before use (see :mod:`camcli.quantize`).
+        calibration: with ``int8``, a folder of images like the ones to process; None: the
+            checkpoint's own calibration images (``camcli train`` stores them).
     """
 
     checkpoint: str | None = None
@@ -62,6 +67,8 @@ class ModelSpec:
     amp: bool = True
     max_pixels: int = MAX_PIXELS
     backbone: dict | None = field(default=None, compare=False)
+    precision: str = "fp32"
+    calibration: str | None = None
 
     @classmethod
     def of(cls, checkpoint_or_arch: str | Path | ModelSpec, **settings) -> ModelSpec:
@@ -101,6 +108,20 @@ class ModelSpec:
             raise CamcliError(f"`device` must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.backend not in BACKENDS:
             raise CamcliError(f"`backend` must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise CamcliError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "fp32" and self.calibration is not None:
+            raise CamcliError("`calibration` is for `precision` int8 (fp32 needs no calibration images)")
+        if self.precision == "int8":
+            if self.backend == "torch" or self.device not in ("auto", "cpu"):
+                raise CamcliError("`precision` int8 runs on ONNX Runtime on the CPU: use `backend` auto or onnxruntime and the "
+                                  "cpu device (on a GPU, fp32 runs with autocast)")
+            if self.layer is not None:
+                raise CamcliError("`precision` int8 runs the backbone on ONNX Runtime, which has no backward pass: gradient maps "
+                                  "at a chosen `layer` need fp32")
+            if self.calibration is not None and not os.path.isdir(self.calibration):
+                raise CamcliError(f"calibration folder not found: {self.calibration} (pass a folder of images like the ones "
+                                  "to process)")
         if not 1 <= self.max_pixels <= MAX_PIXELS_LIMIT:
             raise CamcliError(f"`max_pixels` must be from 1 to {MAX_PIXELS_LIMIT:,}, got {self.max_pixels}")
 
@@ -141,7 +162,22 @@ def build_model(spec: ModelSpec) -> Model:
     else:
         model = _from_arch(spec)
     model.spec, model.max_pixels = spec, spec.max_pixels
+    if spec.precision == "int8":
+        model.precision, model.calibration = "int8", _calibration(model, spec)
     return model
+
+
+def _calibration(model: CamModel, spec: ModelSpec):
+    """The INT8 calibration images: ``spec.calibration``'s folder, else the checkpoint's entry."""
+    if spec.calibration is not None:
+        return folder_calibration(spec.calibration, spec.max_pixels)
+    entry = (model.checkpoint or {}).get("int8_calibration")
+    if entry is None:
+        where = "this checkpoint carries none (train it again with this camcli)" if model.checkpoint else \
+            "a model without a checkpoint has none"
+        raise CamcliError(f"`precision` int8 needs calibration images: pass `calibration` (a folder of images like the ones "
+                          f"to process; {where})")
+    return entry_calibration(entry, spec.checkpoint)
 
 
 def _stored_key(stored: dict) -> str:
@@ -233,6 +269,9 @@ def _from_arch(spec: ModelSpec) -> Model:
 
 def _gradient_model(source, spec: ModelSpec) -> Model:
     """A GradModel of a CamModel (at another layer) or of a whole classifier (PyTorch)."""
+    if spec.precision == "int8":
+        raise CamcliError(f"`precision` int8: the head of {source.arch} is not GAP + linear, so its maps need gradients, and INT8 "
+                          "runs on ONNX Runtime, which has no backward pass: use fp32")
     if spec.backend == "onnxruntime":
         raise CamcliError("gradient maps run in PyTorch (ONNX Runtime has no backward pass): use `backend` auto or torch")
     gradients = need("camcli.gradients", "`layer` (gradient maps)" if spec.layer else f"`arch` {source.arch} (gradient maps of its head)")

@@ -78,6 +78,12 @@ def check_common(job) -> None:
     check_smooth(getattr(job, "smooth", ()))
 
 
+def int8_key(model: Model) -> dict:
+    """What rows, settings and files add about the precision: ``{"precision": "int8"}`` when INT8 ran, else nothing
+    (fp32 outputs stay byte for byte as they were before INT8 existed)."""
+    return {"precision": "int8"} if model.precision == "int8" else {}
+
+
 def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
     """A job's ``method``: one name, or (evaluate) several, compared side by side."""
     names = (method,) if isinstance(method, str) else tuple(method)
@@ -142,7 +148,7 @@ class PredictJob:
         while chunk := list(islice(iterator, self.chunk_size)):
             for batch in model.batches([i.path for i in chunk], self.batch_size, self.workers, keep_images=self.boxes,
                                        cam_sizes=self.cam_sizes if self.boxes else ()):
-                rows = {pos: {"path": str(chunk[pos].path), "predictions": preds}
+                rows = {pos: {"path": str(chunk[pos].path), "predictions": preds, **int8_key(model)}
                         for pos, preds in zip(batch.positions, model.rank(batch.logits, self.top_k))}
                 if self.boxes and batch.positions:
                     top1 = batch.logits.argmax(axis=1)[:, None]
@@ -315,7 +321,7 @@ class OverlayJob:
                         paths = names.paths(pos, [model.class_names[c] for c in mapped])
                         future = pool.submit(write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names,
                                              paths, self, plan.threshold, guard.recorder, plan.method)
-                        row = {"path": path, "predictions": ranked[b], "box_label": model.class_names[mapped[0]],
+                        row = {"path": path, "predictions": ranked[b], **int8_key(model), "box_label": model.class_names[mapped[0]],
                                "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize,
                                **({"smooth": list(self.smooth)} if self.smooth else {})}
                         pending.append((row, future))
@@ -507,6 +513,7 @@ class EvaluateJob:
             result["by_method"] = by_method
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
                               "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
+                              **int8_key(model),
                               "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes), "methods": list(names),
                               **({"smooth": list(self.smooth)} if self.smooth else {})}
         metrics_file, *others = self._outputs(self.run_dir)

@@ -298,7 +298,9 @@ class RayEngine:
         if self._session is None:
             raise ValueError("RayEngine.run needs the engine's session: use `with RayEngine(options) as engine:`")
         work = list(work)
-        spec = replace(model.spec, backend=getattr(getattr(model, "runner", None), "name", "torch"))  # the backend the driver chose
+        # the backend and the precision the driver chose (an INT8 model refused by its check runs fp32 everywhere)
+        spec = replace(model.spec, backend=getattr(getattr(model, "runner", None), "name", "torch"), precision=model.precision,
+                       calibration=model.spec.calibration if model.precision == "int8" else None)
         items = [{"payload": pickle.dumps(job.slice(work, i, i + job.batch_size))} for i in range(0, len(work), job.batch_size)]
         return counted(job, self._results(spec, items), len(work), progress)
 

@@ -33,6 +33,7 @@ from camcli.files import FolderLock, OutputGuard, atomic_write, next_run_dir, re
 from camcli.headfit import AdamW, LinearHead, evaluate, shuffled_batches, train_one_epoch
 from camcli.jobs import FeatureJob, LocalEngine
 from camcli.packaged import BACKBONE_GRAPH, DEFAULT_ARCH, asset, backbone_facts, lite0_reference
+from camcli.quantize import calibration_entry
 from camcli.render import draw_caption, render_overlay
 from camcli.report import write_train_report
 from camcli.runtime import cache_dir, cached_bytes, record_cache, torch_installed
@@ -219,6 +220,8 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
         train_x, train_y = extract(train_set, "train features")
     val_x, val_y = extract(val_set, "val features")
 
+    # what `precision` int8 calibrates on later: a seeded sample of the training images, at the model's input size
+    int8_calibration = calibration_entry([p for p, _ in train_set], preprocess, config.seed)
     rng = np.random.default_rng(config.seed)  # the head's init, then each epoch's order
     head = LinearHead.init(facts["num_features"], len(class_names), seed=config.seed)
     optimizer = AdamW(lr=config.lr, weight_decay=config.weight_decay)
@@ -254,7 +257,7 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
         row = dict(zip(METRIC_COLUMNS, (epoch, train_loss, train_acc, val_loss, val_acc)))
         history.append(row)
         checkpoint = make_checkpoint(config.arch, head.weight.copy(), head.bias.copy(), class_names,
-                                     preprocess, config.to_dict(), row, stored_backbone)
+                                     preprocess, config.to_dict(), row, stored_backbone, int8_calibration)
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
             best, best_checkpoint = row, checkpoint
             save_checkpoint(checkpoint, run_dir / f"best{SUFFIX}", guard.recorder(run_dir / f"best{SUFFIX}", recheck=True))
