@@ -65,6 +65,8 @@ VARIANTS = {  # name: what is taken out of camcli's recipe
     "no-pad-folding": {"same_padding": lambda model: None},
     "entropy": {"CALIBRATION_METHOD": "Entropy"},
     "percentile": {"CALIBRATION_METHOD": "Percentile"},
+    "1-fp32-convolution": {"FP32_CONVOLUTIONS": 1},
+    "2-fp32-convolutions": {"FP32_CONVOLUTIONS": 2},
     "3-fp32-convolutions": {"FP32_CONVOLUTIONS": 3},
     "6-fp32-convolutions": {"FP32_CONVOLUTIONS": 6},
     "neither-bias-nor-prefix": {"bias_correct": lambda model, tensors, convs: model, "FP32_CONVOLUTIONS": 0},

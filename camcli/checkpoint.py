@@ -42,7 +42,7 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 1000
 INT8_TENSORS = ("int8.jpeg", "int8.offsets")  # the optional INT8 calibration entry (see camcli.quantize.calibration_entry)
-MAX_INT8_IMAGES = 1024
+MAX_INT8_IMAGES = 256  # images a checkpoint's INT8 calibration entry may hold (camcli writes 64)
 
 
 def make_checkpoint(

@@ -129,7 +129,8 @@ class ModelSpec:
 def load(
     checkpoint_or_arch: str | Path | ModelSpec = DEFAULT_ARCH, device: str = "auto", weights: str = "imagenet",
     img_size: int | None = None, resize: str | None = None, backend: str = "auto", amp: bool = True,
-    classes: Sequence[str] | None = None, layer: str | None = None,
+    classes: Sequence[str] | None = None, layer: str | None = None, precision: str = "fp32",
+    calibration: str | Path | None = None,
 ) -> Model:
     """Load a trained checkpoint, or a whole classifier with its own head: ImageNet's, or one
     trained elsewhere (``weights`` a state dict of the whole model, ``classes`` its names).
@@ -146,7 +147,8 @@ def load(
         return build_model(checkpoint_or_arch)
     return build_model(ModelSpec.of(
         checkpoint_or_arch, device=device, weights=weights, img_size=img_size, resize=resize, backend=backend, amp=amp,
-        classes=tuple(classes) if classes is not None else None, layer=layer,
+        classes=tuple(classes) if classes is not None else None, layer=layer, precision=precision,
+        calibration=str(calibration) if calibration is not None else None,
     ))
 
 

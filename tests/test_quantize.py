@@ -88,6 +88,29 @@ def test_bias_correction_makes_the_mean_output_of_int8_weights_equal_fp32s(group
     assert np.abs((int8_weights - fp32).mean(axis=(0, 2, 3))).max() <= 0.05 * drift
 
 
+def test_shared_tensors_become_each_nodes_own_and_the_graph_computes_the_same():
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    bias = np.zeros(4, np.float32)
+    nodes = [helper.make_node("Identity", ["b"], ["b2"], name="share"),  # as torch.onnx.export shares equal biases
+             helper.make_node("Conv", ["image", "w", "b"], ["mid"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["mid"], ["act"], name="r"),
+             helper.make_node("Conv", ["act", "w", "b2"], ["features"], name="c2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    owned = quantize.own_initializers(model)
+    inits = {i.name for i in owned.graph.initializer}
+    convs = [n for n in owned.graph.node if n.op_type == "Conv"]
+    assert not any(n.op_type == "Identity" for n in owned.graph.node)
+    assert all(n.input[1] in inits and n.input[2] in inits for n in convs)
+    assert len({name for n in convs for name in n.input[1:]}) == 4  # two weights, two biases: none shared
+    x = rng.standard_normal((2, 4, 9, 11)).astype(np.float32)
+    np.testing.assert_array_equal(OnnxRunner(Path("a"), model=model.SerializeToString())(x),
+                                  OnnxRunner(Path("b"), model=owned.SerializeToString())(x))
+
+
 # ---------------------------------------------------------------- the feature on sample_data
 
 
@@ -278,7 +301,8 @@ def test_train_stores_calibration_images_and_older_checkpoints_stay_valid(sample
     ckpt = load_checkpoint(sample_run / "best.safetensors")
     entry = ckpt["int8_calibration"]
     assert len(entry["offsets"]) - 1 == min(quantize.ENTRY_IMAGES, len(list((SAMPLE_DATA / "train").rglob("*.jpg"))))
-    images = quantize.entry_calibration(entry, "x").load()
+    identity = type("Identity", (), {"__call__": lambda self, image: image})()  # the decoded images as stored
+    images = quantize.entry_calibration(entry, "x").load(identity)
     assert all(min(i.shape[:2]) == ckpt["img_size"] for i in images)  # at the model's input size (keep-aspect)
     without = {k: v for k, v in ckpt.items() if k != "int8_calibration"}
     path = tmp_path / "old.safetensors"
