@@ -389,16 +389,16 @@ def _finite_tensor(value: object, ndim: int | None) -> bool:
     return True
 
 
-def _int8_entry_problem(entry: object) -> str | None:
-    """What is wrong with a checkpoint's ``int8_calibration`` entry (shapes and offsets), or None."""
+def _int8_entry_problem(entry: object) -> tuple[str, str] | None:
+    """(the part, what it must be) of a checkpoint's ``int8_calibration`` entry that is wrong, or None."""
     if not isinstance(entry, dict) or set(entry) != {"jpeg", "offsets"}:
-        return "a mapping of jpeg and offsets tensors"
+        return "tensors", "exactly int8.jpeg and int8.offsets"
     jpeg, offsets = entry["jpeg"], entry["offsets"]
     if not (isinstance(jpeg, np.ndarray) and jpeg.dtype == np.uint8 and jpeg.ndim == 1):
-        return "jpeg: a 1-D uint8 tensor"
+        return "jpeg", "a 1-D uint8 tensor (the JPEG files one after another)"
     if not (isinstance(offsets, np.ndarray) and offsets.dtype == np.int64 and offsets.ndim == 1
             and 2 <= len(offsets) <= MAX_INT8_IMAGES + 1):
-        return f"offsets: a 1-D int64 tensor of 2 to {MAX_INT8_IMAGES + 1} values"
+        return "offsets", f"a 1-D int64 tensor: where each of 1 to {MAX_INT8_IMAGES} images starts, then the end"
     return None
 
 
@@ -470,7 +470,8 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint", values: b
          "cam_threshold", "a number in [0, 1)")
     entry = ckpt.get("int8_calibration")
     if entry is not None:
-        need(_int8_entry_problem(entry) is None, "int8_calibration", _int8_entry_problem(entry) or "")
+        field, expected = _int8_entry_problem(entry) or ("", "")
+        need(not field, f"int8_calibration.{field}", expected)
     for key in ("metrics", "config", "calibration"):
         need(ckpt.get(key) is None or isinstance(ckpt[key], dict), key, "a mapping")
     return ckpt

@@ -446,13 +446,12 @@ class CamModel(Model):
         if self.calibration is None:
             raise ValueError("an int8 CamModel needs its calibration images (camcli.factory sets them)")
         path, fp32, export_note = backbone_onnx(self.features_module, self.arch, self.weights_id())
-        graph, _, note = int8_graph(fp32, self.arch, self.calibration, self.preprocess, self.weight, self.bias)
+        graph, runner, _, note = int8_graph(fp32, self.arch, self.calibration, self.preprocess, self.weight, self.bias)
         if graph is None:
             self.precision = "fp32"
             self.runner = OnnxRunner(path, model=fp32)
         else:
-            self.int8_graph = graph
-            self.runner = OnnxRunner(path.with_name(path.stem + "-int8.onnx"), model=graph)
+            self.int8_graph, self.runner = graph, runner
         return "; ".join(n for n in (export_note, note) if n) or None
 
     def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:

@@ -120,9 +120,9 @@ class ModelSpec:
                 raise CamcliError("`precision` int8 runs the backbone on ONNX Runtime, which has no backward pass: gradient maps "
                                   "at a chosen `layer` need fp32")
             if self.calibration is not None and not os.path.isdir(self.calibration):
-                what = "is not a folder" if os.path.lexists(self.calibration) else "not found"
-                raise CamcliError(f"calibration folder {what}: {self.calibration} (pass a folder of images like the ones "
-                                  "to process)")
+                what = f"{self.calibration} is a file, not a folder" if os.path.lexists(self.calibration) else \
+                    f"calibration folder not found: {self.calibration}"
+                raise CamcliError(f"{what} (pass `calibration`: a folder of images like the ones to process)")
         if not 1 <= self.max_pixels <= MAX_PIXELS_LIMIT:
             raise CamcliError(f"`max_pixels` must be from 1 to {MAX_PIXELS_LIMIT:,}, got {self.max_pixels}")
 

@@ -420,9 +420,11 @@ def entry_calibration(entry: dict, source: str) -> Calibration:
     digest.update(memoryview(np.ascontiguousarray(jpeg)).cast("B"))
 
     def load(preprocess: Preprocess) -> list[np.ndarray]:
-        valid = offsets[0] == 0 and bool(np.all(np.diff(offsets) > 0)) and offsets[-1] == len(jpeg)
+        if not (offsets[0] == 0 and bool(np.all(np.diff(offsets) > 0)) and offsets[-1] == len(jpeg)):
+            raise CamcliError(f"{source}: its INT8 calibration entry is damaged (its offsets do not cut its bytes into "
+                              "images): pass `calibration` (a folder of images like yours)")
         images = []
-        for start, end in list(zip(offsets[:-1], offsets[1:]))[:SAMPLE] if valid else ():
+        for start, end in list(zip(offsets[:-1], offsets[1:]))[:SAMPLE]:
             buffer = jpeg[start:end]
             header = image_header(buffer)
             if header is None or header.width * header.height > MAX_ENTRY_PIXELS:  # it holds model-input-sized images
@@ -453,12 +455,16 @@ def head_key(weight: np.ndarray, bias: np.ndarray) -> str:
 
 
 def int8_graph(fp32: bytes, arch: str, calibration: Calibration, preprocess: Preprocess, weight: np.ndarray,
-               bias: np.ndarray) -> tuple[bytes | None, Check, str | None]:
+               bias: np.ndarray) -> tuple[bytes | None, OnnxRunner | None, Check, str | None]:
     """The INT8 graph of the backbone graph ``fp32`` and its check under the head (weight (K, C), bias (K,)).
 
     The graph is taken from the cache, else built (:func:`quantize`) and cached; its check is
-    cached per head in the graph's record. Returns (the graph, or None when the check refuses it;
-    the check; a one-line note when something was built or checked, else None).
+    cached per head in the graph's record. A cached graph that ONNX Runtime cannot load, or a
+    record whose check is not numbers, is built or checked again.
+
+    Returns:
+        (the graph and an ONNX Runtime runner of it, both None when the check refuses it; the
+        check; a one-line note when something was built or checked, or the model refused, else None).
 
     Raises:
         CamcliError: unreadable calibration images, a failed build; MissingExtra: building needs onnx.
@@ -467,17 +473,22 @@ def int8_graph(fp32: bytes, arch: str, calibration: Calibration, preprocess: Pre
              "preprocess": preprocess.to_dict()}
     path, head = int8_path(arch, facts), head_key(weight, bias)
     found = cached_record(path, **facts)
+    runner = _runner(path, found[0]) if found is not None else None
+    if runner is None:
+        found = None  # no cache file, or one that is not a model: built again
     checks = found[1].get("checks") if found is not None else None
     checks = checks if isinstance(checks, dict) else {}
-    cached = checks.get(head)
-    if found is not None and isinstance(cached, dict) and set(cached) == {"images", "agreement", "map_correlation"}:
-        check = Check(**cached)
-        return (found[0] if check.passed else None), check, None if check.passed else f"warning: {_refusal(arch, check)}"
+    check = _cached_check(checks.get(head))
+    if found is not None and check is not None:
+        if not check.passed:
+            return None, None, check, f"warning: {_refusal(arch, check)}"
+        return found[0], runner, check, None
     tensors = calibration.load(preprocess)
     calibrate, held_out = split(tensors)
     built = found is None
     data = quantize(fp32, calibrate) if built else found[0]
-    check = compare(OnnxRunner(Path("fp32"), model=fp32), OnnxRunner(path, model=data), weight, bias, held_out)
+    runner = OnnxRunner(path, model=data)
+    check = compare(OnnxRunner(Path("fp32"), model=fp32), runner, weight, bias, held_out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if built:
@@ -486,12 +497,31 @@ def int8_graph(fp32: bytes, arch: str, calibration: Calibration, preprocess: Pre
         record_cache(path, **facts, checks={**kept, head: {"images": check.images, "agreement": check.agreement,
                                                             "map_correlation": check.map_correlation}})
         where = f"cached in {path}"
-    except (CamcliError, OSError):
-        where = "not cached: the cache folder is not writable"
+    except (CamcliError, OSError) as exc:
+        where = f"not cached ({first_line(exc)})"
     if not check.passed:
-        return None, check, f"warning: {_refusal(arch, check)}"
+        return None, None, check, f"warning: {_refusal(arch, check)}"
     what = f"built an INT8 model of {arch} from {calibration.source}" if built else f"checked the INT8 model of {arch} for this head"
-    return data, check, f"{what}: {check.describe()}; {where}"
+    return data, runner, check, f"{what}: {check.describe()}; {where}"
+
+
+def _runner(path: Path, data: bytes) -> OnnxRunner | None:
+    """An ONNX Runtime runner of a cached graph, or None when ONNX Runtime cannot load it."""
+    try:
+        return OnnxRunner(path, model=data)
+    except Exception:  # noqa: BLE001 - ONNX Runtime's load errors have no common type; the model is built again
+        return None
+
+
+def _cached_check(value: object) -> Check | None:
+    """A check as a cache record stores it, or None when it is not exactly that (then it is run again)."""
+    if not isinstance(value, dict) or set(value) != {"images", "agreement", "map_correlation"}:
+        return None
+    images, agreement, correlation = value["images"], value["agreement"], value["map_correlation"]
+    numbers = all(type(v) in (int, float) and np.isfinite(v) for v in (agreement, correlation))
+    if type(images) is not int or images < 1 or not numbers or not (0 <= agreement <= 1 and -1 <= correlation <= 1):
+        return None
+    return Check(images, float(agreement), float(correlation))
 
 
 def _refusal(arch: str, check: Check) -> str:

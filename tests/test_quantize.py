@@ -193,6 +193,24 @@ def test_a_cached_int8_model_is_reused_and_a_damaged_one_is_built_again(sample_r
     cached.write_bytes(cached.read_bytes()[:1000])  # truncated
     third = cli("predict", VAL / "cat" / "cat_00.jpg", "--checkpoint", ckpt, "--precision", "int8", "--format", "jsonl")
     assert third.exit_code == 0 and "built an INT8 model" in third.stderr and third.stdout == first.stdout
+    # a record edited by hand: a check that is not numbers is run again; a file that is no model but matches its
+    # record (sha256 and size rewritten) is built again; neither is a traceback
+    record_path = cached.with_name(cached.name + ".record.json")
+    record = json.loads(record_path.read_text())
+    for check in record["checks"].values():
+        check["agreement"] = "1.0"
+    record_path.write_text(json.dumps(record))
+    fourth = cli("predict", VAL / "cat" / "cat_00.jpg", "--checkpoint", ckpt, "--precision", "int8", "--format", "jsonl")
+    assert fourth.exit_code == 0 and "checked the INT8 model" in fourth.stderr and fourth.stdout == first.stdout
+    import hashlib
+
+    garbage = bytes(range(256)) * 20
+    cached.write_bytes(garbage)
+    record = json.loads(record_path.read_text())
+    record.update(sha256=hashlib.sha256(garbage).hexdigest(), size=len(garbage))
+    record_path.write_text(json.dumps(record))
+    fifth = cli("predict", VAL / "cat" / "cat_00.jpg", "--checkpoint", ckpt, "--precision", "int8", "--format", "jsonl")
+    assert fifth.exit_code == 0 and "built an INT8 model" in fifth.stderr and fifth.stdout == first.stdout
 
 
 def test_an_int8_model_below_the_bars_is_refused_in_one_line_and_fp32_runs(sample_run, tmp_path, monkeypatch):
@@ -242,13 +260,16 @@ def _folder(root: Path, count: int, garbage: bool = False) -> Path:
 
 @pytest.mark.parametrize("case, words", [
     ("missing", "calibration folder not found"),
+    ("file", "is a file, not a folder"),
     ("few", "holds 3 images"),
     ("garbage", "only 0 of 20 images could be read"),
     ("not-images", "holds 0 images"),
 ])
 def test_a_bad_calibration_set_is_one_line(case, words, sample_run, tmp_path):
     folder = tmp_path / "cal"
-    if case == "few":
+    if case == "file":
+        folder.write_bytes(b"x")
+    elif case == "few":
         _folder(folder, 3)
     elif case == "garbage":
         _folder(folder, 20, garbage=True)
@@ -313,9 +334,9 @@ def test_train_stores_calibration_images_and_older_checkpoints_stay_valid(sample
 
 
 @pytest.mark.parametrize("damage, words", [
-    ("offsets", "holds 0 readable images"),
+    ("offsets", "entry is damaged (its offsets do not cut its bytes into images)"),
     ("jpeg", "holds 0 readable images"),
-    ("dtype", "checkpoint field int8_calibration must be"),
+    ("dtype", "checkpoint field int8_calibration.offsets must be a 1-D int64 tensor"),
 ])
 def test_a_damaged_calibration_entry_is_one_line(damage, words, sample_run, tmp_path):
     ckpt = load_checkpoint(sample_run / "best.safetensors")
