@@ -54,6 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steady", action="store_true", help="also the steady state, 9N / (T(10N) - T(N)): lite0 overlay "
+                        "at N = --images, vgg16 predict at N = 32 (about 10 more minutes)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -89,6 +91,21 @@ def main() -> None:
             int8.prepare()
             assert int8.precision == "int8", f"{arch}: the INT8 model was refused by its check"
             limits[arch] = (forward_ms(fp32.runner, x), forward_ms(int8.runner, x))
+        steady = {}
+        if args.steady:
+            for arch, command, n_steady in (("efficientnet_lite0", "overlay", args.images), ("vgg16", "predict", 32)):
+                small, large = root / f"steady-{n_steady}", root / f"steady-{10 * n_steady}"
+                make_images(small, n_steady, seed=1)
+                make_images(large, 10 * n_steady, seed=1)
+                for precision in ("fp32", "int8"):
+                    def once(folder: Path) -> float:
+                        extra = ["--out-dir", root / "steady-out", "--overwrite"] if command == "overlay" else ["--format", "jsonl"]
+                        return camcli(command, folder, "--checkpoint", heads[arch], "--precision", precision, *extra)
+
+                    t1, t10 = once(small), once(large)
+                    steady[arch, command, precision] = 9 * n_steady / (t10 - t1)
+                print(f"steady {arch} {command}: fp32 {steady[arch, command, 'fp32']:.1f} img/s, "
+                      f"int8 {steady[arch, command, 'int8']:.1f} img/s", flush=True)
         n = args.images
         print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {n} images of 640x480; "
               f"median of {args.runs} whole commands\n")
@@ -98,6 +115,15 @@ def main() -> None:
             a, b = limits[arch]
             print(f"| {arch} | {command} | {t['fp32']:.1f} ({n / t['fp32']:.1f}) | {t['int8']:.1f} ({n / t['int8']:.1f}) | "
                   f"{t['fp32'] / t['int8']:.2f}x | {a:.1f} / {b:.1f} ({a / b:.2f}x) |")
+        if steady:
+            print("\n| backbone | command | steady fp32 img/s (÷ fp32 limit) | steady INT8 img/s (÷ INT8 limit) | speed-up |")
+            print("|---|---|---|---|---|")
+            for (arch, command, precision), rate in steady.items():
+                if precision == "int8":
+                    a, b = limits[arch]
+                    fp = steady[arch, command, "fp32"]
+                    print(f"| {arch} | {command} | {fp:.1f} ({fp * a / 1000:.2f}) | {rate:.1f} ({rate * b / 1000:.2f}) | "
+                          f"{rate / fp:.2f}x |")
 
 
 if __name__ == "__main__":
