@@ -83,14 +83,16 @@ class Preprocess:
 
         return side(height), side(width)
 
-    def __call__(self, image_rgb: np.ndarray) -> np.ndarray:
-        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, h, w) array (see ``output_size``)."""
+    def resized(self, image_rgb: np.ndarray) -> np.ndarray:
+        """The RGB uint8 (H, W, 3) image resized to the model input (see ``output_size``), still uint8."""
         h, w = image_rgb.shape[:2]
         out_h, out_w = self.output_size(h, w)
         shrinking = h > out_h or w > out_w
-        resized = cv2.resize(
-            image_rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        )
+        return cv2.resize(image_rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+    def __call__(self, image_rgb: np.ndarray) -> np.ndarray:
+        """Turn an RGB uint8 (H, W, 3) image into a float32 (3, h, w) array (see ``output_size``)."""
+        resized = self.resized(image_rgb)
         # (x / 255 - mean) / std as one multiply-add: x * scale + offset
         scale = 1.0 / (255.0 * np.asarray(self.std, dtype=np.float32))
         offset = -np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)

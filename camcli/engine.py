@@ -18,7 +18,7 @@ from camcli import cam, methods
 from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
 from camcli.defaults import BATCH_SIZE, MAX_FORWARD_PIXELS, TOP_K
 from camcli.errors import CamcliError, suggestions
-from camcli.quantize import Calibration, int8_graph
+from camcli.quantize import Calibration, Check, int8_graph
 from camcli.runtime import OnnxRunner, TorchRunner, backbone_onnx, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
@@ -407,6 +407,7 @@ class CamModel(Model):
         self.precision = "fp32"  # int8: the backbone's INT8 model (set with ``calibration`` by camcli.factory)
         self.calibration: Calibration | None = None
         self.int8_graph: bytes | None = None  # the INT8 graph the runner runs, once prepared
+        self.int8_check: Check | None = None  # how it compared with fp32, once prepared
         weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
             if hasattr(head, "weight") else head
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -446,7 +447,8 @@ class CamModel(Model):
         if self.calibration is None:
             raise ValueError("an int8 CamModel needs its calibration images (camcli.factory sets them)")
         path, fp32, export_note = backbone_onnx(self.features_module, self.arch, self.weights_id())
-        graph, runner, _, note = int8_graph(fp32, self.arch, self.calibration, self.preprocess, self.weight, self.bias)
+        graph, runner, self.int8_check, note = int8_graph(fp32, self.arch, self.calibration, self.preprocess, self.weight,
+                                                          self.bias)
         if graph is None:
             self.precision = "fp32"
             self.runner = OnnxRunner(path, model=fp32)

@@ -27,6 +27,7 @@ from camcli import __version__, cam
 from camcli.engine import CamModel
 from camcli.errors import CamcliError, first_line, need
 from camcli.files import atomic_write
+from camcli.quantize import refused
 from camcli.runtime import ONNX_TOLERANCE, OnnxRunner, backbone_onnx
 
 OUTPUTS = "probabilities (N, K): softmax of the head; maps (N, K, h, w): raw class activation maps"
@@ -50,7 +51,7 @@ def export_model(model: CamModel, path: Path, before_rename: Callable[[os.stat_r
     if model.precision == "int8":
         note = model.prepare()
         if model.int8_graph is None:  # refused by its check: an fp32 file under an int8 request would mislead
-            raise CamcliError(f"no INT8 model written: {note}".replace("warning: ", "").replace(", running fp32", ""))
+            raise CamcliError(f"no INT8 model written: {refused(model.arch, model.int8_check)}")
         backbone = model.int8_graph
     else:
         _, backbone, note = backbone_onnx(model.features_module, model.arch, model.weights_id())

@@ -40,10 +40,10 @@ import cv2
 import numpy as np
 
 from camcli import cam
-from camcli.data import IMAGE_EXTENSIONS, Preprocess, image_header, read_image, walk_images
+from camcli.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Preprocess, image_header, max_file_bytes, read_image, walk_images
 from camcli.errors import CamcliError, first_line, need, os_error
 from camcli.files import atomic_write, read_bytes
-from camcli.runtime import OnnxRunner, cache_dir, cached_record, record_cache
+from camcli.runtime import OnnxRunner, cache_dir, cached_record, record_cache, weights_key
 
 RECIPE = 2  # bump when the recipe changes: cached INT8 models of another recipe are built again
 MIN_AGREEMENT = 0.97  # top-1 agreement with fp32 on the held-out calibration images
@@ -51,13 +51,13 @@ MIN_MAP_CORRELATION = 0.98  # mean Pearson correlation of the top-1 class's raw 
 SAMPLE = 128  # images taken from a calibration folder (seeded): every other one calibrates, the rest check
 MAX_CHECKS = 100  # heads whose check a cached INT8 model's record keeps
 MIN_IMAGES = 16  # readable calibration images needed (8 calibrate, 8 check)
-MAX_CALIBRATION_BYTES = 64 << 20  # one calibration image file
+CALIBRATION_METHOD = "MinMax"  # ONNX Runtime's CalibrationMethod: MinMax, Entropy and Percentile measured alike
 _QUANTIZED_OPS = ("Conv", "Clip", "Relu", "Add", "MaxPool", "AveragePool", "Pad")  # on the data path
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Calibration images: RGB uint8 arrays (H, W, 3), from a folder or a checkpoint's entry.
+    """Calibration images, from a folder or a checkpoint's entry.
 
     Attributes:
         source: what to name in messages (the folder, or ``<checkpoint> (its int8 entry)``).
@@ -72,7 +72,7 @@ class Calibration:
     load: Callable[[Preprocess], list[np.ndarray]]
 
 
-def folder_calibration(folder: str | Path, max_pixels: int | None = None) -> Calibration:
+def folder_calibration(folder: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Calibration:
     """A seeded sample of up to :data:`SAMPLE` images under ``folder`` (sorted walk, then a
     seeded choice). Hashing reads the files; decoding waits until a model is built.
 
@@ -95,7 +95,7 @@ def folder_calibration(folder: str | Path, max_pixels: int | None = None) -> Cal
     digest = hashlib.sha256()
     for path in paths:
         try:
-            data = read_bytes(path, MAX_CALIBRATION_BYTES, "calibration image")
+            data = read_bytes(path, max_file_bytes(max_pixels), "calibration image")
         except CamcliError:
             data = b"unreadable"  # counted as unreadable when the images are decoded
         digest.update(hashlib.sha256(data).digest())
@@ -201,7 +201,6 @@ def _rewrite_holds(original: bytes, rewritten: bytes) -> bool:
     return True
 
 
-CALIBRATION_METHOD = "MinMax"  # ONNX Runtime's CalibrationMethod: MinMax, Entropy and Percentile measured alike
 FP32_CONVOLUTIONS = 1  # the convolution that sees the image stays fp32 (measured: see the module docstring)
 
 
@@ -386,7 +385,8 @@ ENTRY_QUALITY = 90
 MAX_ENTRY_PIXELS = 1 << 22  # an entry's image (2048 x 2048): camcli writes them at the model's input size
 
 
-def calibration_entry(paths: Sequence[Path], preprocess: Preprocess, seed: int, max_pixels: int | None = None) -> dict | None:
+def calibration_entry(paths: Sequence[Path], preprocess: Preprocess, seed: int,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict | None:
     """The ``int8_calibration`` entry ``camcli train`` writes: a seeded sample of up to
     :data:`ENTRY_IMAGES` training images, each resized to the model's input size and stored as
     JPEG, as ``{"jpeg": uint8 (bytes,), "offsets": int64 (n + 1,)}``; None when fewer than
@@ -400,10 +400,8 @@ def calibration_entry(paths: Sequence[Path], preprocess: Preprocess, seed: int, 
             image = read_image(paths[i], max_pixels)
         except CamcliError:
             continue
-        h, w = preprocess.output_size(*image.shape[:2])
-        shrinking = image.shape[0] > h or image.shape[1] > w
-        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(resized, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, ENTRY_QUALITY])
+        bgr = cv2.cvtColor(preprocess.resized(image), cv2.COLOR_RGB2BGR)
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, ENTRY_QUALITY])
         if ok:
             chunks.append(encoded.tobytes())
     if len(chunks) < MIN_IMAGES:
@@ -448,12 +446,6 @@ def int8_path(arch: str, facts: dict) -> Path:
     return cache_dir() / "int8" / f"{arch.replace(':', '_').replace('/', '_')}-{digest}.onnx"
 
 
-def head_key(weight: np.ndarray, bias: np.ndarray) -> str:
-    digest = hashlib.sha256(memoryview(np.ascontiguousarray(weight, np.float32)).cast("B"))
-    digest.update(memoryview(np.ascontiguousarray(bias, np.float32)).cast("B"))
-    return digest.hexdigest()
-
-
 def int8_graph(fp32: bytes, arch: str, calibration: Calibration, preprocess: Preprocess, weight: np.ndarray,
                bias: np.ndarray) -> tuple[bytes | None, OnnxRunner | None, Check, str | None]:
     """The INT8 graph of the backbone graph ``fp32`` and its check under the head (weight (K, C), bias (K,)).
@@ -471,7 +463,7 @@ def int8_graph(fp32: bytes, arch: str, calibration: Calibration, preprocess: Pre
     """
     facts = {"recipe": RECIPE, "fp32": hashlib.sha256(fp32).hexdigest(), "calibration": calibration.key,
              "preprocess": preprocess.to_dict()}
-    path, head = int8_path(arch, facts), head_key(weight, bias)
+    path, head = int8_path(arch, facts), weights_key({"weight": weight, "bias": bias})
     found = cached_record(path, **facts)
     runner = _runner(path, found[0]) if found is not None else None
     if runner is None:
@@ -526,3 +518,8 @@ def _cached_check(value: object) -> Check | None:
 
 def _refusal(arch: str, check: Check) -> str:
     return f"the INT8 model of {arch} is refused, running fp32: {check.describe()}"
+
+
+def refused(arch: str, check: Check) -> str:
+    """Why the INT8 model of ``arch`` was refused, for a command that does not fall back (export)."""
+    return f"the INT8 model of {arch} fails its check: {check.describe()}"
