@@ -69,8 +69,9 @@ def main() -> None:
             heads[arch] = out / "best.safetensors"
             print(f"trained {arch} in {took:.0f} s", flush=True)
             for precision in ("fp32", "int8"):  # exports and INT8 models built and cached before any timing
-                camcli("predict", data / "cat" / "00000.jpg", "--checkpoint", heads[arch], "--precision", precision,
-                       "--format", "jsonl", quiet=False)
+                took = camcli("predict", data / "cat" / "00000.jpg", "--checkpoint", heads[arch], "--precision", precision,
+                              "--format", "jsonl", quiet=False)
+                print(f"{arch} {precision}: first predict (export{' and INT8 build' if precision == 'int8' else ''}) {took:.0f} s", flush=True)
         rows = []
         jobs = [("efficientnet_lite0", "overlay"), ("efficientnet_lite0", "predict"), ("vgg16", "predict")]
         for arch, command in jobs:

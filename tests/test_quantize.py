@@ -63,29 +63,73 @@ def _conv_model(weight: np.ndarray, bias: np.ndarray, groups: int = 1) -> onnx.M
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _conv_output(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, groups: int = 1, **attrs) -> np.ndarray:
+    node = helper.make_node("Conv", ["image", "w", "b"], ["features"], name="conv", group=groups, **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", x.shape[1], "h", "w"])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return OnnxRunner(Path("conv"), model=model.SerializeToString())(x)
+
+
+@pytest.mark.parametrize("attrs", [{"auto_pad": "SAME_UPPER", "strides": [2, 2]}, {"pads": [1, 2, 0, 1]},
+                                   {"auto_pad": "SAME_LOWER", "strides": [2, 1]},
+                                   {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, {}])
+def test_the_patches_the_weights_see_are_what_the_convolution_multiplies(attrs):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 6, 11, 14)).astype(np.float32)
+    weight = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)  # two groups of three channels, a 3x5 kernel
+    want = _conv_output(weight, np.zeros(4, np.float32), x, groups=2, **attrs)
+    stored = {k: v.encode() if isinstance(v, str) else v for k, v in attrs.items()} | {"group": 2}  # as onnx reads them
+    patches = quantize._patches(x[0], weight.shape, stored, np.random.default_rng(0), 10_000)  # (P, C, kh, kw)
+    grouped = patches.reshape(len(patches), 2, -1)  # (P, g, 3 * 3 * 5)
+    got = np.einsum("pgd,god->pgo", grouped, weight.reshape(2, 2, -1)).reshape(len(patches), 4)
+    np.testing.assert_allclose(got.T.reshape(want.shape), want, atol=1e-4)
+
+
 @pytest.mark.parametrize("groups", [1, 4])
-def test_bias_correction_makes_the_mean_output_of_int8_weights_equal_fp32s(groups):
+def test_weights_land_on_the_int8_grid_with_less_output_error_than_plain_rounding_and_a_corrected_mean(groups):
     rng = np.random.default_rng(0)
-    weight = rng.standard_normal((8, 4 // groups, 3, 3)).astype(np.float32)
+    weight = rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32)
     weight[:, :, 0, 0] *= 40  # one large weight per channel: coarse int8 steps for the rest
     bias = rng.standard_normal(8).astype(np.float32)
-    # inputs with a large mean per channel (as after ReLU6) and small variation: the mean is what the correction uses
-    images = [rng.uniform(0, 0.1, (4, 12, 12)).astype(np.float32) + np.arange(1, 5, dtype=np.float32)[:, None, None]
+    # inputs with a large mean per channel (as after ReLU6), varying together from image to image
+    images = [(rng.uniform(0, 0.1, (8, 14, 14)) + rng.uniform(0, 1) + np.arange(1, 9)[:, None, None]).astype(np.float32)
               for _ in range(6)]
-    model = _conv_model(weight, bias, groups)
-    corrected = quantize.bias_correct(model, images, {"conv"})
-    # int8 weights by hand (symmetric, per output channel, as ONNX Runtime stores them), with the corrected bias
-    scale = np.abs(weight).reshape(8, -1).max(axis=1) / 127
-    rounded = np.clip(np.round(weight / scale[:, None, None, None]), -127, 127) * scale[:, None, None, None]
-    new_bias = numpy_helper.to_array(next(i for i in corrected.graph.initializer if i.name == "b"))
+    corrected = quantize.round_weights(_conv_model(weight, bias, groups), images, {"conv"})
+    values = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}
+    rounded, new_bias = values["w"], values["b"]
+    # on the grid ONNX Runtime's quantizer computes from the weights themselves: max|w| / 127 per output channel
+    scale = np.abs(rounded).reshape(8, -1).max(axis=1) / 127
+    steps = rounded / scale[:, None, None, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    np.testing.assert_allclose(scale, np.abs(weight).reshape(8, -1).max(axis=1) / 127, rtol=1e-6)
+    plain = np.clip(np.round(weight / scale[:, None, None, None]), -127, 127) * scale[:, None, None, None]
     x = np.stack(images)
-    fp32 = OnnxRunner(Path("fp32"), model=model.SerializeToString())(x)
-    int8_weights = OnnxRunner(Path("q"), model=_conv_model(rounded.astype(np.float32), new_bias, groups).SerializeToString())(x)
-    uncorrected = OnnxRunner(Path("u"), model=_conv_model(rounded.astype(np.float32), bias, groups).SerializeToString())(x)
-    drift = np.abs((uncorrected - fp32).mean(axis=(0, 2, 3))).max()
-    assert drift > 1e-3  # the weights' rounding moves the mean output: there is something to correct
-    # what is left is the variation around the means (borders see other pixels than the whole image's mean)
-    assert np.abs((int8_weights - fp32).mean(axis=(0, 2, 3))).max() <= 0.05 * drift
+    fp32 = _conv_output(weight, bias, x, groups)
+    ours = _conv_output(rounded, bias, x, groups)
+    theirs = _conv_output(plain.astype(np.float32), bias, x, groups)
+    centred = lambda y: y - y.mean(axis=(0, 2, 3), keepdims=True)  # noqa: E731 (the part the bias cannot fix)
+    assert np.mean(centred(ours - fp32) ** 2) < 0.8 * np.mean(centred(theirs - fp32) ** 2)
+    drift = np.abs((ours - fp32).mean(axis=(0, 2, 3))).max()
+    assert drift > 1e-3  # the rounding moves the mean output: there is something to correct
+    fixed = _conv_output(rounded, new_bias, x, groups)
+    assert np.abs((fixed - fp32).mean(axis=(0, 2, 3))).max() <= 0.05 * drift
+
+
+def test_the_quantizer_keeps_the_rounded_weights_exactly(monkeypatch):
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((6, 6, 3, 3)).astype(np.float32)
+    images = [rng.uniform(0, 2, (6, 10, 10)).astype(np.float32) for _ in range(4)]
+    model = _conv_model(weight, np.zeros(6, np.float32))
+    monkeypatch.setattr(quantize, "FP32_CONVOLUTIONS", 0)
+    want = numpy_helper.to_array(next(i for i in quantize.round_weights(model, images, {"conv"}).graph.initializer if i.name == "w"))
+    int8 = onnx.load_from_string(quantize.quantize(model.SerializeToString(), images))
+    values = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    dq = next(n for n in int8.graph.node if n.op_type == "DequantizeLinear" and values.get(n.input[0], np.zeros(0)).ndim == 4)
+    got = values[dq.input[0]].astype(np.float32) * values[dq.input[1]].reshape(-1, 1, 1, 1)
+    assert values[dq.input[0]].dtype == np.int8
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_shared_tensors_become_each_nodes_own_and_the_graph_computes_the_same():
