@@ -12,9 +12,10 @@ One recipe, chosen by measurement (``benchmarks/int8.py``, benchmarks/README.md,
 - ONNX Runtime's ``quantize_static``, QDQ format, int8 per-channel weights, uint8 activations
   (VNNI's fast path; int8 activations ran 0.6x as fast), MinMax ranges, on the nodes of the data
   path only (a shape computation quantized would change the padding), except the first
-  convolution, which sees the image (fp32 there: the median largest logit error over 100
-  photographs 0.33 -> 0.29 on EfficientNet-Lite0; keeping the second too, 0.24, costs VGG16 a
-  third of its gain).
+  convolutions while they do at most 4 % of the work (:func:`fp32_prefix`: EfficientNet-Lite0's
+  stem and first depthwise convolution, VGG16's stem; the median largest logit error over 100
+  photographs 0.33 -> 0.29 -> 0.24 on EfficientNet-Lite0 with none, one, two; VGG16's second
+  convolution would cost it a third of its gain).
 - Each quantized convolution's weights are rounded onto the int8 grid the quantizer will use with
   each rounding error fed forward onto the weights not yet rounded, weighted by the calibration
   inputs (GPTQ), and its bias is corrected for the mean error that rounding still makes
@@ -48,7 +49,7 @@ from camcli.errors import CamcliError, first_line, need, os_error
 from camcli.files import atomic_write, read_bytes
 from camcli.runtime import OnnxRunner, cache_dir, cached_record, record_cache, weights_key
 
-RECIPE = 3  # bump when the recipe changes: cached INT8 models of another recipe are built again
+RECIPE = 4  # bump when the recipe changes: cached INT8 models of another recipe are built again
 MIN_AGREEMENT = 0.97  # top-1 agreement with fp32 on the held-out calibration images
 MIN_MAP_CORRELATION = 0.98  # mean Pearson correlation of the top-1 class's raw map with fp32's
 SAMPLE = 128  # images taken from a calibration folder (seeded): every other one calibrates, the rest check
@@ -204,17 +205,38 @@ def _rewrite_holds(original: bytes, rewritten: bytes) -> bool:
     return True
 
 
-FP32_CONVOLUTIONS = 1  # the convolution that sees the image stays fp32 (measured: see the module docstring)
+FP32_SHARE = 0.04  # the first convolutions stay fp32 while together they do at most this share of the multiply-adds
 
 
-def fp32_prefix(nodes: Sequence) -> int:
-    """How many of the data path's first nodes stay fp32: up to the convolution after the first :data:`FP32_CONVOLUTIONS`."""
-    seen = 0
-    for k, node in enumerate(nodes):
+def _multiply_adds(model, convs: Sequence, tensor: np.ndarray) -> list[int]:
+    """Each Conv's multiply-adds on one preprocessed (3, H, W) ``tensor``: its output's size times its weights' fan-in."""
+    import onnx
+    import onnxruntime as ort
+
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    names = [c.output[0] for c in convs]
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.ClearField("output")
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = session.run(names, {model.graph.input[0].name: tensor[None].astype(np.float32)})
+    return [int(np.prod(out.shape[1:])) * int(np.prod(shapes[c.input[1]][1:])) for c, out in zip(convs, outputs)]
+
+
+def fp32_prefix(nodes: Sequence, multiply_adds: Sequence[int]) -> int:
+    """How many of the data path's first ``nodes`` stay fp32: up to the first Conv at which the
+    Convs' ``multiply_adds`` (one per Conv in ``nodes``, in order) would pass :data:`FP32_SHARE`
+    of their sum. The first convolutions see the image and its first features, whose int8 error
+    the convolutions after them amplify (measured on EfficientNet-Lite0: the median largest logit
+    error 0.24 with the stem fp32, 0.21 with the first depthwise convolution too: 3.7 % of its
+    multiply-adds), while VGG16's second convolution alone does 12 % of its work."""
+    budget, done, k = FP32_SHARE * sum(multiply_adds), 0, 0
+    for index, node in enumerate(nodes):
         if node.op_type == "Conv":
-            if seen == FP32_CONVOLUTIONS:
-                return k
-            seen += 1
+            done += multiply_adds[k]
+            k += 1
+            if done > budget:
+                return index
     return len(nodes)
 
 
@@ -405,7 +427,8 @@ def quantize(fp32: bytes, tensors: Sequence[np.ndarray]) -> bytes:
         if rewritten is not None and _rewrite_holds(fp32, rewritten.SerializeToString()):
             model = rewritten
         path = [n for n in _data_path(model.graph) if n.op_type in _QUANTIZED_OPS]
-        quantized = path[fp32_prefix(path):]
+        convs = [n for n in path if n.op_type == "Conv"]
+        quantized = path[fp32_prefix(path, _multiply_adds(model, convs, tensors[0])):]
         model = round_weights(model, tensors, {n.name for n in quantized if n.op_type == "Conv"})
     except CamcliError:
         raise

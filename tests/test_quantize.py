@@ -122,7 +122,7 @@ def test_the_quantizer_keeps_the_rounded_weights_exactly(monkeypatch):
     weight = rng.standard_normal((6, 6, 3, 3)).astype(np.float32)
     images = [rng.uniform(0, 2, (6, 10, 10)).astype(np.float32) for _ in range(4)]
     model = _conv_model(weight, np.zeros(6, np.float32))
-    monkeypatch.setattr(quantize, "FP32_CONVOLUTIONS", 0)
+    monkeypatch.setattr(quantize, "FP32_SHARE", 0)  # a single conv: quantize it
     want = numpy_helper.to_array(next(i for i in quantize.round_weights(model, images, {"conv"}).graph.initializer if i.name == "w"))
     int8 = onnx.load_from_string(quantize.quantize(model.SerializeToString(), images))
     values = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
@@ -130,6 +130,15 @@ def test_the_quantizer_keeps_the_rounded_weights_exactly(monkeypatch):
     got = values[dq.input[0]].astype(np.float32) * values[dq.input[1]].reshape(-1, 1, 1, 1)
     assert values[dq.input[0]].dtype == np.int8
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_the_first_convolutions_stay_fp32_while_they_do_a_small_share_of_the_work():
+    nodes = [helper.make_node(op, [], [], name=f"{op}{k}") for k, op in enumerate(["Conv", "Clip", "Conv", "Clip", "Conv", "Add", "Conv"])]
+    # EfficientNet-Lite0's first three convolutions at 224x224 (stem 2.8 %, depthwise 0.9 %, pointwise 1.7 % of the work)
+    assert quantize.fp32_prefix(nodes, [108, 36, 64, 3640]) == 4  # stem, its Clip, the depthwise conv and its Clip stay fp32
+    # VGG16: the stem does 0.6 %, the second convolution 12 %: only the stem stays
+    assert quantize.fp32_prefix(nodes, [87, 1850, 925, 12600]) == 2
+    assert quantize.fp32_prefix(nodes, [900, 50, 25, 25]) == 0  # a first convolution that does most of the work is quantized
 
 
 def test_shared_tensors_become_each_nodes_own_and_the_graph_computes_the_same():
