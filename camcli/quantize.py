@@ -14,7 +14,7 @@ One recipe, chosen by measurement (``benchmarks/int8.py``, benchmarks/README.md,
   path only (a shape computation quantized would change the padding), except the first
   convolutions while they do at most 4 % of the work (:func:`fp32_prefix`: EfficientNet-Lite0's
   stem and first depthwise convolution, VGG16's stem; the median largest logit error over 100
-  photographs 0.33 -> 0.29 -> 0.24 on EfficientNet-Lite0 with none, one, two; VGG16's second
+  photographs 0.26 -> 0.24 -> 0.21 on EfficientNet-Lite0 with none, one, two; VGG16's second
   convolution would cost it a third of its gain).
 - Each quantized convolution's weights are rounded onto the int8 grid the quantizer will use with
   each rounding error fed forward onto the weights not yet rounded, weighted by the calibration
