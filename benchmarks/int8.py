@@ -59,13 +59,6 @@ def crops(photos: list[np.ndarray], count: int, seed: int, preprocess: Preproces
     return np.stack(batch).astype(np.float32)
 
 
-def _plain_rounding(weight: np.ndarray, groups: int, moment: np.ndarray) -> np.ndarray:
-    """Round to nearest on the same grid (what camcli did before recipe 3)."""
-    scale = np.abs(weight).reshape(len(weight), -1).max(axis=1) / 127
-    scale = np.where(scale == 0, 1, scale).reshape(-1, *[1] * (weight.ndim - 1))
-    return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(np.float32)
-
-
 def _no_bias_correction(model, tensors, convs):
     """The fed-forward rounding without the bias correction: the bias put back as it was."""
     corrected = ROUND_WEIGHTS(model, tensors, convs)
@@ -87,12 +80,13 @@ def _first(count: int):
 ROUND_WEIGHTS = quantize.round_weights
 VARIANTS = {  # name: what is taken out of camcli's recipe (or changed in it)
     "camcli": {},
-    "plain-rounding": {"rounded_weights": _plain_rounding},
+    "plain-rounding": {"rounded_weights": lambda weight, groups, moment: quantize.nearest(weight)},
     "no-bias-correction": {"round_weights": _no_bias_correction},
     "neither": {"round_weights": lambda model, tensors, convs: model},
     "no-fp32-prefix": {"FP32_SHARE": 0},
     "1-fp32-convolution": {"fp32_prefix": _first(1)},  # recipe 3
-    "recipe-2": {"rounded_weights": _plain_rounding, "fp32_prefix": _first(1)},
+    "recipe-2": {"rounded_weights": lambda weight, groups, moment: quantize.nearest(weight),
+                 "fp32_prefix": _first(1)},
     "3-fp32-convolutions": {"fp32_prefix": _first(3)},
     "no-pad-folding": {"same_padding": lambda model: None},
     "entropy": {"CALIBRATION_METHOD": "Entropy"},

@@ -213,6 +213,8 @@ def _multiply_adds(model, convs: Sequence, tensor: np.ndarray) -> list[int]:
     import onnx
     import onnxruntime as ort
 
+    if not convs:
+        return []
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     names = [c.output[0] for c in convs]
     probe = onnx.ModelProto.FromString(model.SerializeToString())
@@ -241,6 +243,7 @@ def fp32_prefix(nodes: Sequence, multiply_adds: Sequence[int]) -> int:
 
 
 HESSIAN_POSITIONS = 1024  # output positions per calibration image that the weights' rounding looks at (seeded sample)
+MAX_FAN_IN = 4608  # weights per output channel (VGG16's 3x3x512) up to which the rounding feeds errors forward; beyond: to nearest
 DAMPING = 0.01  # added to the input covariance's diagonal, as a share of its mean (GPTQ's default)
 
 
@@ -269,9 +272,11 @@ def _patches(x: np.ndarray, shape: Sequence[int], attrs: dict, rng: np.random.Ge
     return windows[:, at // ow, at % ow].transpose(1, 0, 2, 3)
 
 
-def _input_statistics(model, tensors: Sequence[np.ndarray], convs: Sequence) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _input_statistics(model, tensors: Sequence[np.ndarray], convs: Sequence,
+                      fed: set[str]) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
     """For each Conv in ``convs``: the second moment of its input patches per group, (g, d, d) with
-    d = I/g * kh * kw, and the mean of its input per channel, over the calibration ``tensors``."""
+    d = I/g * kh * kw (only for the Convs named in ``fed``, else None), and the mean of its input
+    per channel, over the calibration ``tensors``."""
     import onnx
     import onnxruntime as ort
 
@@ -288,15 +293,23 @@ def _input_statistics(model, tensors: Sequence[np.ndarray], convs: Sequence) -> 
     for t in tensors:
         values = dict(zip(inputs, session.run(inputs, {model.graph.input[0].name: t[None].astype(np.float32)})))
         for name in inputs:
-            means[name] = means[name] + values[name][0].mean(axis=(1, 2), dtype=np.float64) / len(tensors)
-        for conv in convs:
+            means[name] = means[name] + values[name][0].mean(axis=tuple(range(1, values[name].ndim - 1)), dtype=np.float64) / len(tensors)
+        for conv in (c for c in convs if c.name in fed):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
             shape, groups = tuple(inits[conv.input[1]].dims), attrs.get("group", 1)
             p = _patches(values[conv.input[0]][0], shape, attrs, rng, HESSIAN_POSITIONS)
             p = np.ascontiguousarray(p.reshape(len(p), groups, -1).transpose(1, 2, 0))  # (g, d, P)
             moments[conv.name] = moments.get(conv.name, 0) + p @ p.transpose(0, 2, 1)
             counts[conv.name] += p.shape[2]
-    return {c.name: (moments[c.name].astype(np.float64) / counts[c.name], means[c.input[0]]) for c in convs}
+    return {c.name: (moments[c.name].astype(np.float64) / counts[c.name] if c.name in fed else None, means[c.input[0]])
+            for c in convs}
+
+
+def nearest(weight: np.ndarray) -> np.ndarray:
+    """``weight`` (O, ...) rounded to nearest on ONNX Runtime's per-channel symmetric int8 grid (scale max|w| / 127)."""
+    scale = np.abs(weight).reshape(len(weight), -1).max(axis=1) / 127
+    scale = np.where(scale == 0, 1, scale).reshape(-1, *[1] * (weight.ndim - 1))
+    return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(np.float32)
 
 
 def rounded_weights(weight: np.ndarray, groups: int, moment: np.ndarray, block: int = 128) -> np.ndarray:
@@ -348,12 +361,14 @@ def round_weights(model, tensors: Sequence[np.ndarray], convs: set[str]):
                and n.input[1] in inits and n.input[2] in inits]
     if not targets:
         return model
-    statistics = _input_statistics(model, tensors, targets)
+    # 2-D convolutions whose fan-in keeps the patches' second moments small feed errors forward; others round to nearest
+    fed = {c.name for c in targets if len(inits[c.input[1]].dims) == 4 and int(np.prod(inits[c.input[1]].dims[1:])) <= MAX_FAN_IN}
+    statistics = _input_statistics(model, tensors, targets, fed)
     for conv in targets:
         moment, mean = statistics[conv.name]
         w = numpy_helper.to_array(inits[conv.input[1]])
         groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        q = rounded_weights(w, groups, moment)
+        q = rounded_weights(w, groups, moment) if moment is not None else nearest(w)
         error = (q - w).sum(axis=tuple(range(2, w.ndim)), dtype=np.float64)  # (O, I / groups)
         out, per_group = error.shape
         shift = np.einsum("goi,gi->go", error.reshape(groups, out // groups, per_group), mean.reshape(groups, per_group))

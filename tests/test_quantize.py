@@ -117,6 +117,29 @@ def test_weights_land_on_the_int8_grid_with_less_output_error_than_plain_roundin
     assert np.abs((fixed - fp32).mean(axis=(0, 2, 3))).max() <= 0.05 * drift
 
 
+def test_a_large_fan_in_or_a_1d_convolution_rounds_to_nearest_and_still_gets_its_bias_corrected(monkeypatch):
+    rng = np.random.default_rng(4)
+    images = [(rng.uniform(0, 0.1, (4, 9, 9)) + np.arange(1, 5)[:, None, None]).astype(np.float32) for _ in range(4)]
+    weight = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    monkeypatch.setattr(quantize, "MAX_FAN_IN", 35)  # this conv's fan-in is 36
+    corrected = quantize.round_weights(_conv_model(weight, np.zeros(5, np.float32)), images, {"conv"})
+    values = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}
+    scale = np.abs(weight).reshape(5, -1).max(axis=1)[:, None, None, None] / 127
+    np.testing.assert_array_equal(values["w"], (np.round(weight / scale) * scale).astype(np.float32))
+    want = -((values["w"] - weight).sum(axis=(2, 3)) @ np.arange(1, 5, dtype=np.float64) + 0.05 * (values["w"] - weight).sum(axis=(1, 2, 3)))
+    np.testing.assert_allclose(values["b"], want, atol=2e-3 * np.abs(want).max())
+    # a 1-D convolution (weights (O, I, k)): nothing to unfold in two dimensions, rounded to nearest
+    node = helper.make_node("Conv", ["image", "w", "b"], ["features"], name="conv", pads=[1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 4, "l"])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight[:, :, 0], "w"), numpy_helper.from_array(np.zeros(5, np.float32), "b")])
+    line = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(quantize, "MAX_FAN_IN", 4608)
+    rounded = quantize.round_weights(line, [i[:, 0] for i in images], {"conv"})
+    got = numpy_helper.to_array(next(i for i in rounded.graph.initializer if i.name == "w"))
+    np.testing.assert_array_equal(got, quantize.nearest(weight[:, :, 0]))
+
+
 def test_the_quantizer_keeps_the_rounded_weights_exactly(monkeypatch):
     rng = np.random.default_rng(3)
     weight = rng.standard_normal((6, 6, 3, 3)).astype(np.float32)
