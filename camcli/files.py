@@ -166,6 +166,9 @@ def atomic_open(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if os.path.lexists(p) and not p.is_dir()), None)
+        if blocker is not None:  # the folder to write in is a file (or a link to nothing): say which
+            raise CamcliError(f"cannot write to {path.parent}: {blocker} is not a folder") from exc
         raise os_error(exc, f"cannot write to {path.parent}") from exc
     try:
         os.fchmod(fd, OUTPUT_MODE)

@@ -366,6 +366,18 @@ def test_overwrite_onto_a_folder_is_refused_before_anything_is_written(sample_ru
     assert not (data / "a_cam.jpg").exists()
 
 
+@pytest.mark.parametrize("where", ["out-dir", "under"])
+def test_an_output_folder_that_is_a_file_is_named_and_the_file_left_alone(sample_run, tmp_path, where):
+    data = tmp_path / "in"
+    write_image(data / "a.jpg", _coffee())
+    (tmp_path / "taken").write_text("mine")
+    out = tmp_path / "taken" if where == "out-dir" else tmp_path / "taken" / "deeper"
+    result = run("overlay", data, "--checkpoint", sample_run / "best.safetensors", "--out-dir", out)
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'taken'} is not a folder" in one_line_error(result)
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 # ---------------------------------------------------------------- boxes files and configs
 
 @pytest.mark.parametrize("name,content,message", [
