@@ -91,6 +91,19 @@ def draw_box(image_rgb: np.ndarray, box: list[int], color: tuple[int, int, int] 
     return out
 
 
+def _polyline(img: np.ndarray, points: np.ndarray, color: tuple[int, int, int], thickness: int, dashed: bool) -> None:
+    """Draw ``points`` (N, 2) as a line, solid or dashed (8 px drawn, 6 px left out, along its length)."""
+    if not dashed:
+        cv2.polylines(img, [points], False, color, thickness, cv2.LINE_AA)
+        return
+    steps = np.hypot(*np.diff(points, axis=0).T.astype(np.float64))
+    along = np.concatenate([[0], np.cumsum(steps)])
+    for start in np.arange(0, along[-1], 14.0):
+        t = np.clip([start, start + 8], 0, along[-1])
+        ends = np.stack([np.interp(t, along, points[:, 0]), np.interp(t, along, points[:, 1])], axis=1)
+        cv2.line(img, tuple(np.round(ends[0]).astype(int)), tuple(np.round(ends[1]).astype(int)), color, thickness, cv2.LINE_AA)
+
+
 def plot_curves(
     xs: list[float], curves: dict[str, list[float]], title: str, x_label: str, y_label: str,
     mark: tuple[float, float] | None = None, size: tuple[int, int] = (880, 480),
@@ -126,10 +139,11 @@ def plot_curves(
     for i, (label, ys) in enumerate(curves.items()):
         color = palette[i % len(palette)]
         thickness = 5 if i == 0 else 2  # the first curve widest: where a later one covers it, it still shows at the edges
+        dashed = (i // len(palette)) % 2 == 1  # past ten curves the colours come again, dashed
         points = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
-        cv2.polylines(img, [points], False, color, thickness, cv2.LINE_AA)
+        _polyline(img, points, color, thickness, dashed)
         y = top + 12 + spacing * i
-        cv2.line(img, (left + pw + 12, y - 4), (left + pw + 34, y - 4), color, thickness)
+        _polyline(img, np.array([(left + pw + 12, y - 4), (left + pw + 34, y - 4)]), color, thickness, dashed)
         cv2.putText(img, label, (left + pw + 40, y), font, 0.42, black, 1, cv2.LINE_AA)
     if mark is not None:
         cv2.circle(img, at(*mark), 6, black, 2, cv2.LINE_AA)

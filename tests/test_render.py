@@ -48,3 +48,21 @@ def test_caption_changes_only_the_corner_and_write_keeps_rgb(tmp_path):
     path = tmp_path / "o.png"
     write_image(path, image)
     assert np.array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), image)
+
+
+def test_curves_past_the_tenth_keep_their_own_look_dashed_where_the_colours_come_again():
+    from camcli.render import plot_curves
+
+    xs = [0.0, 1.0]
+    curves = {f"m{i}": [0.9, 0.9] for i in range(10)} | {"eleventh": [0.5, 0.5]}
+    solo = plot_curves(xs, {"first": [0.5, 0.5]}, "t", "x", "y")
+    many = plot_curves(xs, curves, "t", "x", "y")
+    blue = np.array([31, 119, 180])  # the first colour, which the eleventh curve shares
+    row = 56 + round(0.5 * (480 - 56 - 55))  # y = 0.5 in the plot's pixels
+    span = slice(70 + 20, 880 - 220 - 20)  # inside the plot, away from its frame
+
+    def covered(img: np.ndarray) -> float:
+        return float((np.abs(img[row - 1 : row + 2, span].astype(int) - blue).sum(axis=2) < 60).any(axis=0).mean())
+
+    assert covered(solo) > 0.95  # the first curve is a solid line
+    assert 0.4 < covered(many) < 0.9  # the eleventh, in the same colour, is dashed (8 px drawn, 6 left out, antialiased ends)
