@@ -83,7 +83,7 @@ VARIANTS = {  # name: what is taken out of camcli's recipe (or changed in it)
     "plain-rounding": {"rounded_weights": lambda weight, groups, moment: quantize.nearest(weight)},
     "no-bias-correction": {"round_weights": _no_bias_correction},
     "neither": {"round_weights": lambda model, tensors, convs: model},
-    "no-fp32-prefix": {"FP32_SHARE": 0},
+    "no-fp32-prefix": {"fp32_prefix": _first(0)},
     "1-fp32-convolution": {"fp32_prefix": _first(1)},  # recipe 3
     "recipe-2": {"rounded_weights": lambda weight, groups, moment: quantize.nearest(weight),
                  "fp32_prefix": _first(1)},

@@ -216,35 +216,38 @@ def _multiply_adds(model, convs: Sequence, tensor: np.ndarray) -> list[int]:
     if not convs:
         return []
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    names = [c.output[0] for c in convs]
+    names = list(dict.fromkeys([c.output[0] for c in convs] + [c.input[1] for c in convs if c.input[1] not in shapes]))
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     probe.graph.ClearField("output")
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    outputs = session.run(names, {model.graph.input[0].name: tensor[None].astype(np.float32)})
-    return [int(np.prod(out.shape[1:])) * int(np.prod(shapes[c.input[1]][1:])) for c, out in zip(convs, outputs)]
+    values = dict(zip(names, session.run(names, {model.graph.input[0].name: tensor[None].astype(np.float32)})))
+    shapes.update((name, values[name].shape) for name in names if name not in shapes)  # weights computed in the graph
+    return [int(np.prod(values[c.output[0]].shape[1:])) * int(np.prod(shapes[c.input[1]][1:])) for c in convs]
 
 
 def fp32_prefix(nodes: Sequence, multiply_adds: Sequence[int]) -> int:
-    """How many of the data path's first ``nodes`` stay fp32: up to the first Conv at which the
-    Convs' ``multiply_adds`` (one per Conv in ``nodes``, in order) would pass :data:`FP32_SHARE`
-    of their sum. The first convolutions see the image and its first features, whose int8 error
-    the convolutions after them amplify (measured on EfficientNet-Lite0: the median largest logit
-    error 0.24 with the stem fp32, 0.21 with the first depthwise convolution too: 3.7 % of its
+    """How many of the data path's first ``nodes`` stay fp32: the first Conv, which sees the image,
+    and the Convs after it while together they do at most :data:`FP32_SHARE` of the Convs'
+    ``multiply_adds`` (one per Conv in ``nodes``, in order). The first convolutions see the image
+    and its first features, whose int8 error the convolutions after them amplify (measured on
+    EfficientNet-Lite0: the median largest logit error 0.26 with every convolution quantized, 0.24
+    with the stem fp32, 0.21 with the first depthwise convolution too: 3.7 % of its
     multiply-adds), while VGG16's second convolution alone does 12 % of its work."""
     budget, done, k = FP32_SHARE * sum(multiply_adds), 0, 0
     for index, node in enumerate(nodes):
         if node.op_type == "Conv":
             done += multiply_adds[k]
             k += 1
-            if done > budget:
+            if k > 1 and done > budget:
                 return index
     return len(nodes)
 
 
 HESSIAN_POSITIONS = 1024  # output positions per calibration image that the weights' rounding looks at (seeded sample)
+MOMENT_BYTES = 1 << 28  # the second moments gathered in one pass over the calibration images (the passes repeat until all are)
 MAX_FAN_IN = 4608  # weights per output channel (VGG16's 3x3x512) up to which the rounding feeds errors forward; beyond: to nearest
-DAMPING = 0.01  # added to the input covariance's diagonal, as a share of its mean (GPTQ's default)
+DAMPING = 0.01  # added to the diagonal of the inputs' second moment, as a share of its mean (GPTQ's default)
 
 
 def _patches(x: np.ndarray, shape: Sequence[int], attrs: dict, rng: np.random.Generator, limit: int) -> np.ndarray:
@@ -301,14 +304,14 @@ def _input_statistics(model, tensors: Sequence[np.ndarray], convs: Sequence,
             p = np.ascontiguousarray(p.reshape(len(p), groups, -1).transpose(1, 2, 0))  # (g, d, P)
             moments[conv.name] = moments.get(conv.name, 0) + p @ p.transpose(0, 2, 1)
             counts[conv.name] += p.shape[2]
-    return {c.name: (moments[c.name].astype(np.float64) / counts[c.name] if c.name in fed else None, means[c.input[0]])
+    return {c.name: (moments[c.name] / np.float32(counts[c.name]) if c.name in fed else None, means[c.input[0]])
             for c in convs}
 
 
 def nearest(weight: np.ndarray) -> np.ndarray:
     """``weight`` (O, ...) rounded to nearest on ONNX Runtime's per-channel symmetric int8 grid (scale max|w| / 127)."""
     scale = np.abs(weight).reshape(len(weight), -1).max(axis=1) / 127
-    scale = np.where(scale == 0, 1, scale).reshape(-1, *[1] * (weight.ndim - 1))
+    scale = np.where(scale < np.finfo(np.float32).tiny, 1, scale).reshape(-1, *[1] * (weight.ndim - 1))  # all zero: stays zero
     return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(np.float32)
 
 
@@ -319,13 +322,16 @@ def rounded_weights(weight: np.ndarray, groups: int, moment: np.ndarray, block: 
     ``moment`` (g, d, d) is least (GPTQ, Frantar et al. 2023, which is OBQ's rule column by
     column). The largest weight of each channel stays at +-127 steps, so that the quantizer,
     which takes the scale from the largest weight, keeps these values exactly."""
+    if not np.isfinite(moment).all():  # activations that overflow: nothing to weigh the errors by
+        return nearest(weight)
     out = len(weight)
     w = weight.reshape(groups, out // groups, -1).astype(np.float64)  # (g, o, d)
     d = w.shape[2]
     scale = np.abs(w).max(axis=2, keepdims=True) / 127
-    scale[scale == 0] = 1
-    largest = np.abs(w).argmax(axis=2)
-    h, at = moment.copy(), np.arange(d)
+    dead = scale[:, :, 0] < np.finfo(np.float32).tiny  # all zero (or subnormal: the quantizer stores zeros): stays zero
+    w[dead], scale[dead] = 0, 1
+    largest = np.where(dead, -1, np.abs(w).argmax(axis=2))
+    h, at = moment.astype(np.float64), np.arange(d)
     diagonal = h[:, at, at]
     diagonal[diagonal == 0] = 1  # an input that is always zero: any rounding of its weight is as good
     h[:, at, at] = diagonal + DAMPING * diagonal.mean(axis=1, keepdims=True)
@@ -353,8 +359,8 @@ def round_weights(model, tensors: Sequence[np.ndarray], convs: set[str]):
     logit error over 100 photographs 0.54 with plain rounding, 0.30 with the bias correction,
     0.26 with the fed-forward rounding, 0.24 with both."""
     import onnx
-    from onnx import numpy_helper
 
+    source = model  # the statistics come from the fp32 model, whichever chunk they are gathered in
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inits = {i.name: i for i in model.graph.initializer}
     targets = [n for n in model.graph.node if n.op_type == "Conv" and n.name in convs and len(n.input) == 3
@@ -363,19 +369,39 @@ def round_weights(model, tensors: Sequence[np.ndarray], convs: set[str]):
         return model
     # 2-D convolutions whose fan-in keeps the patches' second moments small feed errors forward; others round to nearest
     fed = {c.name for c in targets if len(inits[c.input[1]].dims) == 4 and int(np.prod(inits[c.input[1]].dims[1:])) <= MAX_FAN_IN}
-    statistics = _input_statistics(model, tensors, targets, fed)
-    for conv in targets:
-        moment, mean = statistics[conv.name]
-        w = numpy_helper.to_array(inits[conv.input[1]])
+    chunks: list[list] = [[]]
+    size = 0
+    for conv in targets:  # a pass over the calibration images for each chunk of at most MOMENT_BYTES of moments
+        dims = inits[conv.input[1]].dims
         groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        q = rounded_weights(w, groups, moment) if moment is not None else nearest(w)
-        error = (q - w).sum(axis=tuple(range(2, w.ndim)), dtype=np.float64)  # (O, I / groups)
-        out, per_group = error.shape
-        shift = np.einsum("goi,gi->go", error.reshape(groups, out // groups, per_group), mean.reshape(groups, per_group))
-        bias = numpy_helper.to_array(inits[conv.input[2]]) - shift.reshape(out).astype(np.float32)
-        inits[conv.input[1]].CopyFrom(numpy_helper.from_array(q, conv.input[1]))
-        inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
+        need = 4 * groups * int(np.prod(dims[1:])) ** 2 if conv.name in fed else 0
+        if chunks[-1] and size + need > MOMENT_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(conv)
+        size += need
+    for chunk in chunks:
+        statistics = _input_statistics(source, tensors, chunk, fed)
+        for conv in chunk:
+            _round_one(conv, inits, *statistics.pop(conv.name))
     return model
+
+
+def _round_one(conv, inits: dict, moment: np.ndarray | None, mean: np.ndarray) -> None:
+    """Replace ``conv``'s weights and bias initializers by their rounded and corrected values (see :func:`round_weights`)."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.to_array(inits[conv.input[1]])
+    groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    q = rounded_weights(w, groups, moment) if moment is not None else nearest(w)
+    error = (q - w).sum(axis=tuple(range(2, w.ndim)), dtype=np.float64)  # (O, I / groups)
+    out, per_group = error.shape
+    shift = np.einsum("goi,gi->go", error.reshape(groups, out // groups, per_group), mean.reshape(groups, per_group))
+    bias = numpy_helper.to_array(inits[conv.input[2]]) - shift.reshape(out).astype(np.float32)
+    inits[conv.input[1]].CopyFrom(numpy_helper.from_array(q, conv.input[1]))
+    inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
+
+
 
 
 def own_initializers(model):

@@ -140,12 +140,52 @@ def test_a_large_fan_in_or_a_1d_convolution_rounds_to_nearest_and_still_gets_its
     np.testing.assert_array_equal(got, quantize.nearest(weight[:, :, 0]))
 
 
+def test_dead_channels_stay_zero_and_overflowing_statistics_round_to_nearest():
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    weight[1], weight[2] = 0.0, -0.0
+    weight[3] = 1e-40  # subnormal: the quantizer's scale would be 0, so it stores zeros
+    x = rng.standard_normal((500, 27))
+    moment = (x.T @ x / len(x))[None]
+    q = quantize.rounded_weights(weight, 1, moment)
+    assert not q[1:].any()
+    scale = np.abs(weight[0]).max() / 127
+    np.testing.assert_allclose(q[0] / scale, np.round(q[0] / scale), atol=1e-3)
+    np.testing.assert_array_equal(quantize.nearest(weight)[1:], 0)
+    np.testing.assert_array_equal(quantize.rounded_weights(weight, 1, moment * np.nan), quantize.nearest(weight))
+
+
+def test_statistics_gathered_in_chunks_round_the_same_and_weights_computed_in_the_graph_count(monkeypatch):
+    rng = np.random.default_rng(6)
+    w1, w2 = (rng.standard_normal((6, 6, 3, 3)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1, "w1")),  # a weight the graph computes
+             helper.make_node("Conv", ["image", "w1", "b1"], ["mid"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["mid"], ["act"], name="r"),
+             helper.make_node("Conv", ["act", "w2", "b2"], ["x2"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["x2"], ["act2"], name="r2"),
+             helper.make_node("Conv", ["act2", "w3", "b3"], ["features"], name="c3", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 6, "h", "w"])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w1 * 0.5, "w3")]
+                              + [numpy_helper.from_array(np.zeros(6, np.float32), f"b{k}") for k in (1, 2, 3)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    images = [rng.uniform(0, 2, (6, 10, 10)).astype(np.float32) for _ in range(4)]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert quantize._multiply_adds(model, convs, images[0]) == [6 * 10 * 10 * 54] * 3  # outputs times fan-in
+    whole = quantize.round_weights(model, images, {"c2", "c3"})
+    monkeypatch.setattr(quantize, "MOMENT_BYTES", 1)  # one convolution per pass
+    chunked = quantize.round_weights(model, images, {"c2", "c3"})
+    for a, b in zip(whole.graph.initializer, chunked.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    assert OnnxRunner(Path("int8"), model=quantize.quantize(model.SerializeToString(), images)) is not None
+
+
 def test_the_quantizer_keeps_the_rounded_weights_exactly(monkeypatch):
     rng = np.random.default_rng(3)
     weight = rng.standard_normal((6, 6, 3, 3)).astype(np.float32)
     images = [rng.uniform(0, 2, (6, 10, 10)).astype(np.float32) for _ in range(4)]
     model = _conv_model(weight, np.zeros(6, np.float32))
-    monkeypatch.setattr(quantize, "FP32_SHARE", 0)  # a single conv: quantize it
+    monkeypatch.setattr(quantize, "fp32_prefix", lambda nodes, multiply_adds: 0)  # a single conv: quantize it
     want = numpy_helper.to_array(next(i for i in quantize.round_weights(model, images, {"conv"}).graph.initializer if i.name == "w"))
     int8 = onnx.load_from_string(quantize.quantize(model.SerializeToString(), images))
     values = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
@@ -161,7 +201,7 @@ def test_the_first_convolutions_stay_fp32_while_they_do_a_small_share_of_the_wor
     assert quantize.fp32_prefix(nodes, [108, 36, 64, 3640]) == 4  # stem, its Clip, the depthwise conv and its Clip stay fp32
     # VGG16: the stem does 0.6 %, the second convolution 12 %: only the stem stays
     assert quantize.fp32_prefix(nodes, [87, 1850, 925, 12600]) == 2
-    assert quantize.fp32_prefix(nodes, [900, 50, 25, 25]) == 0  # a first convolution that does most of the work is quantized
+    assert quantize.fp32_prefix(nodes, [900, 50, 25, 25]) == 2  # the first convolution sees the image: fp32 whatever it costs
 
 
 def test_shared_tensors_become_each_nodes_own_and_the_graph_computes_the_same():
