@@ -111,7 +111,8 @@ def seconds_per_image(runner: OnnxRunner, images: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--held-out", type=int, default=100, help="crops compared (the issue's bar: 100); more make the agreement less noisy")
+    parser.add_argument("--held-out", type=int, default=100,
+                        help="crops compared (the issue's bar: 100); more make the agreement less noisy")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     facts = backbone_facts()

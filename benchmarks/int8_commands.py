@@ -71,7 +71,8 @@ def main() -> None:
             for precision in ("fp32", "int8"):  # exports and INT8 models built and cached before any timing
                 took = camcli("predict", data / "cat" / "00000.jpg", "--checkpoint", heads[arch], "--precision", precision,
                               "--format", "jsonl", quiet=False)
-                print(f"{arch} {precision}: first predict (export{' and INT8 build' if precision == 'int8' else ''}) {took:.0f} s", flush=True)
+                built = " and INT8 build" if precision == "int8" else ""
+                print(f"{arch} {precision}: first predict (export{built}) {took:.0f} s", flush=True)
         rows = []
         jobs = [("efficientnet_lite0", "overlay"), ("efficientnet_lite0", "predict"), ("vgg16", "predict")]
         for arch, command in jobs:

@@ -126,7 +126,8 @@ def test_a_large_fan_in_or_a_1d_convolution_rounds_to_nearest_and_still_gets_its
     values = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}
     scale = np.abs(weight).reshape(5, -1).max(axis=1)[:, None, None, None] / 127
     np.testing.assert_array_equal(values["w"], (np.round(weight / scale) * scale).astype(np.float32))
-    want = -((values["w"] - weight).sum(axis=(2, 3)) @ np.arange(1, 5, dtype=np.float64) + 0.05 * (values["w"] - weight).sum(axis=(1, 2, 3)))
+    error = values["w"] - weight  # E[x] per channel: 1..4 plus the uniform(0, 0.1) noise's mean 0.05
+    want = -(error.sum(axis=(2, 3)) @ np.arange(1, 5, dtype=np.float64) + 0.05 * error.sum(axis=(1, 2, 3)))
     np.testing.assert_allclose(values["b"], want, atol=2e-3 * np.abs(want).max())
     # a 1-D convolution (weights (O, I, k)): nothing to unfold in two dimensions, rounded to nearest
     node = helper.make_node("Conv", ["image", "w", "b"], ["features"], name="conv", pads=[1, 1])
