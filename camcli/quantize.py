@@ -205,23 +205,32 @@ def _rewrite_holds(original: bytes, rewritten: bytes) -> bool:
     return True
 
 
+def _probe(model, names: Sequence[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """A function of one preprocessed (3, H, W) tensor that returns the tensors ``names`` of ``model`` on it."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.ClearField("output")
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda tensor: session.run(list(names), {model.graph.input[0].name: tensor[None].astype(np.float32)})
+
+
+def _groups(conv) -> int:
+    return next((a.i for a in conv.attribute if a.name == "group"), 1)
+
+
 FP32_SHARE = 0.04  # the first convolutions stay fp32 while together they do at most this share of the multiply-adds
 
 
 def _multiply_adds(model, convs: Sequence, tensor: np.ndarray) -> list[int]:
     """Each Conv's multiply-adds on one preprocessed (3, H, W) ``tensor``: its output's size times its weights' fan-in."""
-    import onnx
-    import onnxruntime as ort
-
     if not convs:
         return []
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     names = list(dict.fromkeys([c.output[0] for c in convs] + [c.input[1] for c in convs if c.input[1] not in shapes]))
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    probe.graph.ClearField("output")
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = dict(zip(names, session.run(names, {model.graph.input[0].name: tensor[None].astype(np.float32)})))
+    values = dict(zip(names, _probe(model, names)(tensor)))
     shapes.update((name, values[name].shape) for name in names if name not in shapes)  # weights computed in the graph
     return [int(np.prod(values[c.output[0]].shape[1:])) * int(np.prod(shapes[c.input[1]][1:])) for c in convs]
 
@@ -281,25 +290,21 @@ def _input_statistics(model, tensors: Sequence[np.ndarray], convs: Sequence,
     d = I/g * kh * kw (only for the Convs named in ``fed``, else None), and the mean of its input
     per channel, over the calibration ``tensors``."""
     import onnx
-    import onnxruntime as ort
 
     inits = {i.name: i for i in model.graph.initializer}
     inputs = sorted({c.input[0] for c in convs})
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    probe.graph.ClearField("output")
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    probe = _probe(model, inputs)
     rng = np.random.default_rng(0)
     moments: dict[str, np.ndarray] = {}
     counts = dict.fromkeys((c.name for c in convs), 0)
     means = dict.fromkeys(inputs, 0.0)
     for t in tensors:
-        values = dict(zip(inputs, session.run(inputs, {model.graph.input[0].name: t[None].astype(np.float32)})))
+        values = dict(zip(inputs, probe(t)))
         for name in inputs:
             means[name] = means[name] + values[name][0].mean(axis=tuple(range(1, values[name].ndim - 1)), dtype=np.float64) / len(tensors)
         for conv in (c for c in convs if c.name in fed):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
-            shape, groups = tuple(inits[conv.input[1]].dims), attrs.get("group", 1)
+            shape, groups = tuple(inits[conv.input[1]].dims), _groups(conv)
             p = _patches(values[conv.input[0]][0], shape, attrs, rng, HESSIAN_POSITIONS)
             p = np.ascontiguousarray(p.reshape(len(p), groups, -1).transpose(1, 2, 0))  # (g, d, P)
             moments[conv.name] = moments.get(conv.name, 0) + p @ p.transpose(0, 2, 1)
@@ -372,9 +377,7 @@ def round_weights(model, tensors: Sequence[np.ndarray], convs: set[str]):
     chunks: list[list] = [[]]
     size = 0
     for conv in targets:  # a pass over the calibration images for each chunk of at most MOMENT_BYTES of moments
-        dims = inits[conv.input[1]].dims
-        groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        need = 4 * groups * int(np.prod(dims[1:])) ** 2 if conv.name in fed else 0
+        need = 4 * _groups(conv) * int(np.prod(inits[conv.input[1]].dims[1:])) ** 2 if conv.name in fed else 0
         if chunks[-1] and size + need > MOMENT_BYTES:
             chunks.append([])
             size = 0
@@ -391,8 +394,7 @@ def _round_one(conv, inits: dict, moment: np.ndarray | None, mean: np.ndarray) -
     """Replace ``conv``'s weights and bias initializers by their rounded and corrected values (see :func:`round_weights`)."""
     from onnx import numpy_helper
 
-    w = numpy_helper.to_array(inits[conv.input[1]])
-    groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    w, groups = numpy_helper.to_array(inits[conv.input[1]]), _groups(conv)
     q = rounded_weights(w, groups, moment) if moment is not None else nearest(w)
     error = (q - w).sum(axis=tuple(range(2, w.ndim)), dtype=np.float64)  # (O, I / groups)
     out, per_group = error.shape
@@ -400,8 +402,6 @@ def _round_one(conv, inits: dict, moment: np.ndarray | None, mean: np.ndarray) -
     bias = numpy_helper.to_array(inits[conv.input[2]]) - shift.reshape(out).astype(np.float32)
     inits[conv.input[1]].CopyFrom(numpy_helper.from_array(q, conv.input[1]))
     inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
-
-
 
 
 def own_initializers(model):
