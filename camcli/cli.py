@@ -565,6 +565,13 @@ def train(
     typer.echo(printable(f"Results saved to {result.run_dir}"))
 
 
+def _near_ties(near_ties: int, count: int, quiet: bool) -> None:
+    """With --precision int8: how many images were near ties that ran again in fp32 (their rows say so)."""
+    if near_ties and not quiet:
+        _say(f"{near_ties} of {count} image{'s' * (count != 1)} ran again in fp32: INT8 put their two best classes "
+             "too close to call (their rows say precision fp32)")
+
+
 def _finish(count: int, failed: int, allow_failures: bool) -> None:
     """Exit 1 when some inputs failed (each was reported as it came), unless allowed."""
     if failed:
@@ -573,7 +580,7 @@ def _finish(count: int, failed: int, allow_failures: bool) -> None:
             raise typer.Exit(1)
 
 
-def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None) -> tuple[int, int]:
+def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None) -> tuple[int, int, int]:
     """Write rows in the chosen format; report each failed input on stderr as it comes.
 
     Interrupted (Ctrl-C) or stopped by an error, an ``--output`` file still gets every row finished
@@ -581,15 +588,16 @@ def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, 
     (see :func:`_previous_rows`), written first.
 
     Returns:
-        (rows written, inputs that failed).
+        (rows written, inputs that failed, INT8 near ties that ran in fp32).
     """
-    failed = 0
+    failed = near_ties = 0
     interrupted: list[BaseException] = []
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
-        nonlocal failed
+        nonlocal failed, near_ties
         try:
             for row in source:
+                near_ties += row.get("precision") == "fp32"
                 if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
                     failed += 1
                     err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
@@ -604,12 +612,12 @@ def _emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, 
         shown = printable if is_tty(sys.stdout) else None
         count = (_print_table(reported(rows), overlay, None) if fmt == "table"
                  else write_rows(reported(rows), fmt, sys.stdout, shown=shown))
-        return count, failed
+        return count, failed, near_ties
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
         count = _print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
     if interrupted:
         raise interrupted[0]
-    return count, failed
+    return count, failed, near_ties
 
 
 def _same_file(path: str | Path) -> str:
@@ -713,7 +721,8 @@ def predict(
     loaded = _load(spec, run.quiet)
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
     with engine, _progress(run.quiet) as progress:
-        count, failed = _emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
+        count, failed, near_ties = _emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
+    _near_ties(near_ties, count, run.quiet)
     _finish(count, failed, rows.allow_failures)
 
 
@@ -794,7 +803,8 @@ def overlay(
         redo, inputs = {_same_file(i.path) for i in work}, {_same_file(i.path) for i in images}
         by_file = {} if previous is None else {_same_file(p): item for p, item in previous}
         carried = None if previous is None else [item for key, item in by_file.items() if key in inputs and key not in redo]
-        count, failed = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard, carried=carried)
+        count, failed, near_ties = _emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
+                                         carried=carried)
     if report is not None:
         write_overlay_report(report, kept, count)
         if not run.quiet:
@@ -803,6 +813,7 @@ def overlay(
         done = count - failed
         _say(f"{written} file{'s' * (written != 1)} written for {done} image{'s' * (done != 1)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))
+    _near_ties(near_ties, count, run.quiet)
     _finish(count, failed, rows.allow_failures)
 
 

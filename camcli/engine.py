@@ -18,7 +18,7 @@ from camcli import cam, methods
 from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
 from camcli.defaults import BATCH_SIZE, MAX_FORWARD_PIXELS, TOP_K
 from camcli.errors import CamcliError, suggestions
-from camcli.quantize import Calibration, Check, int8_graph
+from camcli.quantize import Calibration, Check, int8_graph, near_ties
 from camcli.runtime import OnnxRunner, TorchRunner, backbone_onnx, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
@@ -46,6 +46,7 @@ class Batch:
     originals: list[np.ndarray | None]
     failures: list[tuple[int, str]]
     inputs: list[np.ndarray] | None = None  # the preprocessed (3, H, W) inputs (perturbation methods score them)
+    fp32: np.ndarray | None = None  # (B,) bool, INT8 only: the images run again in fp32 (near ties, see CamModel.ranked)
 
 
 SMOOTHING = ("aug", "eigen")  # batch_maps' smooth options (pytorch-grad-cam's aug_smooth and eigen_smooth)
@@ -220,7 +221,7 @@ class Model:
             images, self.preprocess, batch_size, workers, keep_images, max_pixels=self.max_pixels, other_sizes=cam_sizes
         ):
             if tensors:
-                logits, feats, sizes = self.forward(tensors, for_maps)
+                logits, feats, sizes, fp32 = self.ranked(tensors, for_maps)
                 finite = np.isfinite(logits).all(axis=1)
                 failures = failures + [(positions[b], f"{_name(images[positions[b]])}: the model gave non-finite scores "
                                         "(NaN or infinity) for this image") for b in np.flatnonzero(~finite)]
@@ -228,10 +229,11 @@ class Model:
                 if len(keep) < len(positions):
                     positions, originals, sizes = [positions[b] for b in keep], [originals[b] for b in keep], [sizes[b] for b in keep]
                     logits, feats, tensors = logits[keep], feats[keep], [tensors[b] for b in keep]
+                    fp32 = fp32[keep] if fp32 is not None else None
             if not tensors or not positions:
                 yield Batch([], np.empty((0, self.num_classes), np.float32), None, [], [], failures)
                 continue
-            yield Batch(positions, logits, feats, sizes, originals, failures, tensors)
+            yield Batch(positions, logits, feats, sizes, originals, failures, tensors, fp32)
 
     def batch_maps(
         self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto", smooth: Sequence[str] = ()
@@ -408,6 +410,7 @@ class CamModel(Model):
         self.calibration: Calibration | None = None
         self.int8_graph: bytes | None = None  # the INT8 graph the runner runs, once prepared
         self.int8_check: Check | None = None  # how it compared with fp32, once prepared
+        self._fp32_runner: OnnxRunner | None = None  # INT8: fp32's runner, for near ties (made on the first one)
         weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
             if hasattr(head, "weight") else head
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -429,8 +432,9 @@ class CamModel(Model):
         """This backbone with another head (``(weight (K, C), bias (K,))``), sharing its runner."""
         model = CamModel(self.arch, self._backbone, head, class_names, preprocess, self.device, None, self.backend, self.amp,
                          self._weights_id)
-        model.runner, model.precision, model.calibration, model.int8_graph = self.runner, self.precision, self.calibration, \
-            self.int8_graph
+        model.precision, model.calibration = self.precision, self.calibration
+        if self.precision == "fp32":  # an INT8 model is checked under each head (its near-tie margin is the head's)
+            model.runner = self.runner
         return model
 
     def prepare(self) -> str | None:
@@ -455,6 +459,32 @@ class CamModel(Model):
         else:
             self.int8_graph, self.runner = graph, runner
         return "; ".join(n for n in (export_note, note) if n) or None
+
+    def ranked(self, tensors: list[np.ndarray], maps: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], np.ndarray | None]:
+        """:meth:`forward`; on the INT8 model, the images whose two best logits are within the
+        check's near-tie margin (:func:`camcli.quantize.near_ties`: where INT8's rounding could
+        swap fp32's ranking) run again on the fp32 graph, and their logits and features replace INT8's.
+
+        Returns:
+            as :meth:`forward`, then (N,) bool: the images run in fp32 (None when not INT8).
+        """
+        logits, feats, sizes = self.forward(tensors, maps)
+        if self.precision != "int8":
+            return logits, feats, sizes, None
+        again = near_ties(logits, self.int8_check.tie_margin)
+        if again.any():
+            if self._fp32_runner is None:
+                path, fp32, _ = backbone_onnx(self.features_module, self.arch, self.weights_id())
+                self._fp32_runner = OnnxRunner(path, model=fp32)
+            rows = np.flatnonzero(again)
+            exact, exact_sizes = extract_features(self._fp32_runner, [tensors[i] for i in rows])
+            feats[rows] = 0
+            for k, (i, (h, w)) in enumerate(zip(rows, exact_sizes)):
+                feats[i, :, :h, :w] = exact[k, :, :h, :w]
+            with np.errstate(over="ignore", invalid="ignore"):
+                logits[rows] = cam.pooled_logits(exact, self.weight, self.bias, exact_sizes)
+        return logits, feats, sizes, again
 
     def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).

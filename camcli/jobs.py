@@ -43,7 +43,7 @@ from camcli.defaults import (
     PAPER_THRESHOLD,
     TOP_K,
 )
-from camcli.engine import Model, check_smooth, extract_features, image_batches
+from camcli.engine import Batch, Model, check_smooth, extract_features, image_batches
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally, require_scipy
@@ -78,10 +78,13 @@ def check_common(job) -> None:
     check_smooth(getattr(job, "smooth", ()))
 
 
-def int8_key(model: Model) -> dict:
+def int8_key(model: Model, batch: Batch | None = None, b: int = 0) -> dict:
     """What rows, settings and files add about the precision: ``{"precision": "int8"}`` when INT8 ran, else nothing
-    (fp32 outputs stay byte for byte as they were before INT8 existed)."""
-    return {"precision": "int8"} if model.precision == "int8" else {}
+    (fp32 outputs stay byte for byte as they were before INT8 existed); the row of image ``b`` of ``batch`` says
+    ``fp32`` when that image was a near tie run again in fp32 (see :meth:`camcli.engine.CamModel.ranked`)."""
+    if model.precision != "int8":
+        return {}
+    return {"precision": "fp32" if batch is not None and batch.fp32 is not None and batch.fp32[b] else "int8"}
 
 
 def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
@@ -148,8 +151,8 @@ class PredictJob:
         while chunk := list(islice(iterator, self.chunk_size)):
             for batch in model.batches([i.path for i in chunk], self.batch_size, self.workers, keep_images=self.boxes,
                                        cam_sizes=self.cam_sizes if self.boxes else ()):
-                rows = {pos: {"path": str(chunk[pos].path), "predictions": preds, **int8_key(model)}
-                        for pos, preds in zip(batch.positions, model.rank(batch.logits, self.top_k))}
+                rows = {pos: {"path": str(chunk[pos].path), "predictions": preds, **int8_key(model, batch, b)}
+                        for b, (pos, preds) in enumerate(zip(batch.positions, model.rank(batch.logits, self.top_k)))}
                 if self.boxes and batch.positions:
                     top1 = batch.logits.argmax(axis=1)[:, None]
                     maps = model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth)
@@ -321,8 +324,9 @@ class OverlayJob:
                         paths = names.paths(pos, [model.class_names[c] for c in mapped])
                         future = pool.submit(write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names,
                                              paths, self, plan.threshold, guard.recorder, plan.method)
-                        row = {"path": path, "predictions": ranked[b], **int8_key(model), "box_label": model.class_names[mapped[0]],
-                               "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize,
+                        row = {"path": path, "predictions": ranked[b], **int8_key(model, batch, b),
+                               "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold, "method": plan.method,
+                               "normalize": self.normalize,
                                **({"smooth": list(self.smooth)} if self.smooth else {})}
                         pending.append((row, future))
                     while len(pending) > self.batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
@@ -483,20 +487,22 @@ class EvaluateJob:
                         check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
                         tally.add(heatmap(maps[b][-1], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
                 by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
-            yield {"true": labels, "pred": predicted, "by_method": by_method}
+            yield {"true": labels, "pred": predicted, "by_method": by_method,
+                   "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0}
 
     def finish(self, model: Model, parts: Iterable[dict]) -> dict:
         """Merge the parts into the metrics and write the run folder; returns the metrics, with
         ``seconds_per_image`` (what each method's maps and each faithfulness metric cost; not
         written to ``metrics.json``, which stays the same from run to run)."""
         names = method_names(self.method)
-        true, pred = [], []
+        true, pred, fp32 = [], [], 0
         tallies = {m: LocalizationTally(self.box_threshold) for m in names}
         faiths = {m: FaithfulnessTally() for m in names}
         seconds = dict.fromkeys(names, 0.0)
         for part in parts:
             true += part["true"]
             pred += part["pred"]
+            fp32 += part.get("fp32", 0)
             for m, got in part["by_method"].items():
                 tallies[m].merge(got["tally"])
                 faiths[m].merge(got["faithfulness"])
@@ -513,7 +519,7 @@ class EvaluateJob:
             result["by_method"] = by_method
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
                               "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
-                              **int8_key(model),
+                              **int8_key(model), **({"near_ties_in_fp32": fp32} if model.precision == "int8" else {}),
                               "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes), "methods": list(names),
                               **({"smooth": list(self.smooth)} if self.smooth else {})}
         metrics_file, *others = self._outputs(self.run_dir)

@@ -37,7 +37,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -492,37 +492,79 @@ def quantize(fp32: bytes, tensors: Sequence[np.ndarray]) -> bytes:
             logging.getLogger().setLevel(level)
 
 
+TIE_FACTOR = 3.0  # the near-tie margin: this many times the median change INT8 makes to the gaps below fp32's top-1 logit
+TIE_PAIRS = 4  # those gaps: fp32's top-1 class against each of the next four, on the calibrating images
+MAX_RECHECKED = 0.5  # held-out images run again in fp32 (near ties) above which INT8 is refused: it would be no faster
+
+
+def image_logits(runner, weight: np.ndarray, bias: np.ndarray, tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """((N, K) logits, each image's (C, h, w) features) of preprocessed (3, H, W) tensors, one at a time (sizes may differ)."""
+    feats = [runner(t[None].astype(np.float32))[0] for t in tensors]
+    return np.stack([cam.pooled_logits(f[None], weight, bias)[0] for f in feats]), feats
+
+
+def tie_margin(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> float:
+    """The logit gap under which INT8's top-1 is not trusted: :data:`TIE_FACTOR` times the median
+    of how much INT8 changes the gap between fp32's top-1 class and each of the next
+    :data:`TIE_PAIRS` (over the images of the (N, K) logits)."""
+    if fp32_logits.shape[1] < 2 or not len(fp32_logits):
+        return 0.0
+    order = np.argsort(-fp32_logits, axis=1, kind="stable")[:, : TIE_PAIRS + 1]
+    change = np.take_along_axis(int8_logits.astype(np.float64) - fp32_logits, order, axis=1)
+    margin = TIE_FACTOR * float(np.median(np.abs(change[:, :1] - change[:, 1:])))
+    return margin if np.isfinite(margin) else float("inf")
+
+
+def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:
+    """Rows of (N, K) logits whose two largest are less than ``margin`` apart (never a row with a non-finite logit)."""
+    if logits.shape[1] < 2 or margin <= 0:
+        return np.zeros(len(logits), bool)
+    top = np.partition(logits, -2, axis=1)[:, -2:]
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(logits).all(axis=1) & (top[:, 1] - top[:, 0] < margin)
+
+
 @dataclass(frozen=True)
 class Check:
-    """INT8 against fp32 on held-out images under one head."""
+    """INT8 against fp32 on held-out images under one head, as camcli runs it: an image whose two
+    best INT8 logits are within ``tie_margin`` runs again in fp32 (see :func:`near_ties`)."""
 
     images: int
     agreement: float  # top-1 agreement
     map_correlation: float  # mean Pearson correlation of fp32's top-1 class's raw map
+    int8_agreement: float  # top-1 agreement of INT8 alone (no image run again)
+    rechecked: int  # the held-out images run again in fp32
+    tie_margin: float  # from the calibrating images (:func:`tie_margin`)
 
     @property
     def passed(self) -> bool:
-        return self.agreement >= MIN_AGREEMENT and self.map_correlation >= MIN_MAP_CORRELATION
+        return (self.agreement >= MIN_AGREEMENT and self.map_correlation >= MIN_MAP_CORRELATION
+                and self.rechecked <= MAX_RECHECKED * self.images)
 
     def describe(self) -> str:
-        return (f"top-1 agreement {self.agreement:.3f} (needs {MIN_AGREEMENT}), map correlation {self.map_correlation:.3f} "
-                f"(needs {MIN_MAP_CORRELATION}) on {self.images} held-out calibration images")
+        return (f"top-1 agreement {self.agreement:.3f} (needs {MIN_AGREEMENT}; INT8 alone {self.int8_agreement:.3f}) with "
+                f"{self.rechecked} near ties (top two logits within {self.tie_margin:.3g}) run in fp32 (allowed: "
+                f"{MAX_RECHECKED:.0%}), map correlation {self.map_correlation:.3f} (needs {MIN_MAP_CORRELATION}) on "
+                f"{self.images} held-out calibration images")
 
 
-def compare(fp32, int8, weight: np.ndarray, bias: np.ndarray, tensors: Sequence[np.ndarray]) -> Check:
-    """Run both runners on each preprocessed (3, H, W) tensor and compare under the head (weight (K, C), bias (K,))."""
+def compare(fp32, int8, weight: np.ndarray, bias: np.ndarray, calibrate: Sequence[np.ndarray],
+            held_out: Sequence[np.ndarray]) -> Check:
+    """Run both runners on the preprocessed (3, H, W) tensors and compare under the head (weight
+    (K, C), bias (K,)): the near-tie margin from ``calibrate``, the check on ``held_out``."""
+    margin = tie_margin(image_logits(fp32, weight, bias, calibrate)[0], image_logits(int8, weight, bias, calibrate)[0])
+    la, fa = image_logits(fp32, weight, bias, held_out)
+    lb, fb = image_logits(int8, weight, bias, held_out)
+    tie = near_ties(lb, margin)
     agree, corr = [], []
-    for t in tensors:
-        x = t[None].astype(np.float32)
-        a, b = fp32(x), int8(x)
-        la, lb = cam.pooled_logits(a, weight, bias), cam.pooled_logits(b, weight, bias)
-        top = int(la[0].argmax())
-        agree.append(int(lb[0].argmax()) == top)
-        ma, mb = cam.class_maps(a, weight[top : top + 1])[0, 0].ravel(), cam.class_maps(b, weight[top : top + 1])[0, 0].ravel()
+    for k, top in enumerate(la.argmax(axis=1)):
+        agree.append(int(lb[k].argmax()) == top)
+        ma, mb = (cam.class_maps(f[k][None], weight[top : top + 1])[0, 0].ravel() for f in (fa, fb))
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.corrcoef(ma, mb)[0, 1] if ma.size > 1 else float(np.allclose(ma, mb))
-        corr.append(float(r) if np.isfinite(r) else float(np.allclose(ma, mb, rtol=1e-3, atol=1e-6)))
-    return Check(len(tensors), float(np.mean(agree)), float(np.mean(corr)))
+        corr.append(1.0 if tie[k] else float(r) if np.isfinite(r) else float(np.allclose(ma, mb, rtol=1e-3, atol=1e-6)))
+    agree = np.array(agree, bool)
+    return Check(len(held_out), float(np.mean(agree | tie)), float(np.mean(corr)), float(np.mean(agree)), int(tie.sum()), margin)
 
 
 # ---------------------------------------------------------------- a checkpoint's calibration entry
@@ -627,14 +669,13 @@ def int8_graph(fp32: bytes, arch: str, calibration: Calibration, preprocess: Pre
     built = found is None
     data = quantize(fp32, calibrate) if built else found[0]
     runner = OnnxRunner(path, model=data)
-    check = compare(OnnxRunner(Path("fp32"), model=fp32), runner, weight, bias, held_out)
+    check = compare(OnnxRunner(Path("fp32"), model=fp32), runner, weight, bias, calibrate, held_out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if built:
             atomic_write(path, data)
         kept = dict(list(checks.items())[-(MAX_CHECKS - 1):])  # the latest heads' checks: the record stays small
-        record_cache(path, **facts, checks={**kept, head: {"images": check.images, "agreement": check.agreement,
-                                                            "map_correlation": check.map_correlation}})
+        record_cache(path, **facts, checks={**kept, head: asdict(check)})
         where = f"cached in {path}"
     except (CamcliError, OSError) as exc:
         where = f"not cached ({first_line(exc)})"
@@ -654,13 +695,18 @@ def _runner(path: Path, data: bytes) -> OnnxRunner | None:
 
 def _cached_check(value: object) -> Check | None:
     """A check as a cache record stores it, or None when it is not exactly that (then it is run again)."""
-    if not isinstance(value, dict) or set(value) != {"images", "agreement", "map_correlation"}:
+    if not isinstance(value, dict) or set(value) != {f.name for f in fields(Check)}:
         return None
-    images, agreement, correlation = value["images"], value["agreement"], value["map_correlation"]
-    numbers = all(type(v) in (int, float) and np.isfinite(v) for v in (agreement, correlation))
-    if type(images) is not int or images < 1 or not numbers or not (0 <= agreement <= 1 and -1 <= correlation <= 1):
+    images, rechecked = value["images"], value["rechecked"]
+    if type(images) is not int or type(rechecked) is not int or not 0 <= rechecked <= images or images < 1:
         return None
-    return Check(images, float(agreement), float(correlation))
+    numbers = {k: value[k] for k in ("agreement", "int8_agreement", "map_correlation", "tie_margin")}
+    if any(type(v) not in (int, float) or not np.isfinite(v) for v in numbers.values()):
+        return None
+    if not (0 <= numbers["agreement"] <= 1 and 0 <= numbers["int8_agreement"] <= 1 and -1 <= numbers["map_correlation"] <= 1
+            and numbers["tie_margin"] >= 0):
+        return None
+    return Check(images=images, rechecked=rechecked, **{k: float(v) for k, v in numbers.items()})
 
 
 def _refusal(arch: str, check: Check) -> str:

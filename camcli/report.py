@@ -126,14 +126,17 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
         box_text = f"{_esc(row.get('method', 'cam'))} map, {_esc(row.get('normalize', 'minmax'))} scale; {box_text}"
         if row.get("precision") == "int8":
             box_text += "; INT8 backbone"
+        elif row.get("precision") == "fp32":  # only an INT8 run says fp32: this image was a near tie, run again
+            box_text += "; fp32 backbone (a near tie under INT8)"
         cards.append(
             f'<div class="card" data-label="{_esc(top["label"])}" data-prob="{top["prob"]:.6f}">'
             f'<div class="pics">{images}</div><div class="path">{name}</div>{preds}<div class="box">{box_text}</div></div>'
         )
     left_out = total - len(rows)
     summary = f"{len(rows)} of {total} images" + (f"; {left_out} left out (--report-limit)" if left_out else "")
-    if any(row.get("precision") == "int8" for row in rows):
-        summary += "; INT8 backbone (checked against fp32)"
+    if any("precision" in row for row in rows):
+        near = sum(row.get("precision") == "fp32" for row in rows)
+        summary += f"; INT8 backbone (checked against fp32), {near} near tie{'s' * (near != 1)} run again in fp32"
     options = "".join(f'<option value="{_esc(label)}">{_esc(label)}</option>' for label in sorted(labels))
     page = (_PAGE.replace("__COUNT__", str(sum(c.count("<img") for c in cards)))
             .replace("__SUMMARY__", _esc(summary)).replace("__OPTIONS__", options)

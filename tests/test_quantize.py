@@ -228,6 +228,95 @@ def test_shared_tensors_become_each_nodes_own_and_the_graph_computes_the_same():
                                   OnnxRunner(Path("b"), model=owned.SerializeToString())(x))
 
 
+# ---------------------------------------------------------------- near ties run again in fp32
+
+
+def test_the_near_tie_margin_is_three_times_the_median_change_of_the_gaps_below_fp32s_top_class():
+    rng = np.random.default_rng(0)
+    fp32 = rng.standard_normal((7, 12))
+    int8 = fp32 + 0.1 * rng.standard_normal((7, 12))
+    changes = []  # by hand: each image's top-1 class against its next four, by sorting each row
+    for a, b in zip(fp32, int8):
+        ranked = sorted(range(12), key=lambda k: -a[k])
+        changes += [abs((b[ranked[0]] - a[ranked[0]]) - (b[j] - a[j])) for j in ranked[1:5]]
+    assert quantize.tie_margin(fp32, int8) == pytest.approx(3 * np.median(changes))
+    assert quantize.tie_margin(fp32, fp32) == 0.0
+    assert quantize.tie_margin(fp32[:, :1], int8[:, :1]) == 0.0  # one class: no tie to fear
+    assert quantize.tie_margin(fp32[:, :3], int8[:, :3]) > 0  # fewer classes than pairs: the ones there are
+
+
+def test_near_ties_are_the_rows_whose_two_best_logits_are_within_the_margin():
+    logits = np.array([[1.0, 0.95, -3], [2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [5.0, np.nan, 4.99], [1.0, 1.5, 1.2]], np.float32)
+    np.testing.assert_array_equal(quantize.near_ties(logits, 0.1), [True, False, True, False, False])
+    np.testing.assert_array_equal(quantize.near_ties(logits, 0.4), [True, False, True, False, True])
+    assert not quantize.near_ties(logits, 0.0).any() and not quantize.near_ties(logits[:, :1], 9.0).any()
+
+
+def test_a_check_that_runs_too_many_images_in_fp32_fails():
+    good = quantize.Check(images=10, agreement=1.0, map_correlation=0.99, int8_agreement=0.9, rechecked=5, tie_margin=0.2)
+    assert good.passed and "INT8 alone 0.900" in good.describe() and "5 near ties" in good.describe()
+    assert not quantize.Check(10, 1.0, 0.99, 0.9, 6, 0.2).passed  # six of ten: INT8 would be no faster
+
+
+def _noisy(runner, scale: float, seed: int):
+    """A runner whose features are fp32's plus noise: an INT8 model of known error."""
+    rng = np.random.default_rng(seed)
+    return lambda x: runner(x) + scale * rng.standard_normal(runner(x).shape).astype(np.float32)
+
+
+def test_compare_sets_the_margin_on_the_calibrating_images_and_counts_the_near_ties_as_fp32():
+    path, data = asset(BACKBONE_GRAPH)
+    fp32 = OnnxRunner(path, model=data)
+    head = load_checkpoint(asset(quantize_head())[0])["head"]
+    rng = np.random.default_rng(1)
+    tensors = [rng.standard_normal((3, 64, 64)).astype(np.float32) for _ in range(16)]  # noise: near ties among 1000 classes
+    noisy = _noisy(fp32, 0.05, 2)
+    check = quantize.compare(fp32, noisy, head["weight"], head["bias"], tensors[:8], tensors[8:])
+    # by hand: the margin from the first eight, the agreement on the others with the near ties counted as agreeing
+    a = np.stack([fp32(t[None]).mean(axis=(2, 3))[0] @ head["weight"].T + head["bias"] for t in tensors])
+    rng = np.random.default_rng(2)
+    b = np.stack([(fp32(t[None]) + 0.05 * rng.standard_normal(fp32(t[None]).shape)).mean(axis=(2, 3))[0] @ head["weight"].T
+                  + head["bias"] for t in tensors])
+    margin = quantize.tie_margin(a[:8], b[:8])
+    assert check.tie_margin == pytest.approx(margin, rel=1e-4) and margin > 0
+    top_two = np.sort(b[8:], axis=1)[:, -2:]
+    tie = top_two[:, 1] - top_two[:, 0] < margin
+    agree = a[8:].argmax(1) == b[8:].argmax(1)
+    assert check.rechecked == int(tie.sum()) and check.int8_agreement == pytest.approx(agree.mean())
+    assert check.agreement == pytest.approx((agree | tie).mean()) and check.agreement >= check.int8_agreement
+
+
+def quantize_head():
+    from camcli.packaged import IMAGENET_HEAD
+
+    return IMAGENET_HEAD
+
+
+def test_ranked_runs_the_near_ties_again_in_fp32_and_only_them(sample_run):
+    from dataclasses import replace
+
+    from camcli.data import read_image
+
+    ckpt = str(sample_run / "best.safetensors")
+    fp32 = build_model(ModelSpec(checkpoint=ckpt, device="cpu"))
+    int8 = build_model(ModelSpec(checkpoint=ckpt, device="cpu", precision="int8"))
+    int8.prepare()
+    assert int8.precision == "int8"
+    tensors = [fp32.preprocess(read_image(p)) for p in sorted(VAL.rglob("*.jpg"))[::4]]
+    exact, exact_feats, _ = fp32.forward(tensors)
+    raw, raw_feats, _ = int8.forward(tensors)
+    gaps = np.diff(np.sort(raw, axis=1)[:, -2:], axis=1)[:, 0]
+    int8.int8_check = replace(int8.int8_check, tie_margin=float(np.median(gaps)))  # about half of them near ties
+    logits, feats, _, again = int8.ranked(tensors)
+    np.testing.assert_array_equal(again, gaps < np.median(gaps))
+    assert 0 < again.sum() < len(tensors)
+    np.testing.assert_allclose(logits[again], exact[again], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feats[again], exact_feats[again], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(logits[~again], raw[~again])
+    np.testing.assert_array_equal(feats[~again], raw_feats[~again])
+    assert not np.allclose(raw[again], exact[again], atol=1e-5)  # INT8 did differ where fp32 replaced it
+
+
 # ---------------------------------------------------------------- the feature on sample_data
 
 
@@ -354,14 +443,31 @@ def test_a_calibration_folder_calibrates_and_is_part_of_the_cache_key(sample_run
     assert len(list((tmp_path / "cache" / "int8").glob("*.onnx"))) == 2  # one per calibration set
 
 
-def test_the_default_imagenet_head_runs_int8_with_a_calibration_folder(tmp_path, monkeypatch):
-    # measured: 0.95 top-1 agreement on sample_data/train's 40 held-out images under ImageNet's 1000 classes (near ties such
-    # as tabby / tiger cat), below the 0.97 bar; with the bar at 0.9 the INT8 model runs
-    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.9)
-    rows = rows_of(cli("predict", VAL / "cat" / "cat_00.jpg", "--precision", "int8", "--calibration", SAMPLE_DATA / "train",
-                       "--format", "jsonl"))
-    fp32 = rows_of(cli("predict", VAL / "cat" / "cat_00.jpg", "--format", "jsonl"))
-    assert rows[0]["precision"] == "int8" and rows[0]["predictions"][0]["label"] == fp32[0]["predictions"][0]["label"]
+def test_the_default_imagenet_head_runs_int8_with_its_near_ties_in_fp32(tmp_path, monkeypatch):
+    # measured: INT8 alone agrees with fp32 on 0.925 of sample_data/train's 40 held-out images under ImageNet's 1000 classes
+    # (near ties such as tabby / tiger cat); with its 6 near ties in fp32, 0.975 (and all 40 of sample_data/val, 10 of them
+    # in fp32): passes. Bound: at most one val image disagrees, every near-tie row is fp32's, and not every image is one.
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    result = cli("predict", VAL, "--precision", "int8", "--calibration", SAMPLE_DATA / "train", "--format", "jsonl")
+    rows, fp32 = rows_of(result), rows_of(cli("predict", VAL, "--format", "jsonl"))
+    assert "refused" not in result.stderr
+    near = [r["precision"] == "fp32" for r in rows]
+    assert 0 < sum(near) < len(rows) and {r["precision"] for r in rows} == {"int8", "fp32"}
+    assert f"{sum(near)} of {len(rows)} images ran again in fp32" in result.stderr
+    for row, exact, tie in zip(rows, fp32, near):
+        if tie:
+            assert [p["label"] for p in row["predictions"]] == [p["label"] for p in exact["predictions"]]
+            np.testing.assert_allclose([p["prob"] for p in row["predictions"]], [p["prob"] for p in exact["predictions"]],
+                                       atol=1e-5)
+    assert sum(r["predictions"][0]["label"] != e["predictions"][0]["label"] for r, e in zip(rows, fp32)) <= 1
+    labeled = tmp_path / "labeled"  # the ImageNet head has no class named cat: the same 40 images under two of its names
+    for path in sorted(VAL.rglob("*.jpg")):
+        (labeled / ("tabby" if path.parent.name == "cat" else "tench")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, labeled / ("tabby" if path.parent.name == "cat" else "tench") / f"{path.parent.name}_{path.name}")
+    result = cli("evaluate", labeled, "--precision", "int8", "--calibration", SAMPLE_DATA / "train", "--out", tmp_path / "ev", "-q")
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "ev" / "metrics.json").read_text())["settings"]
+    assert settings["precision"] == "int8" and settings["near_ties_in_fp32"] == sum(near)
 
 
 def _folder(root: Path, count: int, garbage: bool = False) -> Path:

@@ -84,3 +84,18 @@ def test_train_report_has_curves_confusion_and_overlays_and_renders(sample_run, 
     assert 1 <= images <= 12 and page.count("<img") == images
     body, console = _render(sample_run / "report.html", tmp_path)
     assert f'data-loaded="{images}"' in body and console == []
+
+
+def test_an_int8_report_says_which_images_ran_in_fp32(report, tmp_path):
+    from camcli.report import write_overlay_report
+
+    _, rows = report
+    rows = [{**row, "precision": "fp32" if i == 1 else "int8"} for i, row in enumerate(rows[:3])]
+    write_overlay_report(tmp_path / "int8.html", rows, 3)
+    page = (tmp_path / "int8.html").read_text()
+    assert "INT8 backbone (checked against fp32), 1 near tie run again in fp32" in page
+    cards = page.split('<div class="card"')[1:]
+    assert ["fp32 backbone (a near tie under INT8)" in c for c in cards] == [False, True, False]
+    assert ["; INT8 backbone" in c for c in cards] == [True, False, True]
+    write_overlay_report(tmp_path / "fp32.html", [{k: v for k, v in r.items() if k != "precision"} for r in rows], 3)
+    assert "INT8" not in (tmp_path / "fp32.html").read_text()
