@@ -12,7 +12,8 @@ On ``--images`` real-content 640x480 JPEGs (bench.py's crops of scikit-image's p
    median: ``overlay`` and ``predict`` for the default backbone, ``predict`` for vgg16,
    ``--precision fp32`` and ``int8``;
 4. the forward limits in the same run: the backbone alone on pre-decoded (4, 3, 224, 288) tensors
-   (camcli's keep-aspect input for 640x480), fp32 graph vs INT8 graph, ms per image.
+   (camcli's keep-aspect input for 640x480), fp32 graph vs INT8 graph, ms per image; and how many
+   of the images were near ties that INT8 ran again in fp32 (their rows say ``precision`` fp32).
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ def main() -> None:
             int8.prepare()
             assert int8.precision == "int8", f"{arch}: the INT8 model was refused by its check"
             limits[arch] = (forward_ms(fp32.runner, x), forward_ms(int8.runner, x))
+            rows_out = subprocess.run([sys.executable, "-m", "camcli", "predict", data, "--checkpoint", heads[arch], "--precision",
+                                       "int8", "--format", "jsonl", "-q"], check=True, capture_output=True, text=True).stdout
+            near = rows_out.count('"precision": "fp32"')
+            print(f"{arch} INT8 check: {int8.int8_check.describe()}; near ties run in fp32 on the {args.images} images: {near}",
+                  flush=True)
         steady = {}
         if args.steady:
             for arch, command, n_steady in (("efficientnet_lite0", "overlay", args.images), ("vgg16", "predict", 32)):

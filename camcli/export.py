@@ -11,7 +11,9 @@ Metadata (``metadata_props``): ``camcli_version``, ``arch``, ``class_names`` (JS
 ``preprocess`` (JSON: img_size, mean, std, resize, stride, interpolation, color,
 exif_orientation; see README "Checkpoint format"), ``outputs`` (a one-line description),
 and ``precision`` = int8 in an INT8 model (the backbone's static INT8 graph, see
-:mod:`camcli.quantize`; an fp32 file is as it was before INT8 existed).
+:mod:`camcli.quantize`; an fp32 file is as it was before INT8 existed), with ``int8_tie_margin``:
+the logit gap between the two best classes under which camcli runs an image again in fp32 (the
+file is INT8 alone: near ties are the user's to re-run).
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def export_model(model: CamModel, path: Path, before_rename: Callable[[os.stat_r
         _, backbone, note = backbone_onnx(model.features_module, model.arch, model.weights_id())
     try:
         proto = _with_head(onnx.load_from_string(backbone), model.weight, model.bias)
+        int8 = {"precision": "int8", "int8_tie_margin": repr(model.int8_check.tie_margin)} if model.precision == "int8" else {}
         meta = {"camcli_version": __version__, "arch": model.arch, "class_names": json.dumps(model.class_names),
-                "preprocess": json.dumps(model.preprocess.to_dict()), "outputs": OUTPUTS,
-                **({"precision": "int8"} if model.precision == "int8" else {})}
+                "preprocess": json.dumps(model.preprocess.to_dict()), "outputs": OUTPUTS, **int8}
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(proto)

@@ -371,6 +371,9 @@ def test_evaluate_and_export_record_int8(sample_run, tmp_path):
     model = onnx.load(str(out))
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["precision"] == "int8" and json.loads(meta["class_names"]) == load_checkpoint(ckpt)["class_names"]
+    model8 = build_model(ModelSpec(checkpoint=str(ckpt), precision="int8"))
+    model8.prepare()
+    assert float(meta["int8_tie_margin"]) == model8.int8_check.tie_margin > 0
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     cli("export", ckpt, "--out", tmp_path / "m32.onnx", "-q")
     assert "precision" not in {p.key for p in onnx.load(str(tmp_path / "m32.onnx")).metadata_props}
@@ -468,6 +471,12 @@ def test_the_default_imagenet_head_runs_int8_with_its_near_ties_in_fp32(tmp_path
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "ev" / "metrics.json").read_text())["settings"]
     assert settings["precision"] == "int8" and settings["near_ties_in_fp32"] == sum(near)
+    monkeypatch.setattr(quantize, "MAX_RECHECKED", 0.05)  # more near ties than that: INT8 would be no faster, refused
+    result = cli("predict", VAL / "cat" / "cat_00.jpg", "--precision", "int8", "--calibration", SAMPLE_DATA / "train",
+                 "--format", "jsonl")
+    warning = [line for line in result.stderr.splitlines() if "INT8" in line]
+    assert len(warning) == 1 and "refused, running fp32" in warning[0] and "near ties" in warning[0] and "allowed: 5%" in warning[0]
+    assert all("precision" not in r for r in rows_of(result))  # fp32 rows
 
 
 def _folder(root: Path, count: int, garbage: bool = False) -> Path:
