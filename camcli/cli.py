@@ -569,7 +569,7 @@ def _near_ties(near_ties: int, count: int, quiet: bool) -> None:
     """With --precision int8: how many images were near ties that ran again in fp32 (their rows say so)."""
     if near_ties and not quiet:
         _say(f"{near_ties} of {count} image{'s' * (count != 1)} ran again in fp32: INT8 put their two best classes "
-             "too close to call (their rows say precision fp32)")
+             "too close to call")
 
 
 def _finish(count: int, failed: int, allow_failures: bool) -> None:
@@ -722,7 +722,7 @@ def predict(
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
     with engine, _progress(run.quiet) as progress:
         count, failed, near_ties = _emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
-    _near_ties(near_ties, count, run.quiet)
+    _near_ties(near_ties, count - failed, run.quiet)
     _finish(count, failed, rows.allow_failures)
 
 
@@ -813,7 +813,7 @@ def overlay(
         done = count - failed
         _say(f"{written} file{'s' * (written != 1)} written for {done} image{'s' * (done != 1)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))
-    _near_ties(near_ties, count, run.quiet)
+    _near_ties(near_ties, count - failed, run.quiet)
     _finish(count, failed, rows.allow_failures)
 
 
@@ -873,6 +873,7 @@ def evaluate(
         _say("seconds per image: " + "; ".join(
             f"{m} " + ", ".join(f"{what.replace('_', ' ')} {spent:.3f}" for what, spent in costs.items())
             for m, costs in result["seconds_per_image"].items()))
+    _near_ties(result["settings"].get("near_ties_in_fp32", 0), result["num_images"], run.quiet)
     if not run.quiet:
         if calibrate:
             _say(f"calibrated box threshold {result['best_threshold']:.2f} saved in {job.run_dir / 'calibrated.safetensors'} "

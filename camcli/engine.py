@@ -22,6 +22,7 @@ from camcli.quantize import Calibration, Check, int8_graph, near_ties
 from camcli.runtime import OnnxRunner, TorchRunner, backbone_onnx, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
+Exact = np.ndarray | bool | None  # images an INT8 model runs in fp32: a (N,) bool array, or one bool for all
 
 
 @dataclass
@@ -102,6 +103,13 @@ def image_batches(
                     future.cancel()
 
 
+def _place(feats: np.ndarray, rows: np.ndarray, part: np.ndarray, sizes: list[tuple[int, int]]) -> None:
+    """Put packed features ``part`` (of images of ``sizes``) into rows ``rows`` of packed ``feats``, zero-padded."""
+    feats[rows] = 0
+    for k, (i, (h, w)) in enumerate(zip(rows, sizes)):
+        feats[i, :, :h, :w] = part[k, :, :h, :w]
+
+
 def extract_features(
     runner: Callable[[np.ndarray], np.ndarray], tensors: list[np.ndarray]
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -176,28 +184,37 @@ class Model:
         """Get ready to run; returns a one-line note for the user (an export made, a fallback) or None."""
         raise NotImplementedError
 
-    def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, object, list[tuple[int, int]]]:
+    def forward(self, tensors: list[np.ndarray], maps: bool = True, exact: Exact = None
+                ) -> tuple[np.ndarray, object, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, what the maps are made of, each image's map size).
 
         The middle value is indexable by an array of rows (``feats[keep]``) and passed back to
-        :meth:`_maps` (when ``maps``: a model may skip what only maps need).
+        :meth:`_maps` (when ``maps``: a model may skip what only maps need). ``exact``: the
+        images (a (N,) bool array, or True for all) an INT8 model runs in fp32 (near ties, see
+        :meth:`ranked`); an fp32 model runs every image in fp32 anyway.
         """
         raise NotImplementedError
 
+    def ranked(self, tensors: list[np.ndarray], maps: bool = True
+               ) -> tuple[np.ndarray, object, list[tuple[int, int]], np.ndarray | None]:
+        """:meth:`forward` for the ranking pass, and which images it ran in fp32 when the model is
+        INT8 (None otherwise; see :meth:`CamModel.ranked`)."""
+        return *self.forward(tensors, maps), None
+
     def _maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) raw maps of ``classes`` (B, J) from :meth:`forward`'s middle value
         (``inputs``: the images' model inputs, which perturbation methods score; ``eigen_smooth``:
-        see :func:`camcli.cam.combine`)."""
+        see :func:`camcli.cam.combine`; ``exact``: as :meth:`forward`, for the methods that run it)."""
         raise NotImplementedError
 
     def _method_maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-                     inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
+                     inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
         """:meth:`_maps`, or a baseline's map (from each image's input alone, the same for every
         class; see :mod:`camcli.methods`)."""
         entry = methods.get(method)
         if not entry.baseline:
-            return self._maps(feats, sizes, classes, method, inputs, eigen_smooth)
+            return self._maps(feats, sizes, classes, method, inputs, eigen_smooth, exact)
         if inputs is None:
             raise ValueError(f"{method} needs the batch's inputs (Batch.inputs)")
         make = getattr(cam, entry.function)
@@ -264,8 +281,9 @@ class Model:
         method = self.resolve_method(method)
         check_smooth(smooth)
         eigen, aug = "eigen" in smooth, "aug" in smooth
+        exact = batch.fp32  # INT8's near ties: every pass of theirs runs in fp32, as their ranking did
         if not cam_sizes and not aug:
-            return self._method_maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen)
+            return self._method_maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen, exact)
         if cam_sizes and any(o is None for o in batch.originals):
             raise ValueError("cam_sizes needs batches made with keep_images=True")
         per_scale = []
@@ -276,10 +294,10 @@ class Model:
                 pre = replace(self.preprocess, img_size=size)
                 inputs = [pre(o) for o in batch.originals]
             if aug:
-                per_scale.append(self._augmented_maps(inputs, classes, method, eigen))
+                per_scale.append(self._augmented_maps(inputs, classes, method, eigen, exact))
                 continue
-            _, feats, sizes = self.forward(inputs)
-            per_scale.append(self._method_maps(feats, sizes, classes, method, inputs, eigen))
+            _, feats, sizes = self.forward(inputs, exact=exact)
+            per_scale.append(self._method_maps(feats, sizes, classes, method, inputs, eigen, exact))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
@@ -289,15 +307,16 @@ class Model:
             fused.append(np.mean([cam.upsample_to(cam.normalize_maps(m), (h, w)) for m in maps], axis=0))
         return fused
 
-    def _augmented_maps(self, inputs: list[np.ndarray], classes: np.ndarray, method: str, eigen: bool) -> list[np.ndarray]:
+    def _augmented_maps(self, inputs: list[np.ndarray], classes: np.ndarray, method: str, eigen: bool,
+                        exact: Exact = None) -> list[np.ndarray]:
         """pytorch-grad-cam's ``aug_smooth``: the mean of the normalized maps of the inputs flipped
         or not (horizontally) times 0.9, 1 and 1.1, each flipped back."""
         total: list[np.ndarray] | None = None
         for flip in (False, True):
             for factor in (0.9, 1.0, 1.1):
                 augmented = [np.ascontiguousarray((x[:, :, ::-1] if flip else x) * np.float32(factor)) for x in inputs]
-                _, feats, sizes = self.forward(augmented)
-                maps = self._method_maps(feats, sizes, classes, method, augmented, eigen)
+                _, feats, sizes = self.forward(augmented, exact=exact)
+                maps = self._method_maps(feats, sizes, classes, method, augmented, eigen, exact)
                 maps = [cam.normalize_maps(m[..., ::-1] if flip else m) for m in maps]
                 total = maps if total is None else [t + m for t, m in zip(total, maps)]
         return [(t / 6).astype(np.float32) for t in total]
@@ -474,35 +493,46 @@ class CamModel(Model):
             return logits, feats, sizes, None
         again = near_ties(logits, self.int8_check.tie_margin)
         if again.any():
+            rows = np.flatnonzero(again)
+            exact_logits, exact_feats, exact_sizes = self.forward([tensors[i] for i in rows], maps, exact=True)
+            logits[rows] = exact_logits
+            _place(feats, rows, exact_feats, exact_sizes)
+        return logits, feats, sizes, again
+
+    def forward(self, tensors: list[np.ndarray], maps: bool = True, exact: Exact = None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
+
+        See :func:`extract_features` for how images of different shapes are packed; ``exact``:
+        see :meth:`Model.forward` (on the INT8 model those images run on the fp32 graph).
+        """
+        self.prepare()
+        exact = np.broadcast_to(np.asarray(False if exact is None else exact, bool), (len(tensors),))
+        if self.precision != "int8" or not exact.any():
+            feats, sizes = extract_features(self.runner, tensors)
+        else:
             if self._fp32_runner is None:
                 path, fp32, _ = backbone_onnx(self.features_module, self.arch, self.weights_id())
                 self._fp32_runner = OnnxRunner(path, model=fp32)
-            rows = np.flatnonzero(again)
-            exact, exact_sizes = extract_features(self._fp32_runner, [tensors[i] for i in rows])
-            feats[rows] = 0
-            for k, (i, (h, w)) in enumerate(zip(rows, exact_sizes)):
-                feats[i, :, :h, :w] = exact[k, :, :h, :w]
-            with np.errstate(over="ignore", invalid="ignore"):
-                logits[rows] = cam.pooled_logits(exact, self.weight, self.bias, exact_sizes)
-        return logits, feats, sizes, again
-
-    def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-        """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, (N, C, h, w) features, sizes).
-
-        See :func:`extract_features` for how images of different shapes are packed.
-        """
-        self.prepare()
-        feats, sizes = extract_features(self.runner, tensors)
+            parts = [(rows, *extract_features(runner, [tensors[i] for i in rows]))
+                     for runner, rows in ((self.runner, np.flatnonzero(~exact)), (self._fp32_runner, np.flatnonzero(exact))) if len(rows)]
+            sizes = [(0, 0)] * len(tensors)
+            for rows, _, part_sizes in parts:
+                for i, size in zip(rows, part_sizes):
+                    sizes[i] = size
+            feats = np.zeros((len(tensors), parts[0][1].shape[1], max(h for h, _ in sizes), max(w for _, w in sizes)), np.float32)
+            for rows, part, part_sizes in parts:
+                _place(feats, rows, part, part_sizes)
         if feats.shape[1] != self.weight.shape[1]:
             raise CamcliError(f"checkpoint head expects {self.weight.shape[1]} features but {self.arch} gives {feats.shape[1]}")
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores become failed inputs (batches)
             return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
     def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
         if methods.get(method).perturbation:
-            return self._perturbation_maps(feats, sizes, classes, method, inputs, eigen_smooth)
+            return self._perturbation_maps(feats, sizes, classes, method, inputs, eigen_smooth, exact)
         if not methods.get(method).gradients:
             if not eigen_smooth:
                 return _crop(cam.class_maps(feats, self.weight, classes), sizes)
@@ -526,11 +556,12 @@ class CamModel(Model):
         return np.broadcast_to((row / (shape[1] * shape[2]))[:, None, None], shape)
 
     def _perturbation_maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-                           inputs: list[np.ndarray] | None, eigen_smooth: bool = False) -> list[np.ndarray]:
+                           inputs: list[np.ndarray] | None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
         """Score-CAM (the input masked by each channel, scored in chunks through :meth:`forward`, so
         on ONNX Runtime or PyTorch) and Ablation-CAM (closed form through the head, see
         :func:`camcli.cam.ablationcam_map`)."""
         out = []
+        exact = np.broadcast_to(np.asarray(False if exact is None else exact, bool), (len(sizes),))
         for i, (h, w) in enumerate(sizes):
             acts = feats[i, :, :h, :w]
             if method == "ablationcam":
@@ -540,7 +571,8 @@ class CamModel(Model):
                 continue
             if inputs is None:
                 raise ValueError("scorecam needs the batch's inputs (Batch.inputs)")
-            out.append(scorecam_maps(acts, inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0], eigen_smooth))
+            out.append(scorecam_maps(acts, inputs[i], classes[i], lambda xs, e=bool(exact[i]): self.forward(xs, False, e)[0],
+                                     eigen_smooth))
         return out
 
 

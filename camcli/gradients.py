@@ -111,11 +111,12 @@ class GradModel(Model):
             raise
         return self.note
 
-    def forward(self, tensors: list[np.ndarray], maps: bool = True) -> tuple[np.ndarray, Graph, list[tuple[int, int]]]:
+    def forward(self, tensors: list[np.ndarray], maps: bool = True, exact=None) -> tuple[np.ndarray, Graph, list[tuple[int, int]]]:
         """Preprocessed (3, H_i, W_i) images -> ((N, K) logits, the graph for the maps, each image's grid size).
 
         Images of one shape run together (see :func:`camcli.engine.extract_features`). Without
-        ``maps`` no graph is kept (a ranking only: about half the memory)."""
+        ``maps`` no graph is kept (a ranking only: about half the memory). ``exact`` is for INT8
+        models (:meth:`camcli.engine.Model.forward`): a gradient model runs in fp32 always."""
         self.prepare()
         fixed = self.classifier.input_size
         if fixed is not None and any(tuple(t.shape[-2:]) != tuple(fixed) for t in tensors):
@@ -200,7 +201,7 @@ class GradModel(Model):
                           f"layer before the head ({self.listing})")
 
     def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact=None) -> list[np.ndarray]:
         if method == "scorecam":
             return self._scorecam_maps(graph, classes, inputs, eigen_smooth)
         if not methods.get(method).gradients:

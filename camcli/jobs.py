@@ -475,10 +475,11 @@ class EvaluateJob:
                 maps = model.batch_maps(batch, np.array(columns, np.int64).T, self.cam_sizes, method, self.smooth)
                 seconds += time.perf_counter() - clock
                 if self.faithfulness:
+                    exact = batch.fp32 if batch.fp32 is not None else np.zeros(len(maps), bool)  # INT8's near ties: fp32
                     for b, cam_map in enumerate(maps):
                         c = predicted[b]
                         faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
-                                  lambda xs, c=c: softmax(model.forward(list(xs), maps=False)[0])[:, c])
+                                  lambda xs, c=c, e=exact[b]: softmax(model.forward(list(xs), False, e)[0])[:, c])
                 if boxes:
                     for b, pos in enumerate(batch.positions):
                         rel = samples[pos][0].relative_to(self.data).as_posix()

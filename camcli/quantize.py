@@ -523,12 +523,13 @@ def tie_margin(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> float:
 
 
 def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:
-    """Rows of (N, K) logits whose two largest are less than ``margin`` apart (never a row with a non-finite logit)."""
-    if logits.shape[1] < 2 or margin <= 0:
-        return np.zeros(len(logits), bool)
-    top = np.partition(logits, -2, axis=1)[:, -2:]
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(logits).all(axis=1) & (top[:, 1] - top[:, 0] < margin)
+    """Rows of (N, K) logits that INT8 cannot decide: their two largest less than ``margin`` apart,
+    or a logit that is not finite (fp32 may give finite ones)."""
+    finite = np.isfinite(logits).all(axis=1)
+    if logits.shape[1] < 2 or not margin > 0:
+        return ~finite
+    top = np.partition(np.where(finite[:, None], logits, 0), -2, axis=1)[:, -2:]
+    return ~finite | (top[:, 1] - top[:, 0] < margin)
 
 
 @dataclass(frozen=True)
@@ -708,9 +709,9 @@ def _cached_check(value: object) -> Check | None:
     if type(images) is not int or type(rechecked) is not int or not 0 <= rechecked <= images or images < 1:
         return None
     numbers = {k: value[k] for k in ("agreement", "int8_agreement", "map_correlation", "tie_margin")}
-    if any(type(v) not in (int, float) or not np.isfinite(v) for v in numbers.values()):
-        return None
-    if not (0 <= numbers["agreement"] <= 1 and 0 <= numbers["int8_agreement"] <= 1 and -1 <= numbers["map_correlation"] <= 1
+    if any(type(v) not in (int, float) or np.isnan(v) or (np.isinf(v) and k != "tie_margin") for k, v in numbers.items()):
+        return None  # an infinite margin is a check's own: every image a near tie (an INT8 model that gave non-finite logits)
+    if not (0 <= numbers["int8_agreement"] <= numbers["agreement"] <= 1 and -1 <= numbers["map_correlation"] <= 1
             and numbers["tie_margin"] >= 0):
         return None
     return Check(images=images, rechecked=rechecked, **{k: float(v) for k, v in numbers.items()})

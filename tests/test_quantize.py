@@ -247,15 +247,26 @@ def test_the_near_tie_margin_is_three_times_the_median_change_of_the_gaps_below_
 
 def test_near_ties_are_the_rows_whose_two_best_logits_are_within_the_margin():
     logits = np.array([[1.0, 0.95, -3], [2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [5.0, np.nan, 4.99], [1.0, 1.5, 1.2]], np.float32)
-    np.testing.assert_array_equal(quantize.near_ties(logits, 0.1), [True, False, True, False, False])
-    np.testing.assert_array_equal(quantize.near_ties(logits, 0.4), [True, False, True, False, True])
-    assert not quantize.near_ties(logits, 0.0).any() and not quantize.near_ties(logits[:, :1], 9.0).any()
+    np.testing.assert_array_equal(quantize.near_ties(logits, 0.1), [True, False, True, True, False])  # NaN: fp32 decides
+    np.testing.assert_array_equal(quantize.near_ties(logits, 0.4), [True, False, True, True, True])
+    np.testing.assert_array_equal(quantize.near_ties(logits, 0.0), [False, False, False, True, False])
+    assert not quantize.near_ties(logits[:, :1], 9.0).any()
 
 
 def test_a_check_that_runs_too_many_images_in_fp32_fails():
     good = quantize.Check(images=10, agreement=1.0, map_correlation=0.99, int8_agreement=0.9, rechecked=5, tie_margin=0.2)
     assert good.passed and "INT8 alone 0.900" in good.describe() and "5 near ties" in good.describe()
     assert not quantize.Check(10, 1.0, 0.99, 0.9, 6, 0.2).passed  # six of ten: INT8 would be no faster
+
+
+def test_a_cached_check_is_taken_only_when_it_is_consistent():
+    good = {"images": 32, "agreement": 1.0, "map_correlation": 0.99, "int8_agreement": 0.9, "rechecked": 3, "tie_margin": 0.2}
+    assert quantize._cached_check(good) == quantize.Check(**good)
+    assert quantize._cached_check({**good, "tie_margin": float("inf")}).tie_margin == float("inf")  # every image a near tie
+    for bad in ({"int8_agreement": 1.0, "agreement": 0.9}, {"tie_margin": float("nan")}, {"tie_margin": -0.1},
+                {"rechecked": 33}, {"rechecked": True}, {"agreement": float("inf")}, {"images": 0}, {"map_correlation": "1"}):
+        assert quantize._cached_check({**good, **bad}) is None, bad
+    assert quantize._cached_check({k: v for k, v in good.items() if k != "tie_margin"}) is None
 
 
 def _noisy(runner, scale: float, seed: int):
@@ -315,6 +326,43 @@ def test_ranked_runs_the_near_ties_again_in_fp32_and_only_them(sample_run):
     np.testing.assert_array_equal(logits[~again], raw[~again])
     np.testing.assert_array_equal(feats[~again], raw_feats[~again])
     assert not np.allclose(raw[again], exact[again], atol=1e-5)  # INT8 did differ where fp32 replaced it
+
+
+def test_every_pass_of_a_near_tie_runs_in_fp32_its_maps_at_other_sizes_and_augmented_too(sample_run):
+    from dataclasses import replace
+
+    from camcli.data import read_image
+
+    ckpt = str(sample_run / "best.safetensors")
+    fp32 = build_model(ModelSpec(checkpoint=ckpt, device="cpu"))
+    int8 = build_model(ModelSpec(checkpoint=ckpt, device="cpu", precision="int8"))
+    int8.prepare()
+    paths = sorted(VAL.rglob("*.jpg"))[::5]
+    tensors = [fp32.preprocess(read_image(p)) for p in paths]
+    assert len({t.shape for t in tensors}) > 1  # images of several shapes in one batch
+    mask = np.arange(len(tensors)) % 2 == 0
+    logits, feats, sizes = int8.forward(tensors, exact=mask)  # half the images in fp32, half in INT8, packed together
+    for model, rows in ((fp32, mask), (int8, ~mask)):
+        expect, expect_feats, expect_sizes = model.forward([t for t, r in zip(tensors, rows) if r])
+        np.testing.assert_allclose(logits[rows], expect, rtol=1e-5, atol=1e-5)
+        assert [s for s, r in zip(sizes, rows) if r] == expect_sizes
+        for k, i in enumerate(np.flatnonzero(rows)):
+            h, w = sizes[i]
+            np.testing.assert_allclose(feats[i, :, :h, :w], expect_feats[k, :, :h, :w], rtol=1e-5, atol=1e-5)
+            assert not feats[i, :, h:, :].any() and not feats[i, :, :, w:].any()  # zero-padded
+    int8.int8_check = replace(int8.int8_check, tie_margin=1e9)  # every image a near tie: every output is fp32's
+    (batch8,) = int8.batches(paths, batch_size=len(paths), keep_images=True, cam_sizes=(288,))
+    (batch32,) = fp32.batches(paths, batch_size=len(paths), keep_images=True, cam_sizes=(288,))
+    assert batch8.fp32.all() and batch32.fp32 is None
+    classes = batch32.logits.argmax(axis=1)[:, None]
+    for options in ({"cam_sizes": (288,)}, {"smooth": ("aug",)}, {}):
+        for a, b in zip(int8.batch_maps(batch8, classes, **options), fp32.batch_maps(batch32, classes, **options)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    int8.int8_check = replace(int8.int8_check, tie_margin=0.0)  # none: INT8's maps at other sizes differ
+    (batch8,) = int8.batches(paths, batch_size=len(paths), keep_images=True, cam_sizes=(288,))
+    assert not batch8.fp32.any()
+    assert not all(np.allclose(a, b, atol=1e-4 * np.abs(b).max())
+                   for a, b in zip(int8.batch_maps(batch8, classes, (288,)), fp32.batch_maps(batch32, classes, (288,))))
 
 
 # ---------------------------------------------------------------- the feature on sample_data
@@ -467,10 +515,11 @@ def test_the_default_imagenet_head_runs_int8_with_its_near_ties_in_fp32(tmp_path
     for path in sorted(VAL.rglob("*.jpg")):
         (labeled / ("tabby" if path.parent.name == "cat" else "tench")).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, labeled / ("tabby" if path.parent.name == "cat" else "tench") / f"{path.parent.name}_{path.name}")
-    result = cli("evaluate", labeled, "--precision", "int8", "--calibration", SAMPLE_DATA / "train", "--out", tmp_path / "ev", "-q")
+    result = cli("evaluate", labeled, "--precision", "int8", "--calibration", SAMPLE_DATA / "train", "--out", tmp_path / "ev")
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "ev" / "metrics.json").read_text())["settings"]
     assert settings["precision"] == "int8" and settings["near_ties_in_fp32"] == sum(near)
+    assert f"{sum(near)} of {len(rows)} images ran again in fp32" in result.stderr
     monkeypatch.setattr(quantize, "MAX_RECHECKED", 0.05)  # more near ties than that: INT8 would be no faster, refused
     result = cli("predict", VAL / "cat" / "cat_00.jpg", "--precision", "int8", "--calibration", SAMPLE_DATA / "train",
                  "--format", "jsonl")
