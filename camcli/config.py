@@ -75,6 +75,7 @@ class TrainConfig:
                 raise CamcliError(f"{subject} {message}")
         if self.data is None:
             raise CamcliError("no dataset given: camcli train DATA (see camcli train --help)")
+        self.sources = dict(sources or {})  # not a field: never saved; what messages name (the flag, or the file)
         return self
 
 

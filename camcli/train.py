@@ -90,11 +90,16 @@ def train_backbone(arch: str, weights: str, seed: int) -> tuple[dict, dict, obje
     return backbones.backbone_state(backbone), facts, backbone.features
 
 
-def _needs_pytorch(arch: str, weights: str) -> str | None:
-    """What in a training request needs PyTorch (for its one-line error), or None."""
+def _needs_pytorch(arch: str, weights: str, sources: dict[str, str] | None = None) -> str | None:
+    """What in a training request needs PyTorch (for its one-line error), or None; ``sources``:
+    where each value came from (see :meth:`camcli.config.TrainConfig.validate`): a config file's
+    value is named as the file's, not as a flag."""
     if arch == DEFAULT_ARCH and weights == "imagenet":
         return None
-    return f"`arch` {arch}" if arch != DEFAULT_ARCH else "`weights` none" if weights == "none" else "`weights` from a file"
+    name = "arch" if arch != DEFAULT_ARCH else "weights"
+    where = (sources or {}).get(name, "option")
+    subject = f"`{name}`" if where == "option" else f"config {where}: {name}"
+    return f"{subject} {arch}" if name == "arch" else f"{subject} none" if weights == "none" else f"{subject} from a file"
 
 
 def check_extras(config: TrainConfig) -> None:
@@ -107,8 +112,9 @@ def check_extras(config: TrainConfig) -> None:
     """
     if torch_installed():  # PyTorch can run anything, and takes over from a damaged graph
         return
-    what = _needs_pytorch(config.arch, config.weights) or (f"`device` {config.device}" if config.device in ("cuda", "mps")
-                                                           else "`backend` torch" if config.backend == "torch" else None)
+    what = _needs_pytorch(config.arch, config.weights, getattr(config, "sources", None))
+    if what is None:
+        what = f"`device` {config.device}" if config.device in ("cuda", "mps") else "`backend` torch" if config.backend == "torch" else None
     if what is not None:
         need_torch_for_arch(config.arch, what)
     asset(BACKBONE_GRAPH)  # checked against its sha256 here, before the run folder is made

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from camcli.cli import app
-from conftest import SAMPLE_DATA, save_v1
+from conftest import ROOT, SAMPLE_DATA, save_v1
 
 LIGHT_VENV = os.environ.get("CAMCLI_LIGHT_VENV")
 OPTIONAL = ("torch", "torchvision", "timm", "onnx", "scipy", "ray")
@@ -128,6 +128,7 @@ def test_one_photo_with_the_default_imagenet_head_needs_no_pytorch_even_on_first
     assert not (tmp_path / "empty-cache").exists()  # the shipped graph and head are used in place
 
 
+CONFIGS = ROOT / "configs"
 FEATURES = {  # what needs an extra: the command line, the words of its error, the extra named
     "another backbone": (["predict", IMAGE, "--arch", "resnet18"], "--arch resnet18 needs PyTorch", "torch"),
     "a GPU": (["predict", IMAGE, "--device", "cuda"], "--device cuda needs PyTorch", "torch"),
@@ -138,6 +139,8 @@ FEATURES = {  # what needs an extra: the command line, the words of its error, t
     "weights from a file": (["predict", IMAGE, "--weights", "{tmp}/w.pth"], "--weights from a file needs PyTorch", "torch"),
     "training another backbone": (["train", SAMPLE_DATA, "--arch", "resnet18", "--out", "{tmp}/run"], "--arch resnet18", "torch"),
     "training from random init": (["train", SAMPLE_DATA, "--weights", "none", "--out", "{tmp}/run"], "--weights none", "torch"),
+    "training the config file's backbone": (["train", SAMPLE_DATA, "--config", CONFIGS / "vgg16.yaml", "--out", "{tmp}/run"],
+                                            f"config {CONFIGS / 'vgg16.yaml'}: arch vgg16 needs PyTorch", "torch"),
     "training on a GPU": (["train", SAMPLE_DATA, "--device", "cuda", "--out", "{tmp}/run"], "--device cuda needs PyTorch", "torch"),
     "training in PyTorch": (["train", SAMPLE_DATA, "--backend", "torch", "--out", "{tmp}/run"], "--backend torch needs PyTorch",
                             "torch"),
