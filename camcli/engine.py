@@ -103,6 +103,11 @@ def image_batches(
                     future.cancel()
 
 
+def _rows(exact: Exact, n: int) -> np.ndarray:
+    """``exact`` (see :meth:`Model.forward`) as a (n,) bool array."""
+    return np.broadcast_to(np.asarray(False if exact is None else exact, bool), (n,))
+
+
 def _place(feats: np.ndarray, rows: np.ndarray, part: np.ndarray, sizes: list[tuple[int, int]]) -> None:
     """Put packed features ``part`` (of images of ``sizes``) into rows ``rows`` of packed ``feats``, zero-padded."""
     feats[rows] = 0
@@ -507,7 +512,7 @@ class CamModel(Model):
         see :meth:`Model.forward` (on the INT8 model those images run on the fp32 graph).
         """
         self.prepare()
-        exact = np.broadcast_to(np.asarray(False if exact is None else exact, bool), (len(tensors),))
+        exact = _rows(exact, len(tensors))
         if self.precision != "int8" or not exact.any():
             feats, sizes = extract_features(self.runner, tensors)
         else:
@@ -561,7 +566,7 @@ class CamModel(Model):
         on ONNX Runtime or PyTorch) and Ablation-CAM (closed form through the head, see
         :func:`camcli.cam.ablationcam_map`)."""
         out = []
-        exact = np.broadcast_to(np.asarray(False if exact is None else exact, bool), (len(sizes),))
+        exact = _rows(exact, len(sizes))
         for i, (h, w) in enumerate(sizes):
             acts = feats[i, :, :h, :w]
             if method == "ablationcam":

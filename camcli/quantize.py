@@ -504,7 +504,7 @@ TIE_PAIRS = 4  # those gaps: fp32's top-1 class against each of the next four, o
 MAX_RECHECKED = 0.5  # held-out images run again in fp32 (near ties) above which INT8 is refused: it would be no faster
 
 
-def image_logits(runner, weight: np.ndarray, bias: np.ndarray, tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _image_logits(runner, weight: np.ndarray, bias: np.ndarray, tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     """((N, K) logits, each image's (C, h, w) features) of preprocessed (3, H, W) tensors, one at a time (sizes may differ)."""
     feats = [runner(t[None].astype(np.float32))[0] for t in tensors]
     return np.stack([cam.pooled_logits(f[None], weight, bias)[0] for f in feats]), feats
@@ -560,9 +560,9 @@ def compare(fp32, int8, weight: np.ndarray, bias: np.ndarray, calibrate: Sequenc
             held_out: Sequence[np.ndarray]) -> Check:
     """Run both runners on the preprocessed (3, H, W) tensors and compare under the head (weight
     (K, C), bias (K,)): the near-tie margin from ``calibrate``, the check on ``held_out``."""
-    margin = tie_margin(image_logits(fp32, weight, bias, calibrate)[0], image_logits(int8, weight, bias, calibrate)[0])
-    la, fa = image_logits(fp32, weight, bias, held_out)
-    lb, fb = image_logits(int8, weight, bias, held_out)
+    margin = tie_margin(_image_logits(fp32, weight, bias, calibrate)[0], _image_logits(int8, weight, bias, calibrate)[0])
+    la, fa = _image_logits(fp32, weight, bias, held_out)
+    lb, fb = _image_logits(int8, weight, bias, held_out)
     tie = near_ties(lb, margin)
     agree, corr = [], []
     for k, top in enumerate(la.argmax(axis=1)):
