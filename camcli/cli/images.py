@@ -1,0 +1,159 @@
+"""camcli predict and camcli overlay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from camcli.cli.app import app, report_errors
+from camcli.cli.options import (
+    BoxThreshold,
+    Inputs,
+    MapOptions,
+    ModelOptions,
+    RowOptions,
+    RunOptions,
+    a_value,
+    checked,
+    expand_groups,
+    load_model,
+)
+from camcli.cli.output import finish, progress_bar, say, say_near_ties
+from camcli.cli.rows import emit, guard_output, previous_rows_of, same_file
+from camcli.defaults import ALPHA, COLORMAPS, NORMALIZATIONS
+from camcli.errors import CamcliError
+
+
+@app.command(short_help="Rank classes for every image.")
+@report_errors
+@expand_groups
+def predict(
+    inputs: Inputs,
+    model: ModelOptions,
+    mapping: MapOptions,
+    run: RunOptions,
+    rows: RowOptions,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace an existing file camcli did not write.")] = False,
+    boxes: Annotated[bool, typer.Option("--boxes", help="Add the top-1 class's CAM box to each row (original-image pixels).")] = False,
+    box_threshold: BoxThreshold = None,
+) -> None:
+    """Rank classes by softmax for every image.
+
+    \b
+    Example: camcli predict photos/ --checkpoint runs/train/exp/best.safetensors --format jsonl
+    """
+    from itertools import chain, islice
+
+    from camcli.data import iter_images
+    from camcli.jobs import PredictJob
+
+    job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.one_method(), run.batch_size, run.threads(),
+                     smooth=mapping.smooth())
+    spec, engine = checked(model, job), run.make_engine()
+    guard = guard_output(rows.output, [*inputs, model.checkpoint], overwrite)
+    walk = iter_images(inputs, exclude=run.exclude or ())
+    head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
+    if not head:
+        raise CamcliError(f"no images found in {', '.join(inputs)}")
+    loaded = load_model(spec, run.quiet)
+    job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
+    with engine, progress_bar(run.quiet) as progress:
+        count, failed, near_ties = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
+    say_near_ties(near_ties, count - failed, run.quiet)
+    finish(count, failed, rows.allow_failures)
+
+
+@app.command(short_help="Write CAM heatmap overlays of images.")
+@report_errors
+@expand_groups
+def overlay(
+    inputs: Inputs,
+    model: ModelOptions,
+    mapping: MapOptions,
+    class_name: Annotated[Optional[list[str]], typer.Option("--class", metavar="<name>",
+                                                         help="Map this class (repeatable) [default: top-1].")] = None,
+    class_index: Annotated[Optional[list[int]], typer.Option(metavar="<int>", help="Map this class index (repeatable).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        callback=a_value, help="Write under this folder, each INPUT mirrored as OUT_DIR/<INPUT name>/ [default: "
+        "next to each input].")] = None,
+    colormap: Annotated[Literal[COLORMAPS], typer.Option(metavar="<name>", help=f"OpenCV colormap: {', '.join(COLORMAPS)}.")] = "jet",
+    alpha: Annotated[float, typer.Option(help="Heatmap weight in the blend, 0..1.")] = ALPHA,
+    caption: Annotated[bool, typer.Option(help="Draw the label and its probability [default: on].", show_default=False)] = True,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write the raw float32 map at feature "
+        "resolution beside each overlay, as .npy (<stem>_cam.npy, ...).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
+    box_threshold: BoxThreshold = None,
+    draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
+    normalize: Annotated[Literal[NORMALIZATIONS], typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an "
+        "image, so weak classes look weak: cam's maps share the logit's scale; a gradient method's map is scaled to its own "
+        "maximum times its probability relative to the most probable mapped class), relu (ReLU, each map to its own maximum) "
+        "or minmax (each map on its own, no ReLU: the "
+        "original tutorial's, where a class without evidence still shows a hot region). Boxes always threshold the min-max "
+        "map.")] = "shared",
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not "
+        "written yet.")] = False,
+    maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: "
+        "<stem>_cam_<rank>_<label>.<ext> (0: the classes of --class, else the top-1's, as <stem>_cam.<ext>).")] = 0,
+    report: Annotated[Optional[Path], typer.Option(
+        callback=a_value, help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
+    report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
+    run: RunOptions = None,
+    rows: RowOptions = None,
+) -> None:
+    """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
+
+    \b
+    Example: camcli overlay photos/ --checkpoint runs/train/exp/best.safetensors --out-dir runs/overlay
+    """
+    from camcli.data import find_images
+    from camcli.jobs import OverlayJob
+    from camcli.report import check_report_path, write_overlay_report
+
+    previous = previous_rows_of(rows) if skip_existing else None  # a resumed run completes its --output file
+    job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
+                     box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.one_method(), normalize,
+                     rows.top_k, run.batch_size, run.threads(),
+                     rows_kept=None if previous is None else frozenset(same_file(p) for p, _ in previous), smooth=mapping.smooth())
+    spec, engine = checked(model, job), run.make_engine()
+    if report_limit < 1:
+        raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
+    if report is not None:
+        check_report_path(report)
+    images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=run.exclude or ())
+    guard = guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint], overwrite)
+    loaded = load_model(spec, run.quiet)
+    job, work = job.bind(loaded, images, None if run.quiet else say)
+    kept: list[dict] = []  # the rows of the report
+    written = 0
+
+    def tallied(results: Iterator[dict]) -> Iterator[dict]:
+        nonlocal written
+        for row in results:
+            written += len(row.get("outputs", []))
+            if report is not None and len(kept) < report_limit:
+                kept.append(row)
+            yield row
+
+    with engine, progress_bar(run.quiet) as progress:
+        # kept: the previous rows of this run's inputs that it does not redo, the last row of each (a deleted input's row,
+        # or a row no input names, goes); paths compared as files, whatever their spelling (relative, absolute, links)
+        redo, inputs = {same_file(i.path) for i in work}, {same_file(i.path) for i in images}
+        by_file = {} if previous is None else {same_file(p): item for p, item in previous}
+        carried = None if previous is None else [item for key, item in by_file.items() if key in inputs and key not in redo]
+        count, failed, near_ties = emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
+                                         carried=carried)
+    if report is not None:
+        write_overlay_report(report, kept, count)
+        if not run.quiet:
+            say(f"Report saved to {report}")
+    if not run.quiet:
+        done = count - failed
+        say(f"{written} file{'s' * (written != 1)} written for {done} image{'s' * (done != 1)}"
+             + (f" under {out_dir}" if out_dir else " next to the inputs"))
+    say_near_ties(near_ties, count - failed, run.quiet)
+    finish(count, failed, rows.allow_failures)
+
+

@@ -1,0 +1,111 @@
+"""Result rows of predict and overlay: written as they come, kept whole on Ctrl-C, read back to resume."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+from rich.text import Text
+
+from camcli.cli.options import RowOptions
+from camcli.cli.output import end_bars, err, stdout_console
+from camcli.errors import CamcliError
+from camcli.files import atomic_open, guard_output_file, printable, read_text, real_path
+from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, previous_rows, table_cells, write_rows
+
+
+def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None) -> tuple[int, int, int]:
+    """Write rows in the chosen format; report each failed input on stderr as it comes.
+
+    Interrupted (Ctrl-C) or stopped by an error, an ``--output`` file still gets every row finished
+    before, whole (then the interruption or the error goes on). ``carried``: rows of the previous ``--output`` file to keep
+    (see :func:`previous_rows_of`), written first.
+
+    Returns:
+        (rows written, inputs that failed, INT8 near ties that ran in fp32).
+    """
+    failed = near_ties = 0
+    interrupted: list[BaseException] = []
+
+    def reported(source: Iterator[dict]) -> Iterator[dict]:
+        nonlocal failed, near_ties
+        try:
+            for row in source:
+                near_ties += row.get("precision") == "fp32"
+                if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
+                    failed += 1
+                    err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
+                yield row
+        except (KeyboardInterrupt, CamcliError) as exc:  # Ctrl-C, or an error that stops the run (a manifest replaced)
+            if options.output is None:
+                raise
+            interrupted.append(exc)  # the rows so far are written and the file is closed first
+
+    fmt, output = choose_format(options.fmt, options.output, is_tty(sys.stdout)), options.output
+    if output is None:  # on a terminal, csv cells show control characters escaped (names can hold escape sequences)
+        shown = printable if is_tty(sys.stdout) else None
+        count = (print_table(reported(rows), overlay, None) if fmt == "table"
+                 else write_rows(reported(rows), fmt, sys.stdout, shown=shown))
+        return count, failed, near_ties
+    with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
+        count = print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
+    if interrupted:
+        raise interrupted[0]
+    return count, failed, near_ties
+
+
+def same_file(path: str | Path) -> str:
+    """A key for a path that is the same for every spelling of one file (see files.real_path)."""
+    return str(real_path(Path(path)))
+
+
+def previous_rows_of(options: RowOptions) -> list[tuple[str, object]] | None:
+    """The rows of an existing ``--output`` file, for a resumed run (see results.previous_rows);
+    None without one (or for a table, which is not read back)."""
+    output = options.output
+    fmt = choose_format(options.fmt, output, is_tty(sys.stdout))
+    if output is None or fmt == "table" or not output.is_file():
+        return None
+    try:
+        return previous_rows(read_text(output, 1 << 30, "--output"), fmt)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CamcliError(f"--output {output} does not hold {fmt} rows as camcli writes them, so --skip-existing cannot "
+                          "complete it: choose another --output") from exc
+
+
+def guard_output(output: Optional[Path], protected: list, overwrite: bool, results: bool = True):
+    """Check --output (the results file, or export's model) before any work (see files.guard_output_file);
+    None without --output."""
+    if output is None:
+        return None
+    if results and output.suffix.lower() in MODEL_SUFFIXES:
+        raise CamcliError(f"--output {output}: results are text (table, csv, json, jsonl); {output.suffix} names a model or "
+                          "array file, which results would replace")
+    return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)
+
+
+def print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
+    table = Table()
+    table.add_column("path", overflow="fold", ratio=3)
+    table.add_column("top-1", overflow="fold", ratio=1)
+    table.add_column("prob", justify="right", no_wrap=True)
+    table.add_column("others", overflow="fold", ratio=2)
+    if overlay:
+        table.add_column("outputs", overflow="fold", ratio=3)
+    count = 0
+    for row in rows:
+        count += 1
+        cells, failed = table_cells(row, overlay)
+        shown = [printable(c) for c in cells]
+        table.add_row(*shown[:1], Text("failed", style="red") if failed else shown[1], *shown[2:])
+    end_bars()  # the table follows the finished bar, on its own line
+    # off a terminal (a pipe, a file) nothing wraps: each column is as wide as its longest cell
+    if stream is None and is_tty(sys.stdout):
+        stdout_console(soft_wrap=False).print(table)
+    else:
+        stdout_console(file=stream, width=100_000).print(table)
+    return count
+
