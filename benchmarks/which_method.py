@@ -1,7 +1,7 @@
 """Which method, and can I trust it? Every method's localization and faithfulness on sample_data.
 
     pip install -e '.[test]'
-    python benchmarks/which_method.py      # about 25 minutes on 2 CPU cores; writes the README's table
+    python benchmarks/which_method.py      # about 25 minutes on 2 CPU cores; writes the table in docs/methods.md
 
 Trains the Quickstart's head (`camcli train sample_data`, the default backbone), then runs
 `camcli evaluate sample_data/val` twice with every method, `--method` repeated:
@@ -53,7 +53,7 @@ def table(loc: dict, faith: dict) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "methods.md"
     content = readme.read_text()
     begin, end = "<!-- which-method:begin -->", "<!-- which-method:end -->"
     readme.write_text(content[: content.index(begin) + len(begin)] + "\n" + text + "\n" + content[content.index(end):])

@@ -49,7 +49,7 @@ def make_checkpoint(
     arch: str, weight: np.ndarray, bias: np.ndarray, class_names: list[str], preprocess: Preprocess,
     config: dict, metrics: dict, stored_backbone: dict, int8_calibration: dict | None = None,
 ) -> dict:
-    """The checkpoint dict (see the module docstring and README, "Checkpoint format").
+    """The checkpoint dict (see the module docstring and docs/checkpoint.md).
 
     Args:
         weight, bias: the GAP + linear head, (K, C) and (K,).

@@ -29,7 +29,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
-DEFAULT_RESIZE = TRAIN["resize"]  # keep-aspect; see README, "Localization": better maps, same accuracy
+DEFAULT_RESIZE = TRAIN["resize"]  # keep-aspect; see docs/localization.md: better maps, same accuracy
 MAX_ASPECT = 4.0  # keep-aspect: a longer side beyond 4x the shorter is squashed to 4x
 
 

@@ -49,6 +49,31 @@ class Batch:
     inputs: list[np.ndarray] | None = None  # the preprocessed (3, H, W) inputs (perturbation methods score them)
     fp32: np.ndarray | None = None  # (B,) bool, INT8 only: the images run again in fp32 (near ties, see CamModel.ranked)
 
+    def take(self, rows: Sequence[int]) -> Batch:
+        """The batch of the images at ``rows`` (indices into this batch) alone, without failures:
+        what a job maps one image at a time when an image costs many forward passes."""
+        rows = list(rows)
+        if rows == list(range(len(self.positions))):
+            return replace(self, failures=[])
+        pick = np.asarray(rows, np.int64)
+
+        def some(values):
+            return None if values is None else [values[b] for b in rows]
+
+        return Batch([self.positions[b] for b in rows], self.logits[pick],
+                     None if self.features is None else self.features[pick], [self.sizes[b] for b in rows],
+                     some(self.originals), [], some(self.inputs), None if self.fp32 is None else self.fp32[pick])
+
+
+def map_groups(count: int, method: str, smooth: Sequence[str] = (), one_at_a_time: bool = False) -> list[list[int]]:
+    """The rows of a batch of ``count`` images, in the groups a job maps together: one image at a
+    time when each costs many forward passes (``method`` Score-CAM, aug-smooth, or
+    ``one_at_a_time``: the faithfulness curves), so results and progress come per image; else the
+    whole batch at once."""
+    if one_at_a_time or "aug" in smooth or methods.get(method).many_passes:
+        return [[b] for b in range(count)]
+    return [list(range(count))]
+
 
 SMOOTHING = ("aug", "eigen")  # batch_maps' smooth options (pytorch-grad-cam's aug_smooth and eigen_smooth)
 
@@ -207,19 +232,22 @@ class Model:
         return *self.forward(tensors, maps), None
 
     def _maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None,
+              top_channels: int | None = None) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) raw maps of ``classes`` (B, J) from :meth:`forward`'s middle value
         (``inputs``: the images' model inputs, which perturbation methods score; ``eigen_smooth``:
-        see :func:`camcli.cam.combine`; ``exact``: as :meth:`forward`, for the methods that run it)."""
+        see :func:`camcli.cam.combine`; ``exact``: as :meth:`forward`, for the methods that run it;
+        ``top_channels``: Score-CAM on that many channels, see :func:`scorecam_maps`)."""
         raise NotImplementedError
 
     def _method_maps(self, feats, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-                     inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
+                     inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None,
+                     top_channels: int | None = None) -> list[np.ndarray]:
         """:meth:`_maps`, or a baseline's map (from each image's input alone, the same for every
         class; see :mod:`camcli.methods`)."""
         entry = methods.get(method)
         if not entry.baseline:
-            return self._maps(feats, sizes, classes, method, inputs, eigen_smooth, exact)
+            return self._maps(feats, sizes, classes, method, inputs, eigen_smooth, exact, top_channels)
         if inputs is None:
             raise ValueError(f"{method} needs the batch's inputs (Batch.inputs)")
         make = getattr(cam, entry.function)
@@ -258,7 +286,8 @@ class Model:
             yield Batch(positions, logits, feats, sizes, originals, failures, tensors, fp32)
 
     def batch_maps(
-        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto", smooth: Sequence[str] = ()
+        self, batch: Batch, classes: np.ndarray, cam_sizes: Sequence[int] = (), method: str = "auto", smooth: Sequence[str] = (),
+        top_channels: int | None = None,
     ) -> list[np.ndarray]:
         """Class activation maps for each image of a batch.
 
@@ -288,7 +317,7 @@ class Model:
         eigen, aug = "eigen" in smooth, "aug" in smooth
         exact = batch.fp32  # INT8's near ties: every pass of theirs runs in fp32, as their ranking did
         if not cam_sizes and not aug:
-            return self._method_maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen, exact)
+            return self._method_maps(batch.features, batch.sizes, classes, method, batch.inputs, eigen, exact, top_channels)
         if cam_sizes and any(o is None for o in batch.originals):
             raise ValueError("cam_sizes needs batches made with keep_images=True")
         per_scale = []
@@ -299,10 +328,10 @@ class Model:
                 pre = replace(self.preprocess, img_size=size)
                 inputs = [pre(o) for o in batch.originals]
             if aug:
-                per_scale.append(self._augmented_maps(inputs, classes, method, eigen, exact))
+                per_scale.append(self._augmented_maps(inputs, classes, method, eigen, exact, top_channels))
                 continue
             _, feats, sizes = self.forward(inputs, exact=exact)
-            per_scale.append(self._method_maps(feats, sizes, classes, method, inputs, eigen, exact))
+            per_scale.append(self._method_maps(feats, sizes, classes, method, inputs, eigen, exact, top_channels))
         if len(per_scale) == 1:
             return per_scale[0]
         fused = []
@@ -313,7 +342,7 @@ class Model:
         return fused
 
     def _augmented_maps(self, inputs: list[np.ndarray], classes: np.ndarray, method: str, eigen: bool,
-                        exact: Exact = None) -> list[np.ndarray]:
+                        exact: Exact = None, top_channels: int | None = None) -> list[np.ndarray]:
         """pytorch-grad-cam's ``aug_smooth``: the mean of the normalized maps of the inputs flipped
         or not (horizontally) times 0.9, 1 and 1.1, each flipped back."""
         total: list[np.ndarray] | None = None
@@ -321,7 +350,7 @@ class Model:
             for factor in (0.9, 1.0, 1.1):
                 augmented = [np.ascontiguousarray((x[:, :, ::-1] if flip else x) * np.float32(factor)) for x in inputs]
                 _, feats, sizes = self.forward(augmented, exact=exact)
-                maps = self._method_maps(feats, sizes, classes, method, augmented, eigen, exact)
+                maps = self._method_maps(feats, sizes, classes, method, augmented, eigen, exact, top_channels)
                 maps = [cam.normalize_maps(m[..., ::-1] if flip else m) for m in maps]
                 total = maps if total is None else [t + m for t, m in zip(total, maps)]
         return [(t / 6).astype(np.float32) for t in total]
@@ -534,10 +563,11 @@ class CamModel(Model):
             return cam.pooled_logits(feats, self.weight, self.bias, sizes), feats, sizes
 
     def _maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact: Exact = None,
+              top_channels: int | None = None) -> list[np.ndarray]:
         """Per image (J, h_i, w_i) maps of ``classes`` from packed (N, C, h, w) features."""
         if methods.get(method).perturbation:
-            return self._perturbation_maps(feats, sizes, classes, method, inputs, eigen_smooth, exact)
+            return self._perturbation_maps(feats, sizes, classes, method, inputs, eigen_smooth, exact, top_channels)
         if not methods.get(method).gradients:
             if not eigen_smooth:
                 return _crop(cam.class_maps(feats, self.weight, classes), sizes)
@@ -561,7 +591,8 @@ class CamModel(Model):
         return np.broadcast_to((row / (shape[1] * shape[2]))[:, None, None], shape)
 
     def _perturbation_maps(self, feats: np.ndarray, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-                           inputs: list[np.ndarray] | None, eigen_smooth: bool = False, exact: Exact = None) -> list[np.ndarray]:
+                           inputs: list[np.ndarray] | None, eigen_smooth: bool = False, exact: Exact = None,
+                           top_channels: int | None = None) -> list[np.ndarray]:
         """Score-CAM (the input masked by each channel, scored in chunks through :meth:`forward`, so
         on ONNX Runtime or PyTorch) and Ablation-CAM (closed form through the head, see
         :func:`camcli.cam.ablationcam_map`)."""
@@ -577,7 +608,7 @@ class CamModel(Model):
             if inputs is None:
                 raise ValueError("scorecam needs the batch's inputs (Batch.inputs)")
             out.append(scorecam_maps(acts, inputs[i], classes[i], lambda xs, e=bool(exact[i]): self.forward(xs, False, e)[0],
-                                     eigen_smooth))
+                                     eigen_smooth, top_channels))
         return out
 
 
@@ -585,23 +616,33 @@ SCORECAM_CHUNK = 32  # masked inputs per forward call: bounds memory (each is a 
 
 
 def scorecam_maps(acts: np.ndarray, x: np.ndarray, classes: np.ndarray, logits_of: Callable[[list[np.ndarray]], np.ndarray],
-                  eigen_smooth: bool = False) -> np.ndarray:
+                  eigen_smooth: bool = False, top_channels: int | None = None) -> np.ndarray:
     """Score-CAM maps (J, h, w) of one image's ``classes`` (J,): ``acts`` (C, h, w) the target
     layer's activations, ``x`` (3, H, W) its input, ``logits_of`` a list of inputs -> (N, K) logits.
 
     A channel that is constant over the grid (after a ReLU, most often all zeros: about half of
     EfficientNet-Lite0's 1280 on a photograph) has an all-zero mask, so every such channel scores
-    the same all-zero input: it is scored once. The others go in chunks of :data:`SCORECAM_CHUNK`.
+    the same all-zero input: it is scored once. The masks of the others are made and scored
+    :data:`SCORECAM_CHUNK` at a time, in float32, so memory does not grow with the channel count.
+
+    ``top_channels``: Faster Score-CAM (Wang et al. 2020's follow-up; tf-keras-vis's ``max_N``):
+    only the K channels of largest activation variance over the grid are scored and weighed (the
+    softmax runs over them), K forward passes instead of up to C.
     """
-    masks = cam.scorecam_masks(acts, x.shape[-2:])
-    varying = np.flatnonzero(masks.reshape(len(masks), -1).max(axis=1) > 0)
-    constant = len(varying) < len(masks)
-    inputs = [x[None] * masks[varying[k : k + SCORECAM_CHUNK], None] for k in range(0, len(varying), SCORECAM_CHUNK)]
+    if top_channels is not None and top_channels < len(acts):
+        variance = acts.reshape(len(acts), -1).astype(np.float64).var(axis=1)
+        acts = acts[np.sort(np.argsort(-variance, kind="stable")[:top_channels])]
+    scores = np.empty((len(acts), len(classes)), np.float32)
+    constant: list[int] = []
+    for start in range(0, len(acts), SCORECAM_CHUNK):
+        masks = cam.scorecam_masks(acts[start : start + SCORECAM_CHUNK], x.shape[-2:])
+        varying = masks.reshape(len(masks), -1).max(axis=1) > 0
+        constant += (start + np.flatnonzero(~varying)).tolist()
+        if varying.any():
+            masked = x[None] * masks[varying, None]  # (m, 3, H, W) float32
+            scores[start + np.flatnonzero(varying)] = logits_of(list(masked))[:, classes]
     if constant:
-        inputs.append(np.zeros((1, *x.shape), np.float32))
-    scored = np.concatenate([logits_of(list(chunk))[:, classes] for chunk in inputs])  # (unique inputs, J)
-    scores = np.repeat(scored[-1:], len(masks), axis=0) if constant else np.empty((len(masks), len(classes)), np.float32)
-    scores[varying] = scored[: len(varying)]
+        scores[constant] = logits_of([np.zeros(x.shape, np.float32)])[0, classes]
     return np.stack([cam.scorecam_map(acts, scores[:, j], eigen_smooth) for j in range(len(classes))])
 
 

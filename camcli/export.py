@@ -9,7 +9,7 @@ and ONNX Runtime alone (Python, C++, a browser) runs it.
 
 Metadata (``metadata_props``): ``camcli_version``, ``arch``, ``class_names`` (JSON list),
 ``preprocess`` (JSON: img_size, mean, std, resize, stride, interpolation, color,
-exif_orientation; see README "Checkpoint format"), ``outputs`` (a one-line description),
+exif_orientation; see docs/checkpoint.md), ``outputs`` (a one-line description),
 and ``precision`` = int8 in an INT8 model (the backbone's static INT8 graph, see
 :mod:`camcli.quantize`; an fp32 file is as it was before INT8 existed), with ``int8_tie_margin``:
 the logit gap between the two best classes under which camcli runs an image again in fp32 (the

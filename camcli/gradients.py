@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from camcli import cam, methods
+from camcli import cam, methods, progress
 from camcli.backbones import Classifier
 from camcli.data import Preprocess
 from camcli.engine import CamModel, Model, scorecam_maps
@@ -133,6 +133,7 @@ class GradModel(Model):
         chunks = [(shape, rows[i : i + step]) for shape, rows in shapes.items() for i in range(0, len(rows), step)]
         for shape, rows in chunks:
             group = self._run(np.stack([tensors[i] for i in rows]), maps)
+            progress.add_passes(len(rows))
             if group.logits.shape[-1] != self.num_classes:
                 raise CamcliError(f"{self.arch} gives {group.logits.shape[-1]} scores per image but {self.num_classes} class names "
                                   "were given")
@@ -201,9 +202,10 @@ class GradModel(Model):
                           f"layer before the head ({self.listing})")
 
     def _maps(self, graph: Graph, sizes: list[tuple[int, int]], classes: np.ndarray, method: str,
-              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact=None) -> list[np.ndarray]:
+              inputs: list[np.ndarray] | None = None, eigen_smooth: bool = False, exact=None,
+              top_channels: int | None = None) -> list[np.ndarray]:
         if method == "scorecam":
-            return self._scorecam_maps(graph, classes, inputs, eigen_smooth)
+            return self._scorecam_maps(graph, classes, inputs, eigen_smooth, top_channels)
         if not methods.get(method).gradients:
             raise ValueError(f"not a gradient method: {method!r}")
         if any(not g.leaf.requires_grad for g in graph.groups):
@@ -229,7 +231,7 @@ class GradModel(Model):
         return [np.stack(maps).astype(np.float32) for maps in out]
 
     def _scorecam_maps(self, graph: Graph, classes: np.ndarray, inputs: list[np.ndarray] | None,
-                       eigen_smooth: bool) -> list[np.ndarray]:
+                       eigen_smooth: bool, top_channels: int | None = None) -> list[np.ndarray]:
         """Score-CAM at the target layer: its activations mask the input, the whole classifier
         scores the masked inputs (see :func:`camcli.engine.scorecam_maps`)."""
         if inputs is None:
@@ -242,7 +244,7 @@ class GradModel(Model):
                 if row in where:
                     i = where[row]
                     out[i] = scorecam_maps(acts[k], inputs[i], classes[i], lambda xs: self.forward(xs, maps=False)[0],
-                                           eigen_smooth).astype(np.float32)
+                                           eigen_smooth, top_channels).astype(np.float32)
         return out
 
     def _activations(self, group: _Group) -> np.ndarray:

@@ -43,7 +43,7 @@ from camcli.defaults import (
     PAPER_THRESHOLD,
     TOP_K,
 )
-from camcli.engine import Batch, Model, check_smooth, extract_features, image_batches
+from camcli.engine import Batch, Model, check_smooth, extract_features, image_batches, map_groups
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally, require_scipy
@@ -76,6 +76,12 @@ def check_common(job) -> None:
         if name != methods.AUTO:
             methods.get(name)
     check_smooth(getattr(job, "smooth", ()))
+    top = getattr(job, "top_channels", None)
+    if top is not None:
+        if top < 1:
+            raise CamcliError(f"`top_channels` must be at least 1, got {top}")
+        if "scorecam" not in method_names(job.method):
+            raise CamcliError("`top_channels` bounds Score-CAM's passes: it goes with `method` scorecam")
 
 
 def int8_key(model: Model, batch: Batch | None = None, b: int = 0) -> dict:
@@ -85,6 +91,23 @@ def int8_key(model: Model, batch: Batch | None = None, b: int = 0) -> dict:
     if model.precision != "int8":
         return {}
     return {"precision": "fp32" if batch is not None and batch.fp32 is not None and batch.fp32[b] else "int8"}
+
+
+def scorecam_cost(model: Model, images: int, top_channels: int | None = None) -> tuple[int | None, float]:
+    """What Score-CAM will cost on ``images`` images, before the run: (at most how many forward
+    passes, None when the target layer's channel count is not known before a pass (a gradient
+    model); about how many seconds a pass takes here, timed on 4 blank inputs at the model's input size)."""
+    size = model.preprocess.img_size
+    blank = [np.zeros((3, size, size), np.float32)] * 4
+    model.forward(blank[:1], False)  # a first run pays for set-up (ONNX Runtime's arena): not timed
+    clock = time.perf_counter()
+    model.forward(blank, False)
+    seconds = (time.perf_counter() - clock) / len(blank)
+    weight = getattr(model, "weight", None)
+    channels = None if getattr(model, "layer", None) is not None or weight is None else int(weight.shape[1])
+    if channels is not None and top_channels is not None:
+        channels = min(channels, top_channels)
+    return (None if channels is None else channels * images), seconds
 
 
 def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
@@ -117,6 +140,8 @@ class PredictJob:
         boxes: add ``box`` (original-image pixels), ``box_label``, ``box_threshold`` and ``method``.
         box_threshold: None: the checkpoint's calibrated one, else 0.2.
         cam_sizes: compute the boxes' maps at these input sizes (see :meth:`Model.batch_maps`).
+        top_channels: with Score-CAM, only the K channels of largest activation variance are
+            scored (see :func:`camcli.engine.scorecam_maps`); None: every channel.
         method: ``auto`` or a registered method (see :mod:`camcli.methods`).
         chunk_size: images taken at a time from a lazy input (a folder walk, stdin), so the
             first rows come before the walk is finished.
@@ -131,6 +156,7 @@ class PredictJob:
     workers: int = 0
     chunk_size: int = 1024
     smooth: Sequence[str] = ()
+    top_channels: int | None = None
     stage: ClassVar[str] = "predict"
 
     def validate(self) -> None:
@@ -155,7 +181,7 @@ class PredictJob:
                         for b, (pos, preds) in enumerate(zip(batch.positions, model.rank(batch.logits, self.top_k)))}
                 if self.boxes and batch.positions:
                     top1 = batch.logits.argmax(axis=1)[:, None]
-                    maps = model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth)
+                    maps = model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth, self.top_channels)
                     for b, (pos, cam_map) in enumerate(zip(batch.positions, maps)):
                         heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
                         rows[pos].update(box=largest_component_box(heat, self.box_threshold),
@@ -201,6 +227,8 @@ class OverlayJob:
         cam_sizes: compute the maps at these input sizes (fused when several) instead of
             from the ranking pass; see :meth:`Model.batch_maps`.
         reserved: paths the job writes otherwise (the results file), never an overlay.
+        top_channels: with Score-CAM, only the K channels of largest activation variance are
+            scored (see :func:`camcli.engine.scorecam_maps`); None: every channel.
         method: ``auto`` or a registered method (see :mod:`camcli.methods`).
         normalize: how the heatmaps are scaled for display (see :func:`camcli.cam.display_maps`).
         writers: threads that colour, blend, encode and write (OpenCV releases the GIL), so the
@@ -229,6 +257,7 @@ class OverlayJob:
     writers: int = 2
     rows_kept: frozenset[str] | None = None
     smooth: Sequence[str] = ()
+    top_channels: int | None = None
     plan: OverlayPlan | None = None
     stage: ClassVar[str] = "overlay"
 
@@ -294,49 +323,74 @@ class OverlayJob:
         guard = names.guard
         pending: deque[tuple[dict, Future | None]] = deque()
 
-        def finish_oldest() -> dict:
-            row, future = pending.popleft()
-            if future is not None:  # None: an input that could not be read, its row is complete
-                outputs, box = future.result()
-                row = {**row, "outputs": [str(p) for p in outputs], "box": box}
-            return row
+        def finished(wait: bool) -> Iterator[dict]:
+            """The rows of the oldest images whose files are written (``wait``: all of them, waiting
+            for their writes), in input order."""
+            while pending and (wait or pending[0][1] is None or pending[0][1].done()):
+                row, future = pending.popleft()
+                if future is not None:  # None: an input that could not be read, its row is complete
+                    outputs, box = future.result()
+                    row = {**row, "outputs": [str(p) for p in outputs], "box": box}
+                yield row
 
         with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="camcli-writer") as pool:
             try:
                 for batch in model.batches([i.path for i in images], self.batch_size, self.workers, keep_images=True,
                                            cam_sizes=self.cam_sizes):
-                    if batch.positions:  # else every image of this batch failed: only failure rows below
+                    # the previous batch's files were written while this batch was decoded and ranked: their rows
+                    # go out before this batch's maps, so a row is never held back behind a long computation
+                    yield from finished(wait=True)
+                    rows: dict[int, tuple[dict, Future | None]] = {
+                        pos: ({"path": str(images[pos].path), "predictions": [], "outputs": [], "box": None, "error": why}, None)
+                        for pos, why in batch.failures}
+                    if batch.positions:
                         if plan.maps_k:
                             classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, : plan.maps_k]
                         else:
                             classes = np.array([plan.chosen or [int(row.argmax())] for row in batch.logits], np.int64)
                         probs, ranked = softmax(batch.logits), model.rank(batch.logits, self.top_k)
-                        maps = model.batch_maps(batch, classes, self.cam_sizes, plan.method, self.smooth)
-                    entries = {pos: (b, None) for b, pos in enumerate(batch.positions)}
-                    entries.update({pos: (None, why) for pos, why in batch.failures})
-                    for pos in sorted(entries):
-                        b, why = entries[pos]
-                        path = str(images[pos].path)
-                        if why is not None:
-                            pending.append(({"path": path, "predictions": [], "outputs": [], "box": None, "error": why}, None))
-                            continue
-                        mapped = classes[b].tolist()
-                        paths = names.paths(pos, [model.class_names[c] for c in mapped])
-                        future = pool.submit(write_overlays, batch.originals[b], maps[b], mapped, probs[b], model.class_names,
-                                             paths, self, plan.threshold, guard.recorder, plan.method)
-                        row = {"path": path, "predictions": ranked[b], **int8_key(model, batch, b),
-                               "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold, "method": plan.method,
-                               "normalize": self.normalize,
-                               **({"smooth": list(self.smooth)} if self.smooth else {})}
-                        pending.append((row, future))
-                    while len(pending) > self.batch_size or (pending and (pending[0][1] is None or pending[0][1].done())):
-                        yield finish_oldest()
-                while pending:
-                    yield finish_oldest()
+                    for group in map_groups(len(batch.positions), plan.method, self.smooth) if batch.positions else ():
+                        maps = model.batch_maps(batch.take(group), classes[group], self.cam_sizes, plan.method, self.smooth,
+                                                self.top_channels)
+                        for b, cam_map in zip(group, maps):
+                            pos, mapped = batch.positions[b], classes[b].tolist()
+                            paths = names.paths(pos, [model.class_names[c] for c in mapped])
+                            future = pool.submit(write_overlays, batch.originals[b], cam_map, mapped, probs[b], model.class_names,
+                                                 paths, self, plan.threshold, guard.recorder, plan.method)
+                            rows[pos] = ({"path": str(images[pos].path), "predictions": ranked[b], **int8_key(model, batch, b),
+                                          "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold,
+                                          "method": plan.method, "normalize": self.normalize,
+                                          **({"smooth": list(self.smooth)} if self.smooth else {})}, future)
+                        if len(group) < len(batch.positions):  # one image at a time: its row before the next one's maps
+                            pending.extend(rows.pop(pos) for pos in sorted(rows) if pos <= batch.positions[group[-1]])
+                            yield from finished(wait=True)
+                    pending.extend(rows[pos] for pos in sorted(rows))
+                    yield from finished(wait=False)
+                yield from finished(wait=True)
+            except KeyboardInterrupt:
+                # Ctrl-C: the writes not started are cancelled; the rows of the files that are written go out first
+                for _, future in pending:
+                    if future is not None:
+                        future.cancel()
+                while pending and (pending[0][1] is None or not pending[0][1].cancelled()):
+                    yield from finished_one(pending)
+                raise
             finally:
                 for _, future in pending:
                     if future is not None:
                         future.cancel()  # the ones running finish (and record) before the pool closes
+
+
+def finished_one(pending: deque) -> Iterator[dict]:
+    """The oldest pending overlay row, once its files are written (see :meth:`OverlayJob.run`)."""
+    row, future = pending.popleft()
+    if future is not None:
+        try:
+            outputs, box = future.result()
+        except Exception:  # noqa: BLE001 - a write that failed during Ctrl-C: no row (its error goes with the interruption)
+            return
+        row = {**row, "outputs": [str(p) for p in outputs], "box": box}
+    yield row
 
 
 # ---------------------------------------------------------------- evaluate
@@ -363,6 +417,8 @@ class EvaluateJob:
         faithfulness: also score the map of each image's predicted class by what the model does
             when the input is perturbed by it (see :mod:`camcli.faithfulness`); DATA may then be a
             plain folder of images (no labels: no accuracy).
+        top_channels: with Score-CAM, only the K channels of largest activation variance are
+            scored (see :func:`camcli.engine.scorecam_maps`); None: every channel.
         method: ``auto``, a registered method, or several (compared side by side: the metrics of
             each in ``by_method``, the first one's also at the top level); :meth:`bind` makes it
             the tuple of resolved names.
@@ -383,6 +439,7 @@ class EvaluateJob:
     faithfulness: bool = False
     labeled: bool = True
     smooth: Sequence[str] = ()
+    top_channels: int | None = None
     run_dir: Path | None = field(default=None, repr=False)
     guard: OutputGuard | None = field(default=None, repr=False)
     stage: ClassVar[str] = "evaluate"
@@ -451,7 +508,8 @@ class EvaluateJob:
         return len(part["true"])
 
     def run(self, model: Model, samples: Sequence[tuple[Path, int]]) -> Iterator[dict]:
-        """Per batch: ``{"true": classes, "pred": predicted classes, "by_method": {method: {"tally":
+        """Per batch, or per image when each costs many forward passes (faithfulness, Score-CAM,
+        aug-smooth): ``{"true": classes, "pred": predicted classes, "by_method": {method: {"tally":
         LocalizationTally, "faithfulness": FaithfulnessTally, "seconds": map seconds}}}``."""
         boxes = self.boxes
         maps_at_sizes = bool(boxes) or (self.faithfulness and bool(self.cam_sizes))
@@ -459,37 +517,46 @@ class EvaluateJob:
                                    cam_sizes=self.cam_sizes if maps_at_sizes else ()):
             if batch.failures:
                 raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
-            labels = [samples[i][1] for i in batch.positions]
-            predicted = batch.logits.argmax(axis=1).tolist()
-            probs = softmax(batch.logits)
-            by_method = {}
-            for method in method_names(self.method):
-                tally, faith, seconds = LocalizationTally(self.box_threshold), FaithfulnessTally(), 0.0
-                if not batch.positions or not (self.faithfulness or boxes):
-                    by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
-                    continue
-                # one call maps both the predicted class (faithfulness) and the true one (boxes): Score-CAM's
-                # masked inputs, aug-smooth's passes and the cam sizes' forward passes serve both
-                columns = ([predicted] if self.faithfulness else []) + ([labels] if boxes else [])
-                clock = time.perf_counter()
-                maps = model.batch_maps(batch, np.array(columns, np.int64).T, self.cam_sizes, method, self.smooth)
-                seconds += time.perf_counter() - clock
-                if self.faithfulness:
-                    exact = batch.fp32 if batch.fp32 is not None else np.zeros(len(maps), bool)  # INT8's near ties: fp32
-                    for b, cam_map in enumerate(maps):
-                        c = predicted[b]
-                        faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
-                                  lambda xs, c=c, e=exact[b]: softmax(model.forward(list(xs), False, e)[0])[:, c])
-                if boxes:
-                    for b, pos in enumerate(batch.positions):
-                        rel = samples[pos][0].relative_to(self.data).as_posix()
-                        if rel not in boxes:
-                            continue
-                        check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
-                        tally.add(heatmap(maps[b][-1], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
+            names = method_names(self.method)
+            slow = self.faithfulness or any(methods.get(m).many_passes for m in names)
+            groups = map_groups(len(batch.positions), names[0], self.smooth, one_at_a_time=slow) if batch.positions else [[]]
+            for group in groups:  # one image at a time when each costs many passes: a part (and progress) per image
+                yield self._part(model, batch.take(group), samples)
+
+    def _part(self, model: Model, batch: Batch, samples: Sequence[tuple[Path, int]]) -> dict:
+        """The tallies of one batch (or one image of it) for every method."""
+        boxes = self.boxes
+        labels = [samples[i][1] for i in batch.positions]
+        predicted = batch.logits.argmax(axis=1).tolist()
+        probs = softmax(batch.logits)
+        by_method = {}
+        for method in method_names(self.method):
+            tally, faith, seconds = LocalizationTally(self.box_threshold), FaithfulnessTally(), 0.0
+            if not batch.positions or not (self.faithfulness or boxes):
                 by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
-            yield {"true": labels, "pred": predicted, "by_method": by_method,
-                   "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0}
+                continue
+            # one call maps both the predicted class (faithfulness) and the true one (boxes): Score-CAM's
+            # masked inputs, aug-smooth's passes and the cam sizes' forward passes serve both
+            columns = ([predicted] if self.faithfulness else []) + ([labels] if boxes else [])
+            clock = time.perf_counter()
+            maps = model.batch_maps(batch, np.array(columns, np.int64).T, self.cam_sizes, method, self.smooth, self.top_channels)
+            seconds += time.perf_counter() - clock
+            if self.faithfulness:
+                exact = batch.fp32 if batch.fp32 is not None else np.zeros(len(maps), bool)  # INT8's near ties: fp32
+                for b, cam_map in enumerate(maps):
+                    c = predicted[b]
+                    faith.add(batch.inputs[b], cam_map[0], float(probs[b, c]),
+                              lambda xs, c=c, e=exact[b]: softmax(model.forward(list(xs), False, e)[0])[:, c])
+            if boxes:
+                for b, pos in enumerate(batch.positions):
+                    rel = samples[pos][0].relative_to(self.data).as_posix()
+                    if rel not in boxes:
+                        continue
+                    check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
+                    tally.add(heatmap(maps[b][-1], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
+            by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
+        return {"true": labels, "pred": predicted, "by_method": by_method,
+                "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0}
 
     def finish(self, model: Model, parts: Iterable[dict]) -> dict:
         """Merge the parts into the metrics and write the run folder; returns the metrics, with
@@ -631,6 +698,8 @@ class LocalEngine:
 def counted(job, results: Iterable, total: int | None, progress: Progress | None) -> Iterator:
     """The results, with progress counted by ``job.count`` (the same for every job and engine)."""
     done = 0
+    if progress:
+        progress(job.stage, 0, total)  # the work has started: a bar appears now, not with the first result
     for part in results:
         done += job.count(part)
         if progress:

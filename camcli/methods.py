@@ -39,6 +39,8 @@ class Method:
         target: what the gradients are of: ``class`` (the class's logit) or ``finer`` (FinerCAM's
             score: the class's logit against its most similar classes', see
             :func:`camcli.cam.finer_score_gradient`).
+        many_passes: one forward pass per channel of each image (Score-CAM): jobs map such images
+            one at a time, so rows and progress come per image; ``top_channels`` can bound it.
         baseline: a map that knows nothing of the model (noise, a centred Gaussian, the image's
             edges): a method is only to be trusted where it beats them (``evaluate``'s
             side-by-side table). Computed from the model input alone, on any head.
@@ -54,6 +56,7 @@ class Method:
     class_free: bool = False
     baseline: bool = False
     target: str = "class"
+    many_passes: bool = False
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -72,7 +75,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "(Muhammad & Yeasin 2020)", class_free=True),
     Method("eigengradcam", True, "eigengradcam_map", True, "first principal component of gradient x activation"),
     Method("scorecam", False, "scorecam_map", True, "channel weights = softmax of the class score of the input masked by each "
-           "channel: C forward passes per image (Wang et al. 2020)", perturbation=True),
+           "channel: C forward passes per image (Wang et al. 2020)", perturbation=True, many_passes=True),
     Method("ablationcam", False, "ablationcam_map", True, "channel weights = relative drop of the class score when the channel "
            "is ablated (Desai & Ramaswamy 2020)", perturbation=True),
     Method("fem", True, "fem_map", True, "channel weights = fraction of the channel above its mean + 2 std: no class, no "

@@ -40,6 +40,7 @@ ONNX Runtime alone.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import tempfile
@@ -50,11 +51,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camcli import cam
+from camcli import cam, progress
 from camcli.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Preprocess, image_header, max_file_bytes, read_image, walk_images
 from camcli.errors import CamcliError, first_line, need, os_error
 from camcli.files import atomic_write, read_bytes
-from camcli.runtime import OnnxRunner, cache_dir, cached_record, record_cache, weights_key
+from camcli.runtime import OnnxRunner, cache_dir, cached_record, onnxruntime, record_cache, weights_key
 
 RECIPE = 4  # bump when the recipe changes: cached INT8 models of another recipe are built again
 MIN_AGREEMENT = 0.97  # top-1 agreement with fp32 on the held-out calibration images
@@ -113,7 +114,7 @@ def folder_calibration(folder: str | Path, max_pixels: int | None = DEFAULT_MAX_
 
     def load(preprocess: Preprocess) -> list[np.ndarray]:
         images, first_failure = [], None
-        for path in paths:
+        for path in progress.counting("int8: reading calibration images", paths):
             try:
                 images.append(preprocess(read_image(path, max_pixels)))
             except CamcliError as exc:
@@ -215,8 +216,8 @@ def _rewrite_holds(original: bytes, rewritten: bytes) -> bool:
 def _probe(model, names: Sequence[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
     """A function of one preprocessed (3, H, W) tensor that returns the tensors ``names`` of ``model`` on it."""
     import onnx
-    import onnxruntime as ort
 
+    ort = onnxruntime()
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     probe.graph.ClearField("output")
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
@@ -390,10 +391,14 @@ def round_weights(model, tensors: Sequence[np.ndarray], convs: set[str]):
             size = 0
         chunks[-1].append(conv)
         size += need
+    done = 0
+    progress.report("int8: rounding convolutions", 0, len(targets))
     for chunk in chunks:
         statistics = _input_statistics(source, tensors, chunk, fed)
         for conv in chunk:
             _round_one(conv, inits, *statistics.pop(conv.name))
+            done += 1
+            progress.report("int8: rounding convolutions", done, len(targets))
     return model
 
 
@@ -452,7 +457,7 @@ class _Reader:
     """ONNX Runtime's calibration data reader: one preprocessed image per step."""
 
     def __init__(self, name: str, tensors: Sequence[np.ndarray]):
-        self.items = iter([{name: t[None].astype(np.float32)} for t in tensors])
+        self.items = progress.counting("int8: calibrating activations", [{name: t[None].astype(np.float32)} for t in tensors])
 
     def get_next(self):
         return next(self.items, None)
@@ -467,6 +472,7 @@ def quantize(fp32: bytes, tensors: Sequence[np.ndarray]) -> bytes:
         CamcliError: ONNX Runtime's quantizer failed.
     """
     onnx = need("onnx", "building an INT8 model (`precision` int8)")
+    onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     try:
@@ -504,9 +510,13 @@ TIE_PAIRS = 4  # those gaps: fp32's top-1 class against each of the next four, o
 MAX_RECHECKED = 0.5  # held-out images run again in fp32 (near ties) above which INT8 is refused: it would be no faster
 
 
-def _image_logits(runner, weight: np.ndarray, bias: np.ndarray, tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _image_logits(runner, weight: np.ndarray, bias: np.ndarray, tensors: Sequence[np.ndarray],
+                  ran: Callable[[], None] = lambda: None) -> tuple[np.ndarray, list[np.ndarray]]:
     """((N, K) logits, each image's (C, h, w) features) of preprocessed (3, H, W) tensors, one at a time (sizes may differ)."""
-    feats = [runner(t[None].astype(np.float32))[0] for t in tensors]
+    feats = []
+    for t in tensors:
+        feats.append(runner(t[None].astype(np.float32))[0])
+        ran()
     return np.stack([cam.pooled_logits(f[None], weight, bias)[0] for f in feats]), feats
 
 
@@ -556,13 +566,22 @@ class Check:
                 f"{self.images} held-out calibration images")
 
 
+CHECKING = "int8: checking against fp32"  # compare's progress stage (each image through both models)
+
+
 def compare(fp32, int8, weight: np.ndarray, bias: np.ndarray, calibrate: Sequence[np.ndarray],
             held_out: Sequence[np.ndarray]) -> Check:
     """Run both runners on the preprocessed (3, H, W) tensors and compare under the head (weight
     (K, C), bias (K,)): the near-tie margin from ``calibrate``, the check on ``held_out``."""
-    margin = tie_margin(_image_logits(fp32, weight, bias, calibrate)[0], _image_logits(int8, weight, bias, calibrate)[0])
-    la, fa = _image_logits(fp32, weight, bias, held_out)
-    lb, fb = _image_logits(int8, weight, bias, held_out)
+    total, done = 2 * (len(calibrate) + len(held_out)), itertools.count(1)
+    progress.report(CHECKING, 0, total)
+
+    def ran() -> None:
+        progress.report(CHECKING, next(done), total)
+
+    margin = tie_margin(_image_logits(fp32, weight, bias, calibrate, ran)[0], _image_logits(int8, weight, bias, calibrate, ran)[0])
+    la, fa = _image_logits(fp32, weight, bias, held_out, ran)
+    lb, fb = _image_logits(int8, weight, bias, held_out, ran)
     tie = near_ties(lb, margin)
     agree, corr = [], []
     for k, top in enumerate(la.argmax(axis=1)):
@@ -619,7 +638,7 @@ def entry_calibration(entry: dict, source: str) -> Calibration:
             raise CamcliError(f"{source}: its INT8 calibration entry is damaged (its offsets do not cut its bytes into "
                               "images): pass `calibration` (a folder of images like yours)")
         images = []
-        for start, end in list(zip(offsets[:-1], offsets[1:]))[:SAMPLE]:
+        for start, end in progress.counting("int8: reading calibration images", list(zip(offsets[:-1], offsets[1:]))[:SAMPLE]):
             buffer = jpeg[start:end]
             header = image_header(buffer)
             if header is None or header.width * header.height > MAX_ENTRY_PIXELS:  # it holds model-input-sized images

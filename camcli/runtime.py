@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from camcli import progress
 from camcli.defaults import BACKENDS, DEVICES
 from camcli.errors import CamcliError, first_line, need, os_error
 from camcli.files import OUTPUT_MODE, atomic_write, read_bytes
@@ -97,6 +98,17 @@ def module_state(module) -> dict[str, np.ndarray]:
     return out
 
 
+def onnxruntime():
+    """The ``onnxruntime`` module, imported with its telemetry off: on import it would otherwise
+    write a device id and a database under ``~/.cache/Microsoft/DeveloperTools`` (the variable
+    must be set before the first import; its API call comes too late). Every import of
+    ONNX Runtime in camcli goes through here, in Ray workers too."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    return ort
+
+
 class TorchRunner:
     """PyTorch eager: channels-last on the CPU and CUDA (about 2x faster on the CPU here),
     autocast to float16 on CUDA when ``amp``, batches copied from pinned memory on CUDA."""
@@ -123,7 +135,9 @@ class TorchRunner:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
-            return self.features(batch).float().cpu().contiguous().numpy()
+            out = self.features(batch).float().cpu().contiguous().numpy()
+        progress.add_passes(len(x))
+        return out
 
 
 class OnnxRunner:
@@ -134,8 +148,7 @@ class OnnxRunner:
     def __init__(self, path: Path, threads: int | None = None, model: bytes | None = None, facts: dict | None = None):
         """``model``: the file's bytes, already read (and verified, see :func:`cached_bytes`);
         ``facts``: its expected inputs and outputs as ``[[name, rank], ...]`` (refused otherwise)."""
-        import onnxruntime as ort
-
+        ort = onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("CAMCLI_THREADS") or 0) or os.cpu_count() or 1
         options.inter_op_num_threads = 1
@@ -154,7 +167,10 @@ class OnnxRunner:
         # a few images per run: ONNX Runtime's arena grows with the largest batch it has seen (1.1 GB
         # at 32 images of 224x288 for the default backbone, 250 MB at 4), and small runs are no slower
         # on the CPU (benchmarks/README.md, "memory")
-        parts = [self.session.run(None, {"image": x[i : i + ONNX_CHUNK]})[0] for i in range(0, len(x), ONNX_CHUNK)]
+        parts = []
+        for i in range(0, len(x), ONNX_CHUNK):
+            parts.append(self.session.run(None, {"image": x[i : i + ONNX_CHUNK]})[0])
+            progress.add_passes(len(parts[-1]))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -302,7 +318,7 @@ def make_runner(
         need("torch", "`backend` torch" if backend == "torch" else f"`device` {device}")
         return TorchRunner(build(), device, amp), None
     try:
-        import onnxruntime  # noqa: F401
+        onnxruntime()
     except ImportError:
         note = "onnxruntime is not installed: using PyTorch" if backend == "onnxruntime" else None
         return TorchRunner(build(), device, amp), note

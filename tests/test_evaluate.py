@@ -148,8 +148,8 @@ def test_the_sample_scenes_have_true_boxes_and_the_maps_find_the_objects(sample_
                                       "--boxes", str(SAMPLE_DATA / "val_boxes.json"), "--format", "json", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
-    # correctness floors, well below today's figures (README, "Sample data and measured figures": accuracy 1.000,
-    # pointing game 0.950, MaxBoxAcc 0.825): a broken map or ranking falls through them; the figures live in the README
+    # correctness floors, well below today's figures (docs/figures.md: accuracy 1.000,
+    # pointing game 0.950, MaxBoxAcc 0.825): a broken map or ranking falls through them; the figures live in the manual
     # and benchmarks, never in a test
     assert metrics["num_images_with_boxes"] == len(boxes) and metrics["accuracy"] >= 0.9
     assert metrics["pointing_game"] >= 0.85 and metrics["pointing_game"] > centre_baseline + 0.25

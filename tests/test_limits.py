@@ -54,7 +54,7 @@ def _refused(result, peak: float, words: str, code: int = 2) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     assert words in lines[0], lines[0]
     assert peak < PEAK_MB, f"peak {peak:.0f} MB"
-    print(f"refused at {peak:.0f} MB peak: {lines[0][:110]}")  # the README's Reliability figures (pytest -s)
+    print(f"refused at {peak:.0f} MB peak: {lines[0][:110]}")  # the manual's reliability figures (docs/reliability.md) (pytest -s)
     return lines[0]
 
 

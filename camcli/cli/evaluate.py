@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 
 from camcli.cli.app import app, report_errors
-from camcli.cli.options import CompareMapOptions, ModelOptions, RunOptions, a_value, checked, expand_groups, load_model
+from camcli.cli.options import (
+    CompareMapOptions,
+    ModelOptions,
+    RunOptions,
+    a_value,
+    checked,
+    expand_groups,
+    load_model,
+    say_scorecam_cost,
+)
 from camcli.cli.output import progress_bar, say, say_near_ties, stdout_console
 from camcli.defaults import PAPER_THRESHOLD
 from camcli.files import printable
@@ -57,13 +66,15 @@ def evaluate(
     unmatched: list[str] = []
     truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
     job = EvaluateJob(data, truth, model.checkpoint, box_threshold, mapping.sizes(), calibrate, out, run.exclude or (),
-                      mapping.methods(), run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth())
+                      mapping.methods(), run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth(),
+                     top_channels=mapping.top_channels)
     spec, engine = checked(model, job), run.make_engine()
     if unmatched and not run.quiet:
         say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "
              "their boxes are not scored")
     loaded = load_model(spec, run.quiet)
     job, samples = job.bind(loaded, notify=None if run.quiet else say)
+    say_scorecam_cost(loaded, job, len(samples), run.quiet)
     with engine, progress_bar(run.quiet) as progress:
         result = job.finish(loaded, engine.run(job, loaded, samples, progress))
     if fmt == "json":

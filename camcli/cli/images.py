@@ -20,6 +20,7 @@ from camcli.cli.options import (
     checked,
     expand_groups,
     load_model,
+    say_scorecam_cost,
 )
 from camcli.cli.output import finish, progress_bar, say, say_near_ties
 from camcli.cli.rows import emit, guard_output, previous_rows_of, same_file
@@ -51,7 +52,8 @@ def predict(
     from camcli.jobs import PredictJob
 
     job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.one_method(), run.batch_size, run.threads(),
-                     smooth=mapping.smooth())
+                     smooth=mapping.smooth(),
+                     top_channels=mapping.top_channels)
     spec, engine = checked(model, job), run.make_engine()
     guard = guard_output(rows.output, [*inputs, model.checkpoint], overwrite)
     walk = iter_images(inputs, exclude=run.exclude or ())
@@ -60,6 +62,8 @@ def predict(
         raise CamcliError(f"no images found in {', '.join(inputs)}")
     loaded = load_model(spec, run.quiet)
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
+    if job.boxes:
+        say_scorecam_cost(loaded, job, len(head), run.quiet)
     with engine, progress_bar(run.quiet) as progress:
         count, failed, near_ties = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
     say_near_ties(near_ties, count - failed, run.quiet)
@@ -116,7 +120,8 @@ def overlay(
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
                      box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.one_method(), normalize,
                      rows.top_k, run.batch_size, run.threads(),
-                     rows_kept=None if previous is None else frozenset(same_file(p) for p, _ in previous), smooth=mapping.smooth())
+                     rows_kept=None if previous is None else frozenset(same_file(p) for p, _ in previous), smooth=mapping.smooth(),
+                     top_channels=mapping.top_channels)
     spec, engine = checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
@@ -126,6 +131,7 @@ def overlay(
     guard = guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint], overwrite)
     loaded = load_model(spec, run.quiet)
     job, work = job.bind(loaded, images, None if run.quiet else say)
+    say_scorecam_cost(loaded, job, len(work), run.quiet)
     kept: list[dict] = []  # the rows of the report
     written = 0
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from camcli.cli.app import app, report_errors
 from camcli.cli.options import Quiet, a_value
-from camcli.cli.output import say, status, stdout_console
+from camcli.cli.output import progress_bar, say, stdout_console
 from camcli.cli.rows import guard_output
 from camcli.defaults import PRECISIONS
 from camcli.files import printable
@@ -45,7 +45,7 @@ def export(
     spec.validate()
     out = out or checkpoint.with_suffix(".onnx")
     guard = guard_output(out, [checkpoint], overwrite, results=False)
-    with status(f"exporting {checkpoint} to ONNX…", quiet):
+    with progress_bar(quiet, f"exporting {checkpoint} to ONNX…", announce=False):  # an INT8 build reports its stages
         measured = export_model(build_model(spec), out, guard.recorder(out))
     if measured["note"] and not quiet:
         say(measured["note"])

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from camcli import progress
 from camcli.errors import flag_names
 from camcli.files import printable
 from camcli.results import is_tty
@@ -47,54 +49,129 @@ def flag(name: str) -> str:
 
 
 LAST_PROGRESS: dict = {}  # the latest progress report, for the Ctrl-C message
+HEARTBEAT_S = 10.0  # off a terminal, a plain line at least this often while work runs
+
+
+def unit(stage: str) -> str:
+    """What a stage counts: a job's stage counts images; the library's sub-stages name their unit
+    (``int8: rounding convolutions``)."""
+    return "" if ":" in stage else " images"
+
+
+def _rate(task) -> float | None:
+    """Units per second since the stage began (when its bar appeared, or the previous stage last
+    reported): the loading and Ray's start before it do not count, and a burst of rows from one
+    batch does not make it jump. None before the first unit is done."""
+    first_done, first_time = task.fields.get("first", (0, None))
+    at = task.fields.get("at")  # when the count last moved
+    if first_time is None or at is None or task.completed <= first_done or at <= first_time:
+        return None
+    return (task.completed - first_done) / (at - first_time)
+
 
 class Rate(ProgressColumn):
-    """Images per second since the stage began (when the bar appeared, or the previous stage last
-    reported): the loading and Ray's start before it do not count, and a burst of rows from one
-    batch does not make it jump."""
+    """The stage's rate: units per second, or seconds per unit when slower than one a second."""
 
     def render(self, task) -> Text:
-        first_done, first_time = task.fields.get("first", (0, None))
-        now = task.finished_time + task.start_time if task.finished and task.finished_time else time.monotonic()
-        if first_time is None or task.completed <= first_done or now <= first_time:
+        rate = _rate(task)
+        if rate is None:
             return Text("")
-        return Text(f"{(task.completed - first_done) / (now - first_time):.1f} img/s", style="progress.data.speed")
+        return Text(f"{rate:.1f}/s" if rate >= 1 else f"{1 / rate:.1f} s each", style="progress.data.speed")
+
+
+class Remaining(ProgressColumn):
+    """Time left at the stage's rate (rich's own estimate forgets samples older than 30 s, so a
+    minute per image would never show one)."""
+
+    def render(self, task) -> Text:
+        rate = _rate(task)
+        if rate is None or task.total is None:
+            return Text("")
+        left = max(0.0, (task.total - task.completed) / rate - (time.monotonic() - task.fields["at"]))
+        return Text(f"{int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d} left", style="progress.remaining")
+
+
+class Passes(ProgressColumn):
+    """Forward passes since the stage began (every image through the backbone: Score-CAM's masked
+    inputs, the faithfulness curves, aug-smooth's copies), read on every refresh, so a screen moves
+    while one image takes a minute."""
+
+    def render(self, task) -> Text:
+        ran = progress.passes() - task.fields.get("passes", 0)
+        return Text(f"{ran:,} passes" if ran > 0 else "", style="progress.data.speed")
 
 
 def record(stage: str, done: int, total: int | None) -> None:
     LAST_PROGRESS.update(stage=stage, done=done, total=total)
 
 
+class _Lines:
+    """Progress off a terminal (CI logs): a plain line per stage at every tenth of the way, and one
+    at least every :data:`HEARTBEAT_S` seconds while work runs (from a thread), never animation."""
+
+    def __init__(self, starting: str | None):
+        self.starting, self.began = starting, time.monotonic()
+        self.last_line, self.shown = self.began, {}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="camcli-progress", daemon=True)
+
+    def line(self, text: str) -> None:
+        self.last_line = time.monotonic()
+        err.print(text)
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        record(stage, done, total)
+        step = max(1, total // 10) if total else 1000
+        if stage not in self.shown or done // step > self.shown[stage] or done == total:
+            self.shown[stage] = done // step
+            self.line(f"{stage}: {done}" + (f"/{total} ({done / total:.0%})" if total else "") + unit(stage))
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(1.0):
+            if time.monotonic() - self.last_line >= HEARTBEAT_S:
+                elapsed = f"{time.monotonic() - self.began:.0f} s"
+                if LAST_PROGRESS:
+                    done, total, stage = LAST_PROGRESS["done"], LAST_PROGRESS["total"], LAST_PROGRESS["stage"]
+                    self.line(f"{stage}: {done}" + (f"/{total}" if total else "") + f"{unit(stage)}, "
+                              f"{progress.passes():,} forward passes so far, {elapsed}")
+                else:
+                    self.line(f"{self.starting or 'working'} ({elapsed})")
+
+
 @contextmanager
-def progress_bar(quiet: bool, starting: str | None = None) -> Iterator[Callable[[str, int, int | None], None]]:
-    """A progress callback: it records how far the job got, and draws bars on stderr unless
-    quiet or stderr is not a terminal. ``starting``: what happens before the first report,
-    shown (a spinner line, or one plain line off a terminal) until it comes."""
+def progress_bar(quiet: bool, starting: str | None = None, announce: bool = True) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress callback: it records how far the job got, and shows it on stderr unless quiet.
+
+    On a terminal: a bar per stage (count, rate, forward passes, elapsed time, time left), drawn
+    from the first report (an engine reports 0 when work starts); off a terminal: plain lines (see
+    :class:`_Lines`). ``starting``: what happens before the first report, shown until it comes
+    (off a terminal: at once when ``announce``, else only in the lines every ten seconds).
+    The library's own reports (:func:`camcli.progress.report`: building an INT8 model) go to the
+    same callback for the duration."""
     LAST_PROGRESS.clear()
     if quiet:
-        yield record
+        with progress.listening(record):
+            yield record
         return
     if not err.is_terminal:
-        # CI logs: no animation, a plain line per stage at every tenth of the way
-        if starting:
-            err.print(starting)
-        shown: dict[str, int] = {}
-
-        def plain(stage: str, done: int, total: int | None) -> None:
-            record(stage, done, total)
-            step = max(1, (total or 0) // 10) if total else 1000
-            if done // step > shown.get(stage, -1) or done == total:
-                shown[stage] = done // step
-                err.print(f"{stage}: {done}" + (f"/{total} ({done / total:.0%})" if total else "") + " images")
-
-        yield plain
+        lines = _Lines(starting)
+        if starting and announce:
+            lines.line(starting)
+        lines.thread.start()
+        try:
+            with progress.listening(lines):
+                yield lines
+        finally:
+            lines.stopped.set()
         return
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(bar_width=20), MofNCompleteColumn(), Rate(), Passes(),
+               TimeElapsedColumn(), Remaining())
     # stdout is routed around the bar only when it is the same terminal: rows for a file or a pipe go there, never to stderr
     with Progress(*columns, console=err, transient=True, redirect_stdout=is_tty(sys.stdout), redirect_stderr=False) as bar:
         BARS.append(bar)
         tasks: dict[str, int] = {}
-        waiting = [bar.add_task(starting, total=None)] if starting else []
+        counts: dict[str, int] = {}  # each stage's latest count
+        waiting = [bar.add_task(starting, total=None, passes=progress.passes())] if starting else []
         last = [time.monotonic()]  # the latest report of any stage: where a new stage's clock starts
 
         def update(stage: str, done: int, total: int | None) -> None:
@@ -102,24 +179,17 @@ def progress_bar(quiet: bool, starting: str | None = None) -> Iterator[Callable[
             while waiting:
                 bar.remove_task(waiting.pop())
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, first=(0, last[0]))
+                tasks[stage] = bar.add_task(stage, total=total, first=(0, last[0]), passes=progress.passes())
             last[0] = time.monotonic()
-            bar.update(tasks[stage], completed=done)
+            moved = {"at": last[0]} if done != counts.get(stage) else {}
+            counts[stage] = done
+            bar.update(tasks[stage], completed=done, total=total, **moved)
 
         try:
-            yield update
+            with progress.listening(update):
+                yield update
         finally:
             BARS.remove(bar)
-
-
-@contextmanager
-def status(text: str, quiet: bool) -> Iterator[None]:
-    """A transient spinner line on a terminal (nothing otherwise) while something slow happens."""
-    if quiet or not err.is_terminal:
-        yield
-        return
-    with err.status(text):
-        yield
 
 
 BARS: list[Progress] = []  # the live progress display, which a table printed at the end replaces

@@ -52,6 +52,8 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
         return count, failed, near_ties
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
         count = print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
+        if interrupted and not count and not carried:
+            raise interrupted[0]  # stopped before the first row: no file (an earlier one stays as it was)
     if interrupted:
         raise interrupted[0]
     return count, failed, near_ties

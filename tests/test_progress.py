@@ -1,0 +1,141 @@
+"""The screen on slow work: a bar from the start, counts per image, something that moves at least
+once a second on a terminal and a line at least every ten seconds off one; rows of every finished
+image kept on Ctrl-C, whatever the method and batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE_DATA
+
+# Score-CAM made cheap enough for a test: a small input and 200 channels (a few seconds an image here)
+SLOW_SCORECAM = ["--method", "scorecam", "--top-channels", "200", "--img-size", "128"]
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Path:
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for name in ("astronaut_00.jpg", "astronaut_01.jpg", "astronaut_02.jpg"):
+        (folder / name).write_bytes((SAMPLE_DATA / "val" / "astronaut" / name).read_bytes())
+    return folder
+
+
+def _timed_terminal(args: list, env: dict | None = None) -> tuple[int, list[tuple[float, bytes]]]:
+    """Run camcli with stdout and stderr on a pseudo-terminal; (exit status, (seconds since start, bytes) per read)."""
+    import pty
+
+    master, slave = pty.openpty()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "camcli", *map(str, args)], stdin=subprocess.DEVNULL, stdout=slave,
+                                stderr=slave, env={**os.environ, "COLUMNS": "120", **(env or {})})
+    finally:
+        os.close(slave)
+    chunks = []
+    while True:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                chunk = b""
+            if chunk:
+                chunks.append((time.monotonic() - start, chunk))
+                continue
+        if proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(), chunks
+
+
+def _screen_checks(chunks: list[tuple[float, bytes]], stage: str, total: int) -> None:
+    """Counts per image appear before the end, and the terminal never goes quiet for more than 3 s."""
+    shown = [(t, re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", c)) for t, c in chunks]  # escape sequences dropped
+    text = b"".join(c for _, c in shown).decode(errors="replace")
+    end = chunks[-1][0]
+    for done in range(1, total):
+        seen = [t for t, c in shown if re.search(rf"{stage} .* {done}/{total} ".encode(), c)]
+        assert seen and seen[0] < end - 0.5, f"{done}/{total} never shown before the end:\n{text[-2000:]}"
+    times = [0.0] + [t for t, _ in chunks]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert max(gaps) <= 3.0, f"the terminal was silent for {max(gaps):.1f} s"
+    assert "passes" in text  # the forward passes move while an image takes several seconds
+
+
+def test_overlay_with_scorecam_counts_each_image_on_a_terminal(sample_run, three, tmp_path):
+    code, chunks = _timed_terminal(["overlay", three, "--checkpoint", sample_run / "best.safetensors", *SLOW_SCORECAM,
+                                    "--out-dir", tmp_path / "out"])
+    assert code == 0, b"".join(c for _, c in chunks).decode(errors="replace")[-2000:]
+    _screen_checks(chunks, "overlay", 3)
+    assert b"note: Score-CAM scores up to 200 forward passes per image" in b"".join(c for _, c in chunks)
+
+
+def test_evaluate_faithfulness_counts_each_image_on_a_terminal(sample_run, three, tmp_path):
+    code, chunks = _timed_terminal(["evaluate", three, "--checkpoint", sample_run / "best.safetensors", "--faithfulness",
+                                    "--img-size", "128", "--out", tmp_path / "eval"])
+    assert code == 0, b"".join(c for _, c in chunks).decode(errors="replace")[-2000:]
+    _screen_checks(chunks, "evaluate", 3)
+
+
+def test_off_a_terminal_a_line_comes_at_least_every_heartbeat(sample_run, three, tmp_path):
+    # the heartbeat scaled down to 1 s in the child, so that a few seconds of work show it
+    code = ("import sys\nimport camcli.cli.output as output\noutput.HEARTBEAT_S = 1.0\nfrom camcli.cli import main\n"
+            "sys.argv = ['camcli', *sys.argv[1:]]\nmain()")
+    proc = subprocess.Popen([sys.executable, "-c", code, "overlay", str(three), "--checkpoint", str(sample_run / "best.safetensors"),
+                             "--method", "scorecam", "--top-channels", "640", "--img-size", "128", "--batch-size", "3",
+                             "--out-dir", str(tmp_path / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    start, arrivals = time.monotonic(), []
+    for line in proc.stderr:
+        arrivals.append((time.monotonic() - start, line.rstrip()))
+    assert proc.wait() == 0, arrivals
+    beats = [line for _, line in arrivals if "forward passes so far" in line]
+    assert beats, arrivals
+    assert all(re.fullmatch(r"overlay: \d/3 images, [\d,]+ forward passes so far, \d+ s", b) for b in beats), beats
+    work = [t for t, line in arrivals if line.startswith("overlay:")]
+    assert max(b - a for a, b in zip(work, work[1:])) < 2.5  # a line at least every (scaled) heartbeat
+    assert "\x1b[" not in "".join(line for _, line in arrivals)  # no animation in a log
+
+
+@pytest.mark.parametrize("batch", ["1", "32"])
+def test_ctrl_c_keeps_a_row_for_every_overlay_written(sample_run, three, tmp_path, batch):
+    out, rows = tmp_path / "out", tmp_path / "sc.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "camcli", "overlay", str(three), "--checkpoint", str(sample_run / "best.safetensors"),
+                             *SLOW_SCORECAM, "--batch-size", batch, "--out-dir", str(out), "--output", str(rows)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("*_cam.jpg")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    written = sorted(p.name.replace("_cam.jpg", ".jpg") for p in out.rglob("*_cam.jpg"))
+    assert 0 < len(written) < 3, "the run must be stopped part-way"
+    kept = sorted(Path(json.loads(line)["path"]).name for line in rows.read_text().splitlines())
+    assert kept == written  # one whole row for each overlay on disk, and none for an image without one
+    assert re.search(r"interrupted during overlay: \d of 3 images done", stderr) and "Traceback" not in stderr
+
+
+def test_ctrl_c_before_the_first_row_leaves_no_rows_file(sample_run, three, tmp_path):
+    rows = tmp_path / "sc.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "camcli", "overlay", str(three), "--checkpoint", str(sample_run / "best.safetensors"),
+                             "--method", "scorecam", "--out-dir", str(tmp_path / "out"), "--output", str(rows)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # the cost note comes once the model is loaded, before the first image is mapped
+        if "Score-CAM scores" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert not rows.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
