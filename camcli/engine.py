@@ -359,10 +359,10 @@ class Model:
         """Index of a class name; raises CamcliError listing close names when absent."""
         if name in self.class_names:
             return self.class_names.index(name)
-        if self.num_classes <= 20:
-            raise CamcliError(f"unknown class {name!r}; the classes are: {', '.join(self.class_names)}")
         close = suggestions(name, self.class_names, 4)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        if self.num_classes <= 20:
+            raise CamcliError(f"unknown class {name!r} ({hint}the classes are: {', '.join(self.class_names)})")
         raise CamcliError(f"unknown class {name!r} ({hint}{self.num_classes} classes; `class_indices` takes an index)")
 
     def rank(self, logits: np.ndarray, top_k: int) -> list[list[dict]]:

@@ -105,7 +105,6 @@ def gradient_methods() -> tuple[str, ...]:
 
 
 def help_text() -> str:
-    """``--method``'s help, from the registry."""
-    parts = "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
-    return (f"{AUTO} (cam for a GAP + linear head, else gradcam); {parts}. Gradient maps are ReLU'd; on a GAP + linear head "
-            "their gradients are exact, no backward pass. How overlays scale them: --normalize.")
+    """``--method``'s help, from the registry: the names; what each does is in the manual (docs/methods.md)."""
+    return (f"{AUTO} (cam for a GAP + linear head, else gradcam), or one of: {', '.join(NAMES)}. What each computes, what it "
+            "costs and when to trust it: the manual's methods page (docs/methods.md).")

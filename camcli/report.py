@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 
 import cv2
@@ -90,19 +89,14 @@ def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-def check_report_path(path: Path) -> None:
-    """Reports never overwrite a file: refuse before any work is done."""
-    if os.path.lexists(path):
-        raise CamcliError(f"`report` {path} already exists; choose another name (reports never overwrite)")
-
-
-def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
+def write_overlay_report(path: Path, rows: list[dict], total: int, before_rename=None) -> None:
     """Write the overlay report for ``rows`` (overlay result rows; ``total`` rows in the job).
 
     Per image: the input and overlay thumbnails (each mapped class's, with ``--maps K``), the
     top-k predictions with probabilities, and the box. The page filters by predicted class and sorts by confidence.
+    Written atomically; ``before_rename`` records it (an :class:`camcli.files.OutputGuard`'s
+    recorder: the command checks the path like every other output, before any work).
     """
-    check_report_path(path)
     cards, labels = [], set()
     for row in rows:
         name = _esc(row["path"])
@@ -141,7 +135,7 @@ def write_overlay_report(path: Path, rows: list[dict], total: int) -> None:
     page = (_PAGE.replace("__COUNT__", str(sum(c.count("<img") for c in cards)))
             .replace("__SUMMARY__", _esc(summary)).replace("__OPTIONS__", options)
             .replace("__CARDS__", "\n".join(cards)))
-    atomic_write(Path(path), page)
+    atomic_write(Path(path), page, before_rename)
 
 
 

@@ -42,13 +42,22 @@ def test_report_is_self_contained_and_counts_what_it_left_out(report):
         assert row["path"] in page and row["predictions"][0]["label"] in page
 
 
-def test_report_never_overwrites(sample_run, tmp_path):
+def test_a_report_is_replaced_as_every_other_output(sample_run, tmp_path):
     existing = tmp_path / "r.html"
     existing.write_text("mine")
-    result = runner.invoke(app, ["overlay", str(SAMPLE_DATA / "val" / "cat"), "--checkpoint", str(sample_run / "best.safetensors"),
-                                 "--out-dir", str(tmp_path / "o"), "--report", str(existing)])
-    assert result.exit_code == 2 and "never overwrite" in result.stderr
-    assert existing.read_text() == "mine" and not (tmp_path / "o").exists()
+    args = ["overlay", str(SAMPLE_DATA / "val" / "cat"), "--checkpoint", str(sample_run / "best.safetensors"),
+            "--out-dir", str(tmp_path / "o"), "--report", str(existing)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr and "camcli overlay --help" in result.stderr
+    assert existing.read_text() == "mine" and not (tmp_path / "o").exists()  # refused before any work
+    forced = runner.invoke(app, [*args, "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+    assert "<html" in existing.read_text().lower()
+    again = runner.invoke(app, args)  # camcli's own report: replaced as the overlays are, with or without --overwrite
+    assert again.exit_code == 0, again.output
+    rerun = runner.invoke(app, [*args, "--overwrite"])
+    assert rerun.exit_code == 0, rerun.output
+    assert "cat_00.jpg" in existing.read_text()
 
 
 def _render(path: Path, tmp_path: Path) -> tuple[str, list[str]]:

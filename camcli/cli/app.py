@@ -11,11 +11,11 @@ from typing import Annotated
 
 import typer
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from camcli import __version__
 from camcli.cli.output import LAST_PROGRESS, err, flag
-from camcli.errors import CamcliError, InputMistake, first_line, flag_names, missing_extra, os_error, suggestions
+from camcli.errors import CamcliError, first_line, flag_names, missing_extra, os_error, suggestions
 from camcli.files import printable
 
 # click's exception classes (typer vendors click, and exports only some of them)
@@ -23,9 +23,30 @@ ClickException, UsageError = (next(c for c in typer.BadParameter.__mro__ if c.__
                                  for name in ("ClickException", "UsageError"))
 
 
+class PlainArgument(TyperArgument):
+    """An argument as usage lines conventionally show it (``INPUT...``), not as typer does
+    (``{input}...`` on the usage line, ``input <list[str]>`` in the help)."""
+
+    def _rich_display_name(self) -> str:
+        return self.display_name_raw.upper() + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        return self._rich_display_name() if self.required else f"[{self._rich_display_name()}]"
+
+    def display_type(self, ctx) -> str:
+        return ""
+
+
 class OneLineErrors(TyperGroup):
     """Usage errors (an unknown option, a value outside the choices) in one line, exit 2, as every
     other camcli error; click would print the usage, a hint and the error on four lines."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        for param in getattr(command, "params", ()):
+            if type(param) is TyperArgument:
+                param.__class__ = PlainArgument
+        return command
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -81,8 +102,10 @@ def report_errors(command: Callable) -> Callable:
                 exc = missing_extra(exc.name or first_line(exc), f"camcli {command.__name__}")
             if isinstance(exc, OSError):  # a file-system failure no library call turned into a CamcliError
                 exc = os_error(exc, f"cannot use {exc.filename}" if exc.filename else "a file operation failed")
-            usage = f" (see camcli {command.__name__} --help)" if isinstance(exc, InputMistake) else ""
-            err.print(Text.assemble(("error:", "red"), " ", printable(flag_names(str(exc), flag) + usage)))
+            # a mistake in the request (exit 2) says where the usage is explained; a refusal of the environment (3) does not
+            message = flag_names(str(exc), flag)
+            usage = f" (see camcli {command.__name__} --help)" if exc.exit_code == 2 and "--help" not in message else ""
+            err.print(Text.assemble(("error:", "red"), " ", printable(message + usage)))
             if getattr(exc, "exit_now", False):  # a thread stuck in native code (Ray's connection) would crash the exit
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -91,18 +91,16 @@ def overlay(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files camcli did not write.")] = False,
     box_threshold: BoxThreshold = None,
     draw_box: Annotated[bool, typer.Option("--draw-box", help="Draw the box on the overlay.")] = False,
-    normalize: Annotated[Literal[NORMALIZATIONS], typer.Option(help="Heatmap scale: shared (ReLU, one scale for all maps of an "
-        "image, so weak classes look weak: cam's maps share the logit's scale; a gradient method's map is scaled to its own "
-        "maximum times its probability relative to the most probable mapped class), relu (ReLU, each map to its own maximum) "
-        "or minmax (each map on its own, no ReLU: the "
-        "original tutorial's, where a class without evidence still shows a hot region). Boxes always threshold the min-max "
-        "map.")] = "shared",
+    normalize: Annotated[Literal[NORMALIZATIONS], typer.Option(help="Heatmap colour scale: shared (one scale for all the maps of "
+        "an image, so their colours compare; a map's hottest spot is not its probability), relu (each map to its own maximum) or "
+        "minmax (no ReLU: a class without evidence still shows a hot region); see the manual's overlay page.")] = "shared",
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Resume: only process inputs whose outputs camcli has not "
         "written yet.")] = False,
     maps: Annotated[int, typer.Option("--maps", help="Write the maps of the top-K classes: "
         "<stem>_cam_<rank>_<label>.<ext> (0: the classes of --class, else the top-1's, as <stem>_cam.<ext>).")] = 0,
     report: Annotated[Optional[Path], typer.Option(
-        callback=a_value, help="Also write a self-contained HTML report here (never overwrites a file).")] = None,
+        callback=a_value, help="Also write a self-contained HTML report here (replaces a report camcli wrote; another file only with "
+        "--overwrite).")] = None,
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
     run: RunOptions = None,
     rows: RowOptions = None,
@@ -114,7 +112,7 @@ def overlay(
     """
     from camcli.data import find_images
     from camcli.jobs import OverlayJob
-    from camcli.report import check_report_path, write_overlay_report
+    from camcli.report import write_overlay_report
 
     previous = previous_rows_of(rows) if skip_existing else None  # a resumed run completes its --output file
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
@@ -125,10 +123,10 @@ def overlay(
     spec, engine = checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
-    if report is not None:
-        check_report_path(report)
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=run.exclude or ())
-    guard = guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint], overwrite)
+    guard = guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint, report], overwrite)
+    # the report is an output like the others: replaced when camcli wrote it, or with --overwrite
+    report_guard = guard_output(report, [*inputs, *(i.path for i in images), model.checkpoint, rows.output], overwrite, results=False)
     loaded = load_model(spec, run.quiet)
     job, work = job.bind(loaded, images, None if run.quiet else say)
     say_scorecam_cost(loaded, job, len(work), run.quiet)
@@ -152,7 +150,7 @@ def overlay(
         count, failed, near_ties = emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
                                          carried=carried)
     if report is not None:
-        write_overlay_report(report, kept, count)
+        write_overlay_report(report, kept, count, report_guard.recorder(report))
         if not run.quiet:
             say(f"Report saved to {report}")
     if not run.quiet:

@@ -86,7 +86,9 @@ def models(
 
 
 Listing = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("--format", help="Output format: jsonl is one JSON "
-    "object a line, json one JSON array (info: one object either way) [default: table on a terminal, else jsonl].")]
+    "object a line, json one JSON array [default: table on a terminal, else jsonl].")]
+Facts = Annotated[Optional[Literal["table", "jsonl", "json"]], typer.Option("--format", help="Output format: jsonl and json both "
+    "give one JSON object [default: table on a terminal, else jsonl].")]
 
 
 def listing_format(fmt: Optional[str]) -> str:
@@ -141,7 +143,7 @@ def layers(
 @report_errors
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from camcli train.", show_default=False)],
-    fmt: Listing = None,
+    fmt: Facts = None,
 ) -> None:
     """Show a checkpoint's arch, classes, input size, training metrics and config.
 

@@ -73,9 +73,9 @@ class ModelOptions:
     amp: Amp = True
     max_pixels: Annotated[int, typer.Option(help="Refuse images whose header declares more pixels (decompression bombs), before "
         "decoding.")] = MAX_PIXELS
-    precision: Annotated[Literal[PRECISIONS], typer.Option(help="fp32, or int8: the backbone's static INT8 model on ONNX Runtime "
-        "(CPU; about 2.5x faster), built once from calibration images and checked against fp32 on held-out ones (refused, "
-        "and fp32 used, below 97 % top-1 agreement or 0.98 map correlation).")] = "fp32"
+    precision: Annotated[Literal[PRECISIONS], typer.Option(help="fp32, or int8: the backbone in INT8 on ONNX Runtime (CPU; whole "
+        "commands 1.7x to 2.6x faster here), built once and checked against fp32 (refused, and fp32 used, when they disagree: "
+        "the manual's speed page).")] = "fp32"
     calibration: Annotated[Optional[Path], typer.Option(callback=a_value, help="With --precision int8: a folder of images like "
         "the ones to process (a seeded sample of up to 128 is used) [default: the checkpoint's own, stored by camcli "
         "train].")] = None
@@ -94,7 +94,12 @@ class ModelOptions:
         return spec
 
 
-METHOD_CHOICES = "<" + "|".join((methods.AUTO, *methods.NAMES)) + ">"  # --method's metavar: the choices, as for a Literal
+METHOD_CHOICES = "<name>"  # --method's metavar (the help names the choices)
+
+
+def complete_method(incomplete: str) -> list[str]:
+    """Shell completion of --method: the registry's names that start as typed."""
+    return [m for m in (methods.AUTO, *methods.NAMES) if m.startswith(incomplete)]
 
 
 def method_choices(values: list[str] | None) -> list[str] | None:
@@ -114,7 +119,7 @@ class MapOptions:
         "--img-size).")] = None
     cam_scales: Annotated[Optional[str], typer.Option(help="Fuse maps computed at several input sizes, e.g. 224,320 (mean of "
         "normalized maps).")] = None
-    method: Annotated[Optional[list[str]], typer.Option(callback=method_choices, metavar=METHOD_CHOICES,
+    method: Annotated[Optional[list[str]], typer.Option(callback=method_choices, metavar=METHOD_CHOICES, autocompletion=complete_method,
         help=methods.help_text(), show_default=methods.AUTO)] = None
     aug_smooth: Annotated[bool, typer.Option("--aug-smooth", help="Average the maps of the input flipped or not, times 0.9, "
         "1 and 1.1 (pytorch-grad-cam's aug_smooth: 6 forward passes).")] = False
@@ -149,7 +154,8 @@ class CompareMapOptions(MapOptions):
     """MapOptions whose --method repeats: evaluate compares methods side by side."""
 
     method: Annotated[Optional[list[str]], typer.Option(
-        callback=method_choices, metavar=METHOD_CHOICES, help="Repeatable: every method's metrics side by side, one row each "
+        callback=method_choices, metavar=METHOD_CHOICES, autocompletion=complete_method,
+        help="Repeatable: every method's metrics side by side, one row each "
         "(the baselines random, center and sobel show what a map that knows nothing of the model scores). "
         + methods.help_text(),
         show_default=methods.AUTO)] = None
@@ -246,7 +252,7 @@ def load_model(spec, quiet: bool):
 
 
 
-Inputs = Annotated[list[str], typer.Argument(metavar="input", help="Image files, folders (recursive), or - to read paths from "
+Inputs = Annotated[list[str], typer.Argument(metavar="INPUT", help="Image files, folders (recursive), or - to read paths from "
     "stdin.", show_default=False)]
 BoxThreshold = Annotated[Optional[float], typer.Option(help="Box around the largest region above this fraction of the normalized map "
     f"[default: the checkpoint's calibrated threshold, else {PAPER_THRESHOLD}].")]

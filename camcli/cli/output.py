@@ -34,14 +34,15 @@ def say(text: object) -> None:
 
 # the library names its parameters (`top_k`); the command line shows its flags (--top-k). Only these names are
 # translated, so a backticked word in a file or class name that is no parameter stays as it is
-FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes": "--cam-size/--cam-scales"} | {
+FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes": "--cam-size/--cam-scales", "fmt": "--format",
+         "class_name": "--class", "all_layers": "--all", "timm_pattern": "--timm"} | {
     name: "--" + name.replace("_", "-") for name in (
-        "alpha", "arch", "aug_smooth", "augment", "backend", "batch_size", "box_threshold", "boxes", "calibrate", "calibration",
-        "checkpoint",
-        "classes", "eigen_smooth", "faithfulness",
-        "colormap", "device", "engine", "exclude", "exist_ok", "img_size", "layer", "maps", "max_pixels", "method", "normalize",
-        "out", "out_dir", "output", "overwrite", "precision", "ray_address", "ray_workers", "report", "resize", "skip_existing", "top_k",
-        "val_split", "weights", "workers")}
+        "allow_failures", "alpha", "amp", "arch", "aug_smooth", "augment", "backend", "batch_size", "box_threshold", "boxes",
+        "calibrate", "calibration", "cam_scales", "cam_size", "caption", "checkpoint", "class_index", "classes", "colormap",
+        "config", "device", "draw_box", "eigen_smooth", "engine", "epochs", "exclude", "exist_ok", "faithfulness", "img_size",
+        "layer", "lr", "maps", "max_pixels", "method", "normalize", "out", "out_dir", "output", "overwrite", "precision",
+        "quiet", "ray_address", "ray_workers", "report", "report_limit", "resize", "save_raw", "seed", "skip_existing",
+        "top_channels", "top_k", "val_split", "weights", "workers")}
 
 
 def flag(name: str) -> str:
@@ -121,6 +122,8 @@ class _Lines:
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
         record(stage, done, total)
+        if done == 0:  # a stage starting: its first line comes with its first unit, or with the heartbeat
+            return
         step = max(1, total // 10) if total else 1000
         if stage not in self.shown or done // step > self.shown[stage] or done == total:
             self.shown[stage] = done // step
