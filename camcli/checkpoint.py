@@ -468,6 +468,9 @@ def validate_checkpoint(ckpt: object, path: Path | str = "checkpoint", values: b
     threshold = ckpt.get("cam_threshold")
     need(threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1),
          "cam_threshold", "a number in [0, 1)")
+    cam_size = ckpt.get("cam_size")
+    need(cam_size is None or (type(cam_size) is int and MIN_IMG_SIZE <= cam_size <= MAX_IMG_SIZE), "cam_size",
+         f"an integer from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}")
     entry = ckpt.get("int8_calibration")
     if entry is not None:
         field, expected = _int8_entry_problem(entry) or ("", "")
@@ -492,6 +495,7 @@ def describe(checkpoint: dict) -> dict:
         "img_size": checkpoint["img_size"],
         "preprocess": _plain(checkpoint["preprocess"]),
         "cam_threshold": checkpoint.get("cam_threshold"),
+        "cam_size": checkpoint.get("cam_size"),
         "calibration": _plain(checkpoint.get("calibration")),
         "int8_calibration_images": (len(checkpoint["int8_calibration"]["offsets"]) - 1
                                     if checkpoint.get("int8_calibration") is not None else 0),

@@ -37,3 +37,4 @@ ENGINES = ("local", "ray")
 # OpenCV's colormaps (cv2.COLORMAP_<NAME>), in OpenCV's order; a test checks the list is complete
 COLORMAPS = ("autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv", "pink", "hot", "parula",
              "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "twilight_shifted", "turbo", "deepgreen")
+CALIBRATION_CAM_SIZES = (224, 320, 448)  # map sizes evaluate --calibrate tries (each input well under MAX_FORWARD_PIXELS)

@@ -348,17 +348,33 @@ def check_inside(boxes: list[list[float]], shape: tuple[int, int], rel: str) -> 
         box[2], box[3] = min(box[2], width), min(box[3], height)  # rounding of float annotations at the edge
 
 
-def calibrated(checkpoint: dict, result: dict, data: Path) -> dict:
-    """A copy of ``checkpoint`` that records the best box threshold found by :func:`evaluate`
-    (``cam_threshold``, used by overlay's boxes by default) and where it came from."""
-    if "best_threshold" not in result:
+def choose_calibration(by_size: dict[int, dict]) -> tuple[int, dict]:
+    """The map size (and its localization result) with the highest MaxBoxAcc; a tie goes to the
+    smaller size (the cheaper maps)."""
+    if not by_size:
         raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
+    size = min(by_size, key=lambda s: (-by_size[s]["max_box_acc"], s))
+    return size, by_size[size]
+
+
+def calibrated(checkpoint: dict, by_size: dict[int, dict], data: Path) -> dict:
+    """A copy of ``checkpoint`` that records the map size and the box threshold with the best
+    box accuracy (``cam_size`` and ``cam_threshold``, which every command that draws maps or
+    boxes from it uses unless told otherwise) and where they came from.
+
+    Args:
+        by_size: each tried map size's localization result (:meth:`LocalizationTally.result`).
+    """
+    size, result = choose_calibration(by_size)
     out = dict(checkpoint)
     out["cam_threshold"] = float(result["best_threshold"])
+    out["cam_size"] = int(size)
     out["calibration"] = {
         "data": str(data),
         "num_images": int(result["num_images_with_boxes"]),
+        "cam_size": int(size),
         "max_box_acc": float(result["max_box_acc"]),
         "max_box_acc_v2": float(result["max_box_acc_v2"]),
+        "max_box_acc_by_cam_size": {str(s): float(r["max_box_acc"]) for s, r in sorted(by_size.items())},
     }
     return out

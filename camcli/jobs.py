@@ -36,6 +36,7 @@ from camcli.data import ImageInput, Preprocess, find_images
 from camcli.defaults import (
     ALPHA,
     BATCH_SIZE,
+    CALIBRATION_CAM_SIZES,
     COLORMAPS,
     MAX_IMG_SIZE,
     MIN_IMG_SIZE,
@@ -45,7 +46,7 @@ from camcli.defaults import (
 )
 from camcli.engine import Batch, Model, check_smooth, extract_features, image_batches, map_groups
 from camcli.errors import CamcliError
-from camcli.evaluate import LocalizationTally, calibrated, check_inside, classification_metrics, labeled_images
+from camcli.evaluate import LocalizationTally, calibrated, check_inside, choose_calibration, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally, require_scipy
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.outputs import FixedNames, RankedNames
@@ -118,6 +119,16 @@ def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def cam_sizes_for(model: Model, cam_sizes: Sequence[int]) -> tuple[int, ...]:
+    """The map sizes: the ones given, else the checkpoint's calibrated ``cam_size`` (see
+    :func:`camcli.evaluate.calibrated`), else none (the maps of the ranking pass). A calibrated
+    size equal to the model's input size is the ranking pass itself."""
+    if cam_sizes:
+        return tuple(cam_sizes)
+    size = (model.checkpoint or {}).get("cam_size")  # checked when the checkpoint was loaded
+    return () if size is None or size == model.preprocess.img_size else (int(size),)
+
+
 def box_threshold_for(model: Model, threshold: float | None) -> float:
     """The box threshold: the one given, else the checkpoint's calibrated one, else the paper's 0.2."""
     if threshold is None:  # a checkpoint's cam_threshold was checked when it was loaded
@@ -164,7 +175,8 @@ class PredictJob:
 
     def bind(self, model: Model, work: Iterable[ImageInput], notify: Notify | None = None) -> tuple[PredictJob, Iterable[ImageInput]]:
         threshold = box_threshold_for(model, self.box_threshold) if self.boxes else None
-        return replace(self, method=model.resolve_method(self.method), box_threshold=threshold), work
+        sizes = cam_sizes_for(model, self.cam_sizes) if self.boxes else tuple(self.cam_sizes)
+        return replace(self, method=model.resolve_method(self.method), box_threshold=threshold, cam_sizes=sizes), work
 
     slice = _one_per_batch
 
@@ -186,7 +198,8 @@ class PredictJob:
                         heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
                         rows[pos].update(box=largest_component_box(heat, self.box_threshold),
                                          box_label=model.class_names[int(top1[b, 0])], box_threshold=self.box_threshold,
-                                         method=self.method, **({"smooth": list(self.smooth)} if self.smooth else {}))
+                                         method=self.method, **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
+                                         **({"smooth": list(self.smooth)} if self.smooth else {}))
                 rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
                 yield from (rows[pos] for pos in sorted(rows))
 
@@ -300,7 +313,7 @@ class OverlayJob:
             if notify and len(todo) < len(images):
                 notify(f"{len(images) - len(todo)} inputs skipped: their outputs exist (`skip_existing`)")
         plan = OverlayPlan(method, threshold, chosen, maps_k, names.subset(todo, guard))
-        return replace(self, plan=plan), [images[k] for k in todo]
+        return replace(self, plan=plan, cam_sizes=cam_sizes_for(model, self.cam_sizes)), [images[k] for k in todo]
 
     def slice(self, images: Sequence[ImageInput], start: int, stop: int) -> tuple[OverlayJob, list[ImageInput]]:
         """A worker's part: its images' output names, checked again there by a guard of its own."""
@@ -360,6 +373,7 @@ class OverlayJob:
                             rows[pos] = ({"path": str(images[pos].path), "predictions": ranked[b], **int8_key(model, batch, b),
                                           "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold,
                                           "method": plan.method, "normalize": self.normalize,
+                                          **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
                                           **({"smooth": list(self.smooth)} if self.smooth else {})}, future)
                         if len(group) < len(batch.positions):  # one image at a time: its row before the next one's maps
                             pending.extend(rows.pop(pos) for pos in sorted(rows) if pos <= batch.positions[group[-1]])
@@ -440,6 +454,7 @@ class EvaluateJob:
     labeled: bool = True
     smooth: Sequence[str] = ()
     top_channels: int | None = None
+    calibration_sizes: tuple[int, ...] | None = None
     run_dir: Path | None = field(default=None, repr=False)
     guard: OutputGuard | None = field(default=None, repr=False)
     stage: ClassVar[str] = "evaluate"
@@ -450,6 +465,9 @@ class EvaluateJob:
             raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
         if self.faithfulness:
             require_scipy()
+        if self.calibrate and len(self.cam_sizes) > 1:
+            raise CamcliError("`calibrate` chooses one map size: give one `cam_sizes` size, or none to try "
+                              f"{', '.join(map(str, CALIBRATION_CAM_SIZES))}")
         if self.calibrate and self.checkpoint is None:
             raise CamcliError("`calibrate` writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
 
@@ -478,8 +496,10 @@ class EvaluateJob:
         for path in self._outputs(run_dir):
             guard.check(path)
         threshold = box_threshold_for(model, self.box_threshold)
+        # --calibrate tries each map size of CALIBRATION_CAM_SIZES (and the ranking pass's own) unless one is given
+        trial = None if not self.calibrate or self.cam_sizes else tuple(sorted({model.preprocess.img_size, *CALIBRATION_CAM_SIZES}))
         return replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard,
-                       labeled=labeled), samples
+                       labeled=labeled, cam_sizes=cam_sizes_for(model, self.cam_sizes), calibration_sizes=trial), samples
 
     def _outputs(self, run_dir: Path) -> list[Path]:
         return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
@@ -555,8 +575,21 @@ class EvaluateJob:
                     check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
                     tally.add(heatmap(maps[b][-1], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
             by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
-        return {"true": labels, "pred": predicted, "by_method": by_method,
-                "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0}
+        part = {"true": labels, "pred": predicted, "by_method": by_method, "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0}
+        if self.calibration_sizes and boxes and batch.positions:
+            part["calibration"] = {size: self._tally(model, batch, samples, labels, predicted, size) for size in self.calibration_sizes}
+        return part
+
+    def _tally(self, model: Model, batch: Batch, samples, labels: list[int], predicted: list[int], size: int) -> LocalizationTally:
+        """The box tally of the true classes' CAM maps at map size ``size`` (--calibrate's trials)."""
+        tally = LocalizationTally(self.box_threshold)
+        sizes = () if size == model.preprocess.img_size else (size,)
+        maps = model.batch_maps(batch, np.array(labels, np.int64)[:, None], sizes, "cam")
+        for b, pos in enumerate(batch.positions):
+            rel = samples[pos][0].relative_to(self.data).as_posix()
+            if rel in self.boxes:
+                tally.add(heatmap(maps[b][0], batch.originals[b].shape[:2]), self.boxes[rel], predicted[b] == labels[b])
+        return tally
 
     def finish(self, model: Model, parts: Iterable[dict]) -> dict:
         """Merge the parts into the metrics and write the run folder; returns the metrics, with
@@ -567,7 +600,10 @@ class EvaluateJob:
         tallies = {m: LocalizationTally(self.box_threshold) for m in names}
         faiths = {m: FaithfulnessTally() for m in names}
         seconds = dict.fromkeys(names, 0.0)
+        trials = {s: LocalizationTally(self.box_threshold) for s in self.calibration_sizes or ()}
         for part in parts:
+            for size, got in part.get("calibration", {}).items():
+                trials[size].merge(got)
             true += part["true"]
             pred += part["pred"]
             fp32 += part.get("fp32", 0)
@@ -590,6 +626,13 @@ class EvaluateJob:
                               **int8_key(model), **({"near_ties_in_fp32": fp32} if model.precision == "int8" else {}),
                               "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes), "methods": list(names),
                               **({"smooth": list(self.smooth)} if self.smooth else {})}
+        by_size = {}
+        if self.calibrate:
+            by_size = ({s: tally.result() for s, tally in trials.items()} if trials
+                       else {self.cam_sizes[0] if self.cam_sizes else model.preprocess.img_size: by_method[names[0]]})
+            size, chosen = choose_calibration(by_size)
+            result["calibration"] = {"cam_size": size, "threshold": chosen["best_threshold"], "max_box_acc": chosen["max_box_acc"],
+                                     "max_box_acc_by_cam_size": {str(s): r["max_box_acc"] for s, r in sorted(by_size.items())}}
         metrics_file, *others = self._outputs(self.run_dir)
         self._remove_stale()
         atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
@@ -610,7 +653,7 @@ class EvaluateJob:
             write_image(target, faithfulness_plot({m: by_method[m]["faithfulness"] for m in names}), self.guard.recorder(target))
         if self.calibrate:
             target = others[-1]
-            atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), result, self.data)),
+            atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), by_size, self.data)),
                          self.guard.recorder(target))
         n = max(len(pred), 1)
         result["seconds_per_image"] = {m: {"maps": seconds[m] / n, **({k: v / n for k, v in faiths[m].seconds.items()}

@@ -248,14 +248,21 @@ def test_evaluate_with_boxes_calibrate_and_overlay_uses_the_threshold(sample_run
     assert saved["max_box_acc"] == metrics["max_box_acc"] and len(saved["box_acc_curve"]["thresholds"]) == 100
     assert cv2.imread(str(out / "box_accuracy.png")).shape == (480, 880, 3)
     calibrated = load_checkpoint(out / "calibrated.safetensors")
-    assert calibrated["cam_threshold"] == metrics["best_threshold"]
+    chosen = metrics["calibration"]  # the map size (of 224, 320, 448) and threshold with the best MaxBoxAcc
+    assert set(chosen["max_box_acc_by_cam_size"]) == {"224", "320", "448"}
+    assert chosen["max_box_acc"] == max(chosen["max_box_acc_by_cam_size"].values())
+    assert calibrated["cam_threshold"] == chosen["threshold"] and calibrated["cam_size"] == chosen["cam_size"]
 
     overlay = run("overlay", images[0], "--checkpoint", out / "calibrated.safetensors", "--out-dir", tmp_path / "ov",
                   "--draw-box", "--format", "json")
     assert overlay.exit_code == 0, overlay.output
     (row,) = json.loads(overlay.stdout)
     h, w = cv2.imread(str(images[0])).shape[:2]
-    assert row["box_threshold"] == metrics["best_threshold"]
+    assert row["box_threshold"] == chosen["threshold"]
+    assert row.get("cam_sizes", [224]) == [chosen["cam_size"]]  # the calibrated map size (224: the ranking pass's own)
+    explicit = run("overlay", images[0], "--checkpoint", out / "calibrated.safetensors", "--out-dir", tmp_path / "ov2",
+                   "--cam-size", "256", "--box-threshold", "0.3", "--format", "json")
+    assert json.loads(explicit.stdout)[0]["cam_sizes"] == [256] and json.loads(explicit.stdout)[0]["box_threshold"] == 0.3
     x0, y0, x1, y1 = row["box"]
     assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
 
@@ -550,7 +557,7 @@ def test_help_shows_defaults_and_box_format_from_the_code():
     assert "--format <table|csv|json|jsonl>" in help_of("predict") and "--format <table|json>" in help_of("evaluate")
     from camcli import methods
 
-    assert f"--method <{'|'.join((methods.AUTO, *methods.NAMES))}>" in help_of("overlay")
+    assert f"one of: {', '.join(methods.NAMES)}." in help_of("overlay")  # the names, from the registry (details: the manual)
     assert "scorecam" in methods.NAMES and "eigencam" in methods.NAMES  # the registry the parser reads
     assert "--normalize <shared|relu|minmax>" in help_of("overlay") and "turbo, deepgreen" in help_of("overlay")
 

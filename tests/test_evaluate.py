@@ -154,3 +154,33 @@ def test_the_sample_scenes_have_true_boxes_and_the_maps_find_the_objects(sample_
     assert metrics["num_images_with_boxes"] == len(boxes) and metrics["accuracy"] >= 0.9
     assert metrics["pointing_game"] >= 0.85 and metrics["pointing_game"] > centre_baseline + 0.25
     assert metrics["max_box_acc"] >= 0.7
+
+
+def test_calibrated_on_one_half_the_map_size_and_threshold_hold_on_the_other(sample_run, tmp_path):
+    """--calibrate on half of sample_data's boxed scenes (images 0-3 of each class), scored on the
+    other half (4-7): GT-known localization at the calibrated threshold and map size is not lower
+    than at the defaults (20 images: one image moves the score by 0.05)."""
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+    from conftest import SAMPLE_DATA
+
+    runner = CliRunner()
+    val, boxes = SAMPLE_DATA / "val", SAMPLE_DATA / "val_boxes.json"
+    first, second = ["--exclude", "*_0[4-7].jpg"], ["--exclude", "*_0[0-3].jpg"]
+    calibrate = runner.invoke(app, ["evaluate", str(val), "--checkpoint", str(sample_run / "best.safetensors"), "--boxes", str(boxes),
+                                    "--calibrate", "--out", str(tmp_path / "cal"), *first])
+    assert calibrate.exit_code == 0, calibrate.output
+    scores = {}
+    for name, checkpoint in (("default", sample_run / "best.safetensors"), ("calibrated", tmp_path / "cal" / "calibrated.safetensors")):
+        scored = runner.invoke(app, ["evaluate", str(val), "--checkpoint", str(checkpoint), "--boxes", str(boxes), "--format", "json",
+                                     "--out", str(tmp_path / name), *second])
+        assert scored.exit_code == 0, scored.output
+        metrics = json.loads(scored.stdout)
+        assert metrics["num_images_with_boxes"] == 20
+        scores[name] = metrics
+    settings = scores["calibrated"]["settings"]
+    chosen = json.loads((tmp_path / "cal" / "metrics.json").read_text())["calibration"]
+    assert settings["cam_sizes"] == ([] if chosen["cam_size"] == 224 else [chosen["cam_size"]])
+    assert scores["calibrated"]["threshold"] == chosen["threshold"] and scores["default"]["threshold"] == 0.2
+    assert scores["calibrated"]["gt_known_loc"] >= scores["default"]["gt_known_loc"], scores

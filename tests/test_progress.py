@@ -139,3 +139,22 @@ def test_ctrl_c_before_the_first_row_leaves_no_rows_file(sample_run, three, tmp_
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert not rows.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_a_narrow_table_breaks_paths_between_names():
+    from rich.console import Console
+    from rich.table import Table
+
+    from camcli.cli.rows import PathCell
+
+    path = "/data/photos/2026/summer/holiday_at_the_lake_0001.jpg"
+    table = Table("path", "top-1")
+    table.add_row(PathCell(path), "cat")
+    console = Console(width=40, record=True, color_system=None)
+    console.print(table)
+    cells = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.startswith("│")]
+    assert "".join(cells) == path and len(cells) > 1
+    assert all(cell.endswith("/") for cell in cells[:-1])  # every break falls after a separator
+    narrow = Console(width=20, record=True, color_system=None)
+    narrow.print(PathCell(path))  # a name wider than the screen still shows whole, folded
+    assert "".join(narrow.export_text().split()) == path

@@ -88,8 +88,11 @@ def evaluate(
     say_near_ties(result["settings"].get("near_ties_in_fp32", 0), result["num_images"], run.quiet)
     if not run.quiet:
         if calibrate:
-            say(f"calibrated box threshold {result['best_threshold']:.2f} saved in {job.run_dir / 'calibrated.safetensors'} "
-                 "(overlay and predict --boxes with that checkpoint use it)")
+            chosen = result["calibration"]
+            tried = ", ".join(f"{s} {acc:.3f}" for s, acc in chosen["max_box_acc_by_cam_size"].items())
+            say(f"calibrated: map size {chosen['cam_size']} and box threshold {chosen['threshold']:.2f} (MaxBoxAcc by map size: "
+                f"{tried}) saved in {job.run_dir / 'calibrated.safetensors'}; overlay, predict --boxes and evaluate with that "
+                "checkpoint use both unless given --cam-size or --box-threshold")
         say(f"Results saved to {job.run_dir}")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -89,20 +91,46 @@ def guard_output(output: Optional[Path], protected: list, overwrite: bool, resul
     return guard_output_file(output, [Path(p) for p in protected if p is not None and str(p) != "-"], overwrite)
 
 
+class PathCell:
+    """A path in a table cell that wraps at its separators (``/``, and ``, `` between paths), so
+    a narrow terminal breaks it between names, never inside one (a name wider than the column
+    still folds)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _parts(self) -> list[str]:
+        return re.findall(r"[^/,]*(?:/|, ?|$)", self.text)[:-1] or [self.text]
+
+    def __rich_measure__(self, console, options) -> Measurement:
+        return Measurement(min(max(map(len, self._parts())), options.max_width), len(self.text))
+
+    def __rich_console__(self, console, options):
+        width, line = max(1, options.max_width), ""
+        for part in self._parts():
+            if line and len(line) + len(part) > width:
+                yield from Text(line.rstrip(), overflow="fold").wrap(console, width)
+                line = ""
+            line += part
+        if line:
+            yield from Text(line.rstrip(), overflow="fold").wrap(console, width)
+
+
 def print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
     table = Table()
-    table.add_column("path", overflow="fold", ratio=3)
+    table.add_column("path")  # a PathCell: wraps between names
     table.add_column("top-1", overflow="fold", ratio=1)
     table.add_column("prob", justify="right", no_wrap=True)
     table.add_column("others", overflow="fold", ratio=2)
     if overlay:
-        table.add_column("outputs", overflow="fold", ratio=3)
+        table.add_column("outputs")
     count = 0
     for row in rows:
         count += 1
         cells, failed = table_cells(row, overlay)
         shown = [printable(c) for c in cells]
-        table.add_row(*shown[:1], Text("failed", style="red") if failed else shown[1], *shown[2:])
+        paths = [PathCell(shown[0]), *([PathCell(shown[4])] if overlay else [])]
+        table.add_row(paths[0], Text("failed", style="red") if failed else shown[1], *shown[2:4], *paths[1:])
     end_bars()  # the table follows the finished bar, on its own line
     # off a terminal (a pipe, a file) nothing wraps: each column is as wide as its longest cell
     if stream is None and is_tty(sys.stdout):
