@@ -694,3 +694,19 @@ def test_on_a_terminal_the_bar_clears_and_the_table_starts_on_its_own_line(sampl
     assert lines[top].startswith("┏") and "predict" not in lines[top]
     assert re.search(r"\d+\.\d/s|\d+\.\d s each", text)  # the rate is shown
     assert not re.search(r"[1-9]\d{3,}\.\d/s", text)  # never thousands of images a second on one burst
+
+
+def test_nothing_is_written_outside_the_outputs_and_camclis_cache(sample_run, tmp_path):
+    """ONNX Runtime, imported plainly, writes a device id and a database under ~/.cache/Microsoft;
+    camcli imports it with its telemetry off, so a run leaves the home folder as it was."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    for name in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY"):  # (this process may have set the latter: it imports camcli)
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "camcli", "predict", str(SAMPLE_DATA / "val" / "cat"), "--checkpoint",
+                           str(sample_run / "best.safetensors"), "--format", "jsonl", "-q"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not list(home.iterdir())
+    plain = subprocess.run([sys.executable, "-c", "import onnxruntime"], env=env, capture_output=True)  # the test can fail
+    assert plain.returncode == 0 and (home / ".cache" / "Microsoft").is_dir()

@@ -158,3 +158,21 @@ def test_a_narrow_table_breaks_paths_between_names():
     narrow = Console(width=20, record=True, color_system=None)
     narrow.print(PathCell(path))  # a name wider than the screen still shows whole, folded
     assert "".join(narrow.export_text().split()) == path
+
+
+def test_the_first_int8_build_says_what_it_does_and_shows_its_stages(sample_run, three, tmp_path):
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i, path in enumerate(sorted((SAMPLE_DATA / "train").rglob("*.jpg"))[::3][:16]):
+        (calibration / f"{i:02d}.jpg").write_bytes(path.read_bytes())
+    code, chunks = _timed_terminal(["predict", three, "--checkpoint", sample_run / "best.safetensors", "--precision", "int8",
+                                    "--calibration", calibration, "--img-size", "128", "--format", "jsonl"],
+                                   env={"CAMCLI_CACHE_DIR": str(tmp_path / "cache")})  # an empty cache: the model is built
+    shown = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", b"".join(c for _, c in chunks)).decode(errors="replace")
+    assert code == 0, shown[-2000:]
+    assert "building and checking an INT8 model" in shown
+    for stage in ("int8: reading calibration images", "int8: rounding convolutions", "int8: calibrating activations",
+                  "int8: checking against fp32"):
+        assert re.search(rf"{stage} .* \d+/\d+", shown), stage
+    times = [0.0] + [t for t, _ in chunks]
+    assert max(b - a for a, b in zip(times, times[1:])) <= 3.0
