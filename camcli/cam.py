@@ -147,14 +147,32 @@ def xgradcam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool 
     return combine(weights[:, None, None] * activations, eigen_smooth)
 
 
+SIGN_TOLERANCE = 1e-5  # a channel sum below this share of its largest possible norm is zero (rounding)
+
+
+def signed_component(projection: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """A principal component's (hw,) projection with camcli's sign: the one that correlates
+    non-negatively with the positions' channel sums of the centered (hw, C) values ``flat``.
+    Where those sums are zero up to rounding (below :data:`SIGN_TOLERANCE` of sqrt(C) times the
+    values' norm: a LayerNorm output, whose every position has channel mean 0), they give no sign,
+    and the largest-magnitude value is made positive instead."""
+    sums = flat.sum(axis=1)
+    if np.linalg.norm(sums) > SIGN_TOLERANCE * np.sqrt(flat.shape[1]) * np.linalg.norm(flat):
+        agreement = float(projection @ sums)
+        if agreement != 0:
+            return -projection if agreement < 0 else projection
+    return -projection if projection[np.argmax(np.abs(projection))] < 0 else projection
+
+
 def first_component(values: np.ndarray) -> np.ndarray:
     """The projection of each grid position's (C,) vector on the first principal component of
     ``values`` (C, h, w), centered over positions (pytorch-grad-cam's ``get_2d_projection``).
 
     A principal component has no sign of its own (the SVD may return either), so camcli fixes it:
     the sign for which the projection correlates non-negatively with the channel sum of the
-    centered values (the map points where the layer is most active); where that correlation is
-    zero, the sign that makes the largest-magnitude value positive. Returns (h, w) float32.
+    centered values (the map points where the layer is most active); where those sums are zero
+    (see :func:`signed_component`), the sign that makes the largest-magnitude value positive.
+    Returns (h, w) float32.
     """
     c, h, w = values.shape
     flat = np.nan_to_num(values.reshape(c, h * w).T.astype(np.float64))  # (hw, C)
@@ -162,10 +180,7 @@ def first_component(values: np.ndarray) -> np.ndarray:
     if not flat.any():
         return np.zeros((h, w), np.float32)
     _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    projection = flat @ vt[0]
-    agreement = float(projection @ flat.sum(axis=1))
-    if agreement < 0 or (agreement == 0 and projection[np.argmax(np.abs(projection))] < 0):
-        projection = -projection
+    projection = signed_component(flat @ vt[0], flat)
     return projection.reshape(h, w).astype(np.float32)
 
 
@@ -215,10 +230,7 @@ def kpcacam_map(activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool =
     values, vectors = np.linalg.eigh((kernel + kernel.T) / 2)
     if values[-1] <= 0:
         return np.zeros((h, w), np.float32)
-    projection = vectors[:, -1] * np.sqrt(values[-1])
-    agreement = float(projection @ flat.sum(axis=1))
-    if agreement < 0 or (agreement == 0 and projection[np.argmax(np.abs(projection))] < 0):
-        projection = -projection
+    projection = signed_component(vectors[:, -1] * np.sqrt(values[-1]), flat)
     return np.maximum(projection.reshape(h, w), 0).astype(np.float32)
 
 

@@ -66,12 +66,18 @@ def oracle_maps(method: str, model, layer, x, classes, reshape=None, monkeypatch
 
 def _agreeing(projections: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """The sign rule written out: each projection negated where it correlates negatively with the
-    centered channel sum."""
+    centered channel sums; where those sums are zero up to rounding (1e-5 of sqrt(C) times the
+    values' norm), negated where its largest-magnitude value is negative."""
     out = np.array(projections)
     for i, values in enumerate(np.nan_to_num(batch)):
-        flat = values.reshape(values.shape[0], -1).T
+        flat = values.reshape(values.shape[0], -1).T.astype(np.float64)
         flat = flat - flat.mean(axis=0)
-        if float(out[i].reshape(-1) @ flat.sum(axis=1)) < 0:
+        sums, p = flat.sum(axis=1), out[i].reshape(-1)
+        if np.linalg.norm(sums) > 1e-5 * np.sqrt(flat.shape[1]) * np.linalg.norm(flat) and float(p @ sums) != 0:
+            flip = float(p @ sums) < 0
+        else:
+            flip = p[np.argmax(np.abs(p))] < 0
+        if flip:
             out[i] = -out[i]
     return out
 
@@ -381,7 +387,7 @@ def test_class_free_methods_refuse_a_chosen_class(sample_run, tmp_path):
             assert result.exit_code != 0
             assert result.stderr.strip().splitlines() == [
                 f"error: --method {method} makes one map per image whatever the class (it uses no class score): leave out "
-                "--class, --class-index and --maps, or choose a class-specific method"]
+                "--class, --class-index and --maps, or choose a class-specific method (see camcli overlay --help)"]
     for command in (["overlay", "--out-dir", str(tmp_path / "o")], ["predict", "--boxes"]):
         twice = CliRunner().invoke(app, [command[0], str(image), "--checkpoint", ckpt, "--method", "cam", "--method", "gradcam",
                                          *command[1:]])

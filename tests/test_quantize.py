@@ -494,6 +494,15 @@ def test_a_calibration_folder_calibrates_and_is_part_of_the_cache_key(sample_run
     assert len(list((tmp_path / "cache" / "int8").glob("*.onnx"))) == 2  # one per calibration set
 
 
+def vnni() -> bool:
+    """Whether this x86 CPU multiplies u8 by s8 without saturating (AVX512-VNNI or AVX-VNNI); other CPUs count as yes."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True
+    return "avx2" not in flags or bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def test_the_default_imagenet_head_runs_int8_with_its_near_ties_in_fp32(tmp_path, monkeypatch):
     # measured: INT8 alone agrees with fp32 on 0.925 of sample_data/train's 40 held-out images under ImageNet's 1000 classes
     # (near ties such as tabby / tiger cat); with its 6 near ties in fp32, 0.975 (and all 40 of sample_data/val, 10 of them
@@ -501,6 +510,13 @@ def test_the_default_imagenet_head_runs_int8_with_its_near_ties_in_fp32(tmp_path
     monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path / "cache"))
     result = cli("predict", VAL, "--precision", "int8", "--calibration", SAMPLE_DATA / "train", "--format", "jsonl")
     rows, fp32 = rows_of(result), rows_of(cli("predict", VAL, "--format", "jsonl"))
+    if not vnni():
+        # x86 without VNNI (AVX2 only): ONNX Runtime's u8s8 kernels (VPMADDUBSW) saturate, INT8 alone agrees on about 0.68 of
+        # the held-out images with 34 of 40 near ties: the check must refuse it in one line, and the rows are fp32's
+        warning = [line for line in result.stderr.splitlines() if "INT8" in line]
+        assert result.exit_code == 0 and len(warning) == 1 and "refused, running fp32" in warning[0], result.stderr
+        assert rows == fp32
+        return
     assert "refused" not in result.stderr
     near = [r["precision"] == "fp32" for r in rows]
     assert 0 < sum(near) < len(rows) and {r["precision"] for r in rows} == {"int8", "fp32"}

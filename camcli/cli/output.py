@@ -107,8 +107,9 @@ def record(stage: str, done: int, total: int | None) -> None:
 
 
 class _Lines:
-    """Progress off a terminal (CI logs): a plain line per stage at every tenth of the way, and one
-    at least every :data:`HEARTBEAT_S` seconds while work runs (from a thread), never animation."""
+    """Progress off a terminal (CI logs): a plain line per job stage at every tenth of the way, and
+    one at least every :data:`HEARTBEAT_S` seconds while work runs (from a thread; it also tells the
+    library's sub-stages, such as an INT8 build's), never animation."""
 
     def __init__(self, starting: str | None):
         self.starting, self.began = starting, time.monotonic()
@@ -122,7 +123,7 @@ class _Lines:
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
         record(stage, done, total)
-        if done == 0:  # a stage starting: its first line comes with its first unit, or with the heartbeat
+        if done == 0 or unit(stage) == "":  # a stage starting, or a library sub-stage (an INT8 build): the heartbeat says them
             return
         step = max(1, total // 10) if total else 1000
         if stage not in self.shown or done // step > self.shown[stage] or done == total:
