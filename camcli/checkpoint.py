@@ -43,6 +43,7 @@ MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 1000
 INT8_TENSORS = ("int8.jpeg", "int8.offsets")  # the optional INT8 calibration entry (see camcli.quantize.calibration_entry)
 MAX_INT8_IMAGES = 256  # images a checkpoint's INT8 calibration entry may hold (camcli writes 64)
+MAX_INT8_JPEG_BYTES = MAX_INT8_IMAGES << 20  # their bytes: 1 MiB a JPEG (camcli writes them at the model's input size: ~20 KB)
 
 
 def make_checkpoint(
@@ -96,13 +97,16 @@ def save_checkpoint(checkpoint: dict, path: Path, before_rename=None) -> None:
     atomic_write(Path(path), checkpoint_bytes(checkpoint), before_rename)
 
 
-def load_checkpoint(path: Path, tensors: bool = True) -> dict:
+def load_checkpoint(path: Path, tensors: bool = True, calibration_images: bool = True) -> dict:
     """Load and check a checkpoint (format 2, or format 1 with PyTorch) without running code.
 
     Format 2 is read header first: every tensor it declares must be one camcli writes (see
     :data:`TENSOR_DTYPES`), lie inside the file and overlap no other, before any tensor is read;
     then only the tensors used are read. ``tensors=False`` (``camcli info``) reads the metadata
     and the header only: the head's arrays are then zero-copy placeholders of the right shape.
+    ``calibration_images=False``: the INT8 calibration entry (``int8.jpeg``, at most
+    :data:`MAX_INT8_JPEG_BYTES`) is left unread, as placeholders: only an INT8 build from the
+    checkpoint's own images reads it.
 
     Raises:
         CamcliError: missing or special file, not a camcli checkpoint, newer format, or a
@@ -112,7 +116,7 @@ def load_checkpoint(path: Path, tensors: bool = True) -> dict:
     with open_regular(path, MAX_CHECKPOINT_BYTES, "checkpoint") as f:
         start = f.read(8)
         f.seek(0)
-        ckpt = _load_v1(f, path) if start[:4] == b"PK\x03\x04" else _load_v2(f, path, tensors)
+        ckpt = _load_v1(f, path) if start[:4] == b"PK\x03\x04" else _load_v2(f, path, tensors, calibration_images)
     return validate_checkpoint(ckpt, path, values=tensors)
 
 
@@ -141,7 +145,7 @@ def _counting_hook(limit: int):
     return hook
 
 
-def _load_v2(f, path: Path, read_tensors: bool = True) -> dict:
+def _load_v2(f, path: Path, read_tensors: bool = True, calibration_images: bool = True) -> dict:
     """A format-2 checkpoint read header first (see :func:`load_checkpoint`)."""
     size = os.fstat(f.fileno()).st_size
     prefix = f.read(9)
@@ -170,8 +174,14 @@ def _load_v2(f, path: Path, read_tensors: bool = True) -> dict:
     entries = _tensor_entries(header, path, size - 8 - declared, stored)
     data_start = 8 + declared
 
+    if "int8.jpeg" in entries and entries["int8.jpeg"][3] - entries["int8.jpeg"][2] > MAX_INT8_JPEG_BYTES:
+        raise CamcliError(f"{path}: checkpoint field int8_calibration.jpeg must be at most {MAX_INT8_JPEG_BYTES:,} bytes "
+                          f"({MAX_INT8_IMAGES} JPEGs of at most 1 MiB), its header declares "
+                          f"{entries['int8.jpeg'][3] - entries['int8.jpeg'][2]:,}")
+
     def read(name: str) -> np.ndarray:
-        return _read_tensor(f, path, data_start, *entries[name]) if read_tensors else _placeholder(*entries[name])
+        wanted = read_tensors and (calibration_images or not name.startswith("int8."))
+        return _read_tensor(f, path, data_start, *entries[name]) if wanted else _placeholder(*entries[name])
 
     ckpt = {k: v for k, v in meta.items() if k != "int8_calibration"}  # an entry is tensors, never metadata
     if any(name.startswith("int8.") for name in entries):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import math
 import os
 import random
+import re
 import struct
 import sys
 import threading
@@ -273,18 +275,53 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+MAX_EXCLUDES = 10_000  # --exclude patterns (or a config's exclude list) at most
+
+
+@functools.lru_cache(maxsize=8)
+def _exclusion(patterns: tuple[str, ...]) -> re.Pattern | None:
+    """The ``patterns`` as one compiled regular expression (each glob translated once: fnmatch's
+    own cache holds 32,768 and a longer list recompiled every pattern for every file)."""
+    if len(patterns) > MAX_EXCLUDES:
+        raise CamcliError(f"`exclude` holds {len(patterns):,} patterns, over the limit of {MAX_EXCLUDES:,}; "
+                          "combine them into fewer globs")
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)) if patterns else None
+
+
 def excluded(path: Path, patterns: Sequence[str]) -> bool:
     """Whether a path matches one of the ``--exclude`` glob patterns, e.g. ``*/tmp/*`` or
     ``*_draft.jpg``. Files found in a folder are matched as ``<folder name>/<path inside it>``,
     other paths as given, with forward slashes."""
-    text = path.as_posix()
-    return any(fnmatch.fnmatchcase(text, pattern) for pattern in patterns)
+    matcher = _exclusion(tuple(patterns))
+    return matcher is not None and matcher.match(path.as_posix()) is not None
+
+
+def walk(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(folder)`` top-down without following links, as a loop instead of recursion: Python
+    3.11's ``os.walk`` recurses, so a folder nested about a thousand levels deep raised a
+    RecursionError. Prune by assigning to the yielded ``dirs`` in place; unreadable folders are
+    passed over, as ``os.walk`` does."""
+    stack = [os.fspath(folder)]
+    while stack:
+        root = stack.pop()
+        try:
+            with os.scandir(root) as entries:
+                dirs, files = [], []
+                for entry in entries:
+                    try:
+                        (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+                    except OSError:
+                        files.append(entry.name)
+        except OSError:
+            continue
+        yield root, dirs, files
+        stack.extend(os.path.join(root, d) for d in reversed(dirs))  # visited in the order dirs is left in
 
 
 def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
     """Images under ``folder`` in sorted order, leaving out dot-files and dot-folders, the
     folders in ``skip`` (resolved paths) and the files camcli wrote (each folder's manifest)."""
-    for root, dirs, files in os.walk(folder, followlinks=False):
+    for root, dirs, files in walk(folder):
         here = Path(root)
         dirs[:] = sorted(
             d for d in dirs if not d.startswith(".") and real_path(here / d) not in skip

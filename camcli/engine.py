@@ -86,6 +86,7 @@ def check_smooth(smooth: Sequence[str]) -> None:
 
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model: bounds memory whatever the job's size
+KEPT_PIXELS = 1 << 26  # decoded originals kept (overlay, boxes) per batch, and decoded ahead: 64 Mpixels (192 MB of RGB)
 
 
 def image_batches(
@@ -98,34 +99,60 @@ def image_batches(
 
     Threads, not processes: OpenCV and NumPy release the GIL while they decode and resize,
     and a thread cannot outlive camcli (a worker process could, after a SIGKILL). At most
-    ``PREFETCH_BATCHES`` batches are decoded ahead. ``augment`` applies a random resized crop
-    and horizontal flip (drawn from ``seed`` and the image's position) before the preprocessing.
-    An image whose input (at the preprocessing's size or any of ``other_sizes``) would exceed
-    ``MAX_FORWARD_PIXELS`` is a failure, found before it is resized.
+    ``PREFETCH_BATCHES`` batches are decoded ahead. With ``keep_images`` (the decoded originals
+    come with the batch: overlay, boxes) memory is bounded by pixels, not by count: a batch ends
+    early once its originals reach :data:`KEPT_PIXELS`, and no more images are decoded ahead than
+    the largest original seen so far allows within that budget. ``augment`` applies a random
+    resized crop and horizontal flip (drawn from ``seed`` and the image's position) before the
+    preprocessing. An image whose input (at the preprocessing's size or any of ``other_sizes``)
+    would exceed ``MAX_FORWARD_PIXELS`` is a failure, found before it is resized.
     """
     if batch_size < 1:
         raise CamcliError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise CamcliError(f"workers must be 0 or more, got {workers}")
     dataset = ImageDataset(images, preprocess, keep_images, augment, max_pixels, seed, other_sizes)
-    starts = range(0, len(dataset), batch_size)
-    if workers == 0 or len(dataset) <= 1:
-        for start in starts:
-            yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        return
-    with ThreadPoolExecutor(max_workers=min(workers, len(dataset)), thread_name_prefix="camcli-decode") as pool:
-        ahead: deque[list[Future]] = deque()
-        try:
-            for start in starts:
-                ahead.append([pool.submit(dataset.__getitem__, i) for i in range(start, min(start + batch_size, len(dataset)))])
-                if len(ahead) > PREFETCH_BATCHES:
-                    yield collate([f.result() for f in ahead.popleft()])
-            while ahead:
-                yield collate([f.result() for f in ahead.popleft()])
-        finally:
-            for batch in ahead:
-                for future in batch:
+    largest = [1]  # the most pixels of any original decoded so far
+
+    def kept(item) -> int:
+        original = item[2]
+        return 0 if original is None else original.shape[0] * original.shape[1]
+
+    def decoded() -> Iterator:
+        """The dataset's items in order, decoded ahead in threads."""
+        if workers == 0 or len(dataset) <= 1:
+            yield from (dataset[i] for i in range(len(dataset)))
+            return
+        with ThreadPoolExecutor(max_workers=min(workers, len(dataset)), thread_name_prefix="camcli-decode") as pool:
+            ahead: deque[Future] = deque()
+            try:
+                for i in range(len(dataset)):
+                    window = PREFETCH_BATCHES * batch_size
+                    if keep_images:
+                        window = max(1, min(window, KEPT_PIXELS // largest[0]))
+                    while len(ahead) >= window:
+                        yield ahead.popleft().result()
+                    ahead.append(pool.submit(dataset.__getitem__, i))
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
                     future.cancel()
+
+    batch, pixels = [], 0
+    for item in decoded():
+        size = kept(item)
+        largest[0] = max(largest[0], size)
+        if batch and pixels + size > KEPT_PIXELS:  # this original would take the batch past the budget
+            yield collate(batch)
+            batch, pixels = [], 0
+        batch.append(item)
+        pixels += size
+        if len(batch) == batch_size:  # full: out at once, before the next image is read
+            yield collate(batch)
+            batch, pixels = [], 0
+    if batch:
+        yield collate(batch)
 
 
 def _rows(exact: Exact, n: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from camcli import cam
-from camcli.data import class_folders, walk_images
+from camcli.data import class_folders, walk, walk_images
 from camcli.defaults import PAPER_THRESHOLD
 from camcli.errors import CamcliError, first_line
 from camcli.files import read_bytes, read_text
@@ -172,7 +172,7 @@ def _read_voc(path: Path) -> dict[str, list[list[float]]]:
     from defusedxml.ElementTree import ParseError, fromstring
 
     if path.is_dir():
-        files = sorted(Path(root) / name for root, _, names in os.walk(path) for name in names if name.lower().endswith(".xml"))
+        files = sorted(Path(root) / name for root, _, names in walk(path) for name in names if name.lower().endswith(".xml"))
         if not files:
             raise CamcliError(f"the boxes folder {path} holds no Pascal VOC .xml files (give a JSON or COCO file itself)")
     else:

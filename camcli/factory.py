@@ -159,7 +159,9 @@ def build_model(spec: ModelSpec) -> Model:
     if spec.backbone is not None:
         model: Model = backbone_model(spec)
     elif spec.checkpoint is not None:
-        model = _from_checkpoint(load_checkpoint(Path(spec.checkpoint)), spec)
+        # the checkpoint's INT8 calibration images are read only when an INT8 build takes them
+        own_images = spec.precision == "int8" and spec.calibration is None
+        model = _from_checkpoint(load_checkpoint(Path(spec.checkpoint), calibration_images=own_images), spec)
         if spec.layer is not None:
             model = _gradient_model(model, spec)
     else:

@@ -202,7 +202,12 @@ def cached_record(path: Path, **facts) -> tuple[bytes, dict] | None:
     """:func:`cached_bytes` with the whole record (facts written beside the wanted ones, too)."""
     try:
         record = json.loads(read_bytes(_record_path(path), 1 << 20, "cache record"))
-        data = read_bytes(path, MAX_CACHE_BYTES, "cache file")
+        size = record.get("size") if isinstance(record, dict) else None
+        if type(size) is not int or not 0 <= size <= MAX_CACHE_BYTES:
+            return None
+        # the file's size is compared with the record's (fstat) before any byte is read: a file grown,
+        # truncated or made sparse since it was written costs nothing to find
+        data = read_bytes(path, size, "cache file")
     except (CamcliError, ValueError, RecursionError):
         return None
     wanted = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **json.loads(json.dumps(facts))}

@@ -201,3 +201,22 @@ def test_the_cam_beats_the_random_baseline_on_real_photographs(tmp_path):
     assert cam["deletion_auc"] < noise["deletion_auc"]
     assert cam["insertion_auc"] > noise["insertion_auc"]
     assert cam["average_drop"] < noise["average_drop"]
+
+
+@pytest.mark.parametrize("side", [64, 600])
+def test_road_imputes_a_large_input_on_a_bounded_grid_with_the_noise_level_kept(side, monkeypatch):
+    from camcli import faithfulness
+
+    solved = []
+    csc_matrix, spsolve = faithfulness.require_scipy()
+    monkeypatch.setattr(faithfulness, "require_scipy", lambda: (csc_matrix, lambda m, b: solved.append(m.shape[0]) or spsolve(m, b)))
+    x = np.full((3, side, side), 0.5, np.float32)
+    x[:, : side // 4] = 0.9  # known values that must stay as they are
+    keep = np.ones((side, side), bool)
+    keep[side // 3 : 2 * side // 3, side // 3 : 2 * side // 3] = False  # a square to impute
+    out = faithfulness.impute(x, keep, noise=0.01, rng=np.random.default_rng(3))
+    assert solved and max(solved) <= faithfulness.ROAD_MAX_PIXELS
+    assert (side * side > faithfulness.ROAD_MAX_PIXELS) == (max(solved) < (~keep).sum())  # a coarser grid only when too large
+    np.testing.assert_array_equal(out[:, keep], x[:, keep])
+    residual = out[:, ~keep] - 0.5  # the square's neighbours are all 0.5: the smooth part is 0.5, the rest is the noise
+    assert abs(residual.mean()) < 0.002 and 0.0095 < residual.std() < 0.0105

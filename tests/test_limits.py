@@ -345,3 +345,118 @@ def test_csv_quotes_round_trip_and_a_terminal_sees_no_escape_sequence(sample_run
 
     code, terminal = _on_a_terminal(["predict", image, "--checkpoint", sample_run / "best.safetensors", "--format", "csv", "-q"])
     assert code == 0 and b"\x1b]0;PWNED" not in terminal and b"\\x1b]0;PWNED" in terminal
+
+
+def test_a_folder_nested_deeper_than_pythons_recursion_limit_is_walked(tmp_path):
+    from camcli.data import find_images
+
+    deep = folder = tmp_path / "deep"
+    deep.mkdir()
+    for _ in range(1100):  # Python 3.11's recursive os.walk raised a RecursionError here (so would os.makedirs)
+        folder = folder / "d"
+        folder.mkdir()
+    write_image(folder / "x.png", np.zeros((8, 8, 3), np.uint8))
+    write_image(deep / "top.png", np.zeros((8, 8, 3), np.uint8))
+    assert [i.path.name for i in find_images([deep])] == ["top.png", "x.png"]
+
+
+def test_exclude_patterns_are_compiled_once_and_capped(sample_run, tmp_path):
+    import time
+
+    from camcli.data import MAX_EXCLUDES, excluded
+
+    patterns = [f"*/nothing_{i}/*" for i in range(MAX_EXCLUDES)] + ["*_00.jpg"]
+    start = time.perf_counter()
+    hits = [excluded(Path(f"val/cat/cat_{i:02d}.jpg"), patterns[-MAX_EXCLUDES:]) for i in range(200)]
+    assert hits == [i == 0 for i in range(200)]
+    assert time.perf_counter() - start < 20  # (a bound, not a timing: 10,000 patterns a file recompiled took minutes)
+    config = tmp_path / "many.yaml"
+    config.write_text("exclude:\n" + "".join(f"  - '*/n{i}/*'\n" for i in range(MAX_EXCLUDES + 1)))
+    result, peak = run_measured("train", SAMPLE_DATA, "--config", config, "--out", tmp_path / "run", "--epochs", "1")
+    _refused(result, peak, f"over the limit of {MAX_EXCLUDES:,}")
+
+
+def test_a_cache_file_that_grew_is_rebuilt_without_being_read(tmp_path, monkeypatch):
+    from camcli import runtime
+
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "thing.bin"
+    path.write_bytes(b"x" * 100)
+    runtime.record_cache(path, kind="test")
+    assert runtime.cached_bytes(path, kind="test") == b"x" * 100
+    with open(path, "r+b") as f:  # a sparse 3 GiB file now: reading it whole would take 3 GiB
+        f.truncate(3 << 30)
+    reads = []
+    monkeypatch.setattr(runtime, "read_bytes", lambda p, limit, *a, **k: reads.append(limit) or files.read_bytes(p, limit, *a, **k))
+    assert runtime.cached_bytes(path, kind="test") is None
+    assert reads[-1] == 100  # the cache file was opened with the record's size as its limit: refused from fstat
+
+
+def test_kept_originals_are_bounded_by_pixels_across_a_batch_not_by_count(monkeypatch):
+    """Overlay keeps each batch's decoded originals: 100 photos of 12 Mpixels took 3.1 GB at the
+    default batch of 32. A batch now ends once its originals reach KEPT_PIXELS (scaled down here),
+    and decoding runs no further ahead than that budget allows (the window is the budget over the
+    largest original seen)."""
+    from camcli.data import Preprocess
+
+    monkeypatch.setattr(engine, "KEPT_PIXELS", 3 * 200 * 300)  # three originals of the largest size below
+    sizes = [(200, 300), (100, 100), (200, 300), (200, 300), (200, 300), (50, 60), (200, 300)]
+    images = [np.zeros((h, w, 3), np.uint8) for h, w in sizes]
+    batches = list(engine.image_batches(images, Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), 32, 2, keep_images=True))
+    positions = [p for _, pos, _, _ in batches for p in pos]
+    assert positions == list(range(len(images)))
+    for _, _, originals, _ in batches:
+        pixels = sum(o.shape[0] * o.shape[1] for o in originals)
+        assert pixels <= engine.KEPT_PIXELS or len(originals) == 1
+    assert len(batches) > 1  # cut by pixels, although the batch size (32) holds them all
+    plain = list(engine.image_batches(images, Preprocess(64, (0.5,) * 3, (0.5,) * 3, "squash"), 32, 2))
+    assert len(plain) == 1  # without originals, the batch size alone
+
+
+def test_the_int8_calibration_entry_is_bounded_and_read_only_for_an_int8_build(sample_run, tmp_path):
+    from camcli.checkpoint import MAX_INT8_JPEG_BYTES, checkpoint_bytes, load_checkpoint
+
+    huge = 3_500_000_000  # a 28 KB sparse file declaring 3.5 GB of calibration JPEGs made plain predict take 3.44 GB
+    entries = {**_head(), "int8.offsets": ("I64", (2,), 40, 56), "int8.jpeg": ("U8", (huge,), 56, 56 + huge)}
+    sparse = _safetensors(tmp_path / "sparse.safetensors", _meta(stored=False), entries, data_bytes=56 + huge)
+    result, peak = run_measured("predict", CAT / "cat_00.jpg", "--checkpoint", sparse, "--format", "jsonl")
+    _refused(result, peak, f"int8_calibration.jpeg must be at most {MAX_INT8_JPEG_BYTES:,} bytes")
+
+    ckpt = load_checkpoint(sample_run / "best.safetensors")
+    size = 200 << 20  # within the bound: read by an INT8 build only, never by an fp32 command
+    ckpt["int8_calibration"] = {"jpeg": np.zeros(size, np.uint8), "offsets": np.array([0, size], np.int64)}
+    heavy = tmp_path / "heavy.safetensors"
+    heavy.write_bytes(checkpoint_bytes(ckpt))
+    plain, plain_peak = run_measured("predict", CAT / "cat_00.jpg", "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl")
+    result, peak = run_measured("predict", CAT / "cat_00.jpg", "--checkpoint", heavy, "--format", "jsonl")
+    assert result.returncode == 0 and plain.returncode == 0, result.stderr
+    assert result.stdout == plain.stdout
+    assert peak < plain_peak + 100, (peak, plain_peak)  # the 200 MB entry was not read
+
+
+def test_scorecam_masks_are_made_and_scored_a_chunk_at_a_time(monkeypatch):
+    """Score-CAM built every channel's upsampled mask in float64, and every masked input, before
+    scoring any (one 400x1600 photograph: 4.0 GB): now a chunk of channels at a time, in float32."""
+    from camcli import cam
+
+    made, scored = [], []
+    original = cam.scorecam_masks
+    monkeypatch.setattr(cam, "scorecam_masks", lambda acts, size: made.append(original(acts, size)) or made[-1])
+    rng = np.random.default_rng(0)
+    acts = np.maximum(rng.standard_normal((300, 4, 16)), 0).astype(np.float32)
+    acts[::3] = 0  # constant channels: one zero input scores them all
+    x = rng.standard_normal((3, 64, 256)).astype(np.float32)
+
+    def logits_of(inputs):
+        scored.append(len(inputs))
+        batch = np.stack(inputs)
+        return np.stack([batch.mean(axis=(1, 2, 3)), batch.std(axis=(1, 2, 3))], axis=1)
+
+    maps = engine.scorecam_maps(acts, x, np.array([0, 1]), logits_of)
+    assert maps.shape == (2, 4, 16) and np.isfinite(maps).all()
+    assert all(m.dtype == np.float32 and len(m) <= engine.SCORECAM_CHUNK for m in made)
+    assert max(scored) <= engine.SCORECAM_CHUNK and sum(scored) == 200 + 1  # the varying channels, then one zero input
+    whole = original(acts, x.shape[-2:])  # the maps equal those of all the masks at once
+    scores = logits_of(list(x[None] * whole[:, None]))[:, [0, 1]]
+    expected = np.stack([cam.scorecam_map(acts, scores[:, j]) for j in range(2)])
+    np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
