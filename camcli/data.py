@@ -306,16 +306,20 @@ def walk(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
         root = stack.pop()
         try:
             with os.scandir(root) as entries:
-                dirs, files = [], []
+                dirs, files, linked = [], [], set()
                 for entry in entries:
                     try:
-                        (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+                        is_dir = entry.is_dir()  # a link to a folder is listed as a folder, as os.walk lists it
+                        if is_dir and entry.is_symlink():
+                            linked.add(entry.name)
                     except OSError:
-                        files.append(entry.name)
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry.name)
         except OSError:
             continue
         yield root, dirs, files
-        stack.extend(os.path.join(root, d) for d in reversed(dirs))  # visited in the order dirs is left in
+        # visited in the order dirs is left in; links to folders are not followed (os.walk's followlinks=False)
+        stack.extend(os.path.join(root, d) for d in reversed(dirs) if d not in linked)
 
 
 def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:

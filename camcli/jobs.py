@@ -94,21 +94,25 @@ def int8_key(model: Model, batch: Batch | None = None, b: int = 0) -> dict:
     return {"precision": "fp32" if batch is not None and batch.fp32 is not None and batch.fp32[b] else "int8"}
 
 
-def scorecam_cost(model: Model, images: int, top_channels: int | None = None) -> tuple[int | None, float]:
-    """What Score-CAM will cost on ``images`` images, before the run: (at most how many forward
-    passes, None when the target layer's channel count is not known before a pass (a gradient
-    model); about how many seconds a pass takes here, timed on 4 blank inputs at the model's input size)."""
-    size = model.preprocess.img_size
+def scorecam_cost(model: Model, images: int | None, top_channels: int | None = None, smooth: Sequence[str] = (),
+                  cam_sizes: Sequence[int] = ()) -> tuple[int | None, int | None, float]:
+    """What Score-CAM will cost, before the run: (at most how many forward passes per image, and on
+    ``images`` images (None when the count is not known yet: a walk still running), both None
+    when the target layer's channel count is not known before a pass (a gradient model); about how
+    many seconds a pass takes here, timed on 4 blank inputs at the size the maps are made at).
+    Each ``cam_sizes`` size and ``aug`` smoothing's six copies multiply the passes."""
+    size = max(cam_sizes) if cam_sizes else model.preprocess.img_size
     blank = [np.zeros((3, size, size), np.float32)] * 4
     model.forward(blank[:1], False)  # a first run pays for set-up (ONNX Runtime's arena): not timed
     clock = time.perf_counter()
     model.forward(blank, False)
     seconds = (time.perf_counter() - clock) / len(blank)
     weight = getattr(model, "weight", None)
-    channels = None if getattr(model, "layer", None) is not None or weight is None else int(weight.shape[1])
-    if channels is not None and top_channels is not None:
-        channels = min(channels, top_channels)
-    return (None if channels is None else channels * images), seconds
+    if getattr(model, "layer", None) is not None or weight is None:
+        return None, None, seconds
+    channels = int(weight.shape[1]) if top_channels is None else min(int(weight.shape[1]), top_channels)
+    per_image = channels * max(1, len(cam_sizes)) * (6 if "aug" in smooth else 1)
+    return per_image, None if images is None else per_image * images, seconds
 
 
 def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
@@ -334,16 +338,33 @@ class OverlayJob:
             # checks each path again for folders, devices and files camcli did not write
             names.guard = OutputGuard(set(), self.overwrite, {real_path(p) for p in self.reserved})
         guard = names.guard
-        pending: deque[tuple[dict, Future | None]] = deque()
+        pending: deque[tuple[dict, Future | None]] = deque()  # rows in input order, each with its write (None: a failure)
+        batch_rows: dict[int, tuple[dict, Future | None]] = {}  # this batch's rows not yet in ``pending``, by position
 
-        def finished(wait: bool) -> Iterator[dict]:
+        def queue(upto: int | None = None) -> None:
+            """Move this batch's rows (up to position ``upto``) to ``pending``, in input order."""
+            for pos in sorted(batch_rows):
+                if upto is None or pos <= upto:
+                    pending.append(batch_rows.pop(pos))
+
+        def finished(wait: bool, stop_at_cancelled: bool = False) -> Iterator[dict]:
             """The rows of the oldest images whose files are written (``wait``: all of them, waiting
-            for their writes), in input order."""
+            for their writes), in input order. A row leaves ``pending`` only once its file is written,
+            so a Ctrl-C while waiting still finds it."""
             while pending and (wait or pending[0][1] is None or pending[0][1].done()):
-                row, future = pending.popleft()
-                if future is not None:  # None: an input that could not be read, its row is complete
-                    outputs, box = future.result()
+                row, future = pending[0]
+                if future is not None:
+                    if stop_at_cancelled and future.cancelled():
+                        return  # never started, and neither were the ones after it (the pool takes them in order)
+                    try:
+                        outputs, box = future.result()
+                    except Exception:
+                        if not stop_at_cancelled:
+                            raise
+                        pending.popleft()  # a write that failed while stopping: no row, the interruption goes on
+                        continue
                     row = {**row, "outputs": [str(p) for p in outputs], "box": box}
+                pending.popleft()
                 yield row
 
         with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="camcli-writer") as pool:
@@ -353,9 +374,9 @@ class OverlayJob:
                     # the previous batch's files were written while this batch was decoded and ranked: their rows
                     # go out before this batch's maps, so a row is never held back behind a long computation
                     yield from finished(wait=True)
-                    rows: dict[int, tuple[dict, Future | None]] = {
+                    batch_rows.update({
                         pos: ({"path": str(images[pos].path), "predictions": [], "outputs": [], "box": None, "error": why}, None)
-                        for pos, why in batch.failures}
+                        for pos, why in batch.failures})
                     if batch.positions:
                         if plan.maps_k:
                             classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, : plan.maps_k]
@@ -370,41 +391,29 @@ class OverlayJob:
                             paths = names.paths(pos, [model.class_names[c] for c in mapped])
                             future = pool.submit(write_overlays, batch.originals[b], cam_map, mapped, probs[b], model.class_names,
                                                  paths, self, plan.threshold, guard.recorder, plan.method)
-                            rows[pos] = ({"path": str(images[pos].path), "predictions": ranked[b], **int8_key(model, batch, b),
-                                          "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold,
-                                          "method": plan.method, "normalize": self.normalize,
-                                          **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
-                                          **({"smooth": list(self.smooth)} if self.smooth else {})}, future)
+                            batch_rows[pos] = ({"path": str(images[pos].path), "predictions": ranked[b], **int8_key(model, batch, b),
+                                                "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold,
+                                                "method": plan.method, "normalize": self.normalize,
+                                                **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
+                                                **({"smooth": list(self.smooth)} if self.smooth else {})}, future)
                         if len(group) < len(batch.positions):  # one image at a time: its row before the next one's maps
-                            pending.extend(rows.pop(pos) for pos in sorted(rows) if pos <= batch.positions[group[-1]])
+                            queue(upto=batch.positions[group[-1]])
                             yield from finished(wait=True)
-                    pending.extend(rows[pos] for pos in sorted(rows))
+                    queue()
                     yield from finished(wait=False)
                 yield from finished(wait=True)
             except KeyboardInterrupt:
-                # Ctrl-C: the writes not started are cancelled; the rows of the files that are written go out first
+                # Ctrl-C: the writes not started are cancelled; the rows of the files written (or being written) go out first
+                queue()
                 for _, future in pending:
                     if future is not None:
                         future.cancel()
-                while pending and (pending[0][1] is None or not pending[0][1].cancelled()):
-                    yield from finished_one(pending)
+                yield from finished(wait=True, stop_at_cancelled=True)
                 raise
             finally:
-                for _, future in pending:
+                for _, future in [*pending, *batch_rows.values()]:
                     if future is not None:
                         future.cancel()  # the ones running finish (and record) before the pool closes
-
-
-def finished_one(pending: deque) -> Iterator[dict]:
-    """The oldest pending overlay row, once its files are written (see :meth:`OverlayJob.run`)."""
-    row, future = pending.popleft()
-    if future is not None:
-        try:
-            outputs, box = future.result()
-        except Exception:  # noqa: BLE001 - a write that failed during Ctrl-C: no row (its error goes with the interruption)
-            return
-        row = {**row, "outputs": [str(p) for p in outputs], "box": box}
-    yield row
 
 
 # ---------------------------------------------------------------- evaluate
@@ -465,6 +474,9 @@ class EvaluateJob:
             raise CamcliError("`calibrate` needs `boxes`: the threshold is chosen by box accuracy")
         if self.faithfulness:
             require_scipy()
+        if self.calibrate and self.smooth:
+            raise CamcliError("`calibrate` measures the checkpoint's own CAM maps, which overlay draws without smoothing: "
+                              "leave out `aug_smooth` and `eigen_smooth`")
         if self.calibrate and len(self.cam_sizes) > 1:
             raise CamcliError("`calibrate` chooses one map size: give one `cam_sizes` size, or none to try "
                               f"{', '.join(map(str, CALIBRATION_CAM_SIZES))}")

@@ -357,7 +357,14 @@ def test_a_folder_nested_deeper_than_pythons_recursion_limit_is_walked(tmp_path)
         folder.mkdir()
     write_image(folder / "x.png", np.zeros((8, 8, 3), np.uint8))
     write_image(deep / "top.png", np.zeros((8, 8, 3), np.uint8))
-    assert [i.path.name for i in find_images([deep])] == ["top.png", "x.png"]
+    (deep / "more.jpg").symlink_to(folder, target_is_directory=True)  # a link to a folder is a folder, not followed
+    try:
+        assert [i.path.name for i in find_images([deep])] == ["top.png", "x.png"]
+    finally:  # removed bottom up here: shutil.rmtree (pytest's clean-up of old temporary folders) recurses too
+        (folder / "x.png").unlink()
+        while folder != deep:
+            folder.rmdir()
+            folder = folder.parent
 
 
 def test_exclude_patterns_are_compiled_once_and_capped(sample_run, tmp_path):

@@ -31,6 +31,8 @@ def mistakes(checkpoint: str, tmp: str) -> list[tuple[list[str], str]]:
         (["overlay", PHOTO, *ck, "--method", "scorecam", "--top-channels", "0", "--out-dir", tmp], "--top-channels must be at least 1"),
         (["evaluate", str(SAMPLE_DATA / "val"), *ck, "--calibrate", "--out", tmp + "/e"], "--calibrate needs --boxes"),
         (["overlay", PHOTO, *ck, "--method", "nope", "--out-dir", tmp], "'nope' is not one of"),
+        (["evaluate", str(SAMPLE_DATA / "val"), *ck, "--boxes", str(SAMPLE_DATA / "val_boxes.json"), "--calibrate", "--eigen-smooth",
+          "--out", tmp + "/e2"], "--calibrate measures the checkpoint's own CAM maps"),
         (["predict", PHOTO, *ck, "--bach-size", "3"], "--batch-size"),
         (["predict", tmp + "/missing.jpg", *ck], "missing.jpg"),
         (["overlay", PHOTO, *ck, "--report-limit", "0", "--out-dir", tmp], "--report-limit must be at least 1"),

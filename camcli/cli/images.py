@@ -63,7 +63,7 @@ def predict(
     loaded = load_model(spec, run.quiet)
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
     if job.boxes:
-        say_scorecam_cost(loaded, job, len(head), run.quiet)
+        say_scorecam_cost(loaded, job, len(head) if len(head) < 1024 else None, run.quiet)  # a longer walk: not counted yet
     with engine, progress_bar(run.quiet) as progress:
         count, failed, near_ties = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
     say_near_ties(near_ties, count - failed, run.quiet)

@@ -268,17 +268,22 @@ def checked(spec_of: ModelOptions, *jobs_and_more):
 
 
 
-def say_scorecam_cost(model, job, images: int, quiet: bool) -> None:
-    """Before a Score-CAM run: what it will cost (one forward pass per channel of every image)."""
+def say_scorecam_cost(model, job, images: int | None, quiet: bool) -> None:
+    """Before a Score-CAM run: what it will cost (one forward pass per channel of every image);
+    ``images`` None when the count is not known yet."""
     from camcli.jobs import method_names, scorecam_cost
 
-    if quiet or images < 1 or "scorecam" not in method_names(job.method):
+    if quiet or images == 0 or "scorecam" not in method_names(job.method):
         return
-    passes, seconds = scorecam_cost(model, images, job.top_channels)
-    per_image = "one forward pass per channel of the target layer" if passes is None else f"up to {passes // images:,} forward passes"
-    about = "" if passes is None else f": up to {passes:,} passes, about {_duration(passes * seconds)} here"
-    hint = "" if job.top_channels is not None else "; --top-channels K bounds it"
-    say(f"note: Score-CAM scores {per_image} per image ({images:,} image{'s' * (images != 1)}{about}{hint})")
+    per_image, passes, seconds = scorecam_cost(model, images, job.top_channels, job.smooth, job.cam_sizes)
+    per = "one forward pass per channel of the target layer" if per_image is None else f"up to {per_image:,} forward passes"
+    about = "" if passes is None else (f"{images:,} image{'s' * (images != 1)}: up to {passes:,} passes, "
+                                       f"about {_duration(passes * seconds)} here")
+    if per_image is not None and passes is None:
+        about = f"about {_duration(per_image * seconds)} an image here"
+    hint = "" if job.top_channels is not None else "--top-channels K bounds it"
+    details = "; ".join(part for part in (about, hint) if part)
+    say(f"note: Score-CAM scores {per} per image" + (f" ({details})" if details else ""))
 
 
 def _duration(seconds: float) -> str:

@@ -134,8 +134,9 @@ class _Lines:
         while not self.stopped.wait(1.0):
             if time.monotonic() - self.last_line >= HEARTBEAT_S:
                 elapsed = f"{time.monotonic() - self.began:.0f} s"
-                if LAST_PROGRESS:
-                    done, total, stage = LAST_PROGRESS["done"], LAST_PROGRESS["total"], LAST_PROGRESS["stage"]
+                last = dict(LAST_PROGRESS)  # a copy: the main thread may clear it for the next stage
+                if last:
+                    done, total, stage = last["done"], last["total"], last["stage"]
                     self.line(f"{stage}: {done}" + (f"/{total}" if total else "") + f"{unit(stage)}, "
                               f"{progress.passes():,} forward passes so far, {elapsed}")
                 else:
@@ -167,6 +168,7 @@ def progress_bar(quiet: bool, starting: str | None = None, announce: bool = True
                 yield lines
         finally:
             lines.stopped.set()
+            lines.thread.join()  # no line from this stage after it ends
         return
     columns = (TextColumn("{task.description}", markup=False), BarColumn(bar_width=20), MofNCompleteColumn(), Rate(), Passes(),
                TimeElapsedColumn(), Remaining())
