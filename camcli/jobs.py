@@ -550,7 +550,8 @@ class EvaluateJob:
             if batch.failures:
                 raise CamcliError(f"{batch.failures[0][1]}; fix or remove that file")
             names = method_names(self.method)
-            slow = self.faithfulness or any(methods.get(m).many_passes for m in names)
+            # calibration's trials run two more forward passes per image, at 320 and 448
+            slow = self.faithfulness or bool(self.calibration_sizes) or any(methods.get(m).many_passes for m in names)
             groups = map_groups(len(batch.positions), names[0], self.smooth, one_at_a_time=slow) if batch.positions else [[]]
             for group in groups:  # one image at a time when each costs many passes: a part (and progress) per image
                 yield self._part(model, batch.take(group), samples)
