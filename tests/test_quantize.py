@@ -178,7 +178,13 @@ def test_statistics_gathered_in_chunks_round_the_same_and_weights_computed_in_th
     chunked = quantize.round_weights(model, images, {"c2", "c3"})
     for a, b in zip(whole.graph.initializer, chunked.graph.initializer):
         np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
-    assert OnnxRunner(Path("int8"), model=quantize.quantize(model.SerializeToString(), images)) is not None
+    rounded = {i.name: numpy_helper.to_array(i) for i in whole.graph.initializer}
+    assert not np.array_equal(rounded["w2"], w2) and not np.array_equal(rounded["w3"], w1 * 0.5)  # the weights were rounded
+    int8 = OnnxRunner(Path("int8"), model=quantize.quantize(model.SerializeToString(), images))
+    fp32 = OnnxRunner(Path("fp32"), model=model.SerializeToString())
+    got, want = int8(images[0][None]), fp32(images[0][None])
+    assert got.shape == want.shape == (1, 6, 10, 10)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99  # the INT8 graph computes what the fp32 one does
 
 
 def test_the_quantizer_keeps_the_rounded_weights_exactly(monkeypatch):
@@ -286,8 +292,9 @@ def test_compare_sets_the_margin_on_the_calibrating_images_and_counts_the_near_t
     # by hand: the margin from the first eight, the agreement on the others with the near ties counted as agreeing
     a = np.stack([fp32(t[None]).mean(axis=(2, 3))[0] @ head["weight"].T + head["bias"] for t in tensors])
     rng = np.random.default_rng(2)
-    b = np.stack([(fp32(t[None]) + 0.05 * rng.standard_normal(fp32(t[None]).shape)).mean(axis=(2, 3))[0] @ head["weight"].T
-                  + head["bias"] for t in tensors])
+    fa = [fp32(t[None])[0] for t in tensors]
+    fb = [f + 0.05 * rng.standard_normal((1, *f.shape))[0] for f in fa]  # the noisy runner's draws, in its order
+    b = np.stack([f.mean(axis=(1, 2)) @ head["weight"].T + head["bias"] for f in fb])
     margin = quantize.tie_margin(a[:8], b[:8])
     assert check.tie_margin == pytest.approx(margin, rel=1e-4) and margin > 0
     top_two = np.sort(b[8:], axis=1)[:, -2:]
@@ -295,6 +302,17 @@ def test_compare_sets_the_margin_on_the_calibrating_images_and_counts_the_near_t
     agree = a[8:].argmax(1) == b[8:].argmax(1)
     assert check.rechecked == int(tie.sum()) and check.int8_agreement == pytest.approx(agree.mean())
     assert check.agreement == pytest.approx((agree | tie).mean()) and check.agreement >= check.int8_agreement
+    # the map correlation by hand: fp32's top-1 class's raw map, fp32 against INT8's features (a near tie runs fp32: 1)
+    correlations = []
+    for k in range(8):
+        top = int(a[8 + k].argmax())
+        ma, mb = (np.tensordot(head["weight"][top], f[8 + k], axes=1).ravel() for f in (fa, fb))
+        correlations.append(1.0 if tie[k] else float(np.corrcoef(ma, mb)[0, 1]))
+    assert check.map_correlation == pytest.approx(np.mean(correlations), rel=1e-5) and check.map_correlation < 1
+    # the guard: every bar met but the map correlation's fails the check
+    good = dict(images=40, agreement=1.0, int8_agreement=1.0, rechecked=0, tie_margin=0.1)
+    assert quantize.Check(**good, map_correlation=quantize.MIN_MAP_CORRELATION).passed
+    assert not quantize.Check(**good, map_correlation=quantize.MIN_MAP_CORRELATION - 0.001).passed
 
 
 def quantize_head():
