@@ -109,3 +109,38 @@ def run_measured(*args, timeout: float = 300, **kwargs):
     head, _, peak = result.stderr.rpartition("\nPEAK_RSS_KB=")
     result.stderr = head.strip("\n") + "\n" if head.strip() else ""
     return result, int(peak) / 1024
+
+
+def on_a_terminal(args: list, stdout_path: Path | None = None, env: dict | None = None) -> tuple[int, list[tuple[float, bytes]]]:
+    """Run ``camcli ARGS`` with stderr (and stdout, unless ``stdout_path``) on a pseudo-terminal
+    120 columns wide; returns (exit status, (seconds since the start, bytes) of each read)."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    out = open(stdout_path, "w") if stdout_path else None
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "camcli", *map(str, args)], stdin=subprocess.DEVNULL,
+                                stdout=out or slave, stderr=slave, env={**os.environ, "COLUMNS": "120", **(env or {})})
+    finally:
+        os.close(slave)
+    chunks = []
+    while True:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                chunk = b""
+            if chunk:
+                chunks.append((time.monotonic() - start, chunk))
+                continue
+        if proc.poll() is not None:
+            break
+    os.close(master)
+    if out:
+        out.close()
+    return proc.wait(), chunks

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from camcli.backbones import lite0_weights_path
 from camcli.checkpoint import load_checkpoint, save_checkpoint
 from camcli.cli import app
-from conftest import SAMPLE_DATA, make_image_folder, with_class_names, write_image
+from conftest import SAMPLE_DATA, make_image_folder, on_a_terminal, with_class_names, write_image
 
 runner = CliRunner()
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -649,32 +649,8 @@ def test_a_table_off_a_terminal_never_wraps_a_path(sample_run, tmp_path):
 def _on_a_terminal(args: list[str], stdout_path: Path | None = None) -> tuple[int, bytes]:
     """Run camcli with stderr (and stdout, unless ``stdout_path``) on a pseudo-terminal; returns
     (exit status, every byte the terminal received)."""
-    import pty
-    import select
-
-    master, slave = pty.openpty()
-    out = open(stdout_path, "w") if stdout_path else None
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "camcli", *map(str, args)], stdin=subprocess.DEVNULL,
-                                stdout=out or slave, stderr=slave, env={**os.environ, "COLUMNS": "120"})
-    finally:
-        os.close(slave)
-    data = b""
-    while True:
-        if select.select([master], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                chunk = b""
-            if chunk:
-                data += chunk
-                continue
-        if proc.poll() is not None:
-            break
-    os.close(master)
-    if out:
-        out.close()
-    return proc.wait(), data
+    code, chunks = on_a_terminal(args, stdout_path)
+    return code, b"".join(chunk for _, chunk in chunks)
 
 
 def test_rows_for_a_file_never_go_to_the_terminal_that_shows_the_bar(sample_run, tmp_path):

@@ -5,9 +5,7 @@ image kept on Ctrl-C, whatever the method and batch."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, on_a_terminal
 
 # Score-CAM made cheap enough for a test: a small input and 200 channels (a few seconds an image here)
 SLOW_SCORECAM = ["--method", "scorecam", "--top-channels", "200", "--img-size", "128"]
@@ -29,33 +27,6 @@ def three(tmp_path: Path) -> Path:
     for name in ("astronaut_00.jpg", "astronaut_01.jpg", "astronaut_02.jpg"):
         (folder / name).write_bytes((SAMPLE_DATA / "val" / "astronaut" / name).read_bytes())
     return folder
-
-
-def _timed_terminal(args: list, env: dict | None = None) -> tuple[int, list[tuple[float, bytes]]]:
-    """Run camcli with stdout and stderr on a pseudo-terminal; (exit status, (seconds since start, bytes) per read)."""
-    import pty
-
-    master, slave = pty.openpty()
-    start = time.monotonic()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "camcli", *map(str, args)], stdin=subprocess.DEVNULL, stdout=slave,
-                                stderr=slave, env={**os.environ, "COLUMNS": "120", **(env or {})})
-    finally:
-        os.close(slave)
-    chunks = []
-    while True:
-        if select.select([master], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                chunk = b""
-            if chunk:
-                chunks.append((time.monotonic() - start, chunk))
-                continue
-        if proc.poll() is not None:
-            break
-    os.close(master)
-    return proc.wait(), chunks
 
 
 def _screen_checks(chunks: list[tuple[float, bytes]], stage: str, total: int) -> None:
@@ -73,7 +44,7 @@ def _screen_checks(chunks: list[tuple[float, bytes]], stage: str, total: int) ->
 
 
 def test_overlay_with_scorecam_counts_each_image_on_a_terminal(sample_run, three, tmp_path):
-    code, chunks = _timed_terminal(["overlay", three, "--checkpoint", sample_run / "best.safetensors", *SLOW_SCORECAM,
+    code, chunks = on_a_terminal(["overlay", three, "--checkpoint", sample_run / "best.safetensors", *SLOW_SCORECAM,
                                     "--out-dir", tmp_path / "out"])
     assert code == 0, b"".join(c for _, c in chunks).decode(errors="replace")[-2000:]
     _screen_checks(chunks, "overlay", 3)
@@ -81,7 +52,7 @@ def test_overlay_with_scorecam_counts_each_image_on_a_terminal(sample_run, three
 
 
 def test_evaluate_faithfulness_counts_each_image_on_a_terminal(sample_run, three, tmp_path):
-    code, chunks = _timed_terminal(["evaluate", three, "--checkpoint", sample_run / "best.safetensors", "--faithfulness",
+    code, chunks = on_a_terminal(["evaluate", three, "--checkpoint", sample_run / "best.safetensors", "--faithfulness",
                                     "--img-size", "128", "--out", tmp_path / "eval"])
     assert code == 0, b"".join(c for _, c in chunks).decode(errors="replace")[-2000:]
     _screen_checks(chunks, "evaluate", 3)
@@ -165,7 +136,7 @@ def test_the_first_int8_build_says_what_it_does_and_shows_its_stages(sample_run,
     calibration.mkdir()
     for i, path in enumerate(sorted((SAMPLE_DATA / "train").rglob("*.jpg"))[::3][:16]):
         (calibration / f"{i:02d}.jpg").write_bytes(path.read_bytes())
-    code, chunks = _timed_terminal(["predict", three, "--checkpoint", sample_run / "best.safetensors", "--precision", "int8",
+    code, chunks = on_a_terminal(["predict", three, "--checkpoint", sample_run / "best.safetensors", "--precision", "int8",
                                     "--calibration", calibration, "--img-size", "128", "--format", "jsonl"],
                                    env={"CAMCLI_CACHE_DIR": str(tmp_path / "cache")})  # an empty cache: the model is built
     shown = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", b"".join(c for _, c in chunks)).decode(errors="replace")
