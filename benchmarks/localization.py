@@ -99,16 +99,22 @@ def _row(name: str, r: dict, extra: str = "") -> str:
             f"{r['max_box_acc']:.3f} ({r['best_threshold']:.2f}) | {r['max_box_acc_v2']:.3f} |{extra}")
 
 
+def trained_composite(tmp: Path) -> tuple[Path, dict, Path]:
+    """The composite set built in ``tmp``, its validation boxes, and the run folder of one default
+    (keep-aspect 224) head trained on it."""
+    root = tmp / "composite"
+    build(root)
+    out = tmp / "run"
+    fit(resolve_train_config(data=str(root), out=str(out), workers=1))
+    return root, load_boxes(root / "val_boxes.json", root / "val"), out
+
+
 def methods() -> None:
     """Every method on the same keep-aspect 224 head of the default backbone, at the ranking
     pass's maps and at cam size 320; seconds per image of the whole evaluate pass."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "composite"
-        build(root)
-        truth = load_boxes(root / "val_boxes.json", root / "val")
-        out = Path(tmp) / "run"
-        fit(resolve_train_config(data=str(root), out=str(out), workers=1))
+        root, truth, out = trained_composite(Path(tmp))
         model = load(out / "best.safetensors", device="cpu")
         for cam_sizes in ([], [320]):
             for method in METHODS:
@@ -155,11 +161,7 @@ def calibrate() -> None:
     halves = {"even": "*[13579].jpg", "odd": "*[02468].jpg"}  # the pattern that leaves the other half out
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "composite"
-        build(root)
-        truth = load_boxes(root / "val_boxes.json", root / "val")
-        out = Path(tmp) / "run"
-        fit(resolve_train_config(data=str(root), out=str(out), workers=1))
+        root, truth, out = trained_composite(Path(tmp))
         for fit_half, score_half in (("even", "odd"), ("odd", "even")):
             job = EvaluateJob(root / "val", truth, checkpoint=out / "best.safetensors", calibrate=True, workers=1,
                               exclude=[halves[fit_half]], out=Path(tmp) / f"cal_{fit_half}")

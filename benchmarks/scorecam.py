@@ -21,13 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from localization import build
+from localization import trained_composite
 from readme_section import README, write_section
 
 from camcli import progress
-from camcli.config import resolve_train_config
 from camcli.factory import load
-from camcli.train import fit
 
 KS = (32, 64, 128, 256, 512)
 MANUAL = Path(__file__).resolve().parents[1] / "docs" / "methods.md"  # the tables also go into the manual's methods page
@@ -47,10 +45,7 @@ def scorecam_maps(model, paths: list[Path], top_channels: int | None) -> tuple[l
 def main() -> None:
     count = 4 if "--quick" in sys.argv[1:] else 12
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "composite"
-        build(root)
-        out = Path(tmp) / "run"
-        fit(resolve_train_config(data=str(root), out=str(out), workers=1))
+        root, _, out = trained_composite(Path(tmp))
         paths = sorted((root / "val").rglob("*.jpg"))[:: max(1, len(list((root / "val").rglob("*.jpg"))) // count)][:count]
         model = load(out / "best.safetensors", device="cpu")
         exact, exact_s, exact_passes = scorecam_maps(model, paths, None)
