@@ -57,6 +57,10 @@ class TrainConfig:
             ("lr", math.isfinite(self.lr) and self.lr > 0, f"must be a positive finite number, got {self.lr}"),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              f"must be a finite number, 0 or more, got {self.weight_decay}"),
+            # AdamW multiplies the weights by 1 - lr * weight_decay every step: at 1 or more they vanish or flip sign
+            ("weight_decay", not self.lr * self.weight_decay >= 1,
+             f"times lr must be below 1 (each step scales the weights by 1 - lr * weight_decay), got {self.weight_decay:g} "
+             f"with lr {self.lr:g}"),
             ("img_size", MIN_IMG_SIZE <= self.img_size <= MAX_IMG_SIZE,
              f"must be from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, got {self.img_size}"),
             ("val_split", 0 < self.val_split < 1, f"must be between 0 and 1, got {self.val_split}"),

@@ -38,3 +38,4 @@ ENGINES = ("local", "ray")
 COLORMAPS = ("autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv", "pink", "hot", "parula",
              "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "twilight_shifted", "turbo", "deepgreen")
 CALIBRATION_CAM_SIZES = (224, 320, 448)  # map sizes evaluate --calibrate tries (each input well under MAX_FORWARD_PIXELS)
+INT8_PROBE_IMAGES = 8  # each INT8 run's first inputs (not near ties) that also run in fp32: INT8 checked on what it is used on

@@ -18,7 +18,7 @@ from camcli import cam, methods
 from camcli.data import DEFAULT_MAX_PIXELS, ImageDataset, Preprocess, collate
 from camcli.defaults import BATCH_SIZE, MAX_FORWARD_PIXELS, TOP_K
 from camcli.errors import CamcliError, suggestions
-from camcli.quantize import Calibration, Check, int8_graph, near_ties
+from camcli.quantize import PROBE_IMAGES, Calibration, Check, Probe, int8_graph, near_ties
 from camcli.runtime import OnnxRunner, TorchRunner, backbone_onnx, make_runner, module_state, resolve_device, weights_key
 
 Image = Path | str | np.ndarray
@@ -490,7 +490,8 @@ class CamModel(Model):
         self.calibration: Calibration | None = None
         self.int8_graph: bytes | None = None  # the INT8 graph the runner runs, once prepared
         self.int8_check: Check | None = None  # how it compared with fp32, once prepared
-        self._fp32_runner: OnnxRunner | None = None  # INT8: fp32's runner, for near ties (made on the first one)
+        self.int8_probe = Probe()  # INT8 against fp32 on this run's first inputs (see CamModel.ranked)
+        self._fp32_runner: OnnxRunner | None = None  # INT8: fp32's runner, for near ties and the probe
         weight, bias = (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()) \
             if hasattr(head, "weight") else head
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -531,34 +532,56 @@ class CamModel(Model):
         if self.calibration is None:
             raise ValueError("an int8 CamModel needs its calibration images (camcli.factory sets them)")
         path, fp32, export_note = backbone_onnx(self.features_module, self.arch, self.weights_id())
+        self._fp32_runner = OnnxRunner(path, model=fp32)
         graph, runner, self.int8_check, note = int8_graph(fp32, self.arch, self.calibration, self.preprocess, self.weight,
-                                                          self.bias)
+                                                          self.bias, self._fp32_runner)
         if graph is None:
             self.precision = "fp32"
-            self.runner = OnnxRunner(path, model=fp32)
+            self.runner = self._fp32_runner
         else:
             self.int8_graph, self.runner = graph, runner
         return "; ".join(n for n in (export_note, note) if n) or None
 
     def ranked(self, tensors: list[np.ndarray], maps: bool = True
                ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], np.ndarray | None]:
-        """:meth:`forward`; on the INT8 model, the images whose two best logits are within the
-        check's near-tie margin (:func:`camcli.quantize.near_ties`: where INT8's rounding could
-        swap fp32's ranking) run again on the fp32 graph, and their logits and features replace INT8's.
+        """:meth:`forward`; on the INT8 model, these images run again on the fp32 graph, and their
+        logits and features replace INT8's:
+
+        - those whose two best logits are within the check's near-tie margin
+          (:func:`camcli.quantize.near_ties`: where INT8's rounding could swap fp32's ranking);
+        - the run's first :data:`~camcli.quantize.PROBE_IMAGES` others, which check INT8 on what it
+          is used on (:class:`~camcli.quantize.Probe`); once it fails, every image from there on.
 
         Returns:
             as :meth:`forward`, then (N,) bool: the images run in fp32 (None when not INT8).
         """
+        if self.precision == "int8" and self.int8_probe.failed:
+            return *self.forward(tensors, maps, exact=True), np.ones(len(tensors), bool)
         logits, feats, sizes = self.forward(tensors, maps)
         if self.precision != "int8":
             return logits, feats, sizes, None
         again = near_ties(logits, self.int8_check.tie_margin)
-        if again.any():
-            rows = np.flatnonzero(again)
-            exact_logits, exact_feats, exact_sizes = self.forward([tensors[i] for i in rows], maps, exact=True)
-            logits[rows] = exact_logits
-            _place(feats, rows, exact_feats, exact_sizes)
+        probed = np.flatnonzero(~again)[: 0 if self.int8_probe.done else PROBE_IMAGES - self.int8_probe.images]
+        int8 = (logits[probed], [feats[i, :, :h, :w].copy() for i in probed for h, w in [sizes[i]]])
+        again[probed] = True
+        exact = self._run_again(tensors, np.flatnonzero(again), logits, feats, maps)
+        if len(probed):
+            self.int8_probe.add(logits[probed], [exact[i] for i in probed], *int8, self.weight)
+            if self.int8_probe.failed:  # the rest of this batch too, and every batch after it (above)
+                self._run_again(tensors, np.flatnonzero(~again), logits, feats, maps)
+                again[:] = True
         return logits, feats, sizes, again
+
+    def _run_again(self, tensors: list[np.ndarray], rows: np.ndarray, logits: np.ndarray, feats: np.ndarray,
+                   maps: bool) -> dict[int, np.ndarray]:
+        """Run ``rows`` of the images on the fp32 graph and put their logits and features into
+        ``logits`` and ``feats`` (in place); returns each row's fp32 (C, h, w) features."""
+        if not len(rows):
+            return {}
+        exact_logits, exact_feats, exact_sizes = self.forward([tensors[i] for i in rows], maps, exact=True)
+        logits[rows] = exact_logits
+        _place(feats, rows, exact_feats, exact_sizes)
+        return {int(i): exact_feats[k, :, :h, :w] for k, (i, (h, w)) in enumerate(zip(rows, exact_sizes))}
 
     def forward(self, tensors: list[np.ndarray], maps: bool = True, exact: Exact = None
                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:

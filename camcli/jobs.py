@@ -588,7 +588,8 @@ class EvaluateJob:
                     check_inside(boxes[rel], batch.originals[b].shape[:2], rel)
                     tally.add(heatmap(maps[b][-1], batch.originals[b].shape[:2]), boxes[rel], predicted[b] == labels[b])
             by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
-        part = {"true": labels, "pred": predicted, "by_method": by_method, "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0}
+        part = {"true": labels, "pred": predicted, "by_method": by_method, "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0,
+                **({"probe": model.int8_probe.describe()} if model.precision == "int8" and model.int8_probe.failed else {})}
         if self.calibration_sizes and boxes and batch.positions:
             part["calibration"] = {size: self._tally(model, batch, samples, labels, predicted, size) for size in self.calibration_sizes}
         return part
@@ -609,7 +610,7 @@ class EvaluateJob:
         ``seconds_per_image`` (what each method's maps and each faithfulness metric cost; not
         written to ``metrics.json``, which stays the same from run to run)."""
         names = method_names(self.method)
-        true, pred, fp32 = [], [], 0
+        true, pred, fp32, probe_failure = [], [], 0, None
         tallies = {m: LocalizationTally(self.box_threshold) for m in names}
         faiths = {m: FaithfulnessTally() for m in names}
         seconds = dict.fromkeys(names, 0.0)
@@ -620,6 +621,7 @@ class EvaluateJob:
             true += part["true"]
             pred += part["pred"]
             fp32 += part.get("fp32", 0)
+            probe_failure = probe_failure or part.get("probe")
             for m, got in part["by_method"].items():
                 tallies[m].merge(got["tally"])
                 faiths[m].merge(got["faithfulness"])
@@ -636,7 +638,8 @@ class EvaluateJob:
             result["by_method"] = by_method
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
                               "layer": getattr(model, "layer", None), "data": str(self.data), "img_size": model.preprocess.img_size,
-                              **int8_key(model), **({"near_ties_in_fp32": fp32} if model.precision == "int8" else {}),
+                              **int8_key(model), **({"images_in_fp32": fp32, "int8_probe": {"passed": probe_failure is None, **(
+                                  {"failure": probe_failure} if probe_failure else {})}} if model.precision == "int8" else {}),
                               "resize": model.preprocess.resize, "cam_sizes": list(self.cam_sizes), "methods": list(names),
                               **({"smooth": list(self.smooth)} if self.smooth else {})}
         by_size = {}

@@ -253,9 +253,12 @@ def _fit_in(config: TrainConfig, run_dir: Path, guard: OutputGuard, train_set: l
     history: list[dict] = []
     best: dict | None = None
     for epoch in range(1, config.epochs + 1):
-        train_loss, train_acc = train_one_epoch(head, epoch_batches(epoch), optimizer)
-        val_loss, val_acc, _ = evaluate(head, val_x, val_y)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging fit is found below and said in one line
+            train_loss, train_acc = train_one_epoch(head, epoch_batches(epoch), optimizer)
+            val_loss, val_acc, _ = evaluate(head, val_x, val_y)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(np.isfinite(head.weight).all())):
+            if epoch == 1:  # nothing to keep: the run folder goes as it came (its config.yaml too)
+                remove_if_ours(run_dir / "config.yaml", guard)
             raise CamcliError(
                 f"training diverged at epoch {epoch} (the loss is not a finite number): lower lr (now {config.lr:g})"
                 + (f"; {run_dir} keeps the checkpoints of epoch{'s 1-' if epoch > 2 else ' '}{epoch - 1}" if epoch > 1 else "")

@@ -87,7 +87,8 @@ def with_class_names(sample_run: Path, path: Path, names: list[str]) -> Path:
 
 
 _MEASURED = """import runpy, sys
-sys.argv = ["camcli", *sys.argv[1:]]
+setup, sys.argv = sys.argv[1], ["camcli", *sys.argv[2:]]
+exec(setup)  # the test's own lines: limits scaled down so that the child runs in seconds
 try:
     runpy.run_module("camcli", run_name="__main__", alter_sys=True)
 finally:
@@ -97,14 +98,14 @@ finally:
 """
 
 
-def run_measured(*args, timeout: float = 300, **kwargs):
-    """Run ``camcli ARGS`` in a child process; returns (the CompletedProcess with the peak line
-    removed from stderr, the child's peak resident memory in MB: its VmHWM; camcli decodes in
-    threads, not processes)."""
+def run_measured(*args, timeout: float = 300, setup: str = "", **kwargs):
+    """Run ``camcli ARGS`` in a child process, after the Python lines ``setup``; returns (the
+    CompletedProcess with the peak line removed from stderr, the child's peak resident memory in
+    MB: its VmHWM; camcli decodes in threads, not processes)."""
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", _MEASURED, setup, *map(str, args)], capture_output=True, text=True,
                             timeout=timeout, **kwargs)
     head, _, peak = result.stderr.rpartition("\nPEAK_RSS_KB=")
     result.stderr = head.strip("\n") + "\n" if head.strip() else ""

@@ -85,6 +85,53 @@ def test_evaluate_faithfulness_on_a_plain_folder_and_with_labels(sample_run, tmp
     assert 0 <= faith["average_drop"] <= 100 and faith["deletion_auc"] < faith["insertion_auc"]  # a map better than chance
     refused = CliRunner().invoke(app, ["evaluate", str(plain), "--checkpoint", ckpt])  # no labels without --faithfulness
     assert refused.exit_code == 2
+    # ROAD's numbers are in metrics.json, and a second run writes the same file byte for byte (its noise is seeded)
+    assert faith["road_morf"] < faith["road_lerf"] and faith["road_combined"] == pytest.approx(
+        (faith["road_lerf"] - faith["road_morf"]) / 2)
+    first = (tmp_path / "e" / "metrics.json").read_bytes()
+    again = CliRunner().invoke(app, ["evaluate", str(plain), "--checkpoint", ckpt, "--faithfulness", "--out", str(tmp_path / "e2")])
+    assert again.exit_code == 0 and (tmp_path / "e2" / "metrics.json").read_bytes() == first
+
+
+def test_the_tally_reports_road_as_road_computes_it_with_pytorch_grad_cams_noise(monkeypatch):
+    """A sign error in road_combined, a swapped MoRF / LeRF or another noise level fails here
+    (mutants run: road_combined as (morf - lerf) / 2, and noise 0.02, each fail)."""
+    import inspect
+
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    from camcli import faithfulness
+    from camcli.faithfulness import explanation, road
+
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((3, 16, 20)).astype(np.float32) for _ in range(3)]
+    maps = [rng.random((4, 5)).astype(np.float32) for _ in range(3)]
+    weight = rng.standard_normal(3)
+
+    def score(batch: np.ndarray) -> np.ndarray:  # a toy classifier's probability: the sigmoid of a channel-weighted mean
+        return 1 / (1 + np.exp(-(batch[:, :, 4:12, 5:15].mean(axis=(2, 3)) @ weight * 8)))
+
+    tally, expected = FaithfulnessTally(), []
+    for x, m in zip(xs, maps):
+        prob = float(score(x[None])[0])
+        tally.add(x, m, prob, score)
+        expected.append(road(x, explanation(m, x.shape[-2:]), prob, score))
+    result = tally.result()
+    morf, lerf = np.mean([e[0] for e in expected]), np.mean([e[1] for e in expected])
+    assert morf != pytest.approx(lerf)  # the order matters on these maps
+    assert result["road_morf"] == pytest.approx(morf) and result["road_lerf"] == pytest.approx(lerf)
+    assert result["road_combined"] == pytest.approx((lerf - morf) / 2)
+    # the imputation's noise: pytorch-grad-cam's default level, drawn where positions are removed
+    default = inspect.signature(NoisyLinearImputer.__init__).parameters["noise"].default
+    levels = []
+    real = faithfulness.impute
+    monkeypatch.setattr(faithfulness, "impute", lambda x, keep, noise, rng: levels.append(noise) or real(x, keep, noise, rng))
+    road(xs[0], explanation(maps[0], (16, 20)), 0.5, score)
+    assert levels and set(levels) == {default} == {faithfulness.ROAD_NOISE}
+    flat = np.zeros((3, 16, 20), np.float32)
+    filled = real(flat, np.zeros((16, 20), bool), default, np.random.default_rng(7))  # everything removed: noise alone
+    np.testing.assert_allclose(filled, default * np.random.default_rng(7).standard_normal((3, 16 * 20)).reshape(3, 16, 20),
+                               rtol=1e-6)
 
 
 def test_road_equals_pytorch_grad_cams_without_noise(resnet, monkeypatch):  # noqa: F811

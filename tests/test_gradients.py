@@ -116,12 +116,17 @@ def test_hooks_are_removed_and_no_gradients_are_kept_even_when_a_batch_fails():
 def test_refusals_are_one_line_and_name_what_to_do():
     classifier = build_classifier("timm:vit_tiny_patch16_224", "none")
     pre = Preprocess(224, (0.5,) * 3, (0.5,) * 3, "squash")
-    with pytest.raises(CamcliError, match=r"no layer 'blocks\.99'.*camcli layers"):
+    refusals = []
+    with pytest.raises(CamcliError, match=r"no layer 'blocks\.99'.*camcli layers") as refused:
         GradModel(classifier, ["a"], pre, layer="blocks.99", device="cpu")
-    with pytest.raises(CamcliError, match=r"'head' gives 2-D outputs.*choose a layer before the head"):
+    refusals.append(str(refused.value))
+    with pytest.raises(CamcliError, match=r"'head' gives 2-D outputs.*choose a layer before the head") as refused:
         GradModel(classifier, [f"c{i}" for i in range(1000)], pre, layer="head", device="cpu").prepare()
-    with pytest.raises(CamcliError, match="gives 1000 scores per image but 3 class names"):
+    refusals.append(str(refused.value))
+    with pytest.raises(CamcliError, match="gives 1000 scores per image but 3 class names") as refused:
         GradModel(classifier, ["a", "b", "c"], pre, device="cpu").prepare()
+    refusals.append(str(refused.value))
+    assert all(len(message.splitlines()) == 1 and len(message) < 400 for message in refusals), refusals
 
 
 def test_the_command_line_maps_a_classifier_trained_elsewhere_with_any_head(tmp_path):

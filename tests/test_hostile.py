@@ -557,12 +557,12 @@ def test_a_reused_run_folder_loses_the_stale_report(tmp_path, monkeypatch):
     with pytest.raises(CamcliError, match="stopped"):
         train.fit(config)
     assert not (out / "report.html").exists() and (out / "best.safetensors").is_file()
-    # a rerun that diverges at once leaves no checkpoint of the previous run beside its own config.yaml
+    # a rerun that diverges at once leaves no checkpoint of the previous run, and not its own config.yaml alone
     monkeypatch.undo()
     monkeypatch.setattr(train, "train_one_epoch", lambda *_args: (float("nan"), 0.0))
     with pytest.raises(CamcliError, match="training diverged at epoch 1"):
         train.fit(config)
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.yaml"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
 
 
 def test_a_file_written_into_the_run_folder_during_training_is_kept_and_stops_it(tmp_path, monkeypatch):
@@ -683,11 +683,26 @@ def test_evaluate_never_replaces_a_file_it_did_not_write(sample_run, tmp_path):
     assert run(*args, "--out", ours).exit_code == 0  # its own files: replaced
 
 
-def test_training_that_diverges_stops_with_one_line(tmp_path):
+@pytest.mark.parametrize("lr", ["1e30", "1e308"])
+def test_training_that_diverges_stops_with_one_line_and_leaves_no_run_folder(lr, tmp_path):
+    import subprocess
+    import sys
+
     data = make_image_folder(tmp_path / "d", per_class=4)
-    line = one_line_error(run("train", data, "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--lr", "1e30",
-                              "--epochs", "3", "--workers", "0", "--out", tmp_path / "r", "--quiet"))
-    assert "training diverged" in line
+    result = subprocess.run([sys.executable, "-m", "camcli", "train", data, "--arch", "resnet18", "--weights", "none",
+                             "--img-size", "32", "--lr", lr, "--epochs", "3", "--workers", "0", "--out", tmp_path / "r",
+                             "--quiet"], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()  # no NumPy RuntimeWarning: one line
+    assert result.returncode == 2 and len(lines) == 1 and "training diverged at epoch 1" in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_weight_decay_that_would_flip_the_weights_is_refused_before_anything_is_written(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=4)
+    (tmp_path / "c.yaml").write_text("weight_decay: 1e300\n")
+    line = one_line_error(run("train", data, "--config", tmp_path / "c.yaml", "--out", tmp_path / "r"))
+    assert "weight_decay times lr must be below 1" in line and "1e+300 with lr 0.01" in line
+    assert not (tmp_path / "r").exists()
 
 
 def test_links_that_loop_and_names_too_long_for_the_file_system(sample_run, tmp_path):

@@ -21,7 +21,7 @@ from camcli.cli.options import (
     load_model,
     say_scorecam_cost,
 )
-from camcli.cli.output import progress_bar, say, say_near_ties, stdout_console
+from camcli.cli.output import progress_bar, say, say_int8, stdout_console
 from camcli.defaults import PAPER_THRESHOLD
 from camcli.files import printable
 from camcli.results import is_tty
@@ -85,7 +85,8 @@ def evaluate(
         say("seconds per image: " + "; ".join(
             f"{m} " + ", ".join(f"{what.replace('_', ' ')} {spent:.3f}" for what, spent in costs.items())
             for m, costs in result["seconds_per_image"].items()))
-    say_near_ties(result["settings"].get("near_ties_in_fp32", 0), result["num_images"], run.quiet)
+    say_int8(result["settings"].get("images_in_fp32", 0), result["num_images"], run.quiet,
+             result["settings"].get("int8_probe", {}).get("failure"))
     if not run.quiet:
         if calibrate:
             chosen = result["calibration"]

@@ -22,7 +22,7 @@ from camcli.cli.options import (
     load_model,
     say_scorecam_cost,
 )
-from camcli.cli.output import finish, progress_bar, say, say_near_ties
+from camcli.cli.output import finish, probe_failure, progress_bar, say, say_int8
 from camcli.cli.rows import emit, guard_output, previous_rows_of, same_file
 from camcli.defaults import ALPHA, COLORMAPS, NORMALIZATIONS
 from camcli.errors import CamcliError
@@ -65,8 +65,8 @@ def predict(
     if job.boxes:
         say_scorecam_cost(loaded, job, len(head) if len(head) < 1024 else None, run.quiet)  # a longer walk: not counted yet
     with engine, progress_bar(run.quiet) as progress:
-        count, failed, near_ties = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
-    say_near_ties(near_ties, count - failed, run.quiet)
+        count, failed, in_fp32 = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
+    say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
     finish(count, failed, rows.allow_failures)
 
 
@@ -147,7 +147,7 @@ def overlay(
         redo, inputs = {same_file(i.path) for i in work}, {same_file(i.path) for i in images}
         by_file = {} if previous is None else {same_file(p): item for p, item in previous}
         carried = None if previous is None else [item for key, item in by_file.items() if key in inputs and key not in redo]
-        count, failed, near_ties = emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
+        count, failed, in_fp32 = emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
                                          carried=carried)
     if report is not None:
         write_overlay_report(report, kept, count, report_guard.recorder(report))
@@ -157,7 +157,7 @@ def overlay(
         done = count - failed
         say(f"{written} file{'s' * (written != 1)} written for {done} image{'s' * (done != 1)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))
-    say_near_ties(near_ties, count - failed, run.quiet)
+    say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
     finish(count, failed, rows.allow_failures)
 
 

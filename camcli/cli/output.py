@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from camcli import progress
+from camcli.defaults import INT8_PROBE_IMAGES
 from camcli.errors import flag_names
 from camcli.files import printable
 from camcli.results import is_tty
@@ -207,11 +208,25 @@ def end_bars() -> None:
         bar.stop()
 
 
-def say_near_ties(near_ties: int, count: int, quiet: bool) -> None:
-    """With --precision int8: how many images were near ties that ran again in fp32 (their rows say so)."""
-    if near_ties and not quiet:
-        say(f"{near_ties} of {count} image{'s' * (count != 1)} ran again in fp32: INT8 put their two best classes "
-             "too close to call")
+def probe_failure(model) -> str | None:
+    """What the INT8 check of a run's own first inputs found, when it sent the run to fp32 (a
+    local run's model; a Ray worker's check stays in the worker, and its rows say fp32)."""
+    probe = getattr(model, "int8_probe", None)
+    return probe.describe() if probe is not None and probe.failed else None
+
+
+def say_int8(in_fp32: int, count: int, quiet: bool, probe_failure: str | None = None) -> None:
+    """With --precision int8: how many images ran in fp32 (their rows say so): the first inputs,
+    which check INT8 on the run's own images, and near ties; with ``probe_failure`` (what that
+    check found), every image after it too."""
+    if quiet or not in_fp32:
+        return
+    images = f"{in_fp32} of {count} image{'s' * (count != 1)} ran in fp32"
+    if probe_failure:
+        say(f"warning: {probe_failure}: {images}; calibrate with images like these (--calibration)")
+    else:
+        say(f"{images}: the first {INT8_PROBE_IMAGES} check INT8 against fp32 on this run's own inputs, and near ties "
+            "(INT8 put their two best classes too close to call) run again")
 
 
 def finish(count: int, failed: int, allow_failures: bool) -> None:

@@ -27,16 +27,16 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
     (see :func:`previous_rows_of`), written first.
 
     Returns:
-        (rows written, inputs that failed, INT8 near ties that ran in fp32).
+        (rows written, inputs that failed, INT8 images that ran in fp32).
     """
-    failed = near_ties = 0
+    failed = in_fp32 = 0
     interrupted: list[BaseException] = []
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
-        nonlocal failed, near_ties
+        nonlocal failed, in_fp32
         try:
             for row in source:
-                near_ties += row.get("precision") == "fp32"
+                in_fp32 += row.get("precision") == "fp32"
                 if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
                     failed += 1
                     err.print(Text.assemble(("failed:", "red"), " ", printable(row["error"])))
@@ -51,14 +51,14 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
         shown = printable if is_tty(sys.stdout) else None
         count = (print_table(reported(rows), overlay, None) if fmt == "table"
                  else write_rows(reported(rows), fmt, sys.stdout, shown=shown))
-        return count, failed, near_ties
+        return count, failed, in_fp32
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
         count = print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
         if interrupted and not count and not carried:
             raise interrupted[0]  # stopped before the first row: no file (an earlier one stays as it was)
     if interrupted:
         raise interrupted[0]
-    return count, failed, near_ties
+    return count, failed, in_fp32
 
 
 def same_file(path: str | Path) -> str:
