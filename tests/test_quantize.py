@@ -347,7 +347,7 @@ def test_ranked_runs_the_near_ties_again_in_fp32_and_only_them(sample_run):
     assert not np.allclose(raw[again], exact[again], atol=1e-5)  # INT8 did differ where fp32 replaced it
 
 
-def test_every_pass_of_a_near_tie_runs_in_fp32_its_maps_at_other_sizes_and_augmented_too(sample_run):
+def test_every_pass_of_a_near_tie_runs_in_fp32_its_maps_at_other_sizes_and_augmented_too(sample_run, tmp_path):
     from dataclasses import replace
 
     from camcli.data import read_image
@@ -375,9 +375,24 @@ def test_every_pass_of_a_near_tie_runs_in_fp32_its_maps_at_other_sizes_and_augme
     (batch32,) = fp32.batches(paths, batch_size=len(paths), keep_images=True, cam_sizes=(288,))
     assert batch8.fp32.all() and batch32.fp32 is None
     classes = batch32.logits.argmax(axis=1)[:, None]
-    for options in ({"cam_sizes": (288,)}, {"smooth": ("aug",)}, {}):
+    for options in ({"cam_sizes": (288,)}, {"smooth": ("aug",)}, {}, {"method": "scorecam", "top_channels": 16}):
         for a, b in zip(int8.batch_maps(batch8, classes, **options), fp32.batch_maps(batch32, classes, **options)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    # evaluate --faithfulness: every perturbed input of a near tie is scored in fp32, so the tallies are fp32's
+    from camcli.jobs import EvaluateJob, run_here
+
+    two = tmp_path / "two"  # a plain folder of two images (evaluate walks its DATA)
+    two.mkdir()
+    for path in paths[:2]:
+        shutil.copy(path, two / path.name)
+    tallies = []
+    for model in (int8, fp32):
+        parts = list(run_here(EvaluateJob(two, faithfulness=True, out=tmp_path / f"ev-{model.precision}"), model, None))
+        tallies.append([part["by_method"]["cam"]["faithfulness"].result() for part in parts])
+    assert len(tallies[0]) == len(tallies[1]) > 0
+    for a, b in zip(*tallies):
+        for key in ("average_drop", "deletion_auc", "insertion_auc", "road_morf", "road_lerf"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
     int8.int8_check = replace(int8.int8_check, tie_margin=0.0)  # none: INT8's maps at other sizes differ
     (batch8,) = int8.batches(paths, batch_size=len(paths), keep_images=True, cam_sizes=(288,))
     assert not batch8.fp32.any()
