@@ -4,7 +4,9 @@
 
 Images: seeded random crops (40-100 % of the short side) of the real photographs that ship
 offline with scikit-image and scikit-learn, squashed to 224x224 by camcli's preprocessing;
-``--images`` crops calibrate, as many other crops evaluate. The fp32 model is the shipped graph
+``--images`` crops calibrate and ``--held-out`` crops evaluate; the held-out crops come from
+``--held-out-photographs`` whole photographs that no calibration crop comes from (0: crops of the
+same photographs, as the tables before 2026-12-07 were made). The fp32 model is the shipped graph
 (camcli/assets); each INT8 model is :func:`camcli.quantize.quantize` of it, as camcli builds it
 (``camcli``) or with one part of the recipe taken out (see ``VARIANTS``).
 For each: top-1 agreement with fp32 under the default ImageNet head, of the INT8 model alone and
@@ -22,12 +24,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from camcli import cam, quantize
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_section import write_section  # noqa: E402
+
+from camcli import cam, quantize  # noqa: E402
 from camcli.checkpoint import load_checkpoint
 from camcli.data import Preprocess
 from camcli.packaged import BACKBONE_GRAPH, IMAGENET_HEAD, asset, backbone_facts
@@ -118,12 +125,15 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=100,
                         help="crops compared (the issue's bar: 100); more make the agreement less noisy")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--held-out-photographs", type=int, default=3,
+                        help="photographs whose crops are held out only (0: calibrate and check on crops of the same ones)")
     args = parser.parse_args()
     facts = backbone_facts()
     preprocess = Preprocess(224, tuple(facts["mean"]), tuple(facts["std"]), "squash", facts["stride"])
     photos = photographs()
-    calibration = crops(photos, args.images, 1, preprocess)
-    held_out = crops(photos, args.held_out, 2, preprocess)
+    k = args.held_out_photographs
+    calibration = crops(photos[k:] if k else photos, args.images, 1, preprocess)
+    held_out = crops(photos[:k] if k else photos, args.held_out, 2, preprocess)
     path, data = asset(BACKBONE_GRAPH)
     head = load_checkpoint(asset(IMAGENET_HEAD)[0])["head"]
     fp32 = OnnxRunner(path, model=data)
@@ -133,13 +143,16 @@ def main() -> None:
     confident = ranked[:, -1] - ranked[:, -2] >= 0.1
     gaps = np.diff(np.sort(logits, axis=1)[:, -2:], axis=1)[:, 0]
     fp32_s = seconds_per_image(fp32, held_out[:64])
-    print(f"{len(photos)} photographs; {args.images} calibration crops, {args.held_out} held-out crops "
-          f"({int(confident.sum())} with fp32 margin >= 0.1, {int((gaps < 0.05).sum())} with fp32's top two logits within 0.05); "
-          f"{os.cpu_count()} CPU cores; fp32 {1000 * fp32_s:.1f} ms/image")
-    print("| recipe | top-1 agreement, INT8 alone | with near ties in fp32 | near ties run in fp32 (margin) | "
-          "where margin >= 0.1 | mean map correlation | median largest logit error | median change of fp32's top-two logit gap "
-          "| ms/image | speed-up | with near ties |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"{date.today()}: {len(photos)} photographs; {args.images} calibration crops, {args.held_out} held-out crops "
+             + (f"of {k} other whole photographs" if k else "of the same photographs") +
+             f" ({int(confident.sum())} with fp32 margin >= 0.1, {int((gaps < 0.05).sum())} with fp32's top two logits within "
+             f"0.05); {os.cpu_count()} CPU cores; fp32 {1000 * fp32_s:.1f} ms/image (`python benchmarks/int8.py --images "
+             f"{args.images} --held-out {args.held_out} --held-out-photographs {k} --variants {args.variants}`)", "",
+             "| recipe | top-1 agreement, INT8 alone | with near ties in fp32 | near ties run in fp32 (margin) | "
+             "where margin >= 0.1 | mean map correlation | median largest logit error | median change of fp32's top-two logit gap "
+             "| ms/image | speed-up | with near ties | built in |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(lines[0])
     for name in args.variants.split(","):
         saved = {k: getattr(quantize, k) for k in VARIANTS[name]}
         for k, v in VARIANTS[name].items():
@@ -160,9 +173,11 @@ def main() -> None:
         gap_change = float(np.median(np.abs((q_logits - logits)[rows, first] - (q_logits - logits)[rows, second])))
         q_s = seconds_per_image(int8, held_out[:64])
         share = check.rechecked / check.images
-        print(f"| {name} | {agree.mean():.3f} | {check.agreement:.3f} | {check.rechecked} ({check.tie_margin:.3f}) | "
-              f"{agree[confident].mean():.3f} | {check.map_correlation:.4f} | {error:.3f} | {gap_change:.3f} | {1000 * q_s:.1f} | "
-              f"{fp32_s / q_s:.2f}x | {fp32_s / (q_s + share * fp32_s):.2f}x | (built in {built:.0f} s)", flush=True)
+        lines.append(f"| {name} | {agree.mean():.3f} | {check.agreement:.3f} | {check.rechecked} ({check.tie_margin:.3f}) | "
+                     f"{agree[confident].mean():.3f} | {check.map_correlation:.4f} | {error:.3f} | {gap_change:.3f} | "
+                     f"{1000 * q_s:.1f} | {fp32_s / q_s:.2f}x | {fp32_s / (q_s + share * fp32_s):.2f}x | {built:.0f} s |")
+        print(lines[-1], flush=True)
+    write_section("int8-recipe", "\n".join(lines))
 
 
 if __name__ == "__main__":

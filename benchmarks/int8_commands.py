@@ -26,12 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import make_images  # noqa: E402
+from readme_section import write_section  # noqa: E402
 
 from camcli.factory import ModelSpec, build_model  # noqa: E402
 
@@ -115,24 +117,26 @@ def main() -> None:
                 print(f"steady {arch} {command}: fp32 {steady[arch, command, 'fp32']:.1f} img/s, "
                       f"int8 {steady[arch, command, 'int8']:.1f} img/s", flush=True)
         n = args.images
-        print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {n} images of 640x480; "
-              f"median of {args.runs} whole commands\n")
-        print("| backbone | command | fp32 s (img/s) | INT8 s (img/s) | speed-up | forward limit fp32 / INT8 ms per image |")
-        print("|---|---|---|---|---|---|")
+        lines = [f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {n} images of "
+                 f"640x480; median of {args.runs} whole commands (`python benchmarks/int8_commands.py"
+                 f"{' --steady' if args.steady else ''}`)", "",
+                 "| backbone | command | fp32 s (img/s) | INT8 s (img/s) | speed-up | forward limit fp32 / INT8 ms per image |",
+                 "|---|---|---|---|---|---|"]
         for arch, command, t in rows:
             a, b = limits[arch]
-            print(f"| {arch} | {command} | {t['fp32']:.1f} ({n / t['fp32']:.1f}) | {t['int8']:.1f} ({n / t['int8']:.1f}) | "
-                  f"{t['fp32'] / t['int8']:.2f}x | {a:.1f} / {b:.1f} ({a / b:.2f}x) |")
+            lines.append(f"| {arch} | {command} | {t['fp32']:.1f} ({n / t['fp32']:.1f}) | {t['int8']:.1f} ({n / t['int8']:.1f}) | "
+                         f"{t['fp32'] / t['int8']:.2f}x | {a:.1f} / {b:.1f} ({a / b:.2f}x) |")
         if steady:
-            print("\n| backbone | command | steady fp32 img/s (÷ fp32 limit) | steady INT8 img/s (÷ INT8 limit) | speed-up |")
-            print("|---|---|---|---|---|")
+            lines += ["", "| backbone | command | steady fp32 img/s (÷ fp32 limit) | steady INT8 img/s (÷ INT8 limit) | speed-up |",
+                      "|---|---|---|---|---|"]
             for (arch, command, precision), rate in steady.items():
                 if precision == "int8":
                     a, b = limits[arch]
                     fp = steady[arch, command, "fp32"]
-                    print(f"| {arch} | {command} | {fp:.1f} ({fp * a / 1000:.2f}) | {rate:.1f} ({rate * b / 1000:.2f}) | "
-                          f"{rate / fp:.2f}x |")
-
+                    lines.append(f"| {arch} | {command} | {fp:.1f} ({fp * a / 1000:.2f}) | {rate:.1f} ({rate * b / 1000:.2f}) | "
+                                 f"{rate / fp:.2f}x |")
+        print("\n" + "\n".join(lines))
+        write_section("int8-commands", "\n".join(lines))
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ from camcli.checkpoint import checkpoint_bytes, load_checkpoint
 from camcli.cli import app
 from camcli.factory import ModelSpec, build_model
 from camcli.packaged import BACKBONE_GRAPH, asset
+from camcli.results import CSV_COLUMNS
 from camcli.runtime import OnnxRunner
 from conftest import SAMPLE_DATA, write_image
 
@@ -443,6 +444,12 @@ def test_int8_rows_say_so_and_fp32_rows_are_unchanged(sample_run):
         np.testing.assert_allclose([p["prob"] for p in row["predictions"]], [p["prob"] for p in exact["predictions"]], atol=1e-6)
     assert [r["predictions"][0]["label"] for r in int8] == [r["predictions"][0]["label"] for r in fp32]
     assert any(a["predictions"][0]["prob"] != b["predictions"][0]["prob"] for a, b in zip(fp32, int8))  # INT8 did run
+    # fp32 rows keep their exact shape, and csv has the same columns in both precisions
+    assert all(list(r) == ["path", "predictions"] and all(list(q) == ["label", "index", "prob"] for q in r["predictions"])
+               for r in fp32)
+    headers = [cli("predict", VAL / "cat", "--checkpoint", ckpt, "--format", "csv", *extra).stdout.splitlines()[0]
+               for extra in ([], ["--precision", "int8"])]
+    assert headers[0] == headers[1] == ",".join(CSV_COLUMNS)
 
 
 def test_a_calibration_set_unlike_the_inputs_cannot_vouch_for_int8_the_runs_own_inputs_check_it(sample_run, monkeypatch):
