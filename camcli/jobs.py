@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from camcli import methods
+from camcli import gates, methods
 from camcli.cam import global_average_pool, heatmap, largest_component_box, softmax
 from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
 from camcli.data import ImageInput, Preprocess, find_images
@@ -446,6 +446,8 @@ class EvaluateJob:
             each in ``by_method``, the first one's also at the top level); :meth:`bind` makes it
             the tuple of resolved names.
         labeled: set by :meth:`bind`: whether DATA's images have labels.
+        requirements: gates on the metrics (:mod:`camcli.gates`): :meth:`bind` refuses one on a
+            metric this evaluation does not compute; :meth:`finish` adds their verdicts.
     """
 
     data: Path
@@ -464,6 +466,7 @@ class EvaluateJob:
     smooth: Sequence[str] = ()
     top_channels: int | None = None
     calibration_sizes: tuple[int, ...] | None = None
+    requirements: tuple[gates.Requirement, ...] = ()
     run_dir: Path | None = field(default=None, repr=False)
     guard: OutputGuard | None = field(default=None, repr=False)
     stage: ClassVar[str] = "evaluate"
@@ -510,8 +513,11 @@ class EvaluateJob:
         threshold = box_threshold_for(model, self.box_threshold)
         # --calibrate tries each map size of CALIBRATION_CAM_SIZES (and the ranking pass's own) unless one is given
         trial = None if not self.calibrate or self.cam_sizes else tuple(sorted({model.preprocess.img_size, *CALIBRATION_CAM_SIZES}))
-        return replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard,
-                       labeled=labeled, cam_sizes=cam_sizes_for(model, self.cam_sizes), calibration_sizes=trial), samples
+        bound = replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard,
+                        labeled=labeled, cam_sizes=cam_sizes_for(model, self.cam_sizes), calibration_sizes=trial)
+        gates.check_known(self.requirements, bound.metric_names(model), "this evaluation",  # before any image
+                          "localization metrics need `boxes`, faithfulness ones `faithfulness`, accuracy labeled class folders")
+        return bound, samples
 
     def _outputs(self, run_dir: Path) -> list[Path]:
         return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
@@ -606,9 +612,49 @@ class EvaluateJob:
         return tally
 
     def finish(self, model: Model, parts: Iterable[dict]) -> dict:
-        """Merge the parts into the metrics and write the run folder; returns the metrics, with
+        """Merge the parts into the metrics, judge the ``requirements`` and write the run folder;
+        returns the metrics, with ``requirements`` (their verdicts, also in ``metrics.json``) and
         ``seconds_per_image`` (what each method's maps and each faithfulness metric cost; not
         written to ``metrics.json``, which stays the same from run to run)."""
+        result, by_size, seconds, faiths, n = self._merge(model, parts)
+        names = method_names(self.method)
+        by_method = result.get("by_method", {})
+        if self.requirements:
+            result["requirements"] = gates.verdicts(self.requirements, result)
+        metrics_file, *others = self._outputs(self.run_dir)
+        self._remove_stale()
+        atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
+        if self.boxes:
+            curve = result["box_acc_curve"]
+            plot = plot_curves(
+                curve["thresholds"],
+                {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
+                 **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
+                f"Box accuracy vs threshold: {names[0]} maps ({result['num_images_with_boxes']} images)",
+                "threshold (fraction of the normalized map)", "box accuracy",
+                mark=(result["best_threshold"], result["max_box_acc"]),
+            )
+            target = others.pop(0)
+            write_image(target, plot, self.guard.recorder(target))
+        if self.faithfulness:
+            target = others.pop(0)
+            write_image(target, faithfulness_plot({m: by_method[m]["faithfulness"] for m in names}), self.guard.recorder(target))
+        if self.calibrate:
+            target = others[-1]
+            atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), by_size, self.data)),
+                         self.guard.recorder(target))
+        result["seconds_per_image"] = {m: {"maps": seconds[m] / n, **({k: v / n for k, v in faiths[m].seconds.items()}
+                                                                          if self.faithfulness else {})} for m in names}
+        return result
+
+    def metric_names(self, model: Model) -> list[str]:
+        """The dotted names of the numbers this bound job's ``metrics.json`` will hold (see
+        :mod:`camcli.gates`): those of the metrics of no image, which have every key."""
+        return sorted(gates.numbers(self._merge(model, [])[0]))
+
+    def _merge(self, model: Model, parts: Iterable[dict]) -> tuple[dict, dict, dict, dict, int]:
+        """(the metrics, the calibration trials' results by map size, map seconds and faithfulness
+        tallies by method, the image count, at least 1) of the parts."""
         names = method_names(self.method)
         true, pred, fp32, probe_failure = [], [], 0, None
         tallies = {m: LocalizationTally(self.box_threshold) for m in names}
@@ -649,32 +695,7 @@ class EvaluateJob:
             size, chosen = choose_calibration(by_size)
             result["calibration"] = {"cam_size": size, "threshold": chosen["best_threshold"], "max_box_acc": chosen["max_box_acc"],
                                      "max_box_acc_by_cam_size": {str(s): r["max_box_acc"] for s, r in sorted(by_size.items())}}
-        metrics_file, *others = self._outputs(self.run_dir)
-        self._remove_stale()
-        atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
-        if self.boxes:
-            curve = result["box_acc_curve"]
-            plot = plot_curves(
-                curve["thresholds"],
-                {"IoU 0.5, largest box": curve["iou_0.5_largest_box"],
-                 **{f"IoU {iou}, all boxes": curve[f"iou_{iou}_all_boxes"] for iou in ("0.3", "0.5", "0.7")}},
-                f"Box accuracy vs threshold: {names[0]} maps ({result['num_images_with_boxes']} images)",
-                "threshold (fraction of the normalized map)", "box accuracy",
-                mark=(result["best_threshold"], result["max_box_acc"]),
-            )
-            target = others.pop(0)
-            write_image(target, plot, self.guard.recorder(target))
-        if self.faithfulness:
-            target = others.pop(0)
-            write_image(target, faithfulness_plot({m: by_method[m]["faithfulness"] for m in names}), self.guard.recorder(target))
-        if self.calibrate:
-            target = others[-1]
-            atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), by_size, self.data)),
-                         self.guard.recorder(target))
-        n = max(len(pred), 1)
-        result["seconds_per_image"] = {m: {"maps": seconds[m] / n, **({k: v / n for k, v in faiths[m].seconds.items()}
-                                                                          if self.faithfulness else {})} for m in names}
-        return result
+        return result, by_size, seconds, faiths, max(len(pred), 1)
 
 
 def faithfulness_plot(scores: dict[str, dict]) -> np.ndarray:

@@ -20,6 +20,7 @@ PAGES = [  # every page in mkdocs.yml's nav, as the built site holds it
     "commands/overlay/index.html",
     "commands/evaluate/index.html",
     "commands/export/index.html",
+    "ci/index.html",
     "commands/models/index.html",
     "methods/index.html",
     "localization/index.html",

@@ -21,7 +21,7 @@ from camcli.cli.options import (
     load_model,
     say_scorecam_cost,
 )
-from camcli.cli.output import progress_bar, say, say_int8, stdout_console
+from camcli.cli.output import progress_bar, say, say_int8, say_verdicts, stdout_console
 from camcli.defaults import PAPER_THRESHOLD
 from camcli.files import printable
 from camcli.results import is_tty
@@ -50,6 +50,9 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(
         callback=a_value, help="Folder for metrics.json and the box-accuracy plot [default: "
         "runs/evaluate/expN].")] = None,
+    require: Annotated[Optional[list[str]], typer.Option(metavar="'METRIC OP VALUE'", help="A gate on a number in "
+        "metrics.json, by its dotted path, e.g. 'accuracy>=0.95' or 'by_method.cam.pointing_game > 0.8' (OP: >=, <=, >, <, "
+        "==; repeatable). Each prints PASS or FAIL on stderr; exit 4 when one fails.")] = None,
     run: RunOptions = None,
 ) -> None:
     """Measure classification and, with --boxes, CAM localization (pointing game, MaxBoxAcc, MaxBoxAccV2);
@@ -61,13 +64,15 @@ def evaluate(
     import json
 
     from camcli.evaluate import load_boxes
+    from camcli.gates import parse_all
     from camcli.jobs import EvaluateJob
 
+    requirements = parse_all(require or [])  # a malformed one: exit 2 before anything loads
     unmatched: list[str] = []
     truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
     job = EvaluateJob(data, truth, model.checkpoint, box_threshold, mapping.sizes(), calibrate, out, run.exclude or (),
                       mapping.methods(), run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth(),
-                     top_channels=mapping.top_channels)
+                      top_channels=mapping.top_channels, requirements=requirements)
     spec, engine = checked(model, job), run.make_engine()
     if unmatched and not run.quiet:
         say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "
@@ -95,6 +100,7 @@ def evaluate(
                 f"{tried}) saved in {job.run_dir / 'calibrated.safetensors'}; overlay, predict --boxes and evaluate with that "
                 "checkpoint use both unless given --cam-size or --box-threshold")
         say(f"Results saved to {job.run_dir}")
+    say_verdicts(result.get("requirements", []))
 
 
 def print_evaluation(result: dict) -> None:

@@ -42,7 +42,7 @@ FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes"
         "calibrate", "calibration", "cam_scales", "cam_size", "caption", "checkpoint", "class_index", "classes", "colormap",
         "config", "device", "draw_box", "eigen_smooth", "engine", "epochs", "exclude", "exist_ok", "faithfulness", "img_size",
         "layer", "lr", "maps", "max_pixels", "method", "normalize", "out", "out_dir", "output", "overwrite", "precision",
-        "quiet", "ray_address", "ray_workers", "report", "report_limit", "resize", "save_raw", "seed", "skip_existing",
+        "quiet", "ray_address", "ray_workers", "report", "report_limit", "require", "resize", "save_raw", "seed", "skip_existing",
         "top_channels", "top_k", "val_split", "weights", "workers")}
 
 
@@ -227,6 +227,19 @@ def say_int8(in_fp32: int, count: int, quiet: bool, probe_failure: str | None = 
     else:
         say(f"{images}: the first {INT8_PROBE_IMAGES} check INT8 against fp32 on this run's own inputs, and near ties "
             "(INT8 put their two best classes too close to call) run again")
+
+
+def say_verdicts(verdicts: list[dict]) -> None:
+    """One line per requirement on stderr (even with --quiet: they are the run's verdict); exit 4
+    when one fails (see the manual's exit statuses: 1, failed inputs, wins over 4)."""
+    from camcli.gates import describe
+
+    for verdict in verdicts:
+        err.print(describe(verdict), markup=False, highlight=False)
+    failed = sum(not v["passed"] for v in verdicts)
+    if failed:
+        err.print(f"{failed} of {len(verdicts)} requirement{'s' * (len(verdicts) != 1)} failed", markup=False, highlight=False)
+        raise typer.Exit(4)
 
 
 def finish(count: int, failed: int, allow_failures: bool) -> None:
