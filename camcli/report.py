@@ -230,3 +230,48 @@ document.body.dataset.loaded=String(n);}});</script>
 </body></html>
 """
     atomic_write(Path(path), page, before_rename)
+
+
+_COMPARE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>camcli compare report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
+table.s{border-collapse:collapse;margin:.5rem 0 1rem} table.s td{padding:.15rem .8rem;border-bottom:1px solid #ddd}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem;margin-bottom:1rem}
+.pics{display:flex;flex-wrap:wrap;gap:.5rem} figure{margin:0} figcaption{font-size:.8rem;color:#555}
+.pics img{max-width:256px;max-height:256px;border-radius:3px}
+.path{font-size:.8rem;color:#555;word-break:break-all;margin:.3rem 0} .num{font-size:.85rem}
+</style></head>
+<body data-images="__COUNT__">
+<header><h1>camcli compare report</h1><p>__WHO__</p></header>
+<table class="s">__SUMMARY__</table>
+<h2>The images whose maps changed most</h2>
+<p>__SHOWN__</p>
+__CARDS__
+</body></html>
+"""
+
+
+def write_compare_report(path: Path, changed: list, summary: dict, settings: dict, before_rename=None) -> None:
+    """The compare report: the summary, and per most-changed image (:class:`camcli.comparison.Changed`,
+    most changed first) the input and both models' overlays of the base's top-1 class, side by side.
+    Self-contained (data URIs); written atomically, ``before_rename`` recording it."""
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                   f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in summary.items())
+    cards = []
+    for item in changed:
+        row = item.row
+        figures = "".join(f'<figure><img src="{thumbnail_uri(p)}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+                          for p, alt in zip(item.pictures, ("input", "base", "candidate")))
+        cards.append(
+            f'<div class="card"><div class="pics">{figures}</div><div class="path">{_esc(row["path"])}</div>'
+            f'<div class="num">base: {_esc(row["base"]["label"])} {row["base"]["prob"]:.1%}; candidate: '
+            f'{_esc(row["candidate"]["label"])} {row["candidate"]["prob"]:.1%} (the base\'s class: '
+            f'{row["candidate_prob_of_base_top1"]:.1%}); map Spearman {row["map_spearman"]:.3f}, box IoU '
+            f'{row["map_iou"]:.3f}, peak shift {row["peak_shift"]:.3f} of the diagonal</div></div>')
+    who = (f"base {settings.get('base')} against candidate {settings.get('candidate')}, "
+           f"{settings.get('method')} maps of the base's top-1 class")
+    shown = f"{len(cards)} of {summary.get('num_images', 0)} images, lowest map Spearman first (--report-limit)"
+    page = (_COMPARE_PAGE.replace("__COUNT__", str(3 * len(cards))).replace("__WHO__", _esc(who))
+            .replace("__SUMMARY__", rows).replace("__SHOWN__", _esc(shown)).replace("__CARDS__", "\n".join(cards)))
+    atomic_write(Path(path), page, before_rename)

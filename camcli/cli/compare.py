@@ -1,0 +1,156 @@
+"""camcli compare."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+from rich.table import Table
+
+from camcli.cli.app import app, report_errors
+from camcli.cli.options import Inputs, Quiet, Workers, a_value, complete_method, load_model, method_choices
+from camcli.cli.output import end_bars, finish, progress_bar, say, say_verdicts, stdout_console
+from camcli.cli.rows import guard_output
+from camcli.defaults import BATCH_SIZE, DEVICES, PAPER_THRESHOLD, PRECISIONS
+from camcli.errors import CamcliError
+from camcli.results import is_tty
+
+Model = Annotated[str, typer.Option(metavar="MODEL", help="A checkpoint path, or arch:NAME for a classifier with its own "
+    "ImageNet head (arch:efficientnet_lite0, arch:timm:resnet50).", show_default=False)]
+Precision = Annotated[Literal[PRECISIONS], typer.Option(help="fp32, or int8 (its INT8 backbone, as --precision int8).")]
+
+
+def model_spec(text: str, side: str, precision: str, calibration: Path | None, device: str):
+    """The ModelSpec of ``--base`` or ``--candidate``, checked: ``arch:NAME`` is an architecture, anything else a path."""
+    from camcli.factory import ModelSpec
+
+    if text.startswith("arch:"):
+        if not text[5:]:
+            raise CamcliError(f"`{side}` arch: needs a name, e.g. arch:efficientnet_lite0")
+        spec = ModelSpec(arch=text[5:], device=device)
+    else:
+        spec = ModelSpec(checkpoint=text, device=device)
+    spec = replace(spec, precision=precision, calibration=str(calibration) if calibration is not None and precision == "int8" else None)
+    spec.validate()
+    return spec
+
+
+@app.command(short_help="Compare two models' rankings and maps on the same images.")
+@report_errors
+def compare(
+    inputs: Inputs,
+    base: Model,
+    candidate: Model,
+    base_precision: Precision = "fp32",
+    candidate_precision: Precision = "fp32",
+    calibration: Annotated[Optional[Path], typer.Option(callback=a_value, help="With an int8 side: a folder of images like the "
+        "ones to process [default: the checkpoint's own].")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(callback=method_choices, metavar="<name>", autocompletion=complete_method,
+        help="How both maps are made (one method; camcli overlay --help lists them) [default: each model's own: CAM, "
+        "else Grad-CAM].")] = None,
+    top_channels: Annotated[Optional[int], typer.Option(metavar="K", help="With --method scorecam: score the K channels of "
+        "largest variance.")] = None,
+    box_threshold: Annotated[float, typer.Option(help="The box threshold of map_iou (a fraction of each normalized map).")]
+        = PAPER_THRESHOLD,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", callback=a_value, help="Write the per-image rows to this "
+        "file (jsonl, csv or json, by suffix or --format).")] = None,
+    fmt: Annotated[Optional[Literal["jsonl", "csv", "json"]], typer.Option("--format", help="Rows' format [default: the "
+        "--output suffix's; on stdout: jsonl, or only the summary on a terminal].")] = None,
+    out: Annotated[Optional[Path], typer.Option(callback=a_value, help="Folder for comparison.json and report.html (the "
+        "most-changed images side by side).")] = None,
+    report_limit: Annotated[int, typer.Option(help="Images in report.html, most changed first.")] = 24,
+    require: Annotated[Optional[list[str]], typer.Option(metavar="'METRIC OP VALUE'", help="A gate on the summary, e.g. "
+        "'top1_agreement>=0.98' or 'map_spearman_median>=0.8' (repeatable); exit 4 when one fails.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace a file camcli did not write.")] = False,
+    allow_failures: Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs failed.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images decoded and run together.")] = BATCH_SIZE,
+    workers: Workers = None,
+    device: Annotated[Literal[DEVICES], typer.Option(help="Where both models run.")] = "auto",
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Glob pattern of images to leave out (repeatable).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run a base and a candidate model on the same images: do they rank alike, and do their maps
+    of the base's top-1 class still look at the same place (map Spearman, box IoU, peak shift)?
+
+    \b
+    Example: camcli compare data/val --base runs/old/best.safetensors --candidate runs/new/best.safetensors \\
+             --out runs/compare --require "top1_agreement>=0.98" --require "map_spearman_median>=0.8"
+    """
+    from camcli import gates
+    from camcli.comparison import SUMMARY, CompareJob, Summary, write_outputs, write_rows
+    from camcli.data import iter_images
+    from camcli.files import OutputGuard, atomic_open
+    from camcli.results import choose_format
+
+    requirements = gates.parse_all(require or [])
+    if len(method or []) > 1:
+        raise CamcliError("compare maps with one `method`")
+    if report_limit < 0:
+        raise CamcliError(f"`report_limit` must be 0 or more, got {report_limit}")
+    if calibration is not None and "int8" not in (base_precision, candidate_precision):
+        raise CamcliError("`calibration` is for an int8 side (`base_precision` or `candidate_precision` int8)")
+    gates.check_known(requirements, [*SUMMARY, "num_failed"], "compare", "see camcli compare --help")
+    job = CompareJob((method or ["auto"])[0], box_threshold, batch_size, workers if workers is not None else 0, top_channels,
+                     report_limit if out is not None else 0)
+    job.validate()
+    specs = [model_spec(text, side, precision, calibration, device) for text, side, precision in
+             ((base, "base", base_precision), (candidate, "candidate", candidate_precision))]
+    fmt = choose_format(fmt, output, is_tty(sys.stdout))
+    guard = guard_output(output, [*inputs, base, candidate], overwrite)
+    outputs = OutputGuard({Path(p).resolve() for p in (base, candidate) if not p.startswith("arch:")},
+                          remedy="compare replaces only its own earlier results: choose another --out")
+    for name in ("comparison.json", "report.html") if out is not None else ():
+        outputs.check(out / name)
+    images = list(iter_images(inputs, exclude=exclude or ()))
+    if not images:
+        raise CamcliError(f"no images found in {', '.join(inputs)}")
+    models = [load_model(spec, quiet) for spec in specs]
+    job, mapping = job.bind(*models)
+    summary = Summary()
+
+    def rows(progress):
+        for row in job.run(*models, mapping, images, progress, len(images)):
+            summary.add(row)
+            if "error" in row and not quiet:
+                end_bars()
+                say(f"failed: {row['error']}")
+            yield row
+
+    with progress_bar(quiet) as progress:
+        if output is not None:
+            with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
+                write_rows(rows(progress), fmt, stream)
+        elif fmt == "table":
+            for _ in rows(progress):
+                pass
+        else:
+            write_rows(rows(progress), fmt, sys.stdout)
+    result = summary.result()
+    settings = {"base": base, "candidate": candidate, "base_precision": base_precision,
+                "candidate_precision": candidate_precision, "method": [m.resolve_method(job.method) for m in models],
+                "box_threshold": box_threshold, "inputs": [str(i) for i in inputs]}
+    if requirements:
+        result["requirements"] = gates.verdicts(requirements, result)
+    if out is not None:
+        write_outputs(out, result, job.most_changed(), settings, outputs)
+    if fmt == "table" or output is not None:
+        print_summary(result)
+    if not quiet and out is not None:
+        say(f"Results saved to {out}")
+    failed = result["num_failed"]
+    if failed and not allow_failures:
+        for verdict in result.get("requirements", []):
+            say(gates.describe(verdict))
+        finish(failed + result["num_images"], failed, allow_failures)  # exit 1: failed inputs win over 4
+    say_verdicts(result.get("requirements", []))
+
+
+def print_summary(result: dict) -> None:
+    table = Table("metric", "value", title=f"{result['num_images']} images compared")
+    for key, value in result.items():
+        if key != "requirements":
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    stdout_console().print(table)

@@ -1,0 +1,311 @@
+"""``camcli compare``: two models on the same images, and how far their explanations moved.
+
+A team retraining a classifier asks two questions before it ships the new one: does it rank as
+the old one did, and does it still look where the old one looked? (A model that learned a
+watermark keeps its accuracy and moves its maps.) Per image, both models rank the classes and map
+the *base* model's top-1 class with the same method; the two maps are compared on one common grid,
+the input image's (so architectures with different map sizes compare), at most
+:data:`COMPARE_PIXELS` positions (area-preserving, for large photographs):
+
+- ``map_spearman``: Spearman's rank correlation of the two maps (Pearson's of their average ranks);
+  1 when both maps are constant, 0 when one is;
+- ``map_iou``: the IoU of the boxes around each map's largest region above ``threshold`` of its
+  normalized map (the CAM paper's box; 0 when either has none);
+- ``peak_shift``: the distance between the two maps' maxima, as a fraction of the grid's diagonal.
+
+The summary: ``top1_agreement``, and the median and 10th percentile of the similarities (for the
+peak shift, a distance, the median and the 90th percentile).
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import itertools
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from camcli import methods
+from camcli.cam import box_iou, heatmap, largest_component_box, softmax
+from camcli.data import ImageInput
+from camcli.defaults import BATCH_SIZE, PAPER_THRESHOLD
+from camcli.engine import Model, map_groups
+from camcli.errors import CamcliError
+from camcli.results import csv_cell
+
+COMPARE_PIXELS = 512 * 512  # positions of the common grid at most (the input image's, scaled down when larger)
+SUMMARY = ("num_images", "top1_agreement", "map_spearman_median", "map_spearman_p10", "map_iou_median", "map_iou_p10",
+           "peak_shift_median", "peak_shift_p90")
+CSV_COLUMNS = ("path", "base_label", "base_prob", "candidate_label", "candidate_prob", "candidate_prob_of_base_top1", "agree",
+               "map_spearman", "map_iou", "peak_shift", "error")
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties given their average rank (as SciPy's ``rankdata``)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values), np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps of one shape; 1 when both are constant, 0 when one is."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    flat_a, flat_b = bool(np.all(a == a[0])), bool(np.all(b == b[0]))
+    if flat_a or flat_b:
+        return 1.0 if flat_a and flat_b else 0.0
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float(ra @ rb / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def common_grid(height: int, width: int) -> tuple[int, int]:
+    """The input image's (height, width), scaled down to at most :data:`COMPARE_PIXELS` positions."""
+    scale = min(1.0, (COMPARE_PIXELS / (height * width)) ** 0.5)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def map_similarity(base_map: np.ndarray, candidate_map: np.ndarray, grid: tuple[int, int],
+                   threshold: float = PAPER_THRESHOLD) -> dict[str, float]:
+    """How alike two raw (h_i, w_i) maps are on ``grid`` (see the module docstring)."""
+    a, b = heatmap(base_map, grid), heatmap(candidate_map, grid)
+    box_a, box_b = largest_component_box(a, threshold), largest_component_box(b, threshold)
+    peak_a, peak_b = (np.array(np.unravel_index(int(np.argmax(m)), m.shape), np.float64) for m in (a, b))
+    return {"map_spearman": spearman(a, b),
+            "map_iou": box_iou(box_a, box_b) if box_a is not None and box_b is not None else 0.0,
+            "peak_shift": float(np.linalg.norm(peak_a - peak_b) / np.hypot(*grid))}
+
+
+def class_mapping(base: Sequence[str], candidate: Sequence[str]) -> np.ndarray:
+    """The candidate's index of each base class, matched by name.
+
+    Raises:
+        CamcliError: the two models do not have the same classes.
+    """
+    if len(set(candidate)) == len(candidate) and set(base) == set(candidate):
+        where = {name: i for i, name in enumerate(candidate)}
+        return np.array([where[name] for name in base], np.int64)
+    only_base, only_candidate = sorted(set(base) - set(candidate)), sorted(set(candidate) - set(base))
+    sample = "; ".join(part for part in (
+        f"only the base has {', '.join(map(repr, only_base[:3]))}{' ...' * (len(only_base) > 3)}" if only_base else "",
+        f"only the candidate has {', '.join(map(repr, only_candidate[:3]))}{' ...' * (len(only_candidate) > 3)}"
+        if only_candidate else "") if part) or "a class name repeats"
+    raise CamcliError(f"the two models' classes differ (base {len(base)}, candidate {len(candidate)}: {sample}); "
+                      "compare needs the same classes, in any order")
+
+
+@dataclass
+class Changed:
+    """One of the most-changed images, kept for the report: thumbnails of both overlays."""
+
+    spearman: float
+    order: int
+    row: dict = field(compare=False)
+    pictures: list[np.ndarray] = field(compare=False)
+
+
+@dataclass
+class CompareJob:
+    """Two models on the same images (see the module docstring). Runs here (two models in one
+    process); rows come out in input order, failures as rows with ``error``.
+
+    Attributes:
+        method: a registered method, or ``auto`` (each model's default); the base's top-1 class is mapped.
+        threshold: the box threshold of ``map_iou``.
+        batch_size: images decoded and run together.
+        workers: decoding threads.
+        top_channels: Score-CAM's channels (see :class:`camcli.jobs.PredictJob`).
+        report_limit: the most-changed images kept (thumbnails) for the report; 0: none.
+    """
+
+    method: str = methods.AUTO
+    threshold: float = PAPER_THRESHOLD
+    batch_size: int = BATCH_SIZE
+    workers: int = 0
+    top_channels: int | None = None
+    report_limit: int = 0
+    changed: list = field(default_factory=list, repr=False)  # a heap of the most-changed images (Changed)
+    stage = "compare"
+
+    def validate(self) -> None:
+        if not 0 <= self.threshold <= 1:
+            raise CamcliError(f"`box_threshold` must be from 0 to 1, got {self.threshold}")
+        if self.batch_size < 1:
+            raise CamcliError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.method != methods.AUTO:
+            methods.get(self.method)
+        if self.top_channels is not None and (self.method != "scorecam" or self.top_channels < 1):
+            raise CamcliError("`top_channels` bounds Score-CAM's passes: a positive number, with `method` scorecam")
+
+    def bind(self, base: Model, candidate: Model) -> tuple[CompareJob, np.ndarray]:
+        """The job with each model's method resolved, and the candidate's index of each base class."""
+        mapping = class_mapping(base.class_names, candidate.class_names)
+        for model in (base, candidate):
+            model.resolve_method(self.method)  # a method one of them cannot make: one line, before any image
+        return self, mapping
+
+    def run(self, base: Model, candidate: Model, mapping: np.ndarray, images: Iterable[ImageInput],
+            progress: Callable[[str, int, int | None], None] | None = None, total: int | None = None) -> Iterator[dict]:
+        """One row per image, in order (see :data:`CSV_COLUMNS`); the base decodes each image once
+        and the candidate takes the decoded pixels."""
+        done = 0
+        if progress:
+            progress(self.stage, 0, total)
+        images = iter(images)
+        while chunk := list(itertools.islice(images, self.batch_size)):
+            yield from self._chunk(base, candidate, mapping, chunk)
+            done += len(chunk)
+            if progress:
+                progress(self.stage, done, total)
+
+    def _chunk(self, base: Model, candidate: Model, mapping: np.ndarray, chunk: list[ImageInput]) -> Iterator[dict]:
+        rows: dict[int, dict] = {}
+        for batch in base.batches([i.path if isinstance(i, ImageInput) else i for i in chunk], len(chunk), self.workers,
+                                  keep_images=True):
+            for position, reason in batch.failures:
+                rows[position] = {"path": _name(chunk[position]), "error": reason}
+            if not batch.positions:
+                continue
+            top = batch.logits.argmax(axis=1)
+            base_maps = self._maps(base, batch, top)
+            their = mapping[top]
+            kept, failed = {}, {}  # the candidate's (batch, row) of each of the base batch's rows; its failures
+            for other in candidate.batches(list(batch.originals), len(batch.originals), 0, keep_images=True):
+                failed.update(other.failures)
+                if other.positions:
+                    maps = self._maps(candidate, other, their[other.positions])
+                    probs = softmax(other.logits)
+                    for k, b in enumerate(other.positions):
+                        kept[b] = (probs[k], maps[k][0])
+            base_probs = softmax(batch.logits)
+            for b, position in enumerate(batch.positions):
+                name = _name(chunk[position])
+                if b not in kept:
+                    reason = failed.get(b, "the candidate model could not run this image")
+                    rows[position] = {"path": name, "error": f"{name}: candidate: {reason.split(': ', 1)[-1]}"}
+                    continue
+                probs, candidate_map = kept[b]
+                c, cand_top = int(top[b]), int(probs.argmax())
+                grid = common_grid(*batch.originals[b].shape[:2])
+                row = {"path": name,
+                       "base": {"label": base.class_names[c], "index": c, "prob": float(base_probs[b, c])},
+                       "candidate": {"label": candidate.class_names[cand_top], "index": cand_top, "prob": float(probs[cand_top])},
+                       "agree": candidate.class_names[cand_top] == base.class_names[c],
+                       "candidate_prob_of_base_top1": float(probs[their[b]]),
+                       **map_similarity(base_maps[b][0], candidate_map, grid, self.threshold)}
+                rows[position] = row
+                self._keep(row, position, batch.originals[b], base_maps[b][0], candidate_map)
+        for position in range(len(chunk)):
+            yield rows[position]
+
+    def _maps(self, model: Model, batch, classes: np.ndarray) -> list[np.ndarray]:
+        method = model.resolve_method(self.method)
+        out: list[np.ndarray] = []
+        for group in map_groups(len(batch.positions), method):
+            out += model.batch_maps(batch.take(group), np.asarray(classes)[group][:, None], method=method,
+                                    top_channels=self.top_channels)
+        return out
+
+    def _keep(self, row: dict, order: int, original: np.ndarray, base_map: np.ndarray, candidate_map: np.ndarray) -> None:
+        """Keep thumbnails of the image's two overlays while it is among the ``report_limit`` most changed."""
+        if self.report_limit <= 0:
+            return
+        key = -row["map_spearman"]  # a min-heap of the most changed: the least changed of them on top
+        if len(self.changed) >= self.report_limit and key <= self.changed[0][0]:
+            return
+        from camcli.render import blend
+
+        h, w = original.shape[:2]
+        scale = min(1.0, 256 / max(h, w))
+        small = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        pictures = [small] + [blend(small, heatmap(m, small.shape[:2])) for m in (base_map, candidate_map)]
+        entry = (key, -order, Changed(row["map_spearman"], order, row, pictures))
+        if len(self.changed) < self.report_limit:
+            heapq.heappush(self.changed, entry)
+        else:
+            heapq.heapreplace(self.changed, entry)
+
+    def most_changed(self) -> list[Changed]:
+        """The kept images, most changed first (lowest Spearman; input order among equals)."""
+        return [entry[2] for entry in sorted(self.changed, key=lambda e: (-e[0], -e[1]))]
+
+
+def _name(image: ImageInput | object) -> str:
+    return str(image.path) if isinstance(image, ImageInput) else str(image)
+
+
+class Summary:
+    """The similarities of every compared image, summarized (see :data:`SUMMARY`)."""
+
+    def __init__(self) -> None:
+        self.agree: list[bool] = []
+        self.values: dict[str, list[float]] = {"map_spearman": [], "map_iou": [], "peak_shift": []}
+        self.failed = 0
+
+    def add(self, row: dict) -> None:
+        if "error" in row:
+            self.failed += 1
+            return
+        self.agree.append(row["agree"])
+        for key, values in self.values.items():
+            values.append(row[key])
+
+    def result(self) -> dict:
+        n = len(self.agree)
+
+        def stat(key: str, q: float) -> float:
+            return float(np.percentile(self.values[key], q)) if n else float("nan")
+
+        return {"num_images": n, "top1_agreement": float(np.mean(self.agree)) if n else float("nan"),
+                "map_spearman_median": stat("map_spearman", 50), "map_spearman_p10": stat("map_spearman", 10),
+                "map_iou_median": stat("map_iou", 50), "map_iou_p10": stat("map_iou", 10),
+                "peak_shift_median": stat("peak_shift", 50), "peak_shift_p90": stat("peak_shift", 90),
+                "num_failed": self.failed}
+
+
+def write_rows(rows: Iterable[dict], fmt: str, stream) -> int:
+    """Comparison rows as jsonl, json or csv (:data:`CSV_COLUMNS`, text cells guarded as
+    :func:`camcli.results.csv_cell` does); returns how many."""
+    if fmt == "json":
+        everything = list(rows)
+        stream.write(json.dumps(everything, indent=2) + "\n")
+        return len(everything)
+    writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow(CSV_COLUMNS)
+    count = 0
+    for row in rows:
+        if writer and "error" in row:
+            writer.writerow([csv_cell(row["path"]), *[""] * 9, csv_cell(row["error"])])
+        elif writer:
+            writer.writerow([csv_cell(row["path"]), csv_cell(row["base"]["label"]), f"{row['base']['prob']:.6g}",
+                             csv_cell(row["candidate"]["label"]), f"{row['candidate']['prob']:.6g}",
+                             f"{row['candidate_prob_of_base_top1']:.6g}", int(row["agree"]), f"{row['map_spearman']:.6g}",
+                             f"{row['map_iou']:.6g}", f"{row['peak_shift']:.6g}", ""])
+        else:
+            stream.write(json.dumps(row) + "\n")
+        stream.flush()
+        count += 1
+    return count
+
+
+def write_outputs(out: Path, summary: dict, changed: list[Changed], settings: dict, guard) -> list[Path]:
+    """``out/comparison.json`` (the summary, the settings and the requirements' verdicts) and
+    ``out/report.html`` (the most-changed images side by side); returns the paths written."""
+    from camcli.files import atomic_write
+    from camcli.report import write_compare_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "comparison.json", out / "report.html"]
+    atomic_write(written[0], json.dumps({**summary, "settings": settings}, indent=2) + "\n", guard.recorder(written[0]))
+    write_compare_report(written[1], changed, summary, settings, guard.recorder(written[1]))
+    return written
