@@ -19,6 +19,7 @@ PAGES = [  # every page in mkdocs.yml's nav, as the built site holds it
     "commands/predict/index.html",
     "commands/overlay/index.html",
     "commands/evaluate/index.html",
+    "commands/compare/index.html",
     "commands/export/index.html",
     "ci/index.html",
     "commands/models/index.html",
