@@ -23,9 +23,10 @@ import csv
 import heapq
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -105,18 +106,17 @@ def class_mapping(base: Sequence[str], candidate: Sequence[str]) -> np.ndarray:
 
 @dataclass
 class Changed:
-    """One of the most-changed images, kept for the report: thumbnails of both overlays."""
+    """One of the most-changed images, for the report: its row and the thumbnails of the input and both overlays."""
 
-    spearman: float
-    order: int
-    row: dict = field(compare=False)
-    pictures: list[np.ndarray] = field(compare=False)
+    row: dict
+    pictures: list[np.ndarray]
 
 
 @dataclass
 class CompareJob:
-    """Two models on the same images (see the module docstring). Runs here (two models in one
-    process); rows come out in input order, failures as rows with ``error``.
+    """Two models on the same images (see the module docstring), as an engine runs a job: the
+    "model" is the pair (base, candidate). Rows come out in input order, failures as rows with
+    ``error``; the local engine and Ray's run the same code (:meth:`run`).
 
     Attributes:
         method: a registered method, or ``auto`` (each model's default); the base's top-1 class is mapped.
@@ -124,7 +124,7 @@ class CompareJob:
         batch_size: images decoded and run together.
         workers: decoding threads.
         top_channels: Score-CAM's channels (see :class:`camcli.jobs.PredictJob`).
-        report_limit: the most-changed images kept (thumbnails) for the report; 0: none.
+        mapping: set by :meth:`bind`: the candidate's index of each base class.
     """
 
     method: str = methods.AUTO
@@ -132,9 +132,8 @@ class CompareJob:
     batch_size: int = BATCH_SIZE
     workers: int = 0
     top_channels: int | None = None
-    report_limit: int = 0
-    changed: list = field(default_factory=list, repr=False)  # a heap of the most-changed images (Changed)
-    stage = "compare"
+    mapping: tuple[int, ...] = ()
+    stage: ClassVar[str] = "compare"
 
     def validate(self) -> None:
         if not 0 <= self.threshold <= 1:
@@ -146,39 +145,44 @@ class CompareJob:
         if self.top_channels is not None and (self.method != "scorecam" or self.top_channels < 1):
             raise CamcliError("`top_channels` bounds Score-CAM's passes: a positive number, with `method` scorecam")
 
-    def bind(self, base: Model, candidate: Model) -> tuple[CompareJob, np.ndarray]:
-        """The job with each model's method resolved, and the candidate's index of each base class."""
+    def bind(self, models: tuple[Model, Model], images: Sequence[ImageInput]) -> tuple[CompareJob, list[ImageInput]]:
+        """The job with the candidate's index of each base class (a mismatch: one line), each
+        model's method checked, before any image."""
+        base, candidate = models
         mapping = class_mapping(base.class_names, candidate.class_names)
-        for model in (base, candidate):
-            model.resolve_method(self.method)  # a method one of them cannot make: one line, before any image
-        return self, mapping
+        for model in models:
+            model.resolve_method(self.method)
+        return replace(self, mapping=tuple(int(i) for i in mapping)), list(images)
 
-    def run(self, base: Model, candidate: Model, mapping: np.ndarray, images: Iterable[ImageInput],
-            progress: Callable[[str, int, int | None], None] | None = None, total: int | None = None) -> Iterator[dict]:
-        """One row per image, in order (see :data:`CSV_COLUMNS`); the base decodes each image once
-        and the candidate takes the decoded pixels."""
-        done = 0
-        if progress:
-            progress(self.stage, 0, total)
+    def slice(self, images: Sequence[ImageInput], start: int, stop: int) -> tuple[CompareJob, list[ImageInput]]:
+        return self, list(images[start:stop])
+
+    def count(self, row: dict) -> int:
+        return 1
+
+    def run(self, models: tuple[Model, Model], images: Iterable[ImageInput]) -> Iterator[dict]:
+        """One row per image, in order (see :data:`CSV_COLUMNS`)."""
         images = iter(images)
         while chunk := list(itertools.islice(images, self.batch_size)):
-            yield from self._chunk(base, candidate, mapping, chunk)
-            done += len(chunk)
-            if progress:
-                progress(self.stage, done, total)
+            yield from (row for row, _ in self.compared(models, chunk))
 
-    def _chunk(self, base: Model, candidate: Model, mapping: np.ndarray, chunk: list[ImageInput]) -> Iterator[dict]:
-        rows: dict[int, dict] = {}
+    def compared(self, models: tuple[Model, Model], chunk: list[ImageInput]) -> Iterator[tuple[dict, tuple | None]]:
+        """(row, (the original RGB image, the base's map, the candidate's map), or None for a
+        failure) per image of ``chunk``, in order. The base decodes each image once; the
+        candidate takes the decoded pixels."""
+        base, candidate = models
+        mapping = np.asarray(self.mapping, np.int64)
+        rows: dict[int, tuple[dict, tuple | None]] = {}
         for batch in base.batches([i.path if isinstance(i, ImageInput) else i for i in chunk], len(chunk), self.workers,
                                   keep_images=True):
             for position, reason in batch.failures:
-                rows[position] = {"path": _name(chunk[position]), "error": reason}
+                rows[position] = ({"path": _name(chunk[position]), "error": reason}, None)
             if not batch.positions:
                 continue
             top = batch.logits.argmax(axis=1)
             base_maps = self._maps(base, batch, top)
             their = mapping[top]
-            kept, failed = {}, {}  # the candidate's (batch, row) of each of the base batch's rows; its failures
+            kept, failed = {}, {}  # the candidate's (probabilities, map) of each of the base batch's rows; its failures
             for other in candidate.batches(list(batch.originals), len(batch.originals), 0, keep_images=True):
                 failed.update(other.failures)
                 if other.positions:
@@ -191,7 +195,7 @@ class CompareJob:
                 name = _name(chunk[position])
                 if b not in kept:
                     reason = failed.get(b, "the candidate model could not run this image")
-                    rows[position] = {"path": name, "error": f"{name}: candidate: {reason.split(': ', 1)[-1]}"}
+                    rows[position] = ({"path": name, "error": f"{name}: candidate: {reason.split(': ', 1)[-1]}"}, None)
                     continue
                 probs, candidate_map = kept[b]
                 c, cand_top = int(top[b]), int(probs.argmax())
@@ -202,8 +206,7 @@ class CompareJob:
                        "agree": candidate.class_names[cand_top] == base.class_names[c],
                        "candidate_prob_of_base_top1": float(probs[their[b]]),
                        **map_similarity(base_maps[b][0], candidate_map, grid, self.threshold)}
-                rows[position] = row
-                self._keep(row, position, batch.originals[b], base_maps[b][0], candidate_map)
+                rows[position] = (row, (batch.originals[b], base_maps[b][0], candidate_map))
         for position in range(len(chunk)):
             yield rows[position]
 
@@ -215,28 +218,22 @@ class CompareJob:
                                     top_channels=self.top_channels)
         return out
 
-    def _keep(self, row: dict, order: int, original: np.ndarray, base_map: np.ndarray, candidate_map: np.ndarray) -> None:
-        """Keep thumbnails of the image's two overlays while it is among the ``report_limit`` most changed."""
-        if self.report_limit <= 0:
-            return
-        key = -row["map_spearman"]  # a min-heap of the most changed: the least changed of them on top
-        if len(self.changed) >= self.report_limit and key <= self.changed[0][0]:
-            return
+    def most_changed(self, models: tuple[Model, Model], rows: list[dict]) -> list[Changed]:
+        """The report's images: ``rows`` (the most changed, in the order to show) run again here,
+        with thumbnails of the input and both overlays (the maps are not kept while the run goes,
+        so its memory does not grow with the images, on any engine)."""
         from camcli.render import blend
 
-        h, w = original.shape[:2]
-        scale = min(1.0, 256 / max(h, w))
-        small = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        pictures = [small] + [blend(small, heatmap(m, small.shape[:2])) for m in (base_map, candidate_map)]
-        entry = (key, -order, Changed(row["map_spearman"], order, row, pictures))
-        if len(self.changed) < self.report_limit:
-            heapq.heappush(self.changed, entry)
-        else:
-            heapq.heapreplace(self.changed, entry)
-
-    def most_changed(self) -> list[Changed]:
-        """The kept images, most changed first (lowest Spearman; input order among equals)."""
-        return [entry[2] for entry in sorted(self.changed, key=lambda e: (-e[0], -e[1]))]
+        out = []
+        for row, kept in self.compared(models, [Path(r["path"]) for r in rows]):
+            if kept is None:
+                continue
+            original, base_map, candidate_map = kept
+            h, w = original.shape[:2]
+            scale = min(1.0, 256 / max(h, w))
+            small = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            out.append(Changed(row, [small] + [blend(small, heatmap(m, small.shape[:2])) for m in (base_map, candidate_map)]))
+        return out
 
 
 def _name(image: ImageInput | object) -> str:
@@ -244,12 +241,15 @@ def _name(image: ImageInput | object) -> str:
 
 
 class Summary:
-    """The similarities of every compared image, summarized (see :data:`SUMMARY`)."""
+    """The similarities of every compared image, summarized (see :data:`SUMMARY`), and the
+    ``keep`` rows whose maps changed most (lowest Spearman; the earlier image among equals)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
         self.agree: list[bool] = []
         self.values: dict[str, list[float]] = {"map_spearman": [], "map_iou": [], "peak_shift": []}
         self.failed = 0
+        self.keep = keep
+        self._changed: list[tuple[float, int, dict]] = []  # a heap: the least changed of the kept on top
 
     def add(self, row: dict) -> None:
         if "error" in row:
@@ -258,6 +258,15 @@ class Summary:
         self.agree.append(row["agree"])
         for key, values in self.values.items():
             values.append(row[key])
+        entry = (-row["map_spearman"], -len(self.agree), row)
+        if len(self._changed) < self.keep:
+            heapq.heappush(self._changed, entry)
+        elif self.keep and entry[:2] > self._changed[0][:2]:
+            heapq.heapreplace(self._changed, entry)
+
+    def most_changed(self) -> list[dict]:
+        """The kept rows, most changed first."""
+        return [row for *_, row in sorted(self._changed, key=lambda e: (-e[0], -e[1]))]
 
     def result(self) -> dict:
         n = len(self.agree)

@@ -235,12 +235,14 @@ class _Worker:
     """A Ray Data actor: builds the driver's model from its spec once, then runs each job slice it
     gets with the local engine's own code (``job.run``), whatever the job."""
 
-    def __init__(self, spec: ModelSpec, cwd: str, threads: int):
+    def __init__(self, spec: ModelSpec | tuple[ModelSpec, ...], cwd: str, threads: int):
         if os.path.isdir(cwd):  # relative paths mean what they mean to the driver
             os.chdir(cwd)
         os.environ["CAMCLI_THREADS"] = str(threads)  # ONNX Runtime's threads (runtime.OnnxRunner)
-        self.model = build_model(spec)
-        self.model.prepare()
+        models = tuple(build_model(one) for one in (spec if isinstance(spec, tuple) else (spec,)))
+        for model in models:
+            model.prepare()
+        self.model = models if isinstance(spec, tuple) else models[0]  # compare's job runs on a pair
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         self.threads = threads
@@ -255,6 +257,13 @@ class _Worker:
             except CamcliError as exc:  # the driver stops with this one line
                 out.append(pickle.dumps({"error": str(exc), "kind": type(exc).__name__}))
         return {"result": out}
+
+
+def _as_run(model) -> ModelSpec:
+    """The spec of a model as the driver runs it: the backend and the precision it chose (an INT8
+    model refused by its check runs fp32 everywhere)."""
+    return replace(model.spec, backend=getattr(getattr(model, "runner", None), "name", "torch"), precision=model.precision,
+                   calibration=model.spec.calibration if model.precision == "int8" else None)
 
 
 def _node_id() -> str:
@@ -298,13 +307,11 @@ class RayEngine:
         if self._session is None:
             raise ValueError("RayEngine.run needs the engine's session: use `with RayEngine(options) as engine:`")
         work = list(work)
-        # the backend and the precision the driver chose (an INT8 model refused by its check runs fp32 everywhere)
-        spec = replace(model.spec, backend=getattr(getattr(model, "runner", None), "name", "torch"), precision=model.precision,
-                       calibration=model.spec.calibration if model.precision == "int8" else None)
+        spec = tuple(map(_as_run, model)) if isinstance(model, tuple) else _as_run(model)  # compare's job: a pair
         items = [{"payload": pickle.dumps(job.slice(work, i, i + job.batch_size))} for i in range(0, len(work), job.batch_size)]
         return counted(job, self._results(spec, items), len(work), progress)
 
-    def _results(self, spec: ModelSpec, items: list[dict]) -> Iterator:
+    def _results(self, spec: ModelSpec | tuple[ModelSpec, ...], items: list[dict]) -> Iterator:
         if not items:
             return
         ray = require_ray()
@@ -312,7 +319,7 @@ class RayEngine:
         share = cpus / self.workers
         # fractional CPUs: actors that claim every CPU starve Ray Data's own tasks (a silent hang)
         resources = {"num_cpus": max(0.25, share * 0.8)}
-        if spec.device == "cuda":
+        if any(one.device == "cuda" for one in (spec if isinstance(spec, tuple) else (spec,))):
             resources["num_gpus"] = 1
         with warnings.catch_warnings():
             # max_restarts=0 (Ray Data's named parameters do not have it yet): a worker that dies fails the job

@@ -166,3 +166,27 @@ def test_failed_inputs_exit_1_and_a_requirement_on_nan_fails(sample_run, tmp_pat
     nothing = run(only_broken, "--base", ckpt, "--candidate", ckpt, "--format", "jsonl", "--require", "top1_agreement>=0.5",
                   "--allow-failures")
     assert nothing.exit_code == 4 and "FAIL top1_agreement nan >= 0.5" in nothing.stderr, nothing.output
+
+
+@pytest.mark.parametrize("method", __import__("camcli.methods").methods.NAMES)
+def test_every_registry_method_compares_a_model_with_itself_exactly(method, sample_run):
+    ckpt = sample_run / "best.safetensors"
+    faster = ["--top-channels", "8"] if method == "scorecam" else []
+    result = run(VAL / "cat" / "cat_00.jpg", "--base", ckpt, "--candidate", ckpt, "--method", method, *faster, "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert row["map_spearman"] == 1.0 and row["peak_shift"] == 0.0 and row["agree"], row
+
+
+def test_the_ray_engine_gives_the_local_engines_rows_and_summary(sample_run, tmp_path):
+    """Ray's actors hold the pair of models and run the same job slices; the report is made here."""
+    ckpt = sample_run / "best.safetensors"
+    args = ["--base", ckpt, "--candidate", ckpt, "--candidate-precision", "int8", "--batch-size", "3", "-q"]
+    local = run(VAL / "cat", *args, "--output", tmp_path / "local.jsonl", "--out", tmp_path / "local")
+    ray = run(VAL / "cat", *args, "--output", tmp_path / "ray.jsonl", "--out", tmp_path / "ray", "--engine", "ray",
+              "--ray-workers", "2")
+    assert local.exit_code == ray.exit_code == 0, ray.output
+    assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+    summaries = [json.loads((tmp_path / side / "comparison.json").read_text()) for side in ("local", "ray")]
+    assert summaries[0] == summaries[1] and summaries[0]["num_images"] == 8
+    assert (tmp_path / "ray" / "report.html").read_text().count("<figure>") == 3 * 8

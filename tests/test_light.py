@@ -203,3 +203,12 @@ def test_a_mistyped_arch_or_a_missing_weights_file_is_a_mistake_not_a_missing_ex
     result = light(*(str(a).format(tmp=tmp_path) for a in args))
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_compare_runs_without_pytorch(sample_run, tmp_path):
+    ckpt = sample_run / "best.safetensors"
+    result = light("compare", SAMPLE_DATA / "val" / "cat", "--base", ckpt, "--candidate", ckpt, "--out", tmp_path / "c", "-q",
+                   "--require", "top1_agreement>=1")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert summary["num_images"] == 8 and summary["map_spearman_p10"] == 1.0

@@ -11,7 +11,19 @@ import typer
 from rich.table import Table
 
 from camcli.cli.app import app, report_errors
-from camcli.cli.options import Inputs, Quiet, Workers, a_value, complete_method, load_model, method_choices
+from camcli.cli.options import (
+    Engine,
+    Inputs,
+    Quiet,
+    RayAddress,
+    RayWorkers,
+    Workers,
+    a_value,
+    complete_method,
+    load_model,
+    make_engine,
+    method_choices,
+)
 from camcli.cli.output import end_bars, finish, progress_bar, say, say_verdicts, stdout_console
 from camcli.cli.rows import guard_output
 from camcli.defaults import BATCH_SIZE, DEVICES, PAPER_THRESHOLD, PRECISIONS
@@ -70,6 +82,9 @@ def compare(
     workers: Workers = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where both models run.")] = "auto",
     exclude: Annotated[Optional[list[str]], typer.Option(help="Glob pattern of images to leave out (repeatable).")] = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_workers: RayWorkers = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a base and a candidate model on the same images: do they rank alike, and do their maps
@@ -93,11 +108,11 @@ def compare(
     if calibration is not None and "int8" not in (base_precision, candidate_precision):
         raise CamcliError("`calibration` is for an int8 side (`base_precision` or `candidate_precision` int8)")
     gates.check_known(requirements, [*SUMMARY, "num_failed"], "compare", "see camcli compare --help")
-    job = CompareJob((method or ["auto"])[0], box_threshold, batch_size, workers if workers is not None else 0, top_channels,
-                     report_limit if out is not None else 0)
+    job = CompareJob((method or ["auto"])[0], box_threshold, batch_size, workers if workers is not None else 0, top_channels)
     job.validate()
     specs = [model_spec(text, side, precision, calibration, device) for text, side, precision in
              ((base, "base", base_precision), (candidate, "candidate", candidate_precision))]
+    runner = make_engine(engine, ray_address, ray_workers, quiet)
     fmt = choose_format(fmt, output, is_tty(sys.stdout))
     guard = guard_output(output, [*inputs, base, candidate], overwrite)
     outputs = OutputGuard({Path(p).resolve() for p in (base, candidate) if not p.startswith("arch:")},
@@ -107,19 +122,19 @@ def compare(
     images = list(iter_images(inputs, exclude=exclude or ()))
     if not images:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
-    models = [load_model(spec, quiet) for spec in specs]
-    job, mapping = job.bind(*models)
-    summary = Summary()
+    models = tuple(load_model(spec, quiet) for spec in specs)
+    job, work = job.bind(models, images)
+    summary = Summary(report_limit if out is not None else 0)
 
     def rows(progress):
-        for row in job.run(*models, mapping, images, progress, len(images)):
+        for row in runner.run(job, models, work, progress):
             summary.add(row)
             if "error" in row and not quiet:
                 end_bars()
                 say(f"failed: {row['error']}")
             yield row
 
-    with progress_bar(quiet) as progress:
+    with runner, progress_bar(quiet) as progress:
         if output is not None:
             with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
                 write_rows(rows(progress), fmt, stream)
@@ -135,7 +150,8 @@ def compare(
     if requirements:
         result["requirements"] = gates.verdicts(requirements, result)
     if out is not None:
-        write_outputs(out, result, job.most_changed(), settings, outputs)
+        with progress_bar(quiet, "report: the most-changed images, side by side…"):
+            write_outputs(out, result, job.most_changed(models, summary.most_changed()), settings, outputs)
     if fmt == "table" or output is not None:
         print_summary(result)
     if not quiet and out is not None:
