@@ -29,7 +29,7 @@ from camcli.engine import CamModel
 from camcli.errors import CamcliError, need, os_error
 from camcli.evaluate import classification_metrics
 from camcli.factory import ModelSpec, backbone_model, need_torch_for_arch
-from camcli.files import FolderLock, OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
+from camcli.files import MANIFEST_NAME, FolderLock, OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.headfit import AdamW, LinearHead, evaluate, shuffled_batches, train_one_epoch
 from camcli.jobs import FeatureJob, LocalEngine
 from camcli.packaged import BACKBONE_GRAPH, DEFAULT_ARCH, asset, backbone_facts, lite0_reference
@@ -190,8 +190,10 @@ def fit(
     try:
         return _fit_in(config, run_dir, guard, train_set, val_set, class_names, progress, on_epoch, notify, engine)
     except BaseException:
-        if made:  # a run that stopped before writing anything leaves no empty folder behind
+        if made:  # a run that stopped before keeping anything leaves no folder behind (its manifest alone goes too)
             with contextlib.suppress(OSError):
+                if [p.name for p in run_dir.iterdir()] == [MANIFEST_NAME]:
+                    (run_dir / MANIFEST_NAME).unlink()
                 run_dir.rmdir()  # only an empty folder
         raise
     finally:
