@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from camcli.cam import normalize_maps, upsample_to
+from camcli.defaults import MAX_FORWARD_PIXELS
 from camcli.errors import EnvironmentProblem
 
 STEPS = 20
@@ -88,6 +89,7 @@ def deletion_insertion(x: np.ndarray, saliency: np.ndarray, prob: float, score: 
     deletion = np.empty(len(counts))
     insertion = np.empty(len(counts))
     deletion[0], insertion[-1] = prob, prob
+    batch = per_call(x, batch)
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
         scores = score(np.stack([perturbed(curve, n) for curve, _, n in chunk]))
@@ -99,6 +101,13 @@ def deletion_insertion(x: np.ndarray, saliency: np.ndarray, prob: float, score: 
             else:
                 insertion[i] = s
     return np.asarray(counts, np.float64) / positions, deletion, insertion
+
+
+def per_call(x: np.ndarray, most: int) -> int:
+    """Perturbed copies of the (C, H, W) input ``x`` made and scored together: at most ``most``,
+    and at most one forward pass's pixels (``MAX_FORWARD_PIXELS``), so memory stays within the
+    pixel budget whatever the input size (``--img-size 1024``: 4 at a time, not 32)."""
+    return max(1, min(most, MAX_FORWARD_PIXELS // (x.shape[-2] * x.shape[-1])))
 
 
 def require_scipy():
@@ -176,12 +185,10 @@ def road(x: np.ndarray, saliency: np.ndarray, prob: float, score: Scorer, noise:
          percentiles=ROAD_PERCENTILES) -> tuple[float, float]:
     """(MoRF, LeRF) ROAD scores of one image: the mean change of the class's probability when the
     most (least) relevant positions above each percentile are imputed (see :func:`impute`)."""
-    inputs = []
-    for relevance in (saliency, 1 - saliency):  # MoRF, then LeRF
-        for p in percentiles:
-            keep = relevance < np.percentile(relevance, p)
-            inputs.append(impute(x, keep, noise, np.random.default_rng(p)))
-    scores = np.concatenate([score(np.stack(inputs[i : i + 32])) for i in range(0, len(inputs), 32)])
+    masks = [(relevance < np.percentile(relevance, p), p) for relevance in (saliency, 1 - saliency) for p in percentiles]
+    step = per_call(x, 32)  # MoRF's, then LeRF's imputed inputs, made as they are scored
+    scores = np.concatenate([score(np.stack([impute(x, keep, noise, np.random.default_rng(p)) for keep, p in masks[i : i + step]]))
+                             for i in range(0, len(masks), step)])
     k = len(percentiles)
     return float(np.mean(scores[:k] - prob)), float(np.mean(scores[k:] - prob))
 

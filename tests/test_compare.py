@@ -48,7 +48,7 @@ def test_map_similarity_by_hand():
     moved = comparison.map_similarity(a, b, (70, 70), 0.5)
     assert moved["map_iou"] == 0.0 and moved["map_spearman"] < 0
     assert moved["peak_shift"] == pytest.approx(np.hypot(30, 30) / np.hypot(70, 70), abs=0.03)  # 3 cells of 10 px each way
-    assert comparison.common_grid(3000, 4000) == (443, 591) and comparison.common_grid(100, 50) == (100, 50)
+    assert comparison.common_grid(3000, 4000) == (194, 259) and comparison.common_grid(100, 50) == (100, 50)
 
 
 def test_a_model_against_itself_agrees_everywhere(sample_run, tmp_path):

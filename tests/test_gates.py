@@ -122,3 +122,14 @@ def test_the_ci_example_gates_a_model_by_its_exit_status(tmp_path):
     assert "gate passed" in passed.stdout and "PASS accuracy" in passed.stderr
     strict = subprocess.run(["bash", *run], capture_output=True, text=True, env={**env, "MIN_POINTING_GAME": "1.01"})
     assert strict.returncode == 4 and "FAIL pointing_game" in strict.stderr and "gate failed" in strict.stderr
+
+
+def test_the_ci_example_compares_the_new_model_with_the_one_in_production(sample_run, tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = ["bash", str(ROOT / "examples" / "ci.sh"), str(SAMPLE_DATA), str(tmp_path / "ci"), str(sample_run / "best.safetensors")]
+    passed = subprocess.run(run, capture_output=True, text=True, env=env)
+    assert passed.returncode == 0, passed.stderr
+    assert "PASS top1_agreement" in passed.stderr and "PASS map_spearman_median" in passed.stderr
+    assert (tmp_path / "ci" / "compare" / "report.html").is_file()
+    moved = subprocess.run(run, capture_output=True, text=True, env={**env, "MIN_MAP_SPEARMAN": "1.01"})
+    assert moved.returncode == 4 and "FAIL map_spearman_median" in moved.stderr and "gate failed" in moved.stderr
