@@ -93,7 +93,7 @@ def class_mapping(base: Sequence[str], candidate: Sequence[str]) -> np.ndarray:
     Raises:
         CamcliError: the two models do not have the same classes.
     """
-    if len(set(candidate)) == len(candidate) and set(base) == set(candidate):
+    if len(base) == len(candidate) == len(set(base)) == len(set(candidate)) and set(base) == set(candidate):
         where = {name: i for i, name in enumerate(candidate)}
         return np.array([where[name] for name in base], np.int64)
     only_base, only_candidate = sorted(set(base) - set(candidate)), sorted(set(candidate) - set(base))
@@ -137,8 +137,8 @@ class CompareJob:
     stage: ClassVar[str] = "compare"
 
     def validate(self) -> None:
-        if not 0 <= self.threshold <= 1:
-            raise CamcliError(f"`box_threshold` must be from 0 to 1, got {self.threshold}")
+        if not 0 <= self.threshold < 1:
+            raise CamcliError(f"`box_threshold` must be from 0 to below 1, got {self.threshold}")
         if self.batch_size < 1:
             raise CamcliError(f"`batch_size` must be at least 1, got {self.batch_size}")
         if self.method != methods.AUTO:
@@ -171,6 +171,8 @@ class CompareJob:
         """(row, (the original RGB image, the base's map, the candidate's map), or None for a
         failure) per image of ``chunk``, in order. The base decodes each image once; the
         candidate takes the decoded pixels."""
+        if not chunk:
+            return
         base, candidate = models
         mapping = np.asarray(self.mapping, np.int64)
         rows: dict[int, tuple[dict, tuple | None]] = {}
@@ -314,8 +316,8 @@ def write_outputs(out: Path, summary: dict, changed: list[Changed], settings: di
     from camcli.files import atomic_write
     from camcli.report import write_compare_report
 
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / "comparison.json", out / "report.html"]
-    atomic_write(written[0], json.dumps({**summary, "settings": settings}, indent=2) + "\n", guard.recorder(written[0]))
+    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # JSON has no NaN
+    atomic_write(written[0], json.dumps({**finite, "settings": settings}, indent=2) + "\n", guard.recorder(written[0]))
     write_compare_report(written[1], changed, summary, settings, guard.recorder(written[1]))
     return written

@@ -1,7 +1,8 @@
 """Gates: requirements on a run's metrics that a pipeline can act on (``--require "accuracy>=0.95"``).
 
 A requirement is ``METRIC OP VALUE``: METRIC is the dotted path of a number in ``metrics.json``
-(``accuracy``, ``by_method.gradcam.faithfulness.deletion_auc``), OP one of ``>=``, ``<=``, ``>``,
+(``accuracy``, ``by_method.gradcam.faithfulness.deletion_auc``, ``per_class.Egyptian cat.recall``:
+any printable text but ``<``, ``>`` and ``=``), OP one of ``>=``, ``<=``, ``>``,
 ``<``, ``==``, VALUE a decimal number. Requirements are parsed with one regular expression, never
 evaluated as code. A metric that is NaN (or missing from a result) fails every requirement.
 """
@@ -19,9 +20,11 @@ from camcli.errors import CamcliError, suggestions
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 UNGATED = ("settings", "seconds_per_image")  # what a run is, and what it cost: not verdicts
 MAX_REQUIREMENTS = 100
+# METRIC: anything printable up to the operator but <, > and = (a class name may hold spaces, dots or accents:
+# per_class.Egyptian cat.recall); VALUE: a decimal number
 _REQUIREMENT = re.compile(
-    r"\s*(?P<metric>[A-Za-z_][\w.+\-]*?)\s*(?P<op>>=|<=|==|>|<)\s*"
-    r"(?P<value>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*", re.ASCII)
+    r"\s*(?P<metric>[^\s<>=\x00-\x1f\x7f](?:[^<>=\x00-\x1f\x7f]*[^\s<>=\x00-\x1f\x7f])?)\s*(?P<op>>=|<=|==|>|<)\s*"
+    r"(?P<value>[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*")
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Requirement:
     value: float
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.value:g}"
+        return f"{self.metric} {self.op} {self.value:.10g}"
 
 
 def parse(text: str) -> Requirement:
@@ -42,14 +45,16 @@ def parse(text: str) -> Requirement:
     Raises:
         CamcliError: anything else (one line that shows the form).
     """
-    match = _REQUIREMENT.fullmatch(text) if len(text) <= 300 else None
+    if len(text) > 300:
+        raise CamcliError(f"`require` is {len(text)} characters long: at most 300")
+    match = _REQUIREMENT.fullmatch(text)
     if match is None:
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise CamcliError(f"`require` {shown!r} is not METRIC OP VALUE (OP one of {', '.join(OPERATORS)}; "
                           "e.g. \"accuracy>=0.95\" or \"by_method.cam.pointing_game > 0.8\")")
     value = float(match["value"])
-    if not math.isfinite(value):
-        raise CamcliError(f"`require` {text!r}: the value must be a finite number")
+    if not math.isfinite(value) or (value == 0 and any(c in "123456789" for c in match["value"].split("e")[0].split("E")[0])):
+        raise CamcliError(f"`require` {text!r}: the value must be a finite number a float holds")
     return Requirement(match["metric"], match["op"], value)
 
 
@@ -106,6 +111,6 @@ def verdicts(requirements: Iterable[Requirement], result: Mapping) -> list[dict]
 
 
 def describe(verdict: Mapping) -> str:
-    """``PASS accuracy 0.983 >= 0.95`` / ``FAIL ...`` (``nan`` when the metric had no value)."""
-    got = "nan" if verdict["got"] is None else f"{verdict['got']:.4g}"
-    return f"{'PASS' if verdict['passed'] else 'FAIL'} {verdict['metric']} {got} {verdict['op']} {verdict['value']:g}"
+    """``PASS accuracy 0.9833333333 >= 0.95`` / ``FAIL ...`` (``nan`` when the metric had no value)."""
+    got = "nan" if verdict["got"] is None else f"{verdict['got']:.10g}"  # enough digits to tell it from the bound
+    return f"{'PASS' if verdict['passed'] else 'FAIL'} {verdict['metric']} {got} {verdict['op']} {verdict['value']:.10g}"

@@ -257,7 +257,10 @@ def write_compare_report(path: Path, changed: list, summary: dict, settings: dic
     most changed first) the input and both models' overlays of the base's top-1 class, side by side.
     Self-contained (data URIs); written atomically, ``before_rename`` recording it."""
     rows = "".join(f"<tr><td>{_esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
-                   f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in summary.items())
+                   f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in summary.items() if k != "requirements")
+    rows += "".join(f"<tr><td>{'PASS' if r['passed'] else 'FAIL'}</td><td>{_esc(r['metric'])} {_esc(r['op'])} {r['value']:.10g} "
+                    f"(got {'nan' if r['got'] is None else format(r['got'], '.10g')})</td></tr>"
+                    for r in summary.get("requirements", []))
     cards = []
     for item in changed:
         row = item.row
@@ -270,7 +273,7 @@ def write_compare_report(path: Path, changed: list, summary: dict, settings: dic
             f'{row["candidate_prob_of_base_top1"]:.1%}); map Spearman {row["map_spearman"]:.3f}, box IoU '
             f'{row["map_iou"]:.3f}, peak shift {row["peak_shift"]:.3f} of the diagonal</div></div>')
     who = (f"base {settings.get('base')} against candidate {settings.get('candidate')}, "
-           f"{settings.get('method')} maps of the base's top-1 class")
+           f"{' / '.join(dict.fromkeys(settings.get('method', [])))} maps of the base's top-1 class")
     shown = f"{len(cards)} of {summary.get('num_images', 0)} images, lowest map Spearman first (--report-limit)"
     page = (_COMPARE_PAGE.replace("__COUNT__", str(3 * len(cards))).replace("__WHO__", _esc(who))
             .replace("__SUMMARY__", rows).replace("__SHOWN__", _esc(shown)).replace("__CARDS__", "\n".join(cards)))

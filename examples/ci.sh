@@ -21,12 +21,12 @@ camcli evaluate "$DATA/val" --checkpoint "$OUT/train/best.safetensors" --boxes "
 status=$?
 if [ "$status" -eq 0 ] && [ -n "$PREVIOUS" ]; then
     camcli compare "$DATA/val" --base "$PREVIOUS" --candidate "$OUT/train/best.safetensors" --out "$OUT/compare" -q \
-        --require "top1_agreement >= ${MIN_AGREEMENT:-0.9}" --require "map_spearman_median >= ${MIN_MAP_SPEARMAN:-0.8}"
+        --output "$OUT/compare.jsonl" --require "top1_agreement >= ${MIN_AGREEMENT:-0.9}" --require "map_spearman_median >= ${MIN_MAP_SPEARMAN:-0.8}"
     status=$?
 fi
 case $status in
     0) echo "gate passed: the model may ship" ;;
     4) echo "gate failed: see the FAIL lines above ($OUT/evaluate/metrics.json, $OUT/compare/report.html)" >&2 ;;
-    *) echo "the evaluation did not finish (exit $status)" >&2 ;;
+    *) echo "a step did not finish, or inputs failed (exit $status)" >&2 ;;
 esac
 exit $status

@@ -89,8 +89,8 @@ def test_a_head_refit_on_shuffled_labels_moves_the_maps_and_fails_the_gate(sampl
     summary = json.loads((tmp_path / "c" / "comparison.json").read_text())
     assert summary["top1_agreement"] < 0.5 and summary["map_spearman_median"] < 0.8, summary
     assert [line for line in result.stderr.splitlines() if line.startswith(("PASS", "FAIL"))] == [
-        f"FAIL map_spearman_median {summary['map_spearman_median']:.4g} >= 0.8",
-        f"FAIL top1_agreement {summary['top1_agreement']:.4g} >= 0.98"]
+        f"FAIL map_spearman_median {summary['map_spearman_median']:.10g} >= 0.8",
+        f"FAIL top1_agreement {summary['top1_agreement']:.10g} >= 0.98"]
 
 
 def test_fp32_against_int8_agrees_at_least_as_int8_alone_does(sample_run, tmp_path):
@@ -135,12 +135,14 @@ def test_another_input_size_compares_on_the_input_images_grid(sample_run, tmp_pa
 
 @pytest.mark.parametrize("args, words", [
     (["--candidate", "arch:efficientnet_lite0"], "the two models' classes differ (base 5, candidate 1000"),
-    (["--candidate", "{ckpt}", "--require", "__import__('os').system('id')>=1"], "is not METRIC OP VALUE"),
+    (["--candidate", "{ckpt}", "--require", "__import__('os').system('id')>=1"], "compare computes no metric \"__import__("),
+    (["--candidate", "{ckpt}", "--require", "top1_agreement => 1"], "is not METRIC OP VALUE"),
     (["--candidate", "{ckpt}", "--require", "accuracy>=1"], "compare computes no metric 'accuracy'"),
     (["--candidate", "arch:"], "arch: needs a name"),
     (["--candidate", "{tmp}/missing.safetensors"], "checkpoint not found"),
     (["--candidate", "{ckpt}", "--calibration", "{tmp}"], "--calibration is for an int8 side"),
     (["--candidate", "{ckpt}", "--method", "cam", "--method", "gradcam"], "compare maps with one --method"),
+    (["--candidate", "{ckpt}", "--box-threshold", "1"], "--box-threshold must be from 0 to below 1"),
 ])
 def test_mistakes_are_one_line_with_exit_2(args, words, sample_run, tmp_path):
     ckpt = sample_run / "best.safetensors"
@@ -166,6 +168,32 @@ def test_failed_inputs_exit_1_and_a_requirement_on_nan_fails(sample_run, tmp_pat
     nothing = run(only_broken, "--base", ckpt, "--candidate", ckpt, "--format", "jsonl", "--require", "top1_agreement>=0.5",
                   "--allow-failures")
     assert nothing.exit_code == 4 and "FAIL top1_agreement nan >= 0.5" in nothing.stderr, nothing.output
+    with_out = run(only_broken, "--base", ckpt, "--candidate", ckpt, "--out", tmp_path / "c", "--report-limit", "0", "-q",
+                   "--require", "top1_agreement>=0.5", "--allow-failures")
+    assert with_out.exit_code == 4, with_out.output  # no row for the report: still judged, and written
+    assert json.loads((tmp_path / "c" / "comparison.json").read_text())["top1_agreement"] is None  # JSON has no NaN
+
+
+def test_outputs_are_checked_before_any_model_loads(sample_run, tmp_path):
+    ckpt = sample_run / "best.safetensors"
+    (tmp_path / "afile").write_text("mine")
+    not_folder = run(VAL / "cat", "--base", ckpt, "--candidate", ckpt, "--out", tmp_path / "afile")
+    assert not_folder.exit_code == 2 and "is not a folder" in not_folder.stderr and "compare:" not in not_folder.stderr
+    inside = run(VAL / "cat", "--base", ckpt, "--candidate", ckpt, "--out", tmp_path / "c", "-o", tmp_path / "c" / "report.html")
+    assert inside.exit_code == 2 and "is the --out folder's report.html" in inside.stderr
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_closed_stdout_cannot_hide_a_failed_gate(sample_run):
+    import subprocess
+    import sys
+
+    ckpt = sample_run / "best.safetensors"
+    for command in (["compare", VAL, "--base", ckpt, "--candidate", ckpt, "--format", "jsonl", "-q"],
+                    ["evaluate", VAL, "--checkpoint", ckpt, "--format", "json", "-q", "--out", sample_run.parent / "ev-pipe"]):
+        shell = f"{sys.executable} -m camcli {' '.join(map(str, command))} --require 'num_images>1000' | head -c 10 > /dev/null"
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True)
+        assert result.returncode == 4 and "FAIL num_images 40 > 1000" in result.stderr, (command[0], result.stderr)
 
 
 @pytest.mark.parametrize("method", __import__("camcli.methods").methods.NAMES)
@@ -190,3 +218,11 @@ def test_the_ray_engine_gives_the_local_engines_rows_and_summary(sample_run, tmp
     summaries = [json.loads((tmp_path / side / "comparison.json").read_text()) for side in ("local", "ray")]
     assert summaries[0] == summaries[1] and summaries[0]["num_images"] == 8
     assert (tmp_path / "ray" / "report.html").read_text().count("<figure>") == 3 * 8
+
+
+def test_classes_must_be_the_same_set_without_repeats_on_either_side():
+    assert comparison.class_mapping(["a", "b", "c"], ["c", "a", "b"]).tolist() == [1, 2, 0]
+    for base, candidate in ((["a", "b", "a"], ["a", "b"]), (["a", "b"], ["a", "b", "a"]), (["a", "a"], ["a", "a"]),
+                            (["a", "b"], ["a", "c"])):
+        with pytest.raises(comparison.CamcliError, match="the two models' classes differ"):
+            comparison.class_mapping(base, candidate)

@@ -14,7 +14,7 @@ from rich.text import Text
 from typer.core import TyperArgument, TyperGroup
 
 from camcli import __version__
-from camcli.cli.output import LAST_PROGRESS, err, flag
+from camcli.cli.output import LAST_PROGRESS, VERDICT, err, flag
 from camcli.errors import CamcliError, first_line, flag_names, missing_extra, os_error, suggestions
 from camcli.files import printable
 
@@ -90,13 +90,14 @@ def report_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        VERDICT[0] = 0
         try:
             return command(*args, **kwargs)
         except BrokenPipeError:
             # the reader went away (camcli predict ... | head): stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(0) from None
+            raise typer.Exit(VERDICT[0]) from None  # 0, or 4 when a requirement failed (judged before stdout)
         except (CamcliError, OSError, ImportError) as exc:
             if isinstance(exc, ImportError):  # an optional dependency no library call checked for: still one line
                 exc = missing_extra(exc.name or first_line(exc), f"camcli {command.__name__}")

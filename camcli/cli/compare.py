@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +25,10 @@ from camcli.cli.options import (
     make_engine,
     method_choices,
 )
-from camcli.cli.output import end_bars, finish, progress_bar, say, say_verdicts, stdout_console
+from camcli.cli.output import end_bars, finish, progress_bar, say, say_verdicts, stdout_console, verdict_exit
 from camcli.cli.rows import guard_output
 from camcli.defaults import BATCH_SIZE, DEVICES, PAPER_THRESHOLD, PRECISIONS
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, os_error
 from camcli.results import is_tty
 
 Model = Annotated[str, typer.Option(metavar="MODEL", help="A checkpoint path, or arch:NAME for a classifier with its own "
@@ -73,15 +74,17 @@ def compare(
         "--output suffix's; on stdout: jsonl, or only the summary on a terminal].")] = None,
     out: Annotated[Optional[Path], typer.Option(callback=a_value, help="Folder for comparison.json and report.html (the "
         "most-changed images side by side).")] = None,
-    report_limit: Annotated[int, typer.Option(help="Images in report.html, most changed first.")] = 24,
+    report_limit: Annotated[int, typer.Option(help="Images in --out's report.html, most changed first.")] = 24,
     require: Annotated[Optional[list[str]], typer.Option(metavar="'METRIC OP VALUE'", help="A gate on the summary, e.g. "
-        "'top1_agreement>=0.98' or 'map_spearman_median>=0.8' (repeatable); exit 4 when one fails.")] = None,
+        "'top1_agreement>=0.98' (repeatable; exit 4 when one fails). METRIC: num_images, top1_agreement, map_spearman_median, "
+        "map_spearman_p10, map_iou_median, map_iou_p10, peak_shift_median, peak_shift_p90, num_failed.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace a file camcli did not write.")] = False,
     allow_failures: Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs failed.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images decoded and run together.")] = BATCH_SIZE,
     workers: Workers = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where both models run.")] = "auto",
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Glob pattern of images to leave out (repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(metavar="GLOB", help="Glob pattern of images to leave out "
+        "(repeatable).")] = None,
     engine: Engine = "local",
     ray_address: RayAddress = None,
     ray_workers: RayWorkers = None,
@@ -96,6 +99,7 @@ def compare(
     """
     from camcli import gates
     from camcli.comparison import SUMMARY, CompareJob, Summary, write_outputs, write_rows
+    from camcli.config import default_workers
     from camcli.data import iter_images
     from camcli.files import OutputGuard, atomic_open
     from camcli.results import choose_format
@@ -108,7 +112,8 @@ def compare(
     if calibration is not None and "int8" not in (base_precision, candidate_precision):
         raise CamcliError("`calibration` is for an int8 side (`base_precision` or `candidate_precision` int8)")
     gates.check_known(requirements, [*SUMMARY, "num_failed"], "compare", "see camcli compare --help")
-    job = CompareJob((method or ["auto"])[0], box_threshold, batch_size, workers if workers is not None else 0, top_channels)
+    job = CompareJob((method or ["auto"])[0], box_threshold, batch_size, default_workers() if workers is None else workers,
+                     top_channels)
     job.validate()
     specs = [model_spec(text, side, precision, calibration, device) for text, side, precision in
              ((base, "base", base_precision), (candidate, "candidate", candidate_precision))]
@@ -117,8 +122,17 @@ def compare(
     guard = guard_output(output, [*inputs, base, candidate], overwrite)
     outputs = OutputGuard({Path(p).resolve() for p in (base, candidate) if not p.startswith("arch:")},
                           remedy="compare replaces only its own earlier results: choose another --out")
-    for name in ("comparison.json", "report.html") if out is not None else ():
-        outputs.check(out / name)
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise CamcliError(f"cannot write to {out}: {out} is not a folder")
+        for name in ("comparison.json", "report.html"):
+            if output is not None and output.resolve() == (out / name).resolve():
+                raise CamcliError(f"--output {output} is the --out folder's {name}: choose another path for the rows")
+            outputs.check(out / name)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write to {out}") from exc
     images = list(iter_images(inputs, exclude=exclude or ()))
     if not images:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
@@ -142,13 +156,14 @@ def compare(
             for _ in rows(progress):
                 pass
         else:
-            write_rows(rows(progress), fmt, sys.stdout)
+            write_rows(rows(progress), fmt, _UntilClosed(sys.stdout))
     result = summary.result()
     settings = {"base": base, "candidate": candidate, "base_precision": base_precision,
                 "candidate_precision": candidate_precision, "method": [m.resolve_method(job.method) for m in models],
                 "box_threshold": box_threshold, "inputs": [str(i) for i in inputs]}
     if requirements:
         result["requirements"] = gates.verdicts(requirements, result)
+    say_verdicts(result.get("requirements", []))  # before the summary goes to stdout
     if out is not None:
         with progress_bar(quiet, "report: the most-changed images, side by side…"):
             write_outputs(out, result, job.most_changed(models, summary.most_changed()), settings, outputs)
@@ -157,11 +172,32 @@ def compare(
     if not quiet and out is not None:
         say(f"Results saved to {out}")
     failed = result["num_failed"]
-    if failed and not allow_failures:
-        for verdict in result.get("requirements", []):
-            say(gates.describe(verdict))
-        finish(failed + result["num_images"], failed, allow_failures)  # exit 1: failed inputs win over 4
-    say_verdicts(result.get("requirements", []))
+    finish(failed + result["num_images"], failed, allow_failures)  # exit 1: failed inputs win over 4
+    verdict_exit()
+
+
+class _UntilClosed:
+    """stdout for rows that stops writing once its reader has gone (``| head``): the run goes on
+    to the end, so that its requirements are still judged."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.closed = stream, False
+
+    def write(self, text: str) -> None:
+        if not self.closed:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self.closed = True
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.closed = True
 
 
 def print_summary(result: dict) -> None:

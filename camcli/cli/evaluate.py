@@ -21,7 +21,7 @@ from camcli.cli.options import (
     load_model,
     say_scorecam_cost,
 )
-from camcli.cli.output import progress_bar, say, say_int8, say_verdicts, stdout_console
+from camcli.cli.output import progress_bar, say, say_int8, say_verdicts, stdout_console, verdict_exit
 from camcli.defaults import PAPER_THRESHOLD
 from camcli.files import printable
 from camcli.results import is_tty
@@ -82,6 +82,7 @@ def evaluate(
     say_scorecam_cost(loaded, job, len(samples), run.quiet)
     with engine, progress_bar(run.quiet) as progress:
         result = job.finish(loaded, engine.run(job, loaded, samples, progress))
+    say_verdicts(result.get("requirements", []))  # before stdout: a closed pipe cannot hide a failed gate
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
     else:
@@ -100,7 +101,7 @@ def evaluate(
                 f"{tried}) saved in {job.run_dir / 'calibrated.safetensors'}; overlay, predict --boxes and evaluate with that "
                 "checkpoint use both unless given --cam-size or --box-threshold")
         say(f"Results saved to {job.run_dir}")
-    say_verdicts(result.get("requirements", []))
+    verdict_exit()
 
 
 def print_evaluation(result: dict) -> None:

@@ -230,9 +230,13 @@ def say_int8(in_fp32: int, count: int, quiet: bool, probe_failure: str | None = 
             "(INT8 put their two best classes too close to call) run again")
 
 
-def say_verdicts(verdicts: list[dict]) -> None:
-    """One line per requirement on stderr (even with --quiet: they are the run's verdict); exit 4
-    when one fails (see the manual's exit statuses: 1, failed inputs, wins over 4)."""
+VERDICT = [0]  # the requirements' exit status (0 or 4), decided before any result goes to stdout (see app.report_errors)
+
+
+def say_verdicts(verdicts: list[dict]) -> int:
+    """One line per requirement on stderr (even with --quiet: they are the run's verdict), before
+    any result goes to stdout, so that a reader who closes stdout early cannot hide a failed gate;
+    returns the exit status they call for (0, or 4 when one failed), which :func:`verdict_exit` gives."""
     from camcli.gates import describe
 
     for verdict in verdicts:
@@ -240,7 +244,14 @@ def say_verdicts(verdicts: list[dict]) -> None:
     failed = sum(not v["passed"] for v in verdicts)
     if failed:
         err.print(f"{failed} of {len(verdicts)} requirement{'s' * (len(verdicts) != 1)} failed", markup=False, highlight=False)
-        raise typer.Exit(4)
+    VERDICT[0] = 4 if failed else 0
+    return VERDICT[0]
+
+
+def verdict_exit() -> None:
+    """Exit 4 when :func:`say_verdicts` found a failed requirement."""
+    if VERDICT[0]:
+        raise typer.Exit(VERDICT[0])
 
 
 def finish(count: int, failed: int, allow_failures: bool) -> None:
