@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
-import cv2
 import numpy as np
 
 from camcli import methods
@@ -226,15 +225,14 @@ class CompareJob:
         with thumbnails of the input and both overlays (the maps are not kept while the run goes,
         so its memory does not grow with the images, on any engine)."""
         from camcli.render import blend
+        from camcli.report import thumbnail
 
         out = []
         for row, kept in self.compared(models, [Path(r["path"]) for r in rows]):
             if kept is None:
                 continue
             original, base_map, candidate_map = kept
-            h, w = original.shape[:2]
-            scale = min(1.0, 256 / max(h, w))
-            small = cv2.resize(original, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            small = thumbnail(original)
             out.append(Changed(row, [small] + [blend(small, heatmap(m, small.shape[:2])) for m in (base_map, candidate_map)]))
         return out
 

@@ -594,10 +594,7 @@ class CamModel(Model):
         exact = _rows(exact, len(tensors))
         if self.precision != "int8" or not exact.any():
             feats, sizes = extract_features(self.runner, tensors)
-        else:
-            if self._fp32_runner is None:
-                path, fp32, _ = backbone_onnx(self.features_module, self.arch, self.weights_id())
-                self._fp32_runner = OnnxRunner(path, model=fp32)
+        else:  # (prepare made the fp32 runner with the INT8 one)
             parts = [(rows, *extract_features(runner, [tensors[i] for i in rows]))
                      for runner, rows in ((self.runner, np.flatnonzero(~exact)), (self._fp32_runner, np.flatnonzero(exact))) if len(rows)]
             sizes = [(0, 0)] * len(tensors)

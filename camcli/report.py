@@ -77,12 +77,18 @@ def _esc(text: object) -> str:
     return html.escape(printable(text))
 
 
-def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
-    """A JPEG data URI of the image, its longer side at most ``side`` pixels."""
+def thumbnail(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """The image with its longer side at most ``side`` pixels (area-averaged; as it is when smaller)."""
     h, w = image_rgb.shape[:2]
     scale = min(1.0, side / max(h, w))
-    if scale < 1.0:
-        image_rgb = cv2.resize(image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    if scale == 1.0:
+        return image_rgb
+    return cv2.resize(image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def thumbnail_uri(image_rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
+    """A JPEG data URI of the image, its longer side at most ``side`` pixels."""
+    image_rgb = thumbnail(image_rgb, side)
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise CamcliError("cannot encode a report thumbnail")

@@ -14,7 +14,7 @@ from rich.text import Text
 from typer.core import TyperArgument, TyperGroup
 
 from camcli import __version__
-from camcli.cli.output import LAST_PROGRESS, VERDICT, err, flag
+from camcli.cli.output import LAST_PROGRESS, VERDICT, err, flag, reader_gone
 from camcli.errors import CamcliError, first_line, flag_names, missing_extra, os_error, suggestions
 from camcli.files import printable
 
@@ -95,8 +95,7 @@ def report_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except BrokenPipeError:
             # the reader went away (camcli predict ... | head): stop quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            reader_gone()
             raise typer.Exit(VERDICT[0]) from None  # 0, or 4 when a requirement failed (judged before stdout)
         except (CamcliError, OSError, ImportError) as exc:
             if isinstance(exc, ImportError):  # an optional dependency no library call checked for: still one line

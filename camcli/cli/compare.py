@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from camcli.cli.options import (
     make_engine,
     method_choices,
 )
-from camcli.cli.output import end_bars, finish, progress_bar, say, say_verdicts, stdout_console, verdict_exit
+from camcli.cli.output import end_bars, finish, progress_bar, reader_gone, say, say_verdicts, stdout_console, verdict_exit
 from camcli.cli.rows import guard_output
 from camcli.defaults import BATCH_SIZE, DEVICES, PAPER_THRESHOLD, PRECISIONS
 from camcli.errors import CamcliError, os_error
@@ -189,8 +188,7 @@ class _UntilClosed:
                 self.stream.write(text)
             except BrokenPipeError:
                 self.closed = True
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
+                reader_gone()
 
     def flush(self) -> None:
         if not self.closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -228,6 +229,13 @@ def say_int8(in_fp32: int, count: int, quiet: bool, probe_failure: str | None = 
     else:
         say(f"{images}: the first {INT8_PROBE_IMAGES} check INT8 against fp32 on this run's own inputs, and near ties "
             "(INT8 put their two best classes too close to call) run again")
+
+
+def reader_gone() -> None:
+    """stdout's reader went away (``camcli ... | head``): send what is still written to /dev/null,
+    so that neither the rest of the run nor the interpreter's exit fails on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 VERDICT = [0]  # the requirements' exit status (0 or 4), decided before any result goes to stdout (see app.report_errors)
