@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 _API = {
     "Model": "camcli.engine",

@@ -37,6 +37,7 @@ from camcli.defaults import BATCH_SIZE, PAPER_THRESHOLD
 from camcli.engine import Model, map_groups
 from camcli.errors import CamcliError
 from camcli.results import csv_cell
+from camcli.similarity import spearman
 
 COMPARE_PIXELS = 224 * 224  # positions of the common grid at most (the input image's, scaled down when larger): the
 # maps are 7x7 to 28x28, upsampled; a finer grid adds no detail and costs its sort (512x512: compare 3.7x an overlay)
@@ -44,29 +45,6 @@ SUMMARY = ("num_images", "top1_agreement", "map_spearman_median", "map_spearman_
            "peak_shift_median", "peak_shift_p90")
 CSV_COLUMNS = ("path", "base_label", "base_prob", "candidate_label", "candidate_prob", "candidate_prob_of_base_top1", "agree",
                "map_spearman", "map_iou", "peak_shift", "error")
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of a 1-D array, ties given their average rank (as SciPy's ``rankdata``)."""
-    order = np.argsort(values)  # ties get their average rank whatever their order
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    ranks = np.empty(len(values), np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of two maps of one shape; 1 when both are constant, 0 when one is."""
-    a, b = np.ravel(a), np.ravel(b)
-    flat_a, flat_b = bool(np.all(a == a[0])), bool(np.all(b == b[0]))
-    if flat_a or flat_b:
-        return 1.0 if flat_a and flat_b else 0.0
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    return float(ra @ rb / np.sqrt((ra @ ra) * (rb @ rb)))
 
 
 def common_grid(height: int, width: int) -> tuple[int, int]:

@@ -37,5 +37,7 @@ ENGINES = ("local", "ray")
 # OpenCV's colormaps (cv2.COLORMAP_<NAME>), in OpenCV's order; a test checks the list is complete
 COLORMAPS = ("autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv", "pink", "hot", "parula",
              "magma", "inferno", "plasma", "viridis", "cividis", "twilight", "twilight_shifted", "turbo", "deepgreen")
+SANITY_IMAGES = 32  # images evaluate --sanity checks at each step of its cascade, spread over DATA
+SANITY_MAX_SPEARMAN = 0.5  # a method passes --sanity when, every layer randomized, its maps correlate less (Spearman, absolute)
 CALIBRATION_CAM_SIZES = (224, 320, 448)  # map sizes evaluate --calibrate tries (each input well under MAX_FORWARD_PIXELS)
 INT8_PROBE_IMAGES = 8  # each INT8 run's first inputs (not near ties) that also run in fp32: INT8 checked on what it is used on

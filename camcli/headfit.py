@@ -102,3 +102,21 @@ def evaluate(head: LinearHead, features: np.ndarray, labels: np.ndarray) -> tupl
     loss, _ = cross_entropy(logits, labels)
     preds = logits.argmax(1)
     return loss, float((preds == labels).mean()), preds
+
+
+def fit_head(features: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, lr: float, weight_decay: float,
+             batch_size: int, seed: int) -> LinearHead:
+    """A head fitted as ``camcli train`` fits one on cached features (the same draws from ``seed``:
+    the initialization, then each epoch's order), kept at its last epoch.
+
+    Args:
+        features: (N, C) pooled features.
+        labels: (N,) class indices.
+    """
+    rng = np.random.default_rng(seed)
+    head = LinearHead.init(features.shape[1], num_classes, seed=seed)
+    optimizer = AdamW(lr=lr, weight_decay=weight_decay)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(epochs):
+            train_one_epoch(head, shuffled_batches(features, labels, batch_size, rng), optimizer)
+    return head

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from camcli import gates, methods
+from camcli import gates, methods, sanity
 from camcli.cam import global_average_pool, heatmap, largest_component_box, softmax
 from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
 from camcli.data import ImageInput, Preprocess, find_images
@@ -42,6 +42,8 @@ from camcli.defaults import (
     MIN_IMG_SIZE,
     NORMALIZATIONS,
     PAPER_THRESHOLD,
+    SANITY_IMAGES,
+    SANITY_MAX_SPEARMAN,
     TOP_K,
 )
 from camcli.engine import Batch, Model, check_smooth, extract_features, image_batches, map_groups
@@ -448,6 +450,10 @@ class EvaluateJob:
         labeled: set by :meth:`bind`: whether DATA's images have labels.
         requirements: gates on the metrics (:mod:`camcli.gates`): :meth:`bind` refuses one on a
             metric this evaluation does not compute; :meth:`finish` adds their verdicts.
+        sanity: also run :mod:`camcli.sanity`'s checks (model and data randomization) on
+            ``sanity_images`` images spread over DATA, for each method (``sanity`` in its
+            ``by_method`` entry, ``sanity.png``); each method that is not a baseline must pass
+            (a requirement of its own).
     """
 
     data: Path
@@ -467,6 +473,10 @@ class EvaluateJob:
     top_channels: int | None = None
     calibration_sizes: tuple[int, ...] | None = None
     requirements: tuple[gates.Requirement, ...] = ()
+    sanity: bool = False
+    sanity_images: int = SANITY_IMAGES
+    sanity_paths: tuple[Path, ...] = ()
+    data_randomization: bool = False
     run_dir: Path | None = field(default=None, repr=False)
     guard: OutputGuard | None = field(default=None, repr=False)
     stage: ClassVar[str] = "evaluate"
@@ -485,6 +495,8 @@ class EvaluateJob:
                               f"{', '.join(map(str, CALIBRATION_CAM_SIZES))}")
         if self.calibrate and self.checkpoint is None:
             raise CamcliError("`calibrate` writes a copy of a checkpoint with the best threshold: it needs a checkpoint")
+        if self.sanity and not 1 <= self.sanity_images <= 10_000:
+            raise CamcliError(f"`sanity_images` must be from 1 to 10000, got {self.sanity_images}")
 
     def bind(self, model: Model, work=None, notify: Notify | None = None) -> tuple[EvaluateJob, list[tuple[Path, int]]]:
         """The labeled images, and every output path checked before any work."""
@@ -492,6 +504,9 @@ class EvaluateJob:
         if self.calibrate and (method != ("cam",) or getattr(model, "layer", None) is not None):
             raise CamcliError("`calibrate` measures the threshold of the checkpoint's own CAM maps, which overlay uses by default: "
                               "leave out `layer` and use `method` cam alone (or leave it out)")
+        if self.sanity and model.precision == "int8":
+            raise CamcliError("`sanity` runs the model again with randomized weights, which INT8 would quantize again at every "
+                              "step: leave out precision int8")
         data = Path(self.data)
         labeled = True
         try:
@@ -515,6 +530,10 @@ class EvaluateJob:
         trial = None if not self.calibrate or self.cam_sizes else tuple(sorted({model.preprocess.img_size, *CALIBRATION_CAM_SIZES}))
         bound = replace(self, data=data, method=method, box_threshold=threshold, run_dir=run_dir, guard=guard,
                         labeled=labeled, cam_sizes=cam_sizes_for(model, self.cam_sizes), calibration_sizes=trial)
+        if self.sanity:
+            chosen = sanity.chosen_images(samples, self.sanity_images)
+            bound = replace(bound, sanity_paths=tuple(samples[i][0] for i in chosen),
+                            data_randomization=labeled and sanity.refit_settings(model) is not None)
         gates.check_known(self.requirements, bound.metric_names(model), "this evaluation",  # before any image
                           "localization metrics need `boxes`, faithfulness ones `faithfulness`, accuracy labeled class folders")
         return bound, samples
@@ -522,13 +541,13 @@ class EvaluateJob:
     def _outputs(self, run_dir: Path) -> list[Path]:
         return [run_dir / "metrics.json"] + ([run_dir / "box_accuracy.png"] if self.boxes else []) + (
             [run_dir / "faithfulness_curves.png"] if self.faithfulness else []) + (
-            [run_dir / f"calibrated{SUFFIX}"] if self.calibrate else [])
+            [run_dir / "sanity.png"] if self.sanity else []) + ([run_dir / f"calibrated{SUFFIX}"] if self.calibrate else [])
 
     def _remove_stale(self) -> None:
         """An earlier evaluation's files that this one does not write (its plot of faithfulness, say)
         are removed when camcli wrote them, so the folder holds one evaluation; a user's file stays."""
         written = set(self._outputs(self.run_dir))
-        for name in ("box_accuracy.png", "faithfulness_curves.png", f"calibrated{SUFFIX}"):
+        for name in ("box_accuracy.png", "faithfulness_curves.png", "sanity.png", f"calibrated{SUFFIX}"):
             if self.run_dir / name not in written:
                 with contextlib.suppress(CamcliError):
                     remove_if_ours(self.run_dir / name, self.guard)
@@ -596,6 +615,8 @@ class EvaluateJob:
             by_method[method] = {"tally": tally, "faithfulness": faith, "seconds": seconds}
         part = {"true": labels, "pred": predicted, "by_method": by_method, "fp32": int(batch.fp32.sum()) if batch.fp32 is not None else 0,
                 **({"probe": model.int8_probe.describe()} if model.precision == "int8" and model.int8_probe.failed else {})}
+        if self.data_randomization and batch.positions:  # the features the head is fitted again on, with shuffled labels
+            part["pooled"] = np.ascontiguousarray(global_average_pool(batch.features, batch.sizes), dtype=np.float32)
         if self.calibration_sizes and boxes and batch.positions:
             part["calibration"] = {size: self._tally(model, batch, samples, labels, predicted, size) for size in self.calibration_sizes}
         return part
@@ -611,16 +632,21 @@ class EvaluateJob:
                 tally.add(heatmap(maps[b][0], batch.originals[b].shape[:2]), self.boxes[rel], predicted[b] == labels[b])
         return tally
 
-    def finish(self, model: Model, parts: Iterable[dict]) -> dict:
-        """Merge the parts into the metrics, judge the ``requirements`` and write the run folder;
-        returns the metrics, with ``requirements`` (their verdicts, also in ``metrics.json``) and
-        ``seconds_per_image`` (what each method's maps and each faithfulness metric cost; not
-        written to ``metrics.json``, which stays the same from run to run)."""
-        result, by_size, seconds, faiths, n = self._merge(model, parts)
+    def finish(self, model: Model, parts: Iterable[dict], progress: Progress | None = None) -> dict:
+        """Merge the parts into the metrics, run the ``sanity`` checks, judge the ``requirements``
+        and write the run folder; returns the metrics, with ``requirements`` (their verdicts, also
+        in ``metrics.json``) and ``seconds_per_image`` (what each method's maps and each
+        faithfulness metric cost; not written to ``metrics.json``, which stays the same from run to
+        run)."""
+        pooled: list[tuple[np.ndarray, list[int]]] = []
+        result, by_size, seconds, faiths, n = self._merge(model, parts, pooled)
         names = method_names(self.method)
         by_method = result.get("by_method", {})
-        if self.requirements:
-            result["requirements"] = gates.verdicts(self.requirements, result)
+        if self.sanity:
+            self._sanity(model, result, pooled, progress)
+        requirements = self.requirements + (self.sanity_requirements() if self.sanity else ())
+        if requirements:
+            result["requirements"] = gates.verdicts(requirements, result)
         metrics_file, *others = self._outputs(self.run_dir)
         self._remove_stale()
         atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
@@ -639,6 +665,9 @@ class EvaluateJob:
         if self.faithfulness:
             target = others.pop(0)
             write_image(target, faithfulness_plot({m: by_method[m]["faithfulness"] for m in names}), self.guard.recorder(target))
+        if self.sanity:
+            target = others.pop(0)
+            write_image(target, sanity_plot({m: by_method[m]["sanity"] for m in names}), self.guard.recorder(target))
         if self.calibrate:
             target = others[-1]
             atomic_write(target, checkpoint_bytes(calibrated(load_checkpoint(self.checkpoint), by_size, self.data)),
@@ -647,14 +676,34 @@ class EvaluateJob:
                                                                           if self.faithfulness else {})} for m in names}
         return result
 
+    def sanity_requirements(self) -> tuple[gates.Requirement, ...]:
+        """Each method's own sanity verdict, as a requirement (baselines are there to fail: none)."""
+        return tuple(gates.Requirement(f"by_method.{m}.sanity.final.spearman_abs", "<", SANITY_MAX_SPEARMAN)
+                     for m in method_names(self.method) if not methods.get(m).baseline)
+
+    def _sanity(self, model: Model, result: dict, pooled: list[tuple[np.ndarray, list[int]]], progress: Progress | None) -> None:
+        """Run :mod:`camcli.sanity`'s checks and put each method's into ``result``."""
+        names = method_names(self.method)
+        head = None
+        if self.data_randomization and pooled:
+            features = np.concatenate([x for x, _ in pooled])
+            labels = np.array([y for _, ys in pooled for y in ys], np.int64)
+            head = sanity.shuffled_head(features, labels, model.num_classes, sanity.refit_settings(model))
+        check = sanity.SanityCheck(list(self.sanity_paths), names, self.batch_size, self.workers, self.smooth, self.top_channels)
+        found = check.run(model, head, progress)
+        for m in names:
+            result["by_method"][m]["sanity"] = found[m]
+        result["sanity"] = found[names[0]]
+
     def metric_names(self, model: Model) -> list[str]:
         """The dotted names of the numbers this bound job's ``metrics.json`` will hold (see
         :mod:`camcli.gates`): those of the metrics of no image, which have every key."""
         return sorted(gates.numbers(self._merge(model, [])[0]))
 
-    def _merge(self, model: Model, parts: Iterable[dict]) -> tuple[dict, dict, dict, dict, int]:
+    def _merge(self, model: Model, parts: Iterable[dict], pooled: list | None = None) -> tuple[dict, dict, dict, dict, int]:
         """(the metrics, the calibration trials' results by map size, map seconds and faithfulness
-        tallies by method, the image count, at least 1) of the parts."""
+        tallies by method, the image count, at least 1) of the parts; ``pooled`` receives each
+        part's pooled features and labels (data randomization's)."""
         names = method_names(self.method)
         true, pred, fp32, probe_failure = [], [], 0, None
         tallies = {m: LocalizationTally(self.box_threshold) for m in names}
@@ -668,6 +717,8 @@ class EvaluateJob:
             pred += part["pred"]
             fp32 += part.get("fp32", 0)
             probe_failure = probe_failure or part.get("probe")
+            if pooled is not None and "pooled" in part:
+                pooled.append((part["pooled"], part["true"]))
             for m, got in part["by_method"].items():
                 tallies[m].merge(got["tally"])
                 faiths[m].merge(got["faithfulness"])
@@ -678,8 +729,10 @@ class EvaluateJob:
             scores = {"method": m, **(tallies[m].result() if self.boxes else {})}
             if self.faithfulness:
                 scores["faithfulness"] = {**faiths[m].result(), "method": m}
+            if self.sanity:  # its numbers' names, for `require`; finish puts the checks' results here
+                scores["sanity"] = sanity.skeleton(self.data_randomization)
             by_method[m] = scores
-        if self.boxes or self.faithfulness:
+        if self.boxes or self.faithfulness or self.sanity:
             result.update(by_method[names[0]])
             result["by_method"] = by_method
         result["settings"] = {"checkpoint": str(self.checkpoint) if self.checkpoint is not None else None, "arch": model.arch,
@@ -696,6 +749,24 @@ class EvaluateJob:
             result["calibration"] = {"cam_size": size, "threshold": chosen["best_threshold"], "max_box_acc": chosen["max_box_acc"],
                                      "max_box_acc_by_cam_size": {str(s): r["max_box_acc"] for s, r in sorted(by_size.items())}}
         return result, by_size, seconds, faiths, max(len(pred), 1)
+
+
+def sanity_plot(checks: dict[str, dict]) -> np.ndarray:
+    """Each method's similarity to its trained maps against randomized depth, one chart per
+    measure, side by side: RGB uint8."""
+    first = next(iter(checks.values()))
+    steps = len(first["steps"])
+    xs = [i / (steps - 1) for i in range(steps)]
+    charts = []
+    limit = first["max_spearman"]
+    for measure, title in (("spearman_abs", f"Spearman, absolute maps (passes below {limit:g})"), ("ssim", "SSIM"),
+                           ("hog", "HOG (Pearson)")):
+        charts.append(plot_curves(
+            xs, {f"{m} {c['final'][measure]:.2f}": [min(max(v, 0.0), 1.0) for v in c["curve"][measure]] for m, c in checks.items()},
+            f"{title}, {first['num_images']} images", f"randomized: the head, then {steps - 2} more steps top down",
+            "similarity to the trained model's map", size=(600, 440),
+        ))
+    return np.hstack(charts)
 
 
 def faithfulness_plot(scores: dict[str, dict]) -> np.ndarray:

@@ -100,6 +100,43 @@ SHIPPED = {
 }
 LITE0_FACTS = {"num_features": 1280, "stride": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
+# The shipped graph's convolutions (BatchNorm folded into each) by the timm module they were exported from, in
+# network order: (block, each convolution's weight shape). Convolution k's weight and bias are the initializers
+# onnx::Conv_{978 + 3k} and onnx::Conv_{979 + 3k} (tests/test_sanity.py reads the graph with the onnx package to
+# check it). ``evaluate --sanity`` randomizes them a block at a time without the onnx package.
+GRAPH_BLOCKS = (
+    ("conv_stem", ((32, 3, 3, 3),)),
+    ("blocks.0.0", ((32, 1, 3, 3), (16, 32, 1, 1))),
+    ("blocks.1.0", ((96, 16, 1, 1), (96, 1, 3, 3), (24, 96, 1, 1))),
+    ("blocks.1.1", ((144, 24, 1, 1), (144, 1, 3, 3), (24, 144, 1, 1))),
+    ("blocks.2.0", ((144, 24, 1, 1), (144, 1, 5, 5), (40, 144, 1, 1))),
+    ("blocks.2.1", ((240, 40, 1, 1), (240, 1, 5, 5), (40, 240, 1, 1))),
+    ("blocks.3.0", ((240, 40, 1, 1), (240, 1, 3, 3), (80, 240, 1, 1))),
+    ("blocks.3.1", ((480, 80, 1, 1), (480, 1, 3, 3), (80, 480, 1, 1))),
+    ("blocks.3.2", ((480, 80, 1, 1), (480, 1, 3, 3), (80, 480, 1, 1))),
+    ("blocks.4.0", ((480, 80, 1, 1), (480, 1, 5, 5), (112, 480, 1, 1))),
+    ("blocks.4.1", ((672, 112, 1, 1), (672, 1, 5, 5), (112, 672, 1, 1))),
+    ("blocks.4.2", ((672, 112, 1, 1), (672, 1, 5, 5), (112, 672, 1, 1))),
+    ("blocks.5.0", ((672, 112, 1, 1), (672, 1, 5, 5), (192, 672, 1, 1))),
+    ("blocks.5.1", ((1152, 192, 1, 1), (1152, 1, 5, 5), (192, 1152, 1, 1))),
+    ("blocks.5.2", ((1152, 192, 1, 1), (1152, 1, 5, 5), (192, 1152, 1, 1))),
+    ("blocks.5.3", ((1152, 192, 1, 1), (1152, 1, 5, 5), (192, 1152, 1, 1))),
+    ("blocks.6.0", ((1152, 192, 1, 1), (1152, 1, 3, 3), (320, 1152, 1, 1))),
+    ("conv_head", ((1280, 320, 1, 1),)),
+)
+
+
+def graph_blocks() -> list[tuple[str, list[tuple[str, str, tuple[int, ...]]]]]:
+    """:data:`GRAPH_BLOCKS` with the initializers' names: (block, [(weight, bias, weight shape)])."""
+    out, k = [], 0
+    for block, shapes in GRAPH_BLOCKS:
+        convs = []
+        for shape in shapes:
+            convs.append((f"onnx::Conv_{978 + 3 * k}", f"onnx::Conv_{979 + 3 * k}", shape))
+            k += 1
+        out.append((block, convs))
+    return out
+
 
 def asset(name: str) -> tuple[Path, bytes]:
     """A shipped file (:data:`BACKBONE_GRAPH`, :data:`IMAGENET_HEAD`) and its bytes, checked

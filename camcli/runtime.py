@@ -145,11 +145,21 @@ class OnnxRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, model: bytes | None = None, facts: dict | None = None):
+    def __init__(self, path: Path, threads: int | None = None, model: bytes | None = None, facts: dict | None = None,
+                 initializers: dict[str, np.ndarray] | None = None):
         """``model``: the file's bytes, already read (and verified, see :func:`cached_bytes`);
-        ``facts``: its expected inputs and outputs as ``[[name, rank], ...]`` (refused otherwise)."""
+        ``facts``: its expected inputs and outputs as ``[[name, rank], ...]`` (refused otherwise);
+        ``initializers``: values that replace the graph's own initializers of those names (ONNX
+        Runtime's ``add_initializer``: the graph file is not changed; ``evaluate --sanity``)."""
         ort = onnxruntime()
         options = ort.SessionOptions()
+        # the session reads these buffers (not copies) for its whole life: arrays and values live as long as the runner
+        self._arrays = {name: np.ascontiguousarray(v, np.float32) for name, v in (initializers or {}).items()}
+        self._values = {name: ort.OrtValue.ortvalue_from_numpy(v) for name, v in self._arrays.items()}
+        for name, value in self._values.items():
+            options.add_initializer(name, value)
+        if initializers:  # level ALL's layout passes copy the Conv weights into new initializers first: the values
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # given would be ignored
         options.intra_op_num_threads = threads or int(os.environ.get("CAMCLI_THREADS") or 0) or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3

@@ -212,3 +212,12 @@ def test_compare_runs_without_pytorch(sample_run, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "c" / "comparison.json").read_text())
     assert summary["num_images"] == 8 and summary["map_spearman_p10"] == 1.0
+
+
+def test_sanity_runs_without_pytorch(sample_run, tmp_path):
+    ckpt = sample_run / "best.safetensors"
+    result = light("evaluate", SAMPLE_DATA / "val", "--checkpoint", ckpt, "--sanity", "--sanity-images", "2", "--out", tmp_path / "s",
+                   "-q")
+    assert result.returncode == 0, result.stderr
+    check = json.loads((tmp_path / "s" / "metrics.json").read_text())["sanity"]
+    assert check["passed"] and len(check["steps"]) == 20 and "data_randomization" in check

@@ -19,10 +19,11 @@ from camcli.cli.options import (
     checked,
     expand_groups,
     load_model,
+    say_sanity_cost,
     say_scorecam_cost,
 )
 from camcli.cli.output import progress_bar, say, say_int8, say_verdicts, stdout_console, verdict_exit
-from camcli.defaults import PAPER_THRESHOLD
+from camcli.defaults import PAPER_THRESHOLD, SANITY_IMAGES
 from camcli.files import printable
 from camcli.results import is_tty
 
@@ -50,6 +51,12 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(
         callback=a_value, help="Folder for metrics.json and the box-accuracy plot [default: "
         "runs/evaluate/expN].")] = None,
+    sanity: Annotated[bool, typer.Option("--sanity", help="Also check that each method's maps depend on the model (Adebayo et "
+        "al. 2018): the head, then the backbone's layers top down, randomized one step at a time, and a head fitted on "
+        "shuffled labels; the maps compared with the trained model's (Spearman, SSIM, HOG) in sanity.png and metrics.json. "
+        "A method passes when, every layer randomized, its maps correlate below 0.5; one that fails gives exit 4 "
+        "(baselines are shown, not judged). Not with --precision int8.")] = False,
+    sanity_images: Annotated[int, typer.Option(help="Images --sanity checks at each step, spread over DATA.")] = SANITY_IMAGES,
     require: Annotated[Optional[list[str]], typer.Option(metavar="'METRIC OP VALUE'", help="A gate on a number in "
         "metrics.json, by its dotted path, e.g. 'accuracy>=0.95' or 'by_method.cam.pointing_game > 0.8' (OP: >=, <=, >, <, "
         "==; repeatable). Each prints PASS or FAIL on stderr; exit 4 when one fails.")] = None,
@@ -63,16 +70,20 @@ def evaluate(
     """
     import json
 
+    from camcli.errors import CamcliError
     from camcli.evaluate import load_boxes
     from camcli.gates import parse_all
     from camcli.jobs import EvaluateJob
 
     requirements = parse_all(require or [])  # a malformed one: exit 2 before anything loads
+    if sanity and model.precision == "int8":
+        raise CamcliError("--sanity runs the model again with randomized weights, which INT8 would quantize again at every "
+                          "step: leave out --precision int8")
     unmatched: list[str] = []
     truth = load_boxes(boxes, data, unmatched) if boxes is not None else None
     job = EvaluateJob(data, truth, model.checkpoint, box_threshold, mapping.sizes(), calibrate, out, run.exclude or (),
                       mapping.methods(), run.batch_size, run.threads(), faithfulness, smooth=mapping.smooth(),
-                      top_channels=mapping.top_channels, requirements=requirements)
+                      top_channels=mapping.top_channels, requirements=requirements, sanity=sanity, sanity_images=sanity_images)
     spec, engine = checked(model, job), run.make_engine()
     if unmatched and not run.quiet:
         say(f"note: {len(unmatched)} of the names in {boxes} match no image under {data} (first: {unmatched[0]!r}); "
@@ -80,14 +91,15 @@ def evaluate(
     loaded = load_model(spec, run.quiet)
     job, samples = job.bind(loaded, notify=None if run.quiet else say)
     say_scorecam_cost(loaded, job, len(samples), run.quiet)
+    say_sanity_cost(loaded, job, run.quiet)
     with engine, progress_bar(run.quiet) as progress:
-        result = job.finish(loaded, engine.run(job, loaded, samples, progress))
+        result = job.finish(loaded, engine.run(job, loaded, samples, progress), progress)
     say_verdicts(result.get("requirements", []))  # before stdout: a closed pipe cannot hide a failed gate
     if fmt == "json":
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
     else:
         print_evaluation(result)
-    if not run.quiet and ("by_method" in result):
+    if not run.quiet and (boxes is not None or faithfulness):  # the maps of the evaluation itself (not --sanity's)
         say("seconds per image: " + "; ".join(
             f"{m} " + ", ".join(f"{what.replace('_', ' ')} {spent:.3f}" for what, spent in costs.items())
             for m, costs in result["seconds_per_image"].items()))
@@ -129,6 +141,12 @@ def print_evaluation(result: dict) -> None:
     console.print(confusion)
 
 
+def is_baseline(method: str) -> bool:
+    from camcli import methods
+
+    return methods.get(method).baseline
+
+
 def method_tables(result: dict) -> list[Table]:
     """One row per method: a table of localization (with boxes), one of faithfulness (with --faithfulness)."""
     first = next(iter(result["by_method"].values()))
@@ -149,6 +167,17 @@ def method_tables(result: dict) -> list[Table]:
             ("ROAD MoRF", lambda m: f"{m['faithfulness']['road_morf']:.3f}"),
             ("ROAD LeRF", lambda m: f"{m['faithfulness']['road_lerf']:.3f}"),
             ("ROAD combined", lambda m: f"{m['faithfulness']['road_combined']:.3f}")]))
+    if "sanity" in first:
+        limit = first["sanity"]["max_spearman"]
+        tables.append((f"sanity: similarity to the trained model's maps ({first['sanity']['num_images']} images; a method passes "
+                       f"below {limit:g} when every layer is randomized)", [
+            ("head randomized", lambda m: f"{m['sanity']['head']['spearman_abs']:.3f}"),
+            ("all randomized", lambda m: f"{m['sanity']['final']['spearman_abs']:.3f}"),
+            ("SSIM", lambda m: f"{m['sanity']['final']['ssim']:.3f}"),
+            ("HOG", lambda m: f"{m['sanity']['final']['hog']:.3f}"),
+            *([("shuffled labels", lambda m: f"{m['sanity']['data_randomization']['spearman_abs']:.3f}")]
+              if "data_randomization" in first["sanity"] else []),
+            ("verdict", lambda m: ("pass" if m["sanity"]["passed"] else "FAIL") + (" (baseline)" if is_baseline(m["method"]) else ""))]))
     out = []
     for title, columns in tables:
         table = Table(title=title)
