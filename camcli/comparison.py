@@ -36,13 +36,15 @@ from camcli.data import ImageInput
 from camcli.defaults import BATCH_SIZE, PAPER_THRESHOLD
 from camcli.engine import Model, map_groups
 from camcli.errors import CamcliError
-from camcli.results import csv_cell
+from camcli.results import csv_cell, json_safe
 from camcli.similarity import spearman
 
 COMPARE_PIXELS = 224 * 224  # positions of the common grid at most (the input image's, scaled down when larger): the
 # maps are 7x7 to 28x28, upsampled; a finer grid adds no detail and costs its sort (512x512: compare 3.7x an overlay)
 SUMMARY = ("num_images", "top1_agreement", "map_spearman_median", "map_spearman_p10", "map_iou_median", "map_iou_p10",
            "peak_shift_median", "peak_shift_p90")
+MAP_SUMMARY = SUMMARY[2:]  # a method's own, under by_method.<method>. when several are compared
+SIMILARITIES = ("map_spearman", "map_iou", "peak_shift")
 CSV_COLUMNS = ("path", "base_label", "base_prob", "candidate_label", "candidate_prob", "candidate_prob_of_base_top1", "agree",
                "map_spearman", "map_iou", "peak_shift", "error")
 
@@ -97,7 +99,9 @@ class CompareJob:
     ``error``; the local engine and Ray's run the same code (:meth:`run`).
 
     Attributes:
-        method: a registered method, or ``auto`` (each model's default); the base's top-1 class is mapped.
+        method: a registered method, or ``auto`` (each model's default), or several (each compared:
+            ``by_method`` in rows and summary, the first one's also at the top level, as evaluate
+            does); the base's top-1 class is mapped.
         threshold: the box threshold of ``map_iou``.
         batch_size: images decoded and run together.
         workers: decoding threads.
@@ -105,7 +109,7 @@ class CompareJob:
         mapping: set by :meth:`bind`: the candidate's index of each base class.
     """
 
-    method: str = methods.AUTO
+    method: str | tuple[str, ...] = methods.AUTO
     threshold: float = PAPER_THRESHOLD
     batch_size: int = BATCH_SIZE
     workers: int = 0
@@ -118,9 +122,12 @@ class CompareJob:
             raise CamcliError(f"`box_threshold` must be from 0 to below 1, got {self.threshold}")
         if self.batch_size < 1:
             raise CamcliError(f"`batch_size` must be at least 1, got {self.batch_size}")
-        if self.method != methods.AUTO:
-            methods.get(self.method)
-        if self.top_channels is not None and (self.method != "scorecam" or self.top_channels < 1):
+        if not self.names():
+            raise CamcliError("`method` needs at least one method")
+        for name in self.names():
+            if name != methods.AUTO:
+                methods.get(name)
+        if self.top_channels is not None and ("scorecam" not in self.names() or self.top_channels < 1):
             raise CamcliError("`top_channels` bounds Score-CAM's passes: a positive number, with `method` scorecam")
 
     def bind(self, models: tuple[Model, Model], images: Sequence[ImageInput]) -> tuple[CompareJob, list[ImageInput]]:
@@ -129,8 +136,13 @@ class CompareJob:
         base, candidate = models
         mapping = class_mapping(base.class_names, candidate.class_names)
         for model in models:
-            model.resolve_method(self.method)
+            for name in self.names():
+                model.resolve_method(name)
         return replace(self, mapping=tuple(int(i) for i in mapping)), list(images)
+
+    def names(self) -> tuple[str, ...]:
+        """The methods compared, each once, in the order given."""
+        return tuple(dict.fromkeys((self.method,) if isinstance(self.method, str) else self.method))
 
     def slice(self, images: Sequence[ImageInput], start: int, stop: int) -> tuple[CompareJob, list[ImageInput]]:
         return self, list(images[start:stop])
@@ -160,16 +172,17 @@ class CompareJob:
             if not batch.positions:
                 continue
             top = batch.logits.argmax(axis=1)
-            base_maps = self._maps(base, batch, top)
+            names = self.names()
+            base_maps = {m: self._maps(base, batch, top, m) for m in names}
             their = mapping[top]
             kept, failed = {}, {}  # the candidate's (probabilities, map) of each of the base batch's rows; its failures
             for other in candidate.batches(list(batch.originals), len(batch.originals), 0, keep_images=True):
                 failed.update(other.failures)
                 if other.positions:
-                    maps = self._maps(candidate, other, their[other.positions])
+                    maps = {m: self._maps(candidate, other, their[other.positions], m) for m in names}
                     probs = softmax(other.logits)
                     for k, b in enumerate(other.positions):
-                        kept[b] = (probs[k], maps[k][0])
+                        kept[b] = (probs[k], {m: maps[m][k][0] for m in names})
             base_probs = softmax(batch.logits)
             for b, position in enumerate(batch.positions):
                 name = _name(chunk[position])
@@ -177,21 +190,22 @@ class CompareJob:
                     reason = failed.get(b, "the candidate model could not run this image")
                     rows[position] = ({"path": name, "error": f"{name}: candidate: {reason.split(': ', 1)[-1]}"}, None)
                     continue
-                probs, candidate_map = kept[b]
+                probs, candidate_maps = kept[b]
                 c, cand_top = int(top[b]), int(probs.argmax())
                 grid = common_grid(*batch.originals[b].shape[:2])
+                similar = {m: map_similarity(base_maps[m][b][0], candidate_maps[m], grid, self.threshold) for m in names}
                 row = {"path": name,
                        "base": {"label": base.class_names[c], "index": c, "prob": float(base_probs[b, c])},
                        "candidate": {"label": candidate.class_names[cand_top], "index": cand_top, "prob": float(probs[cand_top])},
                        "agree": candidate.class_names[cand_top] == base.class_names[c],
                        "candidate_prob_of_base_top1": float(probs[their[b]]),
-                       **map_similarity(base_maps[b][0], candidate_map, grid, self.threshold)}
-                rows[position] = (row, (batch.originals[b], base_maps[b][0], candidate_map))
+                       **similar[names[0]], **({"by_method": similar} if len(names) > 1 else {})}
+                rows[position] = (row, (batch.originals[b], base_maps[names[0]][b][0], candidate_maps[names[0]]))
         for position in range(len(chunk)):
             yield rows[position]
 
-    def _maps(self, model: Model, batch, classes: np.ndarray) -> list[np.ndarray]:
-        method = model.resolve_method(self.method)
+    def _maps(self, model: Model, batch, classes: np.ndarray, name: str) -> list[np.ndarray]:
+        method = model.resolve_method(name)
         out: list[np.ndarray] = []
         for group in map_groups(len(batch.positions), method):
             out += model.batch_maps(batch.take(group), np.asarray(classes)[group][:, None], method=method,
@@ -225,7 +239,8 @@ class Summary:
 
     def __init__(self, keep: int = 0) -> None:
         self.agree: list[bool] = []
-        self.values: dict[str, list[float]] = {"map_spearman": [], "map_iou": [], "peak_shift": []}
+        self.values: dict[str, list[float]] = {k: [] for k in SIMILARITIES}  # the first method's
+        self.by_method: dict[str, dict[str, list[float]]] = {}  # each method's, when several are compared
         self.failed = 0
         self.keep = keep
         self._changed: list[tuple[float, int, dict]] = []  # a heap: the least changed of the kept on top
@@ -237,6 +252,9 @@ class Summary:
         self.agree.append(row["agree"])
         for key, values in self.values.items():
             values.append(row[key])
+        for method, similar in row.get("by_method", {}).items():
+            for key, values in self.by_method.setdefault(method, {k: [] for k in SIMILARITIES}).items():
+                values.append(similar[key])
         entry = (-row["map_spearman"], -len(self.agree), row)
         if len(self._changed) < self.keep:
             heapq.heappush(self._changed, entry)
@@ -250,35 +268,41 @@ class Summary:
     def result(self) -> dict:
         n = len(self.agree)
 
-        def stat(key: str, q: float) -> float:
-            return float(np.percentile(self.values[key], q)) if n else float("nan")
+        def stats(values: dict[str, list[float]]) -> dict[str, float]:
+            def stat(key: str, q: float) -> float:
+                return float(np.percentile(values[key], q)) if n else float("nan")
 
-        return {"num_images": n, "top1_agreement": float(np.mean(self.agree)) if n else float("nan"),
-                "map_spearman_median": stat("map_spearman", 50), "map_spearman_p10": stat("map_spearman", 10),
-                "map_iou_median": stat("map_iou", 50), "map_iou_p10": stat("map_iou", 10),
-                "peak_shift_median": stat("peak_shift", 50), "peak_shift_p90": stat("peak_shift", 90),
-                "num_failed": self.failed}
+            return {"map_spearman_median": stat("map_spearman", 50), "map_spearman_p10": stat("map_spearman", 10),
+                    "map_iou_median": stat("map_iou", 50), "map_iou_p10": stat("map_iou", 10),
+                    "peak_shift_median": stat("peak_shift", 50), "peak_shift_p90": stat("peak_shift", 90)}
+
+        return {"num_images": n, "top1_agreement": float(np.mean(self.agree)) if n else float("nan"), **stats(self.values),
+                "num_failed": self.failed,
+                **({"by_method": {m: stats(v) for m, v in self.by_method.items()}} if self.by_method else {})}
 
 
-def write_rows(rows: Iterable[dict], fmt: str, stream) -> int:
+def write_rows(rows: Iterable[dict], fmt: str, stream, more_methods: Sequence[str] = ()) -> int:
     """Comparison rows as jsonl, json or csv (:data:`CSV_COLUMNS`, text cells guarded as
-    :func:`camcli.results.csv_cell` does); returns how many."""
+    :func:`camcli.results.csv_cell` does; ``more_methods``, the methods compared after the first:
+    their similarities as ``<method>.map_spearman`` ... columns before ``error``); returns how many."""
     if fmt == "json":
         everything = list(rows)
         stream.write(json.dumps(everything, indent=2) + "\n")
         return len(everything)
     writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
+    more = [f"{m}.{k}" for m in more_methods for k in SIMILARITIES]
     if writer:
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow([*CSV_COLUMNS[:-1], *more, CSV_COLUMNS[-1]])
     count = 0
     for row in rows:
         if writer and "error" in row:
-            writer.writerow([csv_cell(row["path"]), *[""] * 9, csv_cell(row["error"])])
+            writer.writerow([csv_cell(row["path"]), *[""] * (9 + len(more)), csv_cell(row["error"])])
         elif writer:
             writer.writerow([csv_cell(row["path"]), csv_cell(row["base"]["label"]), f"{row['base']['prob']:.6g}",
                              csv_cell(row["candidate"]["label"]), f"{row['candidate']['prob']:.6g}",
                              f"{row['candidate_prob_of_base_top1']:.6g}", int(row["agree"]), f"{row['map_spearman']:.6g}",
-                             f"{row['map_iou']:.6g}", f"{row['peak_shift']:.6g}", ""])
+                             f"{row['map_iou']:.6g}", f"{row['peak_shift']:.6g}",
+                             *(f"{row['by_method'][m][k]:.6g}" for m in more_methods for k in SIMILARITIES), ""])
         else:
             stream.write(json.dumps(row) + "\n")
         stream.flush()
@@ -293,7 +317,7 @@ def write_outputs(out: Path, summary: dict, changed: list[Changed], settings: di
     from camcli.report import write_compare_report
 
     written = [out / "comparison.json", out / "report.html"]
-    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # JSON has no NaN
-    atomic_write(written[0], json.dumps({**finite, "settings": settings}, indent=2) + "\n", guard.recorder(written[0]))
+
+    atomic_write(written[0], json.dumps({**json_safe(summary), "settings": settings}, indent=2) + "\n", guard.recorder(written[0]))
     write_compare_report(written[1], changed, summary, settings, guard.recorder(written[1]))
     return written

@@ -303,7 +303,9 @@ class LocalizationTally:
 
 
 def classification_metrics(true: Sequence[int], pred: Sequence[int], class_names: list[str]) -> dict:
-    """Accuracy, per-class precision / recall / support, and the confusion matrix (rows: true)."""
+    """Accuracy, per-class precision / recall / support, and the confusion matrix (rows: true).
+    A class with no image has no recall: NaN (``null`` in JSON; it fails every requirement); a
+    class never predicted has precision 0."""
     k = len(class_names)
     confusion = np.zeros((k, k), dtype=np.int64)
     for t, p in zip(true, pred):
@@ -313,7 +315,7 @@ def classification_metrics(true: Sequence[int], pred: Sequence[int], class_names
         predicted, actual = confusion[:, i].sum(), confusion[i].sum()
         per_class[name] = {
             "precision": float(confusion[i, i] / predicted) if predicted else 0.0,
-            "recall": float(confusion[i, i] / actual) if actual else 0.0,
+            "recall": float(confusion[i, i] / actual) if actual else float("nan"),  # no image of the class: no recall
             "support": int(actual),
         }
     return {

@@ -53,6 +53,7 @@ from camcli.faithfulness import FaithfulnessTally, require_scipy
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.outputs import FixedNames, RankedNames
 from camcli.render import plot_curves, write_image, write_overlays
+from camcli.results import json_safe
 
 Progress = Callable[[str, int, int | None], None]
 Notify = Callable[[str], None]
@@ -649,7 +650,7 @@ class EvaluateJob:
             result["requirements"] = gates.verdicts(requirements, result)
         metrics_file, *others = self._outputs(self.run_dir)
         self._remove_stale()
-        atomic_write(metrics_file, json.dumps(result, indent=2) + "\n", self.guard.recorder(metrics_file))
+        atomic_write(metrics_file, json.dumps(json_safe(result), indent=2) + "\n", self.guard.recorder(metrics_file))
         if self.boxes:
             curve = result["box_acc_curve"]
             plot = plot_curves(

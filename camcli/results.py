@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +40,18 @@ def is_tty(stream: object) -> bool:
 
 
 CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every float that is not finite (NaN: a metric with nothing to measure) as
+    None, so that ``json.dumps`` writes standard JSON (``null``), not ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def csv_cell(text: str) -> str:

@@ -79,6 +79,32 @@ def test_a_head_refit_on_shuffled_labels_moves_the_maps_and_fails_the_gate(sampl
         f"FAIL top1_agreement {summary['top1_agreement']:.10g} >= 0.98"]
 
 
+def test_several_methods_each_compared_and_a_model_free_map_never_moves(sample_run, tmp_path):
+    """cam moves with the shuffled head; sobel, which knows nothing of the model, stays at 1 on every image."""
+    shuffled = _shuffled_head(sample_run, tmp_path)
+    result = run(VAL / "cat", VAL / "rocket", "--base", sample_run / "best.safetensors", "--candidate", shuffled,
+                 "--method", "cam", "--method", "sobel", "--method", "cam", "--out", tmp_path / "c", "-o", tmp_path / "rows.csv",
+                 "--require", "by_method.sobel.map_spearman_p10 == 1", "--require", "by_method.cam.map_spearman_median >= 0.8")
+    assert result.exit_code == 4, result.output
+    summary = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert list(summary["by_method"]) == ["cam", "sobel"]  # a method given twice is compared once
+    assert summary["by_method"]["cam"]["map_spearman_median"] == summary["map_spearman_median"] < 0.8
+    assert summary["by_method"]["sobel"]["map_spearman_p10"] == 1.0 and summary["by_method"]["sobel"]["peak_shift_p90"] == 0.0
+    assert summary["settings"]["methods"] == {"cam": ["cam", "cam"], "sobel": ["sobel", "sobel"]}
+    verdicts = [line.split()[:2] for line in result.stderr.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert verdicts == [["PASS", "by_method.sobel.map_spearman_p10"], ["FAIL", "by_method.cam.map_spearman_median"]]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
+    assert len(rows) == 16 and list(rows[0])[-4:] == ["sobel.map_spearman", "sobel.map_iou", "sobel.peak_shift", "error"]
+    assert all(float(r["sobel.map_spearman"]) == 1.0 for r in rows)
+    assert np.median([float(r["map_spearman"]) for r in rows]) == pytest.approx(summary["map_spearman_median"])
+    # the per-method names exist only when several methods are compared
+    one = run(VAL / "cat", "--base", sample_run / "best.safetensors", "--candidate", shuffled, "--require",
+              "by_method.cam.map_spearman_median>0")
+    assert one.exit_code == 2 and "computes no metric" in one.output
+
+
 def test_fp32_against_int8_agrees_at_least_as_int8_alone_does(sample_run, tmp_path):
     from camcli.data import read_image
     from camcli.factory import ModelSpec, build_model
@@ -127,7 +153,6 @@ def test_another_input_size_compares_on_the_input_images_grid(sample_run, tmp_pa
     (["--candidate", "arch:"], "arch: needs a name"),
     (["--candidate", "{tmp}/missing.safetensors"], "checkpoint not found"),
     (["--candidate", "{ckpt}", "--calibration", "{tmp}"], "--calibration is for an int8 side"),
-    (["--candidate", "{ckpt}", "--method", "cam", "--method", "gradcam"], "compare maps with one --method"),
     (["--candidate", "{ckpt}", "--box-threshold", "1"], "--box-threshold must be from 0 to below 1"),
 ])
 def test_mistakes_are_one_line_with_exit_2(args, words, sample_run, tmp_path):

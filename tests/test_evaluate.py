@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from camcli.cam import box_iou, component_boxes, largest_component_box, map_peak, point_hits_box
+from camcli.cli import app
 from camcli.errors import CamcliError
 from camcli.evaluate import THRESHOLDS, LocalizationTally, classification_metrics, load_boxes
-from conftest import write_image
+from conftest import SAMPLE_DATA, write_image
 
 
 def test_iou_by_hand():
@@ -76,6 +78,25 @@ def test_classification_metrics_by_hand():
     assert out["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "support": 2}
     assert out["per_class"]["b"]["precision"] == pytest.approx(2 / 3) and out["per_class"]["b"]["recall"] == 1.0
     assert out["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "support": 1}
+
+
+def test_a_class_with_no_image_has_no_recall_and_fails_a_gate_on_it(sample_run, tmp_path):
+    """Not 0.0 (a class the model misses): NaN in the result, null in metrics.json, n/a in the table."""
+    import shutil
+
+    out = classification_metrics([0, 0], [0, 1], ["a", "b"])
+    assert out["per_class"]["b"]["support"] == 0 and np.isnan(out["per_class"]["b"]["recall"])
+    data = tmp_path / "val"
+    for name in ("cat", "rocket"):
+        shutil.copytree(SAMPLE_DATA / "val" / name, data / name)
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--checkpoint", str(sample_run / "best.safetensors"), "--out",
+                                      str(tmp_path / "ev"), "--require", "per_class.coffee.recall >= 0",
+                                      "--require", "per_class.cat.recall >= 1"])
+    assert result.exit_code == 4, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())  # standard JSON: no NaN token
+    assert metrics["per_class"]["coffee"] == {"precision": 0.0, "recall": None, "support": 0}
+    assert "FAIL per_class.coffee.recall nan >= 0" in result.output and "PASS per_class.cat.recall 1 >= 1" in result.output
+    assert any(line.split("│")[1:5] == [" coffee    ", " 0.000     ", " n/a    ", " 0       "] for line in result.output.splitlines())
 
 
 @pytest.fixture

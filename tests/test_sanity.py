@@ -186,3 +186,22 @@ def test_sanity_refusals_are_one_line_with_exit_2(sample_run, tmp_path, args, wo
     result = evaluate(VAL, "--checkpoint", sample_run / "best.safetensors", "--sanity", *args, "--out", tmp_path / "o")
     assert result.exit_code == 2, result.output
     assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_runtime_that_ignores_the_randomized_weights_is_refused_not_believed(sample_run, monkeypatch):
+    """Were ONNX Runtime to drop the values given (as its level-ALL optimizations do), every map
+    would look unmoved and every method would fail: the cascade checks each block's effect."""
+    from camcli import runtime
+    from camcli.errors import CamcliError
+
+    original = runtime.OnnxRunner.__init__
+
+    def ignoring(self, path, threads=None, model=None, facts=None, initializers=None):
+        original(self, path, threads, model, facts)
+
+    monkeypatch.setattr(runtime.OnnxRunner, "__init__", ignoring)
+    model = camcli.load(sample_run / "best.safetensors")
+    models = sanity.cascade(model).models()
+    next(models)  # the head: no graph change to check
+    with pytest.raises(CamcliError, match="ran conv_head of efficientnet_lite0 with its trained weights"):
+        next(models)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from camcli.cli.app import app, report_errors
 from camcli.cli.options import (
@@ -28,6 +28,7 @@ from camcli.cli.output import end_bars, finish, progress_bar, reader_gone, say, 
 from camcli.cli.rows import guard_output
 from camcli.defaults import BATCH_SIZE, DEVICES, PAPER_THRESHOLD, PRECISIONS
 from camcli.errors import CamcliError, os_error
+from camcli.files import printable
 from camcli.results import is_tty
 
 Model = Annotated[str, typer.Option(metavar="MODEL", help="A checkpoint path, or arch:NAME for a classifier with its own "
@@ -61,8 +62,8 @@ def compare(
     calibration: Annotated[Optional[Path], typer.Option(callback=a_value, help="With an int8 side: a folder of images like the "
         "ones to process [default: the checkpoint's own].")] = None,
     method: Annotated[Optional[list[str]], typer.Option(callback=method_choices, metavar="<name>", autocompletion=complete_method,
-        help="How both maps are made (one method; camcli overlay --help lists them) [default: each model's own: CAM, "
-        "else Grad-CAM].")] = None,
+        help="How both maps are made (camcli overlay --help lists them); repeatable: each method compared, the first one's "
+        "in the report [default: each model's own: CAM, else Grad-CAM].")] = None,
     top_channels: Annotated[Optional[int], typer.Option(metavar="K", help="With --method scorecam: score the K channels of "
         "largest variance.")] = None,
     box_threshold: Annotated[float, typer.Option(help="The box threshold of map_iou (a fraction of each normalized map).")]
@@ -76,7 +77,8 @@ def compare(
     report_limit: Annotated[int, typer.Option(help="Images in --out's report.html, most changed first.")] = 24,
     require: Annotated[Optional[list[str]], typer.Option(metavar="'METRIC OP VALUE'", help="A gate on the summary, e.g. "
         "'top1_agreement>=0.98' (repeatable; exit 4 when one fails). METRIC: num_images, top1_agreement, map_spearman_median, "
-        "map_spearman_p10, map_iou_median, map_iou_p10, peak_shift_median, peak_shift_p90, num_failed.")] = None,
+        "map_spearman_p10, map_iou_median, map_iou_p10, peak_shift_median, peak_shift_p90, num_failed; with several "
+        "--method, each method's as by_method.<method>.map_spearman_median, ....")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace a file camcli did not write.")] = False,
     allow_failures: Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs failed.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images decoded and run together.")] = BATCH_SIZE,
@@ -97,22 +99,22 @@ def compare(
              --out runs/compare --require "top1_agreement>=0.98" --require "map_spearman_median>=0.8"
     """
     from camcli import gates
-    from camcli.comparison import SUMMARY, CompareJob, Summary, write_outputs, write_rows
+    from camcli.comparison import MAP_SUMMARY, SUMMARY, CompareJob, Summary, write_outputs, write_rows
     from camcli.config import default_workers
     from camcli.data import iter_images
     from camcli.files import OutputGuard, atomic_open
     from camcli.results import choose_format
 
     requirements = gates.parse_all(require or [])
-    if len(method or []) > 1:
-        raise CamcliError("compare maps with one `method`")
+    names = tuple(dict.fromkeys(method or ["auto"]))
     if report_limit < 0:
         raise CamcliError(f"`report_limit` must be 0 or more, got {report_limit}")
     if calibration is not None and "int8" not in (base_precision, candidate_precision):
         raise CamcliError("`calibration` is for an int8 side (`base_precision` or `candidate_precision` int8)")
-    gates.check_known(requirements, [*SUMMARY, "num_failed"], "compare", "see camcli compare --help")
-    job = CompareJob((method or ["auto"])[0], box_threshold, batch_size, default_workers() if workers is None else workers,
-                     top_channels)
+    per_method = [f"by_method.{m}.{k}" for m in names for k in MAP_SUMMARY] if len(names) > 1 else []
+    gates.check_known(requirements, [*SUMMARY, "num_failed", *per_method], "compare", "see camcli compare --help")
+    job = CompareJob(names[0] if len(names) == 1 else names, box_threshold, batch_size,
+                     default_workers() if workers is None else workers, top_channels)
     job.validate()
     specs = [model_spec(text, side, precision, calibration, device) for text, side, precision in
              ((base, "base", base_precision), (candidate, "candidate", candidate_precision))]
@@ -150,15 +152,16 @@ def compare(
     with runner, progress_bar(quiet) as progress:
         if output is not None:
             with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
-                write_rows(rows(progress), fmt, stream)
+                write_rows(rows(progress), fmt, stream, names[1:])
         elif fmt == "table":
             for _ in rows(progress):
                 pass
         else:
-            write_rows(rows(progress), fmt, _UntilClosed(sys.stdout))
+            write_rows(rows(progress), fmt, _UntilClosed(sys.stdout), names[1:])
     result = summary.result()
     settings = {"base": base, "candidate": candidate, "base_precision": base_precision,
-                "candidate_precision": candidate_precision, "method": [m.resolve_method(job.method) for m in models],
+                "candidate_precision": candidate_precision, "method": [m.resolve_method(names[0]) for m in models],
+                **({"methods": {n: [m.resolve_method(n) for m in models] for n in names}} if len(names) > 1 else {}),
                 "box_threshold": box_threshold, "inputs": [str(i) for i in inputs]}
     if requirements:
         result["requirements"] = gates.verdicts(requirements, result)
@@ -201,6 +204,14 @@ class _UntilClosed:
 def print_summary(result: dict) -> None:
     table = Table("metric", "value", title=f"{result['num_images']} images compared")
     for key, value in result.items():
-        if key != "requirements":
+        if key not in ("requirements", "by_method"):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     stdout_console().print(table)
+    if "by_method" in result:
+        from camcli.comparison import MAP_SUMMARY
+
+        by_method = Table(*(k.replace("_", " ") for k in MAP_SUMMARY), title="the maps, by method")
+        by_method.columns.insert(0, Column("method", no_wrap=True))
+        for name, stats in result["by_method"].items():
+            by_method.add_row(printable(name), *(f"{stats[k]:.4f}" for k in MAP_SUMMARY))
+        stdout_console().print(by_method)

@@ -25,7 +25,7 @@ from camcli.cli.options import (
 from camcli.cli.output import progress_bar, say, say_int8, say_verdicts, stdout_console, verdict_exit
 from camcli.defaults import PAPER_THRESHOLD, SANITY_IMAGES
 from camcli.files import printable
-from camcli.results import is_tty
+from camcli.results import is_tty, json_safe
 
 
 @app.command(short_help="Measure accuracy and CAM localization.")
@@ -96,7 +96,7 @@ def evaluate(
         result = job.finish(loaded, engine.run(job, loaded, samples, progress), progress)
     say_verdicts(result.get("requirements", []))  # before stdout: a closed pipe cannot hide a failed gate
     if fmt == "json":
-        typer.echo(json.dumps({k: v for k, v in result.items() if k != "box_acc_curve"}))
+        typer.echo(json.dumps(json_safe({k: v for k, v in result.items() if k != "box_acc_curve"})))
     else:
         print_evaluation(result)
     if not run.quiet and (boxes is not None or faithfulness):  # the maps of the evaluation itself (not --sanity's)
@@ -132,7 +132,8 @@ def print_evaluation(result: dict) -> None:
         return
     per_class = Table("class", "precision", "recall", "support")
     for name, m in result["per_class"].items():
-        per_class.add_row(printable(name), f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
+        per_class.add_row(printable(name), f"{m['precision']:.3f}", "n/a" if m["recall"] != m["recall"] else f"{m['recall']:.3f}",
+                          str(m["support"]))
     console.print(per_class)
     labels = result["confusion"]["labels"]
     confusion = Table("true \\ predicted", *map(printable, labels), title="confusion matrix")
