@@ -6,6 +6,7 @@ head (K x C). One forward pass gives the logits and the features the maps are ma
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -657,6 +658,27 @@ class CamModel(Model):
             out.append(scorecam_maps(acts, inputs[i], classes[i], lambda xs, e=bool(exact[i]): self.forward(xs, False, e)[0],
                                      eigen_smooth, top_channels))
         return out
+
+
+def scorecam_cost(model: Model, images: int | None, top_channels: int | None = None, smooth: Sequence[str] = (),
+                  cam_sizes: Sequence[int] = ()) -> tuple[int | None, int | None, float]:
+    """What Score-CAM will cost, before the run: (at most how many forward passes per image, and on
+    ``images`` images (None when the count is not known yet: a walk still running), both None
+    when the target layer's channel count is not known before a pass (a gradient model); about how
+    many seconds a pass takes here, timed on 4 blank inputs at the size the maps are made at).
+    Each ``cam_sizes`` size and ``aug`` smoothing's six copies multiply the passes."""
+    size = max(cam_sizes) if cam_sizes else model.preprocess.img_size
+    blank = [np.zeros((3, size, size), np.float32)] * 4
+    model.forward(blank[:1], False)  # a first run pays for set-up (ONNX Runtime's arena): not timed
+    clock = time.perf_counter()
+    model.forward(blank, False)
+    seconds = (time.perf_counter() - clock) / len(blank)
+    weight = getattr(model, "weight", None)
+    if getattr(model, "layer", None) is not None or weight is None:
+        return None, None, seconds
+    channels = int(weight.shape[1]) if top_channels is None else min(int(weight.shape[1]), top_channels)
+    per_image = channels * max(1, len(cam_sizes)) * (6 if "aug" in smooth else 1)
+    return per_image, None if images is None else per_image * images, seconds
 
 
 SCORECAM_CHUNK = 32  # masked inputs per forward call: bounds memory (each is a whole input image)

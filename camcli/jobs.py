@@ -97,27 +97,6 @@ def int8_key(model: Model, batch: Batch | None = None, b: int = 0) -> dict:
     return {"precision": "fp32" if batch is not None and batch.fp32 is not None and batch.fp32[b] else "int8"}
 
 
-def scorecam_cost(model: Model, images: int | None, top_channels: int | None = None, smooth: Sequence[str] = (),
-                  cam_sizes: Sequence[int] = ()) -> tuple[int | None, int | None, float]:
-    """What Score-CAM will cost, before the run: (at most how many forward passes per image, and on
-    ``images`` images (None when the count is not known yet: a walk still running), both None
-    when the target layer's channel count is not known before a pass (a gradient model); about how
-    many seconds a pass takes here, timed on 4 blank inputs at the size the maps are made at).
-    Each ``cam_sizes`` size and ``aug`` smoothing's six copies multiply the passes."""
-    size = max(cam_sizes) if cam_sizes else model.preprocess.img_size
-    blank = [np.zeros((3, size, size), np.float32)] * 4
-    model.forward(blank[:1], False)  # a first run pays for set-up (ONNX Runtime's arena): not timed
-    clock = time.perf_counter()
-    model.forward(blank, False)
-    seconds = (time.perf_counter() - clock) / len(blank)
-    weight = getattr(model, "weight", None)
-    if getattr(model, "layer", None) is not None or weight is None:
-        return None, None, seconds
-    channels = int(weight.shape[1]) if top_channels is None else min(int(weight.shape[1]), top_channels)
-    per_image = channels * max(1, len(cam_sizes)) * (6 if "aug" in smooth else 1)
-    return per_image, None if images is None else per_image * images, seconds
-
-
 def method_names(method: str | Sequence[str]) -> tuple[str, ...]:
     """A job's ``method``: one name, or (evaluate) several, compared side by side."""
     names = (method,) if isinstance(method, str) else tuple(method)
@@ -513,11 +492,12 @@ class EvaluateJob:
         try:
             samples = labeled_images(data, model.class_names, self.exclude)
         except CamcliError as exc:
-            if not self.faithfulness or self.boxes or not data.is_dir():
+            if not (self.faithfulness or self.sanity) or self.boxes or not data.is_dir() or "holds the splits" in str(exc):
                 raise
             samples, labeled = [(i.path, -1) for i in find_images([data], exclude=self.exclude)], False
             if notify:
-                notify(f"{data}: no class folders named as the model's classes ({exc}): faithfulness only, no accuracy")
+                notify(f"{data}: no class folders named as the model's classes ({exc}): no accuracy"
+                       + ("" if not self.sanity else ", and --sanity without data randomization"))
         if self.boxes and not any(path.relative_to(data).as_posix() in self.boxes for path, _ in samples):
             raise CamcliError("none of the images to evaluate has a box: the boxes name images that `exclude` leaves out or that "
                               "lie outside DATA's class folders")
@@ -533,10 +513,11 @@ class EvaluateJob:
                         labeled=labeled, cam_sizes=cam_sizes_for(model, self.cam_sizes), calibration_sizes=trial)
         if self.sanity:
             chosen = sanity.chosen_images(samples, self.sanity_images)
-            bound = replace(bound, sanity_paths=tuple(samples[i][0] for i in chosen),
-                            data_randomization=labeled and sanity.refit_settings(model) is not None)
+            bound = replace(bound, sanity_paths=tuple(samples[i][0] for i in chosen),  # shuffling one class changes nothing
+                            data_randomization=labeled and len({y for _, y in samples}) > 1 and sanity.refit_settings(model) is not None)
         gates.check_known(self.requirements, bound.metric_names(model), "this evaluation",  # before any image
-                          "localization metrics need `boxes`, faithfulness ones `faithfulness`, accuracy labeled class folders")
+                          "localization metrics need `boxes`, faithfulness ones `faithfulness`, sanity ones `sanity`, accuracy "
+                          "labeled class folders")
         return bound, samples
 
     def _outputs(self, run_dir: Path) -> list[Path]:
@@ -679,7 +660,7 @@ class EvaluateJob:
 
     def sanity_requirements(self) -> tuple[gates.Requirement, ...]:
         """Each method's own sanity verdict, as a requirement (baselines are there to fail: none)."""
-        return tuple(gates.Requirement(f"by_method.{m}.sanity.final.spearman_abs", "<", SANITY_MAX_SPEARMAN)
+        return tuple(gates.Requirement(f"by_method.{m}.sanity.end_similarity", "<", SANITY_MAX_SPEARMAN)
                      for m in method_names(self.method) if not methods.get(m).baseline)
 
     def _sanity(self, model: Model, result: dict, pooled: list[tuple[np.ndarray, list[int]]], progress: Progress | None) -> None:
@@ -690,7 +671,8 @@ class EvaluateJob:
             features = np.concatenate([x for x, _ in pooled])
             labels = np.array([y for _, ys in pooled for y in ys], np.int64)
             head = sanity.shuffled_head(features, labels, model.num_classes, sanity.refit_settings(model))
-        check = sanity.SanityCheck(list(self.sanity_paths), names, self.batch_size, self.workers, self.smooth, self.top_channels)
+        check = sanity.SanityCheck(list(self.sanity_paths), names, self.batch_size, self.workers, self.smooth, self.top_channels,
+                                   self.cam_sizes)
         found = check.run(model, head, progress)
         for m in names:
             result["by_method"][m]["sanity"] = found[m]
@@ -760,10 +742,11 @@ def sanity_plot(checks: dict[str, dict]) -> np.ndarray:
     xs = [i / (steps - 1) for i in range(steps)]
     charts = []
     limit = first["max_spearman"]
-    for measure, title in (("spearman_abs", f"Spearman, absolute maps (passes below {limit:g})"), ("ssim", "SSIM"),
-                           ("hog", "HOG (Pearson)")):
+    for measure, title in (("spearman", f"|Spearman| (passes below {limit:g})"), ("ssim", "SSIM"), ("hog", "HOG (Pearson)")):
+        sign = abs if measure == "spearman" else float  # the verdict's magnitude; SSIM and HOG below 0 are drawn at 0
         charts.append(plot_curves(
-            xs, {f"{m} {c['final'][measure]:.2f}": [min(max(v, 0.0), 1.0) for v in c["curve"][measure]] for m, c in checks.items()},
+            xs, {f"{m} {sign(c['final'][measure]):.2f}": [min(max(sign(v), 0.0), 1.0) for v in c["curve"][measure]]
+                 for m, c in checks.items()},
             f"{title}, {first['num_images']} images", f"randomized: the head, then {steps - 2} more steps top down",
             "similarity to the trained model's map", size=(600, 440),
         ))

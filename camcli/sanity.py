@@ -6,9 +6,11 @@ draws it (:meth:`camcli.headfit.LinearHead.init`), then the backbone's layers, t
 at a time and cumulatively; the maps of each image's class (the trained model's top-1) are made
 again after each step and compared with the trained model's. On the default path (the shipped
 ONNX graph) a step is a block of the graph (:data:`camcli.packaged.GRAPH_BLOCKS`): BatchNorm is
-folded into its convolutions there, which are drawn as PyTorch's ``Conv2d.reset_parameters`` draws
-a convolution (uniform in ±1/sqrt(fan-in), weight and bias) and given to ONNX Runtime in place of
-the graph's (``SessionOptions.add_initializer``), so the light install runs it. On PyTorch (another
+folded into its convolutions there. A block's convolutions get weights drawn as PyTorch's
+``Conv2d.reset_parameters`` draws them (uniform in ±1/sqrt(fan-in)) and biases 0 (what resetting
+the folded BatchNorm to its identity gives: the backbone's convolutions have no bias of their
+own), handed to ONNX Runtime in place of the graph's (``SessionOptions.add_initializer``), so the
+light install runs it. On PyTorch (another
 backbone, the torch backend, a GPU, a ``layer``), Quantus's MPRT cascade: every module that has
 ``reset_parameters``, in reverse ``named_modules`` order, one per step, each after
 ``torch.manual_seed(seed + 1)``.
@@ -20,8 +22,9 @@ the trained head's.
 The similarities (:mod:`camcli.similarity`), on maps upsampled to the model input's resolution:
 Spearman's rank correlation of the signed maps and of the absolute ones, and, on the absolute maps
 divided by their maximum, SSIM and the Pearson correlation of their HOG descriptors. Each is the
-mean over the images checked. A method passes when, with every layer randomized, the Spearman
-correlation of its absolute maps is below :data:`~camcli.defaults.SANITY_MAX_SPEARMAN`.
+mean over the images checked. A method passes when, with every layer randomized, the magnitude of
+the Spearman correlation of its maps (``end_similarity``: a map turned upside down is as tied to
+the trained one as a kept one) is below :data:`~camcli.defaults.SANITY_MAX_SPEARMAN`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 
 from camcli import cam, methods, similarity
 from camcli.defaults import SANITY_MAX_SPEARMAN
-from camcli.engine import CamModel, Model
+from camcli.engine import CamModel, Model, scorecam_cost
 from camcli.errors import CamcliError
 from camcli.headfit import LinearHead, fit_head
 
@@ -103,9 +106,9 @@ def _onnx_cascade(model: CamModel, head: LinearHead, seed: int) -> Cascade:
         for block, convs in blocks:
             rng = np.random.default_rng(seed + 1)  # as Quantus seeds each module's draw
             for weight, bias, shape in convs:
-                bound = 1.0 / np.sqrt(np.prod(shape[1:]))  # Conv2d.reset_parameters: 1 / sqrt(fan-in), weight and bias
+                bound = 1.0 / np.sqrt(np.prod(shape[1:]))  # Conv2d.reset_parameters: 1 / sqrt(fan-in)
                 drawn[weight] = rng.uniform(-bound, bound, shape).astype(np.float32)
-                drawn[bias] = rng.uniform(-bound, bound, shape[0]).astype(np.float32)
+                drawn[bias] = np.zeros(shape[0], np.float32)  # the folded BatchNorm reset: mean 0, variance 1, shift 0
             step = model.with_head((head.weight, head.bias), model.class_names, model.preprocess)
             step.runner = OnnxRunner(path, model=graph, initializers=drawn)
             seen = step.runner(PROBE)
@@ -246,6 +249,7 @@ class SanityCheck:
     workers: int = 0
     smooth: Sequence[str] = ()
     top_channels: int | None = None
+    cam_sizes: Sequence[int] = ()
     seed: int = 0
     targets: list[int] = field(default_factory=list)
     _references: dict[str, list[_Reference]] = field(default_factory=dict, repr=False)
@@ -254,13 +258,15 @@ class SanityCheck:
         """Each image's upsampled map of its target class, by method (the targets: the first
         model's top-1, set on the first call)."""
         at = 0
-        for batch in model.batches(self.paths, self.batch_size, self.workers, for_maps=True):
+        for batch in model.batches(self.paths, self.batch_size, self.workers, keep_images=bool(self.cam_sizes), for_maps=True,
+                                   cam_sizes=self.cam_sizes):
             if batch.failures:
                 raise CamcliError(f"`sanity`: {batch.failures[0][1]}")
             if len(self.targets) < len(self.paths):
                 self.targets += batch.logits.argmax(axis=1).tolist()
             classes = np.array(self.targets[at : at + len(batch.positions)], np.int64)[:, None]
-            by_method = {m: model.batch_maps(batch, classes, (), m, self.smooth, self.top_channels) for m in self.methods}
+            by_method = {m: model.batch_maps(batch, classes, self.cam_sizes, m, self.smooth, self.top_channels)
+                         for m in self.methods}
             for b in range(len(batch.positions)):
                 size = batch.inputs[b].shape[1:]
                 yield at + b, {m: cam.upsample_to(maps[b][0], size).astype(np.float64) for m, maps in by_method.items()}
@@ -315,10 +321,11 @@ class SanityCheck:
         for m in self.methods:
             curve = curves[m]
             final = {k: curve[k][-1] for k in MEASURES}
+            end = abs(final["spearman"])
             out[m] = {"num_images": len(self.paths), "steps": ["trained", *steps.steps], "randomized": steps.how,
                       "curve": curve, "head": {k: curve[k][1] for k in MEASURES}, "final": final,
                       **({"data_randomization": data[m]} if data is not None else {}),
-                      "max_spearman": SANITY_MAX_SPEARMAN, "passed": bool(final["spearman_abs"] < SANITY_MAX_SPEARMAN)}
+                      "end_similarity": end, "max_spearman": SANITY_MAX_SPEARMAN, "passed": bool(end < SANITY_MAX_SPEARMAN)}
         return out
 
 
@@ -326,7 +333,7 @@ def skeleton(shuffled: bool) -> dict:
     """The numbers of a method's ``sanity`` result, all NaN (the names ``--require`` may use)."""
     nan = dict.fromkeys(MEASURES, float("nan"))
     return {"num_images": 0, "head": dict(nan), "final": dict(nan), **({"data_randomization": dict(nan)} if shuffled else {}),
-            "max_spearman": SANITY_MAX_SPEARMAN}
+            "end_similarity": float("nan"), "max_spearman": SANITY_MAX_SPEARMAN}
 
 
 def shuffled_head(features: np.ndarray, labels: np.ndarray, num_classes: int, config: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -350,16 +357,34 @@ def refit_settings(model: Model) -> dict | None:
     return {k: config[k] for k in keys}
 
 
-def comparison_seconds(size: tuple[int, int]) -> float:
-    """About how long comparing two maps of ``size`` takes here (timed on two smooth maps)."""
+def seconds_per_image(model: Model, names: Sequence[str], smooth: Sequence[str] = (), top_channels: int | None = None,
+                      cam_sizes: Sequence[int] = ()) -> float:
+    """About how long one model run of one image takes here with every method's map and its
+    comparison, timed on one noise image (Score-CAM by its passes, not run: each would cost its
+    hundreds of passes before the check starts)."""
     import time
 
-    grid = np.linspace(0, 1, 49).reshape(7, 7)
-    ref = _reference(cam.upsample_to(grid, size).astype(np.float64))
-    other = cam.upsample_to(grid.T, size).astype(np.float64)
+    side = max(cam_sizes) if cam_sizes else model.preprocess.img_size
+    image = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    model.forward([model.preprocess(image)], False)  # set-up (ONNX Runtime's arena) is not timed
     clock = time.perf_counter()
-    compare(ref, other)
-    return time.perf_counter() - clock
+    batch = next(model.batches([image], 1, 0, keep_images=bool(cam_sizes), for_maps=True, cam_sizes=cam_sizes))
+    seconds = time.perf_counter() - clock
+    size = batch.inputs[0].shape[1:]
+    for name in names:
+        if methods.get(model.resolve_method(name)).many_passes:
+            passes, _, per_pass = scorecam_cost(model, 1, top_channels, smooth, cam_sizes)
+            seconds += (passes or 0) * per_pass
+            raw = np.linspace(-1, 1, 49).reshape(7, 7)
+        else:
+            clock = time.perf_counter()
+            raw = model.batch_maps(batch, np.zeros((1, 1), np.int64), cam_sizes, name, smooth, top_channels)[0][0]
+            seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
+        up = cam.upsample_to(raw, size).astype(np.float64)
+        compare(_reference(up), up[::-1].copy())
+        seconds += time.perf_counter() - clock
+    return seconds
 
 
 def method_notes(names: Sequence[str]) -> dict[str, str]:

@@ -54,7 +54,8 @@ def evaluate(
     sanity: Annotated[bool, typer.Option("--sanity", help="Also check that each method's maps depend on the model (Adebayo et "
         "al. 2018): the head, then the backbone's layers top down, randomized one step at a time, and a head fitted on "
         "shuffled labels; the maps compared with the trained model's (Spearman, SSIM, HOG) in sanity.png and metrics.json. "
-        "A method passes when, every layer randomized, its maps correlate below 0.5; one that fails gives exit 4 "
+        "A method passes when, every layer randomized, its maps' Spearman correlation with the trained ones is within "
+        "±0.5; one that fails gives exit 4 "
         "(baselines are shown, not judged). Not with --precision int8.")] = False,
     sanity_images: Annotated[int, typer.Option(help="Images --sanity checks at each step, spread over DATA.")] = SANITY_IMAGES,
     require: Annotated[Optional[list[str]], typer.Option(metavar="'METRIC OP VALUE'", help="A gate on a number in "
@@ -170,13 +171,14 @@ def method_tables(result: dict) -> list[Table]:
             ("ROAD combined", lambda m: f"{m['faithfulness']['road_combined']:.3f}")]))
     if "sanity" in first:
         limit = first["sanity"]["max_spearman"]
-        tables.append((f"sanity: similarity to the trained model's maps ({first['sanity']['num_images']} images; a method passes "
-                       f"below {limit:g} when every layer is randomized)", [
-            ("head randomized", lambda m: f"{m['sanity']['head']['spearman_abs']:.3f}"),
-            ("all randomized", lambda m: f"{m['sanity']['final']['spearman_abs']:.3f}"),
+        n = first["sanity"]["num_images"]
+        tables.append((f"sanity: Spearman to the trained model's maps ({n} image{'s' * (n != 1)}; a method passes below {limit:g} "
+                       "in magnitude when every layer is randomized)", [
+            ("head randomized", lambda m: f"{m['sanity']['head']['spearman']:.3f}"),
+            ("all randomized", lambda m: f"{m['sanity']['final']['spearman']:.3f}"),
             ("SSIM", lambda m: f"{m['sanity']['final']['ssim']:.3f}"),
             ("HOG", lambda m: f"{m['sanity']['final']['hog']:.3f}"),
-            *([("shuffled labels", lambda m: f"{m['sanity']['data_randomization']['spearman_abs']:.3f}")]
+            *([("shuffled labels", lambda m: f"{m['sanity']['data_randomization']['spearman']:.3f}")]
               if "data_randomization" in first["sanity"] else []),
             ("verdict", lambda m: ("pass" if m["sanity"]["passed"] else "FAIL") + (" (baseline)" if is_baseline(m["method"]) else ""))]))
     out = []

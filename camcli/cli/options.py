@@ -270,8 +270,8 @@ def checked(spec_of: ModelOptions, *jobs_and_more):
 
 def say_sanity_cost(model, job, quiet: bool) -> None:
     """Before ``evaluate --sanity``: its steps, and what they will cost."""
-    from camcli.jobs import method_names, scorecam_cost
-    from camcli.sanity import cascade, comparison_seconds
+    from camcli.jobs import method_names
+    from camcli.sanity import cascade, seconds_per_image
 
     if quiet or not job.sanity:
         return
@@ -279,8 +279,7 @@ def say_sanity_cost(model, job, quiet: bool) -> None:
     images, names = len(job.sanity_paths), method_names(job.method)
     runs = len(steps.steps) + 1 + job.data_randomization
     comparisons = (runs - 1) * images * len(names)
-    side = model.preprocess.img_size
-    seconds = runs * images * scorecam_cost(model, None)[2] + comparisons * comparison_seconds((side, side))
+    seconds = runs * images * seconds_per_image(model, names, job.smooth, job.top_channels, job.cam_sizes)
     say(f"sanity: {len(steps.steps)} randomization steps ({steps.how}){' and a head fitted on shuffled labels' * job.data_randomization}"
         f" x {images} image{'s' * (images != 1)} x {len(names)} method{'s' * (len(names) != 1)}: {runs * images:,} model runs "
         f"and {comparisons:,} map comparisons, about {_duration(seconds)} here (--sanity-images bounds it)")
@@ -289,7 +288,8 @@ def say_sanity_cost(model, job, quiet: bool) -> None:
 def say_scorecam_cost(model, job, images: int | None, quiet: bool) -> None:
     """Before a Score-CAM run: what it will cost (one forward pass per channel of every image);
     ``images`` None when the count is not known yet."""
-    from camcli.jobs import method_names, scorecam_cost
+    from camcli.engine import scorecam_cost
+    from camcli.jobs import method_names
 
     if quiet or images == 0 or "scorecam" not in method_names(job.method):
         return

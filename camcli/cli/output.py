@@ -44,8 +44,8 @@ FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes"
         "caption", "checkpoint", "class_index", "classes", "colormap", "config", "device", "draw_box", "eigen_smooth",
         "engine", "epochs", "exclude", "exist_ok", "faithfulness", "img_size", "layer", "lr", "maps", "max_pixels", "method",
         "normalize", "out", "out_dir", "output", "overwrite", "precision", "quiet", "ray_address", "ray_workers", "report",
-        "report_limit", "require", "resize", "save_raw", "seed", "skip_existing", "top_channels", "top_k", "val_split",
-        "weights", "workers")}
+        "report_limit", "require", "resize", "sanity", "sanity_images", "save_raw", "seed", "skip_existing", "top_channels",
+        "top_k", "val_split", "weights", "workers")}
 
 
 def flag(name: str) -> str:
