@@ -14,6 +14,11 @@ Names are imported when first used, so ``import camcli`` (and ``camcli --help``)
 from __future__ import annotations
 
 import importlib
+import os
+
+# FFmpeg's and OpenCV's native logs are silenced before OpenCV is first imported (camcli.video)
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
 __version__ = "0.3.2"
 

@@ -422,6 +422,49 @@ class Model:
                 rows[pos] = {"path": _name(images[pos]), "predictions": [], "error": why}
         return rows
 
+    def video(
+        self, path: str | Path, every: int = 1, fps: float | None = None, start: float = 0.0, end: float | None = None,
+        top_k: int = TOP_K, batch_size: int = BATCH_SIZE,
+    ) -> Iterator[dict]:
+        """Rank classes for the sampled frames of a clip, as :meth:`predict` does for images: one
+        row per frame, in order, as the frames are decoded (a batch at a time: memory does not
+        grow with the clip).
+
+        Args:
+            every, fps, start, end: which frames (see :class:`camcli.video.Sampling`).
+
+        Returns:
+            rows ``{"path", "frame": index in the clip, "time": seconds, "predictions": [...]}``
+            (a frame the model cannot score: ``"predictions": []`` and ``"error"``).
+
+        Raises:
+            CamcliError: a clip that cannot be read, over the pixel budget, with no frame in the
+                range, or cut short (after the rows of its frames; see :func:`camcli.video.frames`).
+        """
+        from camcli.video import Sampling, frames
+
+        sampling = Sampling(every, fps, start, end)
+        sampling.validate()
+
+        def ranked(chunk: list) -> Iterator[dict]:
+            rows: list[dict | None] = [None] * len(chunk)
+            for batch in self.batches([f.rgb for f in chunk], batch_size):
+                for pos, preds in zip(batch.positions, self.rank(batch.logits, top_k)):
+                    rows[pos] = {"predictions": preds}
+                for pos, why in batch.failures:
+                    rows[pos] = {"predictions": [], "error": f"{path} frame {chunk[pos].index}: {why.split(': ', 1)[-1]}"}
+            for frame, row in zip(chunk, rows):
+                yield {"path": str(path), "frame": frame.index, "time": frame.time, **row}
+
+        chunk = []
+        for frame in frames(Path(path), sampling, self.max_pixels if self.max_pixels is not None else 1 << 62):
+            chunk.append(frame)
+            if len(chunk) == batch_size:
+                yield from ranked(chunk)
+                chunk = []
+        if chunk:
+            yield from ranked(chunk)
+
     def maps(
         self, images: Sequence[Image], classes: Sequence[int] | None = None, batch_size: int = BATCH_SIZE, method: str = "auto",
         progress: bool = False, smooth: Sequence[str] = (),

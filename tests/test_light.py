@@ -221,3 +221,13 @@ def test_sanity_runs_without_pytorch(sample_run, tmp_path):
     assert result.returncode == 0, result.stderr
     check = json.loads((tmp_path / "s" / "metrics.json").read_text())["sanity"]
     assert check["passed"] and len(check["steps"]) == 20 and "data_randomization" in check
+
+
+def test_model_video_runs_without_pytorch(sample_run, tmp_path):
+    from test_video import make_clip
+
+    clip = make_clip(tmp_path / "pan.avi", count=6)
+    result = light_python("import sys, camcli\nm = camcli.load(sys.argv[1])\n"
+                          "print([r['frame'] for r in m.video(sys.argv[2], every=2)])", sample_run / "best.safetensors", clip)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 2, 4]" and result.stderr == ""
