@@ -23,6 +23,7 @@ import numpy as np
 from camcli.defaults import MAX_FORWARD_PIXELS, MAX_IMG_SIZE, MAX_PIXELS, MIN_IMG_SIZE, RESIZE_MODES, TRAIN
 from camcli.errors import CamcliError, InputMistake
 from camcli.files import MANIFEST_NAME, read_bytes, read_manifest, read_text, real_path  # noqa: F401 - MANIFEST_NAME re-exported
+from camcli.video import VIDEO_EXTENSIONS, is_video
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -322,9 +323,11 @@ def walk(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
         stack.extend(os.path.join(root, d) for d in reversed(dirs) if d not in linked)
 
 
-def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
-    """Images under ``folder`` in sorted order, leaving out dot-files and dot-folders, the
-    folders in ``skip`` (resolved paths) and the files camcli wrote (each folder's manifest)."""
+def walk_images(folder: Path, skip: Sequence[Path] = (), videos: bool = False) -> Iterable[Path]:
+    """Images (and with ``videos``, clips) under ``folder`` in sorted order, leaving out dot-files
+    and dot-folders, the folders in ``skip`` (resolved paths) and the files camcli wrote (each
+    folder's manifest)."""
+    wanted = (lambda p: _is_image(p) or is_video(p)) if videos else _is_image
     for root, dirs, files in walk(folder):
         here = Path(root)
         dirs[:] = sorted(
@@ -332,16 +335,17 @@ def walk_images(folder: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
         )
         ours = read_manifest(here)
         for name in sorted(files):
-            if name not in ours and _is_image(here / name):
+            if name not in ours and wanted(here / name):
                 yield here / name
 
 
 def iter_images(
     inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), videos: bool = False,
 ) -> Iterator[ImageInput]:
     """Expand files, folders (recursively, lazily) and ``-`` (paths from stdin, read as they
-    come) into images, in input order.
+    come) into images (and with ``videos``, clips: see :data:`camcli.video.VIDEO_EXTENSIONS`), in
+    input order.
 
     Dot-files and dot-folders, the folders in ``skip`` and the files camcli wrote
     (listed in each folder's manifest) are left out.
@@ -353,17 +357,17 @@ def iter_images(
     skip = [real_path(s) for s in skip]
     for item in inputs:
         if str(item) != "-":
-            _check_input(Path(item))
+            _check_input(Path(item), videos)
     for item in inputs:
         if str(item) == "-":
             paths = (Path(line) for line in stdin_lines(stdin) if line.strip())
         else:
             paths = iter([Path(item)])
         for path in paths:
-            _check_input(path)
+            _check_input(path, videos)
             if path.is_dir():
                 root_name = Path(real_path(path).name)
-                for image in walk_images(path, skip):
+                for image in walk_images(path, skip, videos):
                     relative = root_name / image.relative_to(path)
                     if not excluded(relative, exclude):
                         yield ImageInput(image, relative)
@@ -427,9 +431,10 @@ def _records(stream) -> Iterator[bytes]:
         yield buffer
 
 
-def _check_input(path: Path) -> None:
-    """Inputs must exist; a file must have an image extension. Whether it is a readable
-    regular file is found out when it is read (a failed input, not a stopped run)."""
+def _check_input(path: Path, videos: bool = False) -> None:
+    """Inputs must exist; a file must have an image extension (or with ``videos``, a clip's).
+    Whether it is a readable regular file is found out when it is read (a failed input, not a
+    stopped run)."""
     if path.is_dir():
         return
     if str(path).lower().startswith(("http:/", "https:/", "ftp:/")):  # Path folds "https://" to "https:/"
@@ -437,20 +442,23 @@ def _check_input(path: Path) -> None:
         raise InputMistake(f"{url}: camcli reads local files, not URLs; download it first (e.g. curl -O {url})")
     if not os.path.lexists(path):
         raise InputMistake(f"input not found: {path}")
+    if videos and is_video(path):
+        return
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise InputMistake(f"{path} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        known = sorted(IMAGE_EXTENSIONS | (VIDEO_EXTENSIONS if videos else set()))
+        raise InputMistake(f"{path} is not an image {'or video ' * videos}file (expected one of {', '.join(known)})")
 
 
 def find_images(
     inputs: Sequence[str | Path], skip: Sequence[Path] = (), stdin: Iterable[str] | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), videos: bool = False,
 ) -> list[ImageInput]:
     """All of :func:`iter_images` as a list.
 
     Raises:
         CamcliError: an input does not exist, or no image was found.
     """
-    found = list(iter_images(inputs, skip, stdin, exclude))
+    found = list(iter_images(inputs, skip, stdin, exclude, videos))
     if not found:
         raise CamcliError(f"no images found in {', '.join(map(str, inputs))}")
     return found

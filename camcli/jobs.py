@@ -17,6 +17,7 @@ every job.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from collections import deque
@@ -30,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from camcli import gates, methods, sanity
-from camcli.cam import global_average_pool, heatmap, largest_component_box, softmax
+from camcli.cam import global_average_pool, heatmap, largest_component_box, normalize_maps, softmax
 from camcli.checkpoint import SUFFIX, checkpoint_bytes, load_checkpoint
 from camcli.data import ImageInput, Preprocess, find_images
 from camcli.defaults import (
@@ -52,8 +53,9 @@ from camcli.evaluate import LocalizationTally, calibrated, check_inside, choose_
 from camcli.faithfulness import FaithfulnessTally, require_scipy
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
 from camcli.outputs import FixedNames, RankedNames
-from camcli.render import plot_curves, write_image, write_overlays
+from camcli.render import overlay_images, plot_curves, write_image, write_overlays
 from camcli.results import json_safe
+from camcli.video import ClipWriter, Sampling, frames, is_video, open_clip, sampled
 
 Progress = Callable[[str, int, int | None], None]
 Notify = Callable[[str], None]
@@ -142,6 +144,11 @@ class PredictJob:
         method: ``auto`` or a registered method (see :mod:`camcli.methods`).
         chunk_size: images taken at a time from a lazy input (a folder walk, stdin), so the
             first rows come before the walk is finished.
+        sampling: which frames of a clip (see :class:`camcli.video.Sampling`). A clip gives one
+            row per sampled frame (``kind`` ``frame``, with ``frame`` and ``time``), then one row
+            of its own (``kind`` ``clip``: ``frames``, and per class of the top ``top_k`` by mean
+            probability its mean ``prob`` and ``top1_share``, the share of frames where it ranks
+            first). A clip that cannot be read, or is cut short, is a failure of its clip row.
     """
 
     top_k: int = TOP_K
@@ -154,10 +161,12 @@ class PredictJob:
     chunk_size: int = 1024
     smooth: Sequence[str] = ()
     top_channels: int | None = None
+    sampling: Sampling = Sampling()
     stage: ClassVar[str] = "predict"
 
     def validate(self) -> None:
         check_common(self)
+        self.sampling.validate()
 
     def bind(self, model: Model, work: Iterable[ImageInput], notify: Notify | None = None) -> tuple[PredictJob, Iterable[ImageInput]]:
         threshold = box_threshold_for(model, self.box_threshold) if self.boxes else None
@@ -167,27 +176,121 @@ class PredictJob:
     slice = _one_per_batch
 
     def count(self, row: dict) -> int:
-        return 1
+        return 0 if row.get("kind") == "clip" else 1  # progress counts images and frames
+
+    def total(self, work: Sequence[ImageInput]) -> int | None:
+        """The progress total: images, and each clip's sampled frames by its declared count (a
+        hint: None when a clip does not declare one)."""
+        count = 0
+        for item in work:
+            if not is_video(item.path):
+                count += 1
+                continue
+            try:
+                capture, info = open_clip(item.path, 1 << 62)
+            except CamcliError:
+                count += 1  # its failure row
+                continue
+            capture.release()
+            frames_hint = sampled(info, self.sampling)
+            if frames_hint is None:
+                return None
+            count += frames_hint
+        return count
 
     def run(self, model: Model, images: Iterable[ImageInput]) -> Iterator[dict]:
-        """Rows in input order, batch by batch."""
+        """Rows in input order, batch by batch; a clip's frames, then its own row."""
         iterator = iter(images)
         while chunk := list(islice(iterator, self.chunk_size)):
-            for batch in model.batches([i.path for i in chunk], self.batch_size, self.workers, keep_images=self.boxes,
+            for clip, group in itertools.groupby(chunk, key=lambda i: is_video(i.path)):
+                if clip:
+                    for item in group:
+                        yield from self._clip(model, item.path)
+                    continue
+                group = list(group)
+                for batch in model.batches([i.path for i in group], self.batch_size, self.workers, keep_images=self.boxes,
+                                           cam_sizes=self.cam_sizes if self.boxes else ()):
+                    yield from self._rows(model, batch, [{"path": str(group[pos].path)} for pos in range(len(group))])
+
+    def _rows(self, model: Model, batch: Batch, keys: list[dict]) -> Iterator[dict]:
+        """The rows of one batch, in order; ``keys``: what each position's row starts with."""
+        rows = {pos: {**keys[pos], "predictions": preds, **int8_key(model, batch, b)}
+                for b, (pos, preds) in enumerate(zip(batch.positions, model.rank(batch.logits, self.top_k)))}
+        if self.boxes and batch.positions:
+            top1 = batch.logits.argmax(axis=1)[:, None]
+            maps = model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth, self.top_channels)
+            for b, (pos, cam_map) in enumerate(zip(batch.positions, maps)):
+                heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
+                rows[pos].update(box=largest_component_box(heat, self.box_threshold),
+                                 box_label=model.class_names[int(top1[b, 0])], box_threshold=self.box_threshold,
+                                 method=self.method, **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
+                                 **({"smooth": list(self.smooth)} if self.smooth else {}))
+        rows.update({pos: {**keys[pos], "predictions": [], "error": why} for pos, why in batch.failures})
+        yield from (rows[pos] for pos in sorted(rows))
+
+    def _clip(self, model: Model, path: Path) -> Iterator[dict]:
+        """A clip's frame rows as they are decoded (a batch at a time), then its summary row."""
+        tally = ClipTally(model.num_classes)
+
+        def ranked(chunk: list) -> Iterator[dict]:
+            keys = [{"path": str(path), "kind": "frame", "frame": f.index, "time": round(f.time, 6)} for f in chunk]
+            for batch in model.batches([f.rgb for f in chunk], self.batch_size, 0, keep_images=self.boxes,
                                        cam_sizes=self.cam_sizes if self.boxes else ()):
-                rows = {pos: {"path": str(chunk[pos].path), "predictions": preds, **int8_key(model, batch, b)}
-                        for b, (pos, preds) in enumerate(zip(batch.positions, model.rank(batch.logits, self.top_k)))}
-                if self.boxes and batch.positions:
-                    top1 = batch.logits.argmax(axis=1)[:, None]
-                    maps = model.batch_maps(batch, top1, self.cam_sizes, self.method, self.smooth, self.top_channels)
-                    for b, (pos, cam_map) in enumerate(zip(batch.positions, maps)):
-                        heat = heatmap(cam_map[0], batch.originals[b].shape[:2])
-                        rows[pos].update(box=largest_component_box(heat, self.box_threshold),
-                                         box_label=model.class_names[int(top1[b, 0])], box_threshold=self.box_threshold,
-                                         method=self.method, **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
-                                         **({"smooth": list(self.smooth)} if self.smooth else {}))
-                rows.update({pos: {"path": str(chunk[pos].path), "predictions": [], "error": why} for pos, why in batch.failures})
-                yield from (rows[pos] for pos in sorted(rows))
+                tally.add(batch.logits)
+                failures = [(pos, f"{path} frame {chunk[pos].index}: {why.split(': ', 1)[-1]}") for pos, why in batch.failures]
+                yield from self._rows(model, replace(batch, failures=failures), keys)
+
+        try:
+            for chunk in tally.chunks(path, self.sampling, self.batch_size, model):
+                yield from ranked(chunk)
+        except CamcliError as exc:  # a clip that cannot be read, or a frame the model cannot score
+            tally.error = str(exc)
+        yield tally.row(path, self.top_k, model.class_names)
+
+
+class ClipTally:
+    """A clip's own row: over its ranked frames, each class's mean probability and the share of
+    frames where it ranks first; and the clip's failure, if any."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.sums = np.zeros(num_classes)
+        self.firsts = np.zeros(num_classes, np.int64)
+        self.frames = 0
+        self.error: str | None = None
+
+    def chunks(self, path: Path, sampling: Sampling, size: int, model: Model) -> Iterator[list]:
+        """The clip's sampled frames, ``size`` at a time; a clip cut short ends the chunks and
+        sets :attr:`error` (its frames before the cut come first)."""
+        chunk = []
+        try:
+            for frame in frames(path, sampling, model.max_pixels if model.max_pixels is not None else 1 << 62):
+                chunk.append(frame)
+                if len(chunk) == size:
+                    yield chunk
+                    chunk = []
+        except CamcliError as exc:
+            self.error = str(exc)
+        if chunk:
+            yield chunk
+
+    def add(self, logits: np.ndarray) -> None:
+        """Count a batch of frames' (B, K) logits (non-finite ones are failed frames, left out)."""
+        logits = logits[np.isfinite(logits).all(axis=1)]
+        if len(logits):
+            probs = softmax(logits).astype(np.float64)
+            self.sums += probs.sum(axis=0)
+            np.add.at(self.firsts, probs.argmax(axis=1), 1)
+            self.frames += len(probs)
+
+    def row(self, path: Path, top_k: int, class_names: Sequence[str], **extra) -> dict:
+        summary = []
+        if self.frames:
+            mean = self.sums / self.frames
+            for c in np.argsort(-mean, kind="stable")[: min(top_k, len(class_names))]:
+                summary.append({"label": class_names[int(c)], "index": int(c), "prob": float(mean[c]),
+                                "top1_share": float(self.firsts[c] / self.frames)})
+        return {"path": str(path), "kind": "clip", "frames": self.frames, "predictions": summary, **extra,
+                **({"error": self.error} if self.error else {})}
 
 
 # ---------------------------------------------------------------- overlay
@@ -257,6 +360,8 @@ class OverlayJob:
     rows_kept: frozenset[str] | None = None
     smooth: Sequence[str] = ()
     top_channels: int | None = None
+    sampling: Sampling = Sampling()
+    temporal_smooth: int = 1
     plan: OverlayPlan | None = None
     stage: ClassVar[str] = "overlay"
 
@@ -270,6 +375,9 @@ class OverlayJob:
             raise CamcliError(f"`alpha` must be between 0 and 1, got {self.alpha}")
         if self.maps < 0 or (self.maps and (self.class_names or self.class_indices)):
             raise CamcliError("`maps` takes a positive K and excludes `class_names` / `class_indices`")
+        self.sampling.validate()
+        if not 1 <= self.temporal_smooth <= 100:
+            raise CamcliError(f"`temporal_smooth` must be from 1 to 100 frames, got {self.temporal_smooth}")
 
     def bind(self, model: Model, images: Sequence[ImageInput], notify: Notify | None = None) -> tuple[OverlayJob, list[ImageInput]]:
         """Check every output path before any work, so a refused overwrite stops the job before
@@ -286,6 +394,9 @@ class OverlayJob:
         if methods.get(method).class_free and (chosen or maps_k > 1):
             raise CamcliError(f"`method` {method} makes one map per image whatever the class (it uses no class score): "
                               "leave out `class_names`, `class_indices` and `maps`, or choose a class-specific method")
+        if any(is_video(i.path) for i in images) and (maps_k or self.save_raw or len(chosen) > 1):
+            raise CamcliError("a clip's overlay is one video of one class a frame (the top-1, or one `class_names`): leave out "
+                              "`maps` and `save_raw`, or give the clips a run of their own")
         guard = OutputGuard({real_path(i.path) for i in images}, self.overwrite, {real_path(p) for p in self.reserved})
         if maps_k:
             names: FixedNames | RankedNames = RankedNames(images, maps_k, self, guard)
@@ -308,9 +419,12 @@ class OverlayJob:
         return replace(self, plan=plan, rows_kept=None), list(images[start:stop])  # rows_kept served bind only
 
     def count(self, row: dict) -> int:
-        return 1
+        return 0 if row.get("kind") == "clip" else 1  # progress counts images and frames
+
+    total = PredictJob.total
 
     def run(self, model: Model, images: Sequence[ImageInput]) -> Iterator[dict]:
+        """Rows in input order; a clip's frames (its video written as they come), then its own row."""
         plan = self.plan
         if plan is None:
             raise ValueError("run a bound job: OverlayJob.bind(model, images) first")
@@ -319,6 +433,79 @@ class OverlayJob:
             # a worker's slice: the driver checked every planned output against the inputs; a worker
             # checks each path again for folders, devices and files camcli did not write
             names.guard = OutputGuard(set(), self.overwrite, {real_path(p) for p in self.reserved})
+        for clip, group in itertools.groupby(range(len(images)), key=lambda k: is_video(images[k].path)):
+            if clip:
+                for k in group:
+                    yield from self._clip(model, images[k].path, k)
+            else:
+                yield from self._images(model, images, list(group))
+
+    def _clip(self, model: Model, path: Path, k: int) -> Iterator[dict]:
+        """A clip: each sampled frame's overlay into one video (:class:`camcli.video.ClipWriter`,
+        renamed into place once complete) at the sampled rate; its frame rows, then its own row."""
+        plan, names = self.plan, self.plan.names
+        (target,) = names.paths(k, [])
+        tally, writer = ClipTally(model.num_classes), None
+        recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.temporal_smooth - 1)
+
+        def rendered(chunk: list) -> Iterator[dict]:
+            nonlocal writer
+            for batch in model.batches([f.rgb for f in chunk], self.batch_size, 0, keep_images=True, cam_sizes=self.cam_sizes):
+                if batch.failures:
+                    pos, why = batch.failures[0]
+                    raise CamcliError(f"{path} frame {chunk[pos].index}: {why.split(': ', 1)[-1]}")
+                if not batch.positions:
+                    continue
+                probs, ranked = softmax(batch.logits), model.rank(batch.logits, self.top_k)
+                tally.add(batch.logits)
+                classes = np.array([plan.chosen or [int(row.argmax())] for row in batch.logits], np.int64)
+                maps = []
+                for group in map_groups(len(batch.positions), plan.method, self.smooth):
+                    maps += model.batch_maps(batch.take(group), classes[group], self.cam_sizes, plan.method, self.smooth,
+                                             self.top_channels)
+                for b, pos in enumerate(batch.positions):
+                    c, frame = int(classes[b, 0]), chunk[pos]
+                    shown = self._smoothed(recent, c, maps[b][0])
+                    (image,), box = overlay_images(batch.originals[b], shown[None], [c], probs[b], model.class_names, self,
+                                                   plan.threshold, plan.method)
+                    if writer is None:
+                        writer = ClipWriter(target, rate, (image.shape[1], image.shape[0]), names.guard.recorder(target))
+                    writer.write(image)
+                    yield {"path": str(path), "kind": "frame", "frame": frame.index, "time": round(frame.time, 6),
+                           "predictions": ranked[b], **int8_key(model, batch, b), "box_label": model.class_names[c],
+                           "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize, "outputs": [],
+                           "box": box}
+
+        try:
+            try:
+                capture, info = open_clip(path, model.max_pixels if model.max_pixels is not None else 1 << 62)
+                capture.release()
+                rate = min(info.fps, self.sampling.fps) if self.sampling.fps else info.fps / self.sampling.every
+                for chunk in tally.chunks(path, self.sampling, self.batch_size, model):
+                    yield from rendered(chunk)
+            except CamcliError as exc:  # unreadable, or a frame the model cannot score: the clip's failure
+                tally.error = str(exc)
+            outputs = [str(writer.finish())] if writer is not None else []  # a clip cut short keeps its frames
+        except BaseException:
+            if writer is not None:
+                writer.abort()  # never half a video at the final name
+            raise
+        yield tally.row(path, self.top_k, model.class_names, outputs=outputs, box=None)
+
+    def _smoothed(self, recent: deque, c: int, cam_map: np.ndarray) -> np.ndarray:
+        """``temporal_smooth``: the frame's map averaged with the previous maps of the same class
+        (each min-max normalized first, so a frame's scale does not dominate); else the map."""
+        if self.temporal_smooth == 1:
+            return cam_map
+        norm = normalize_maps(np.asarray(cam_map, np.float32))
+        same = [m for cls, m in recent if cls == c and m.shape == norm.shape]
+        recent.append((c, norm))
+        return np.mean([*same, norm], axis=0) if same else cam_map
+
+    def _images(self, model: Model, images: Sequence[ImageInput], at: list[int]) -> Iterator[dict]:
+        """The overlays of ``images[k]`` for ``k`` in ``at`` (no clip among them)."""
+        plan = self.plan
+        names = plan.names
         guard = names.guard
         pending: deque[tuple[dict, Future | None]] = deque()  # rows in input order, each with its write (None: a failure)
         batch_rows: dict[int, tuple[dict, Future | None]] = {}  # this batch's rows not yet in ``pending``, by position
@@ -351,14 +538,14 @@ class OverlayJob:
 
         with ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="camcli-writer") as pool:
             try:
-                for batch in model.batches([i.path for i in images], self.batch_size, self.workers, keep_images=True,
+                for batch in model.batches([images[k].path for k in at], self.batch_size, self.workers, keep_images=True,
                                            cam_sizes=self.cam_sizes):
                     # the previous batch's files were written while this batch was decoded and ranked: their rows
                     # go out before this batch's maps, so a row is never held back behind a long computation
                     yield from finished(wait=True)
                     batch_rows.update({
-                        pos: ({"path": str(images[pos].path), "predictions": [], "outputs": [], "box": None, "error": why}, None)
-                        for pos, why in batch.failures})
+                        pos: ({"path": str(images[at[pos]].path), "predictions": [], "outputs": [], "box": None, "error": why},
+                              None) for pos, why in batch.failures})
                     if batch.positions:
                         if plan.maps_k:
                             classes = np.argsort(-batch.logits, axis=1, kind="stable")[:, : plan.maps_k]
@@ -370,10 +557,11 @@ class OverlayJob:
                                                 self.top_channels)
                         for b, cam_map in zip(group, maps):
                             pos, mapped = batch.positions[b], classes[b].tolist()
-                            paths = names.paths(pos, [model.class_names[c] for c in mapped])
+                            paths = names.paths(at[pos], [model.class_names[c] for c in mapped])
                             future = pool.submit(write_overlays, batch.originals[b], cam_map, mapped, probs[b], model.class_names,
                                                  paths, self, plan.threshold, guard.recorder, plan.method)
-                            batch_rows[pos] = ({"path": str(images[pos].path), "predictions": ranked[b], **int8_key(model, batch, b),
+                            batch_rows[pos] = ({"path": str(images[at[pos]].path), "predictions": ranked[b],
+                                                **int8_key(model, batch, b),
                                                 "box_label": model.class_names[mapped[0]], "box_threshold": plan.threshold,
                                                 "method": plan.method, "normalize": self.normalize,
                                                 **({"cam_sizes": list(self.cam_sizes)} if self.cam_sizes else {}),
@@ -827,7 +1015,8 @@ class LocalEngine:
 
     def run(self, job, model: Model, work: Iterable, progress: Progress | None = None) -> Iterator:
         """The job's results on all its work, in order; ``progress(stage, images done, total or None)``."""
-        return counted(job, job.run(model, work), len(work) if isinstance(work, Sized) else None, progress)
+        total = (job.total(work) if hasattr(job, "total") else len(work)) if isinstance(work, Sized) else None
+        return counted(job, job.run(model, work), total, progress)
 
 
 def counted(job, results: Iterable, total: int | None, progress: Progress | None) -> Iterator:

@@ -152,6 +152,29 @@ def plot_curves(
     return img
 
 
+def overlay_images(
+    image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: np.ndarray, class_names: list[str], options,
+    threshold: float, method: str = "cam",
+) -> tuple[list[np.ndarray], list[int] | None]:
+    """One RGB overlay per mapped class (see :func:`write_overlays`), and the first mapped class's
+    box (largest region above ``threshold``, original-image pixels) or None."""
+    box = None
+    mapped_probs = np.asarray([float(probs[c]) for c in classes], np.float64)
+    weights = None if methods.get(method).common_scale else mapped_probs / max(float(mapped_probs.max()), 1e-300)
+    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize, weights)
+    overlays = []
+    for j, c in enumerate(classes):
+        if j == 0:  # boxes threshold the min-max map, as evaluate and calibration do
+            box = largest_component_box(heatmap(maps[j], image_rgb.shape[:2]), threshold)
+        overlay = blend(image_rgb, upsample_to(shown[j], image_rgb.shape[:2]), options.alpha, options.colormap)
+        if options.draw_box and j == 0 and box is not None:
+            overlay = draw_box(overlay, box)
+        if options.caption:
+            overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
+        overlays.append(overlay)
+    return overlays, box
+
+
 def write_overlays(
     image_rgb: np.ndarray, maps: np.ndarray, classes: list[int], probs: np.ndarray,
     class_names: list[str], paths: list[Path], options, threshold: float,
@@ -165,18 +188,8 @@ def write_overlays(
         the paths written, and the first mapped class's box (largest region above
         ``threshold``, original-image pixels) or None.
     """
-    box = None
-    mapped_probs = np.asarray([float(probs[c]) for c in classes], np.float64)
-    weights = None if methods.get(method).common_scale else mapped_probs / max(float(mapped_probs.max()), 1e-300)
-    shown = display_maps(np.stack([np.asarray(m, np.float32) for m in maps[: len(classes)]]), options.normalize, weights)
-    for j, c in enumerate(classes):
-        if j == 0:  # boxes threshold the min-max map, as evaluate and calibration do
-            box = largest_component_box(heatmap(maps[j], image_rgb.shape[:2]), threshold)
-        overlay = blend(image_rgb, upsample_to(shown[j], image_rgb.shape[:2]), options.alpha, options.colormap)
-        if options.draw_box and j == 0 and box is not None:
-            overlay = draw_box(overlay, box)
-        if options.caption:
-            overlay = draw_caption(overlay, f"{class_names[c]} {float(probs[c]):.1%}")
+    overlays, box = overlay_images(image_rgb, maps, classes, probs, class_names, options, threshold, method)
+    for j, overlay in enumerate(overlays):
         write_image(paths[j], overlay, recorder(paths[j]))
     if options.save_raw:
         for j in range(len(classes)):

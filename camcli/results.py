@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from camcli.errors import CamcliError
+
 FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx", ".npy")  # files results must never replace
 
@@ -40,6 +42,8 @@ def is_tty(stream: object) -> bool:
 
 
 CSV_COLUMNS = ("path", "rank", "label", "index", "prob", "outputs", "box", "error")
+# with clips among the inputs: which row (image, frame, clip), the frame's index and time, a clip's top-1 share
+VIDEO_CSV_COLUMNS = ("path", "kind", "frame", "time", "rank", "label", "index", "prob", "top1_share", "outputs", "box", "error")
 
 
 def json_safe(value: object) -> object:
@@ -62,13 +66,14 @@ def csv_cell(text: str) -> str:
 
 
 def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = None,
-               shown: Callable[[str], str] | None = None) -> int:
+               shown: Callable[[str], str] | None = None, video: bool = False) -> int:
     """Write rows to a text stream as csv, json or jsonl; returns how many were written.
 
     jsonl and csv stream (flushed per row); json needs every row and writes at the end.
     ``carried``: a previous results file's rows to keep, written first (see :func:`previous_rows`).
     ``shown``: applied to csv's text cells (a terminal's: control characters escaped; JSON
-    escapes them itself).
+    escapes them itself). ``video``: clips are among the inputs: csv gets
+    :data:`VIDEO_CSV_COLUMNS` (without clips, rows of images are what they always were).
     """
     count = 0
     cell = csv_cell if shown is None else (lambda text: shown(csv_cell(text)))
@@ -80,20 +85,25 @@ def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = No
     # RFC 4180's CRLF: a field holding a CR or LF (a file name may) is then always quoted
     writer = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
     if writer:
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(VIDEO_CSV_COLUMNS if video else CSV_COLUMNS)
         writer.writerows(carried)
     else:
         stream.writelines(carried)
     for row in rows:
+        if writer and "kind" in row and not video:
+            raise CamcliError(f"{row['path']}: a clip found after the first 1,024 inputs, when the csv's columns were chosen; "
+                              "its frames need the frame and time columns: use --format jsonl, or name the clips first")
         if writer:
             box = row.get("box")
+            where = [row.get("kind", "image"), row.get("frame", ""), row.get("time", "")] if video else []
             for rank, p in enumerate(row["predictions"], start=1):
+                share = [f"{p['top1_share']:.6g}" if "top1_share" in p else ""] if video else []
                 writer.writerow([
-                    cell(row["path"]), rank, cell(p["label"]), p["index"], f"{p['prob']:.6g}",
+                    cell(row["path"]), *where, rank, cell(p["label"]), p["index"], f"{p['prob']:.6g}", *share,
                     cell(";".join(row.get("outputs", []))), " ".join(map(str, box)) if box else "", "",
                 ])
             if "error" in row:
-                writer.writerow([cell(row["path"]), "", "", "", "", "", "", cell(row["error"])])
+                writer.writerow([cell(row["path"]), *where, "", "", "", "", *([""] if video else []), "", "", cell(row["error"])])
         elif fmt == "jsonl":
             stream.write(json.dumps(row) + "\n")
         else:
@@ -120,9 +130,10 @@ def previous_rows(text: str, fmt: str) -> list[tuple[str, object]]:
         return [(str(row["path"]), row) for row in rows]
     if fmt == "csv":
         records = list(csv.reader(text.splitlines(keepends=True)))
-        if records and tuple(records[0]) != CSV_COLUMNS:
+        if records and tuple(records[0]) not in (CSV_COLUMNS, VIDEO_CSV_COLUMNS):
             raise ValueError("not camcli's csv columns")
-        return [(_uncell(r[0]), r) for r in records[1:] if len(r) == len(CSV_COLUMNS)]
+        width = len(records[0]) if records else len(CSV_COLUMNS)
+        return [(_uncell(r[0]), r) for r in records[1:] if len(r) == width]
     raise ValueError(f"{fmt} rows cannot be carried over")
 
 
@@ -134,8 +145,9 @@ def _uncell(cell: str) -> str:
 
 def table_cells(row: dict, overlay: bool) -> tuple[list[str], bool]:
     """One row's table cells (path, top-1, prob, others[, outputs]) and whether it failed."""
+    path = f"{row['path']} ({row['frames']:,} frames)" if row.get("kind") == "clip" else row["path"]
     if "error" in row:
-        return [row["path"], "failed", "", row["error"], *([""] if overlay else [])], True
+        return [path, "failed", "", row["error"], *([""] if overlay else [])], True
     first, *others = row["predictions"]
     extra = ", ".join(f"{p['label']} {p['prob']:.1%}" for p in others)
-    return [row["path"], first["label"], f"{first['prob']:.1%}", extra, *([", ".join(row["outputs"])] if overlay else [])], False
+    return [path, first["label"], f"{first['prob']:.1%}", extra, *([", ".join(row["outputs"])] if overlay else [])], False

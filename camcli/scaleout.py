@@ -309,7 +309,7 @@ class RayEngine:
         work = list(work)
         spec = tuple(map(_as_run, model)) if isinstance(model, tuple) else _as_run(model)  # compare's job: a pair
         items = [{"payload": pickle.dumps(job.slice(work, i, i + job.batch_size))} for i in range(0, len(work), job.batch_size)]
-        return counted(job, self._results(spec, items), len(work), progress)
+        return counted(job, self._results(spec, items), job.total(work) if hasattr(job, "total") else len(work), progress)
 
     def _results(self, spec: ModelSpec | tuple[ModelSpec, ...], items: list[dict]) -> Iterator:
         if not items:

@@ -233,8 +233,8 @@ class ClipWriter:
         path: the final file (its suffix picks the container and :data:`CODECS` the codec).
         fps: frames per second.
         size: (width, height) of every frame.
-        before_rename: called with the temporary path just before the rename (an output guard's
-            record, as :func:`camcli.files.atomic_write` takes).
+        before_rename: called with the finished file's ``os.stat_result`` just before the rename
+            (an output guard's record, as :func:`camcli.files.atomic_open` takes).
     """
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int], before_rename=None) -> None:
@@ -249,6 +249,7 @@ class ClipWriter:
         if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
             raise CamcliError(f"cannot write {self.path} at {fps:g} frames per second")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.folder = Path(tempfile.mkdtemp(prefix=".camcli-video-", dir=self.path.parent))
         except OSError as exc:
             raise CamcliError(f"cannot write to {self.path.parent}: {exc.strerror}") from None
@@ -275,7 +276,7 @@ class ClipWriter:
             if self.frames == 0 or not self.partial.is_file() or self.partial.stat().st_size == 0:
                 raise CamcliError(f"cannot write {self.path}: the encoder wrote nothing")
             if self.before_rename is not None:
-                self.before_rename(self.partial)
+                self.before_rename(self.partial.stat())
             os.replace(self.partial, self.path)  # a link planted at the final name is replaced, never followed
         except BaseException:
             self.abort()

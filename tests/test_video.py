@@ -226,3 +226,217 @@ def test_a_run_that_stops_leaves_no_file_at_the_final_name(tmp_path):
     assert not target.exists()
     leftovers = list(tmp_path.iterdir())
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".camcli-video-") and leftovers[0].stat().st_mode & 0o077 == 0
+
+
+def predict(*args):
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    return CliRunner().invoke(app, ["predict", *map(str, args)])
+
+
+def test_predict_gives_each_frame_the_row_of_the_same_frame_as_png_then_the_clips_own(sample_run, tmp_path):
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    clip = make_clip(folder / "pan.avi", count=9)
+    photo = folder / "a.jpg"
+    photo.write_bytes(SCENE.read_bytes())
+    ckpt = sample_run / "best.safetensors"
+    result = predict(folder, "--checkpoint", ckpt, "--every", "2", "--top-k", "5", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    alone = predict(photo, "--checkpoint", ckpt, "--top-k", "5", "--format", "jsonl")
+    assert result.stdout.splitlines()[0] == alone.stdout.strip()  # an image's row is what it always was
+    frame_rows = [r for r in rows if r.get("kind") == "frame"]
+    assert [(r["frame"], r["time"]) for r in frame_rows] == [(i, round(i / 30, 6)) for i in range(0, 9, 2)]
+    pngs = []
+    for i, rgb in enumerate(opencv_frames(clip)[::2]):
+        pngs.append(tmp_path / f"f{i}.png")
+        cv2.imwrite(str(pngs[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    reference = predict(*pngs, "--checkpoint", ckpt, "--top-k", "5", "--format", "jsonl")
+    for row, line in zip(frame_rows, reference.stdout.splitlines(), strict=True):
+        ref = json.loads(line)
+        assert [p["label"] for p in row["predictions"]] == [p["label"] for p in ref["predictions"]]
+        np.testing.assert_allclose([p["prob"] for p in row["predictions"]], [p["prob"] for p in ref["predictions"]], atol=1e-5)
+    (summary,) = [r for r in rows if r.get("kind") == "clip"]
+    assert rows[-1] == summary and summary["frames"] == 5 and "error" not in summary
+    probs = {}
+    for row in frame_rows:
+        for p in row["predictions"]:
+            probs.setdefault(p["label"], []).append(p["prob"])
+    firsts = [row["predictions"][0]["label"] for row in frame_rows]
+    for p in summary["predictions"]:
+        assert p["prob"] == pytest.approx(np.mean(probs[p["label"]]), abs=1e-9)
+        assert p["top1_share"] == firsts.count(p["label"]) / 5
+    assert [p["prob"] for p in summary["predictions"]] == sorted((p["prob"] for p in summary["predictions"]), reverse=True)
+
+
+def test_predict_csv_gains_frame_columns_only_with_clips_and_the_table_shows_the_clip(sample_run, tmp_path):
+    import csv
+
+    from camcli.results import CSV_COLUMNS, VIDEO_CSV_COLUMNS
+
+    clip = make_clip(tmp_path / "pan.mkv", count=6)
+    ckpt = sample_run / "best.safetensors"
+    images_only = predict(SCENE, "--checkpoint", ckpt, "--format", "csv")
+    assert tuple(next(csv.reader(images_only.stdout.splitlines()))) == CSV_COLUMNS
+    result = predict(SCENE, clip, "--checkpoint", ckpt, "--format", "csv", "--top-k", "1", "--start", "0.1")
+    records = list(csv.DictReader(result.stdout.splitlines()))
+    assert tuple(records[0]) == VIDEO_CSV_COLUMNS
+    assert [(r["kind"], r["frame"]) for r in records] == [("image", ""), *(("frame", str(i)) for i in range(3, 6)), ("clip", "")]
+    assert records[-1]["top1_share"] != "" and records[1]["top1_share"] == ""
+    table = predict(SCENE, clip, "--checkpoint", ckpt, "--format", "table", "--every", "3")
+    assert table.exit_code == 0 and "pan.mkv (2 frames)" in table.stdout
+    assert sum(line.startswith("│") for line in table.stdout.splitlines()) == 2  # the image and the clip, not its frames
+
+
+def test_predict_on_hostile_clips_fails_those_inputs_in_one_line_each_and_goes_on(sample_run, tmp_path):
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_notes.mp4").write_text("not a video\n")
+    cut = make_clip(folder / "b_cut.avi", count=60)
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    os.mkfifo(folder / "c_pipe.webm")
+    make_clip(folder / "d_good.avi", count=3)
+    result = predict(folder, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--every", "4")
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    clips = [r for r in rows if r.get("kind") == "clip"]
+    assert [r["path"].rsplit("/", 1)[-1] for r in clips] == ["a_notes.mp4", "b_cut.avi", "c_pipe.webm", "d_good.avi"]
+    assert "not a readable video" in clips[0]["error"] and clips[0]["frames"] == 0
+    assert "cut short" in clips[1]["error"] and clips[1]["frames"] > 2 and clips[1]["predictions"]  # its frames, then the line
+    assert "not a regular file" in clips[2]["error"] and "error" not in clips[3]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 3
+
+
+def test_bad_sampling_on_the_command_line_is_exit_2_in_one_line(sample_run, tmp_path):
+    result = predict(SCENE, "--checkpoint", sample_run / "best.safetensors", "--every", "0")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: --every must be 1 or more, got 0")
+    result = predict(tmp_path / "x.mov", "--checkpoint", sample_run / "best.safetensors")
+    assert result.exit_code == 2 and "input not found" in result.output
+
+
+def overlay(*args):
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    return CliRunner().invoke(app, ["overlay", *map(str, args)])
+
+
+@pytest.mark.parametrize("suffix, every", [(".mp4", 2), (".webm", 1), (".avi", 3)])
+def test_overlay_writes_a_video_of_the_sampled_stream_with_a_row_per_frame(sample_run, tmp_path, suffix, every):
+    import json
+
+    clip = make_clip(tmp_path / f"pan{suffix}", count=12, fps=24.0, fourcc={".mp4": "mp4v", ".webm": "VP80"}.get(suffix, "MJPG"))
+    result = overlay(clip, "--checkpoint", sample_run / "best.safetensors", "--every", every, "--out-dir", tmp_path / "out",
+                     "--format", "jsonl", "--draw-box")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    target = tmp_path / "out" / f"pan_cam{suffix}"
+    assert rows[-1]["kind"] == "clip" and rows[-1]["outputs"] == [str(target)] and rows[-1]["frames"] == len(range(0, 12, every))
+    assert [r["frame"] for r in rows[:-1]] == list(range(0, 12, every)) and all(r["box"] for r in rows[:-1])
+    _, info = open_clip(target, 10**8)
+    assert (info.width, info.height) == (160, 120) and info.fps == pytest.approx(24.0 / every)
+    written = list(frames(target))
+    assert len(written) == len(range(0, 12, every))
+    assert "1 file written for 1 input" in result.stderr
+
+
+def test_a_clip_and_options_it_cannot_take_and_skip_existing(sample_run, tmp_path):
+    clip = make_clip(tmp_path / "pan.avi", count=4)
+    ckpt = sample_run / "best.safetensors"
+    refused = overlay(clip, "--checkpoint", ckpt, "--maps", "2")
+    assert refused.exit_code == 2 and "leave out --maps and --save-raw" in refused.output and not (tmp_path / "pan_cam.avi").exists()
+    first = overlay(clip, "--checkpoint", ckpt, "--format", "jsonl", "-q")
+    assert first.exit_code == 0 and (tmp_path / "pan_cam.avi").is_file()
+    again = overlay(clip, "--checkpoint", ckpt, "--format", "jsonl", "--skip-existing")
+    assert again.exit_code == 0 and again.stdout == "" and "1 inputs skipped" in again.stderr
+
+
+def test_a_killed_overlay_leaves_no_video_at_the_final_name(sample_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    clip = make_clip(tmp_path / "long.avi", count=600)
+    child = subprocess.Popen([sys.executable, "-m", "camcli", "overlay", str(clip), "--checkpoint", str(sample_run / "best.safetensors"),
+                              "--format", "jsonl", "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for _ in range(12):  # some frames are written
+        assert child.stdout.readline()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "long_cam.avi").exists()
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".camcli-video-")]
+    assert len(hidden) == 1  # the private folder of the partial clip: never at a name a user reads
+
+
+def test_temporal_smoothing_averages_the_normalized_maps_of_the_same_class():
+    from collections import deque
+
+    from camcli.cam import normalize_maps
+    from camcli.jobs import OverlayJob
+
+    job = OverlayJob(temporal_smooth=3)
+    recent: deque = deque(maxlen=2)
+    rng = np.random.default_rng(0)
+    maps = [rng.random((7, 7)).astype(np.float32) * (i + 1) for i in range(4)]
+    out = [job._smoothed(recent, c, m) for c, m in zip([0, 0, 1, 0], maps)]
+    np.testing.assert_array_equal(out[0], maps[0])  # nothing before it
+    np.testing.assert_allclose(out[1], (normalize_maps(maps[0]) + normalize_maps(maps[1])) / 2)
+    np.testing.assert_array_equal(out[2], maps[2])  # another class: its own
+    np.testing.assert_allclose(out[3], (normalize_maps(maps[3]) + normalize_maps(maps[1])) / 2)  # window of 2 before: 1, 2
+
+
+def _declare_rate(clip, rate: int, scale: int = 1) -> None:
+    """Rewrite an AVI stream's frame rate (dwRate / dwScale) and the main header's frame time."""
+    data = bytearray(clip.read_bytes())
+    stream = data.index(b"strh") + 8
+    data[stream + 20 : stream + 28] = struct.pack("<II", scale, rate)
+    main = data.index(b"avih") + 8
+    data[main : main + 4] = struct.pack("<I", 0 if rate == 0 else max(1, round(1e6 * scale / rate)))
+    clip.write_bytes(bytes(data))
+
+
+def test_an_absurd_frame_rate_in_a_header_is_one_line(tmp_path):
+    clip = make_clip(tmp_path / "pan.avi")
+    _declare_rate(clip, 2_000_000_000)
+    with pytest.raises(CamcliError, match="frames per second, not a rate between 0 and 1000") as caught:
+        list(frames(clip))
+    assert "\n" not in str(caught.value)
+    _declare_rate(clip, 0)  # FFmpeg reads a zero rate as its default 25 frames/s: decodable, with that rate
+    _, info = open_clip(clip, 10**8)
+    assert info.fps == 25.0 and len(list(frames(clip))) == 30
+
+
+@pytest.mark.parametrize("fps", [0.0, -5.0, float("nan"), float("inf"), 1e6])
+def test_any_frame_rate_outside_0_to_1000_that_reaches_camcli_is_one_line(tmp_path, monkeypatch, fps):
+    import camcli.video as video
+
+    class Declared:  # a capture whose header says what a hostile file could make FFmpeg report
+        def get(self, prop):
+            return {cv2.CAP_PROP_FRAME_WIDTH: 160, cv2.CAP_PROP_FRAME_HEIGHT: 120, cv2.CAP_PROP_FPS: fps,
+                    cv2.CAP_PROP_FRAME_COUNT: 30}[prop]
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(video, "_capture", lambda path: Declared())
+    with pytest.raises(CamcliError, match="frames per second, not a rate between 0 and 1000"):
+        open_clip(tmp_path / "hostile.mp4", 10**8)
+
+
+def test_the_ray_engine_gives_a_clips_rows_as_the_local_engine(sample_run, tmp_path):
+    clip = make_clip(tmp_path / "pan.avi", count=8)
+    args = (clip, SCENE, "--checkpoint", sample_run / "best.safetensors", "--every", "3", "--format", "jsonl", "-q")
+    local = predict(*args)
+    ray = predict(*args, "--engine", "ray", "--ray-workers", "1")
+    assert local.exit_code == ray.exit_code == 0, ray.output
+    assert ray.stdout == local.stdout and len(local.stdout.splitlines()) == 5  # 3 frames, the clip, the image

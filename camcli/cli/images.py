@@ -16,6 +16,7 @@ from camcli.cli.options import (
     ModelOptions,
     RowOptions,
     RunOptions,
+    VideoOptions,
     a_value,
     checked,
     expand_groups,
@@ -37,11 +38,13 @@ def predict(
     mapping: MapOptions,
     run: RunOptions,
     rows: RowOptions,
+    video: VideoOptions,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --output replace an existing file camcli did not write.")] = False,
     boxes: Annotated[bool, typer.Option("--boxes", help="Add the top-1 class's CAM box to each row (original-image pixels).")] = False,
     box_threshold: BoxThreshold = None,
 ) -> None:
-    """Rank classes by softmax for every image.
+    """Rank classes by softmax for every image, and every sampled frame of a clip (mp4, mov, avi,
+    mkv, webm, m4v: a row per frame, then the clip's own row of mean probabilities).
 
     \b
     Example: camcli predict photos/ --checkpoint runs/train/exp/best.safetensors --format jsonl
@@ -50,13 +53,13 @@ def predict(
 
     from camcli.data import iter_images
     from camcli.jobs import PredictJob
+    from camcli.video import is_video
 
     job = PredictJob(rows.top_k, boxes, box_threshold, mapping.sizes(), mapping.one_method(), run.batch_size, run.threads(),
-                     smooth=mapping.smooth(),
-                     top_channels=mapping.top_channels)
+                     smooth=mapping.smooth(), top_channels=mapping.top_channels, sampling=video.sampling())
     spec, engine = checked(model, job), run.make_engine()
     guard = guard_output(rows.output, [*inputs, model.checkpoint], overwrite)
-    walk = iter_images(inputs, exclude=run.exclude or ())
+    walk = iter_images(inputs, exclude=run.exclude or (), videos=True)
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
@@ -65,7 +68,8 @@ def predict(
     if job.boxes:
         say_scorecam_cost(loaded, job, len(head) if len(head) < 1024 else None, run.quiet)  # a longer walk: not counted yet
     with engine, progress_bar(run.quiet) as progress:
-        count, failed, in_fp32 = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard)
+        count, failed, in_fp32 = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard,
+                                      video=any(is_video(i.path) for i in head))
     say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
     finish(count, failed, rows.allow_failures)
 
@@ -102,10 +106,14 @@ def overlay(
         callback=a_value, help="Also write a self-contained HTML report here (replaces a report camcli wrote; another file only with "
         "--overwrite).")] = None,
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
+    temporal_smooth: Annotated[int, typer.Option(metavar="K", help="Clips: average each frame's map with the previous K-1 "
+        "maps of the same class (1: none).")] = 1,
     run: RunOptions = None,
     rows: RowOptions = None,
+    video: VideoOptions = None,
 ) -> None:
-    """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>).
+    """Write a CAM heatmap blend next to each input image (<stem>_cam.<ext>), and for each clip
+    (mp4, mov, avi, mkv, webm, m4v) a video of its sampled frames' blends (<stem>_cam.<ext>).
 
     \b
     Example: camcli overlay photos/ --checkpoint runs/train/exp/best.safetensors --out-dir runs/overlay
@@ -113,17 +121,18 @@ def overlay(
     from camcli.data import find_images
     from camcli.jobs import OverlayJob
     from camcli.report import write_overlay_report
+    from camcli.video import is_video
 
     previous = previous_rows_of(rows) if skip_existing else None  # a resumed run completes its --output file
     job = OverlayJob(class_name or (), class_index or (), alpha, colormap, caption, save_raw, out_dir, overwrite, mapping.sizes(),
                      box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.one_method(), normalize,
                      rows.top_k, run.batch_size, run.threads(),
                      rows_kept=None if previous is None else frozenset(same_file(p) for p, _ in previous), smooth=mapping.smooth(),
-                     top_channels=mapping.top_channels)
+                     top_channels=mapping.top_channels, sampling=video.sampling(), temporal_smooth=temporal_smooth)
     spec, engine = checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
-    images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=run.exclude or ())
+    images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=run.exclude or (), videos=True)
     guard = guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint, report], overwrite)
     # the report is an output like the others: replaced when camcli wrote it, or with --overwrite
     report_guard = guard_output(report, [*inputs, *(i.path for i in images), model.checkpoint, rows.output], overwrite, results=False)
@@ -131,13 +140,14 @@ def overlay(
     job, work = job.bind(loaded, images, None if run.quiet else say)
     say_scorecam_cost(loaded, job, len(work), run.quiet)
     kept: list[dict] = []  # the rows of the report
-    written = 0
+    written = frame_rows = 0
 
     def tallied(results: Iterator[dict]) -> Iterator[dict]:
-        nonlocal written
+        nonlocal written, frame_rows
         for row in results:
             written += len(row.get("outputs", []))
-            if report is not None and len(kept) < report_limit:
+            frame_rows += row.get("kind") == "frame"
+            if report is not None and len(kept) < report_limit and "kind" not in row:  # images: the report shows no video
                 kept.append(row)
             yield row
 
@@ -148,14 +158,15 @@ def overlay(
         by_file = {} if previous is None else {same_file(p): item for p, item in previous}
         carried = None if previous is None else [item for key, item in by_file.items() if key in inputs and key not in redo]
         count, failed, in_fp32 = emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
-                                         carried=carried)
+                                      carried=carried, video=any(is_video(i.path) for i in images))
     if report is not None:
         write_overlay_report(report, kept, count, report_guard.recorder(report))
         if not run.quiet:
             say(f"Report saved to {report}")
     if not run.quiet:
-        done = count - failed
-        say(f"{written} file{'s' * (written != 1)} written for {done} image{'s' * (done != 1)}"
+        done = count - failed - frame_rows
+        noun = "input" if any(is_video(i.path) for i in images) else "image"
+        say(f"{written} file{'s' * (written != 1)} written for {done} {noun}{'s' * (done != 1)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))
     say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
     finish(count, failed, rows.allow_failures)

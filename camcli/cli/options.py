@@ -197,6 +197,22 @@ class RowOptions:
     allow_failures: Annotated[bool, typer.Option("--allow-failures", help="Exit 0 even when some inputs could not be read.")] = False
 
 
+@dataclass
+class VideoOptions:
+    """Which frames of the clips among the inputs (predict, overlay)."""
+
+    every: Annotated[int, typer.Option(metavar="N", help="Clips: take every Nth frame.")] = 1
+    fps: Annotated[Optional[float], typer.Option(metavar="F", help="Clips: take frames at this rate instead (the frame at or "
+        "after each 1/F second).")] = None
+    start: Annotated[float, typer.Option(metavar="SECONDS", help="Clips: start this far in.")] = 0.0
+    end: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="Clips: stop here [default: the end].")] = None
+
+    def sampling(self):
+        from camcli.video import Sampling
+
+        return Sampling(self.every, self.fps, self.start, self.end)
+
+
 def expand_groups(command: Callable) -> Callable:
     """Give typer each option group's fields as the command's options; call the command with the groups."""
     hints = typing.get_type_hints(command, include_extras=True)

@@ -19,8 +19,11 @@ from camcli.files import atomic_open, guard_output_file, printable, read_text, r
 from camcli.results import MODEL_SUFFIXES, choose_format, is_tty, previous_rows, table_cells, write_rows
 
 
-def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None) -> tuple[int, int, int]:
-    """Write rows in the chosen format; report each failed input on stderr as it comes.
+def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, carried: list | None = None,
+         video: bool = False) -> tuple[int, int, int]:
+    """Write rows in the chosen format; report each failed input on stderr as it comes (``video``:
+    clips are among the inputs, see :func:`camcli.results.write_rows`; a table shows a clip's own
+    row, not its frames').
 
     Interrupted (Ctrl-C) or stopped by an error, an ``--output`` file still gets every row finished
     before, whole (then the interruption or the error goes on). ``carried``: rows of the previous ``--output`` file to keep
@@ -50,10 +53,11 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
     if output is None:  # on a terminal, csv cells show control characters escaped (names can hold escape sequences)
         shown = printable if is_tty(sys.stdout) else None
         count = (print_table(reported(rows), overlay, None) if fmt == "table"
-                 else write_rows(reported(rows), fmt, sys.stdout, shown=shown))
+                 else write_rows(reported(rows), fmt, sys.stdout, shown=shown, video=video))
         return count, failed, in_fp32
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
-        count = print_table(reported(rows), overlay, stream) if fmt == "table" else write_rows(reported(rows), fmt, stream, carried)
+        count = (print_table(reported(rows), overlay, stream) if fmt == "table"
+                 else write_rows(reported(rows), fmt, stream, carried, video=video))
         if interrupted and not count and not carried:
             raise interrupted[0]  # stopped before the first row: no file (an earlier one stays as it was)
     if interrupted:
@@ -127,6 +131,8 @@ def print_table(rows: Iterator[dict], overlay: bool, stream=None) -> int:
     count = 0
     for row in rows:
         count += 1
+        if row.get("kind") == "frame":  # a clip's table row is its own summary
+            continue
         cells, failed = table_cells(row, overlay)
         shown = [printable(c) for c in cells]
         paths = [PathCell(shown[0]), *([PathCell(shown[4])] if overlay else [])]
