@@ -176,7 +176,8 @@ class PredictJob:
     slice = _one_per_batch
 
     def count(self, row: dict) -> int:
-        return 0 if row.get("kind") == "clip" else 1  # progress counts images and frames
+        """Progress counts images and frames; a clip that gave no frame counts as one (as :meth:`total` does)."""
+        return (row["frames"] == 0) if row.get("kind") == "clip" else 1
 
     def total(self, work: Sequence[ImageInput]) -> int | None:
         """The progress total: images, and each clip's sampled frames by its declared count (a
@@ -396,7 +397,7 @@ class OverlayJob:
                               "leave out `class_names`, `class_indices` and `maps`, or choose a class-specific method")
         if any(is_video(i.path) for i in images) and (maps_k or self.save_raw or len(chosen) > 1):
             raise CamcliError("a clip's overlay is one video of one class a frame (the top-1, or one `class_names`): leave out "
-                              "`maps` and `save_raw`, or give the clips a run of their own")
+                              "`maps` and `save_raw`, give one `class_names`, or give the clips a run of their own")
         guard = OutputGuard({real_path(i.path) for i in images}, self.overwrite, {real_path(p) for p in self.reserved})
         if maps_k:
             names: FixedNames | RankedNames = RankedNames(images, maps_k, self, guard)
@@ -418,9 +419,7 @@ class OverlayJob:
         plan = replace(self.plan, names=self.plan.names.subset(range(start, stop), None))
         return replace(self, plan=plan, rows_kept=None), list(images[start:stop])  # rows_kept served bind only
 
-    def count(self, row: dict) -> int:
-        return 0 if row.get("kind") == "clip" else 1  # progress counts images and frames
-
+    count = PredictJob.count
     total = PredictJob.total
 
     def run(self, model: Model, images: Sequence[ImageInput]) -> Iterator[dict]:
@@ -497,10 +496,10 @@ class OverlayJob:
         (each min-max normalized first, so a frame's scale does not dominate); else the map."""
         if self.temporal_smooth == 1:
             return cam_map
-        norm = normalize_maps(np.asarray(cam_map, np.float32))
+        norm = normalize_maps(np.asarray(cam_map, np.float32))  # every frame on one scale, the first one too
         same = [m for cls, m in recent if cls == c and m.shape == norm.shape]
         recent.append((c, norm))
-        return np.mean([*same, norm], axis=0) if same else cam_map
+        return np.mean([*same, norm], axis=0)
 
     def _images(self, model: Model, images: Sequence[ImageInput], at: list[int]) -> Iterator[dict]:
         """The overlays of ``images[k]`` for ``k`` in ``at`` (no clip among them)."""

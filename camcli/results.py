@@ -15,8 +15,6 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from camcli.errors import CamcliError
-
 FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".csv": "csv"}
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx", ".npy")  # files results must never replace
 
@@ -90,9 +88,6 @@ def write_rows(rows: Iterator[dict], fmt: str, stream, carried: list | None = No
     else:
         stream.writelines(carried)
     for row in rows:
-        if writer and "kind" in row and not video:
-            raise CamcliError(f"{row['path']}: a clip found after the first 1,024 inputs, when the csv's columns were chosen; "
-                              "its frames need the frame and time columns: use --format jsonl, or name the clips first")
         if writer:
             box = row.get("box")
             where = [row.get("kind", "image"), row.get("frame", ""), row.get("time", "")] if video else []
@@ -145,7 +140,7 @@ def _uncell(cell: str) -> str:
 
 def table_cells(row: dict, overlay: bool) -> tuple[list[str], bool]:
     """One row's table cells (path, top-1, prob, others[, outputs]) and whether it failed."""
-    path = f"{row['path']} ({row['frames']:,} frames)" if row.get("kind") == "clip" else row["path"]
+    path = f"{row['path']} ({row['frames']:,} frame{'s' * (row['frames'] != 1)})" if row.get("kind") == "clip" else row["path"]
     if "error" in row:
         return [path, "failed", "", row["error"], *([""] if overlay else [])], True
     first, *others = row["predictions"]

@@ -103,16 +103,18 @@ def _capture(path: Path):
     except OSError as exc:
         raise CamcliError(f"cannot open video {path}: {exc.strerror}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise CamcliError(f"video {path} is not a regular file")
+        empty = info.st_size == 0
         through = f"/proc/self/fd/{fd}"
         capture = cv2.VideoCapture(through if os.path.exists(through) else str(path), cv2.CAP_FFMPEG)
     finally:
         os.close(fd)  # FFmpeg has opened its own handle of the same file
     if not capture.isOpened():
         capture.release()
-        raise CamcliError(f"cannot decode {path}: not a readable video (an mp4 cut short loses its index and cannot be opened)")
+        cut = " (or an mp4 cut short: its index is written at its end)" if path.suffix.lower() in (".mp4", ".m4v", ".mov") else ""
+        raise CamcliError(f"cannot decode {path}: {'an empty file' if empty else 'not a readable video' + cut}")
     return capture
 
 
@@ -208,10 +210,27 @@ def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_95
         capture.release()
     reached_stop = stop is not None and index >= stop
     if taken == 0:
-        raise CamcliError(f"{path} decodes to no frame" + (f" between {sampling.start:g} s and the end ({index} frames)"
-                                                           if sampling.start else ""))
+        until = f"{sampling.end:g} s" if sampling.end is not None else f"its end ({index:,} frame{'s' * (index != 1)})"
+        raise CamcliError(f"{path} decodes to no frame" + (f" between {sampling.start:g} s and {until}" if sampling.start else ""))
     if not reached_stop and info.frames is not None and index < info.frames - max(2, SHORT_BY * info.frames):
         raise CamcliError(f"{path} ends after {index:,} frames of the {info.frames:,} it declares: cut short or damaged")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the duration (native code's own prints)."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 # the codec each output container gets: OpenCV's wheel has no H.264 encoder (avc1 never opens), so
@@ -254,7 +273,8 @@ class ClipWriter:
         except OSError as exc:
             raise CamcliError(f"cannot write to {self.path.parent}: {exc.strerror}") from None
         self.partial = self.folder / f"clip{self.path.suffix.lower()}"
-        self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*codec), fps, self.size)
+        with _quiet_stderr():  # OpenCV prints FFmpeg's tag notes (VP8 in webm) itself, past its log level
+            self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*codec), fps, self.size)
         self.frames = 0
         if not self.writer.isOpened():
             self.abort()

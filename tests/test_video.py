@@ -162,8 +162,14 @@ def test_a_truncated_avi_gives_its_frames_up_to_the_cut_then_one_line_and_a_trun
 
 def test_a_clip_with_no_frame_in_the_range_is_one_line(tmp_path):
     clip = make_clip(tmp_path / "pan.avi")
-    with pytest.raises(CamcliError, match="decodes to no frame between 5 s and the end"):
+    with pytest.raises(CamcliError, match=r"decodes to no frame between 5 s and its end \(30 frames\)"):
         list(frames(clip, Sampling(start=5)))
+    with pytest.raises(CamcliError, match="decodes to no frame between 0.99 s and 1 s"):
+        list(frames(clip, Sampling(start=0.99, end=1)))
+    empty = tmp_path / "empty.avi"
+    empty.write_bytes(b"")
+    with pytest.raises(CamcliError, match="empty.avi: an empty file"):
+        list(frames(empty))
 
 
 def test_model_video_rows_equal_predict_on_the_same_frames_as_png(sample_run, tmp_path):
@@ -312,7 +318,7 @@ def test_predict_on_hostile_clips_fails_those_inputs_in_one_line_each_and_goes_o
     assert "cut short" in clips[1]["error"] and clips[1]["frames"] > 2 and clips[1]["predictions"]  # its frames, then the line
     assert "not a regular file" in clips[2]["error"] and "error" not in clips[3]
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
-    assert len(failed) == 3
+    assert len(failed) == 3 and "3 of 4 inputs failed" in result.stderr  # inputs, not rows
 
 
 def test_bad_sampling_on_the_command_line_is_exit_2_in_one_line(sample_run, tmp_path):
@@ -389,9 +395,9 @@ def test_temporal_smoothing_averages_the_normalized_maps_of_the_same_class():
     rng = np.random.default_rng(0)
     maps = [rng.random((7, 7)).astype(np.float32) * (i + 1) for i in range(4)]
     out = [job._smoothed(recent, c, m) for c, m in zip([0, 0, 1, 0], maps)]
-    np.testing.assert_array_equal(out[0], maps[0])  # nothing before it
+    np.testing.assert_array_equal(out[0], normalize_maps(maps[0]))  # nothing before it: on the same scale as the others
     np.testing.assert_allclose(out[1], (normalize_maps(maps[0]) + normalize_maps(maps[1])) / 2)
-    np.testing.assert_array_equal(out[2], maps[2])  # another class: its own
+    np.testing.assert_array_equal(out[2], normalize_maps(maps[2]))  # another class: its own
     np.testing.assert_allclose(out[3], (normalize_maps(maps[3]) + normalize_maps(maps[1])) / 2)  # window of 2 before: 1, 2
 
 
@@ -440,3 +446,22 @@ def test_the_ray_engine_gives_a_clips_rows_as_the_local_engine(sample_run, tmp_p
     ray = predict(*args, "--engine", "ray", "--ray-workers", "1")
     assert local.exit_code == ray.exit_code == 0, ray.output
     assert ray.stdout == local.stdout and len(local.stdout.splitlines()) == 5  # 3 frames, the clip, the image
+
+
+def test_a_resumed_overlay_keeps_every_row_of_a_finished_clip(sample_run, tmp_path):
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "pan.avi", count=9)
+    (folder / "a.jpg").write_bytes(SCENE.read_bytes())
+    args = (folder, "--checkpoint", sample_run / "best.safetensors", "--every", "4", "--top-k", "2", "--output", tmp_path / "res.jsonl",
+            "-q")
+    assert overlay(*args).exit_code == 0
+    before = (tmp_path / "res.jsonl").read_text().splitlines()
+    assert len(before) == 5  # the image, 3 frames, the clip
+    (folder / "b.jpg").write_bytes((SAMPLE_DATA / "val" / "cat" / "cat_01.jpg").read_bytes())
+    again = overlay(*args, "--skip-existing")
+    assert again.exit_code == 0, again.output
+    after = (tmp_path / "res.jsonl").read_text().splitlines()
+    assert after[:5] == before and json.loads(after[5])["path"].endswith("b.jpg") and len(after) == 6

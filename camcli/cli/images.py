@@ -140,31 +140,30 @@ def overlay(
     job, work = job.bind(loaded, images, None if run.quiet else say)
     say_scorecam_cost(loaded, job, len(work), run.quiet)
     kept: list[dict] = []  # the rows of the report
-    written = frame_rows = 0
+    written = clips = 0
 
     def tallied(results: Iterator[dict]) -> Iterator[dict]:
-        nonlocal written, frame_rows
+        nonlocal written, clips
         for row in results:
             written += len(row.get("outputs", []))
-            frame_rows += row.get("kind") == "frame"
+            clips += row.get("kind") == "clip"
             if report is not None and len(kept) < report_limit and "kind" not in row:  # images: the report shows no video
                 kept.append(row)
             yield row
 
     with engine, progress_bar(run.quiet) as progress:
-        # kept: the previous rows of this run's inputs that it does not redo, the last row of each (a deleted input's row,
-        # or a row no input names, goes); paths compared as files, whatever their spelling (relative, absolute, links)
+        # kept: every previous row (a clip's frames, a csv's ranks) of this run's inputs that it does not redo, in order (a
+        # deleted input's row, or a row no input names, goes); paths compared as files, whatever their spelling
         redo, inputs = {same_file(i.path) for i in work}, {same_file(i.path) for i in images}
-        by_file = {} if previous is None else {same_file(p): item for p, item in previous}
-        carried = None if previous is None else [item for key, item in by_file.items() if key in inputs and key not in redo]
+        carried = None if previous is None else [item for p, item in previous if same_file(p) in inputs and same_file(p) not in redo]
         count, failed, in_fp32 = emit(tallied(engine.run(job, loaded, work, progress)), rows, overlay=True, guard=guard,
                                       carried=carried, video=any(is_video(i.path) for i in images))
     if report is not None:
-        write_overlay_report(report, kept, count, report_guard.recorder(report))
+        write_overlay_report(report, kept, count - clips, report_guard.recorder(report))  # images: the report shows no clip
         if not run.quiet:
             say(f"Report saved to {report}")
     if not run.quiet:
-        done = count - failed - frame_rows
+        done = count - failed
         noun = "input" if any(is_video(i.path) for i in images) else "image"
         say(f"{written} file{'s' * (written != 1)} written for {done} {noun}{'s' * (done != 1)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))

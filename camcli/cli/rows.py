@@ -30,15 +30,21 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
     (see :func:`previous_rows_of`), written first.
 
     Returns:
-        (rows written, inputs that failed, INT8 images that ran in fp32).
+        (inputs: rows written but a clip's frame rows, inputs that failed, INT8 images or frames that ran in fp32).
     """
-    failed = in_fp32 = 0
+    failed = in_fp32 = frames = 0
     interrupted: list[BaseException] = []
+    fmt = choose_format(options.fmt, options.output, is_tty(sys.stdout))
 
     def reported(source: Iterator[dict]) -> Iterator[dict]:
-        nonlocal failed, in_fp32
+        nonlocal failed, in_fp32, frames
         try:
             for row in source:
+                if "kind" in row and fmt == "csv" and not video:  # its rows need columns the header has not got
+                    raise CamcliError(f"{row['path']}: a clip found after the first 1,024 inputs, when the csv's columns were "
+                                      "chosen; its frames need the frame and time columns: use --format jsonl, or name the clips "
+                                      "first (the rows before it are kept)")
+                frames += row.get("kind") == "frame"
                 in_fp32 += row.get("precision") == "fp32"
                 if "error" in row:  # a message about one input (its name shown as it is): no flags to translate
                     failed += 1
@@ -46,15 +52,15 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
                 yield row
         except (KeyboardInterrupt, CamcliError) as exc:  # Ctrl-C, or an error that stops the run (a manifest replaced)
             if options.output is None:
-                raise
+                raise  # (stdout has every row so far already)
             interrupted.append(exc)  # the rows so far are written and the file is closed first
 
-    fmt, output = choose_format(options.fmt, options.output, is_tty(sys.stdout)), options.output
+    output = options.output
     if output is None:  # on a terminal, csv cells show control characters escaped (names can hold escape sequences)
         shown = printable if is_tty(sys.stdout) else None
         count = (print_table(reported(rows), overlay, None) if fmt == "table"
                  else write_rows(reported(rows), fmt, sys.stdout, shown=shown, video=video))
-        return count, failed, in_fp32
+        return count - frames, failed, in_fp32
     with atomic_open(output, "w", guard.recorder(output) if guard else None) as stream:
         count = (print_table(reported(rows), overlay, stream) if fmt == "table"
                  else write_rows(reported(rows), fmt, stream, carried, video=video))
@@ -62,7 +68,7 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
             raise interrupted[0]  # stopped before the first row: no file (an earlier one stays as it was)
     if interrupted:
         raise interrupted[0]
-    return count, failed, in_fp32
+    return count - frames, failed, in_fp32
 
 
 def same_file(path: str | Path) -> str:
