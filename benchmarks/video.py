@@ -72,7 +72,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from camcli.gradients import whole_classifier
 torch.set_num_threads(2)
 model = camcli.load(sys.argv[1], backend="torch")
-module = whole_classifier(model).model
+module = whole_classifier(model).model.requires_grad_(True)  # camcli freezes it; pytorch-grad-cam needs gradients
 cam = GradCAM(model=module, target_layers=[module.features])
 pre = model.preprocess
 started = time.perf_counter()
