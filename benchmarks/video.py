@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from limits import MEASURED  # noqa: E402
+from compare import measured  # noqa: E402
 from readme_section import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,17 +51,6 @@ def make_clip(path: Path, seconds: float) -> Path:
         writer.write(np.ascontiguousarray(big[y : y + SIZE[1], x : x + SIZE[0]]))
     writer.release()
     return path
-
-
-def measured(*args: object, env: dict) -> tuple[float, float]:
-    """(seconds, peak MB) of ``camcli ARGS``; raises if it fails."""
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", MEASURED, *map(str, args)], capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - started
-    head, _, peak = result.stderr.rpartition("\nPEAK_RSS_KB=")
-    if result.returncode != 0:
-        raise SystemExit(f"camcli {' '.join(map(str, args[:2]))} failed: {head.strip().splitlines()[-1:]}")
-    return seconds, int(peak) / 1024
 
 
 PEER = """import sys, time, cv2, numpy as np, torch, camcli

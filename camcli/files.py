@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -497,3 +498,23 @@ def guard_output_file(path: Path, protected: Iterable[Path], overwrite: bool = F
     guard = OutputGuard({real_path(p) for p in protected}, overwrite)
     guard.check(Path(path))
     return guard
+
+
+@contextlib.contextmanager
+def stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null during the block: native code's own prints (Ray's C++ core, OpenCV's
+    FFmpeg notes); nothing of camcli's writes meanwhile."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

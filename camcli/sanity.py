@@ -385,15 +385,3 @@ def seconds_per_image(model: Model, names: Sequence[str], smooth: Sequence[str] 
         compare(_reference(up), up[::-1].copy())
         seconds += time.perf_counter() - clock
     return seconds
-
-
-def method_notes(names: Sequence[str]) -> dict[str, str]:
-    """Why a method's curve looks as it does, where the registry says so."""
-    notes = {}
-    for name in names:
-        entry = methods.get(name)
-        if entry.baseline:
-            notes[name] = "a baseline: its map does not depend on the model, so it is expected to fail"
-        elif entry.class_free:
-            notes[name] = "class-free: its map cannot move at the head, only through the backbone"
-    return notes

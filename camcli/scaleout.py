@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.factory import ModelSpec, build_model
+from camcli.files import stderr_quiet
 from camcli.jobs import counted
 
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024  # bytes: batches of paths and rows are small
@@ -123,7 +124,7 @@ def _init_bounded(ray, what: str, **kwargs) -> None:
             box["error"] = exc
 
     thread = threading.Thread(target=init, name="camcli-ray-init", daemon=True)
-    with _stderr_quiet():  # Ray's C++ core prints each connection retry on the terminal; camcli says it in one line
+    with stderr_quiet():  # Ray's C++ core prints each connection retry on the terminal; camcli says it in one line
         thread.start()
         thread.join(CONNECT_SECONDS)
     if thread.is_alive():
@@ -134,25 +135,6 @@ def _init_bounded(ray, what: str, **kwargs) -> None:
     if "error" in box:
         why = " ".join(str(box["error"]).split())[:200]
         raise EnvironmentProblem(f"cannot {what}: {why}") from box["error"]
-
-
-@contextlib.contextmanager
-def _stderr_quiet() -> Iterator[None]:
-    """File descriptor 2 goes to /dev/null during the block (nothing of camcli's writes meanwhile)."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 @contextlib.contextmanager

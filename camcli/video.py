@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from camcli.errors import CamcliError
+from camcli.files import stderr_quiet
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 MAX_FPS = 1000.0  # a declared frame rate above this is a damaged or hostile header
@@ -216,23 +217,6 @@ def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_95
         raise CamcliError(f"{path} ends after {index:,} frames of the {info.frames:,} it declares: cut short or damaged")
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the duration (native code's own prints)."""
-    try:
-        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        yield
-        return
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
 # the codec each output container gets: OpenCV's wheel has no H.264 encoder (avc1 never opens), so
 # mp4/m4v/mov get MPEG-4 Part 2 (mp4v: plays in VLC and most players, not in browsers); webm gets VP8,
 # which browsers play; avi and mkv get Motion JPEG
@@ -273,7 +257,7 @@ class ClipWriter:
         except OSError as exc:
             raise CamcliError(f"cannot write to {self.path.parent}: {exc.strerror}") from None
         self.partial = self.folder / f"clip{self.path.suffix.lower()}"
-        with _quiet_stderr():  # OpenCV prints FFmpeg's tag notes (VP8 in webm) itself, past its log level
+        with stderr_quiet():  # OpenCV prints FFmpeg's tag notes (VP8 in webm) itself, past its log level
             self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*codec), fps, self.size)
         self.frames = 0
         if not self.writer.isOpened():
