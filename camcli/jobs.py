@@ -47,7 +47,7 @@ from camcli.defaults import (
     SANITY_MAX_SPEARMAN,
     TOP_K,
 )
-from camcli.engine import Batch, Model, check_smooth, extract_features, image_batches, map_groups
+from camcli.engine import KEPT_PIXELS, Batch, Model, check_smooth, extract_features, image_batches, map_groups
 from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, choose_calibration, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally, require_scipy
@@ -55,7 +55,7 @@ from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, rem
 from camcli.outputs import FixedNames, RankedNames
 from camcli.render import overlay_images, plot_curves, write_image, write_overlays
 from camcli.results import json_safe
-from camcli.video import ClipWriter, Sampling, frames, is_video, open_clip, sampled
+from camcli.video import ClipWriter, Sampling, ahead, frames, is_video, open_clip, sampled
 
 Progress = Callable[[str, int, int | None], None]
 Notify = Callable[[str], None]
@@ -260,15 +260,20 @@ class ClipTally:
         self.error: str | None = None
 
     def chunks(self, path: Path, sampling: Sampling, size: int, model: Model) -> Iterator[list]:
-        """The clip's sampled frames, ``size`` at a time; a clip cut short ends the chunks and
-        sets :attr:`error` (its frames before the cut come first)."""
-        chunk = []
+        """The clip's sampled frames, ``size`` at a time (fewer once a chunk holds
+        :data:`~camcli.engine.KEPT_PIXELS`), decoded up to a chunk ahead in a thread; a clip cut
+        short ends the chunks and sets :attr:`error` (its frames before the cut come first)."""
+        chunk, pixels = [], 0
+        budget = model.max_pixels if model.max_pixels is not None else 1 << 62
         try:
-            for frame in frames(path, sampling, model.max_pixels if model.max_pixels is not None else 1 << 62):
+            capture, info = open_clip(path, budget)
+            capture.release()
+            for frame in ahead(frames(path, sampling, budget), depth=max(1, min(size, KEPT_PIXELS // (info.width * info.height)))):
                 chunk.append(frame)
-                if len(chunk) == size:
+                pixels += frame.rgb.shape[0] * frame.rgb.shape[1]
+                if len(chunk) == size or pixels >= KEPT_PIXELS:
                     yield chunk
-                    chunk = []
+                    chunk, pixels = [], 0
         except CamcliError as exc:
             self.error = str(exc)
         if chunk:
@@ -441,15 +446,40 @@ class OverlayJob:
 
     def _clip(self, model: Model, path: Path, k: int) -> Iterator[dict]:
         """A clip: each sampled frame's overlay into one video (:class:`camcli.video.ClipWriter`,
-        renamed into place once complete) at the sampled rate; its frame rows, then its own row."""
+        renamed into place once complete) at the sampled rate; its frame rows, then its own row.
+
+        Three stages overlap: a thread decodes the next chunk of frames (:meth:`ClipTally.chunks`),
+        this one ranks and maps a batch, and one writer thread colours, blends and encodes the
+        batch before, in order. A frame's row goes out once its frame is encoded."""
         plan, names = self.plan, self.plan.names
         (target,) = names.paths(k, [])
         tally, writer = ClipTally(model.num_classes), None
         recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.temporal_smooth - 1)
+        pending: deque[tuple[dict, Future]] = deque()  # frame rows in order, each with its frame's encoding
 
-        def rendered(chunk: list) -> Iterator[dict]:
+        def encode(original: np.ndarray, shown: np.ndarray, c: int, probs: np.ndarray) -> list[int] | None:
             nonlocal writer
+            (image,), box = overlay_images(original, shown[None], [c], probs, model.class_names, self, plan.threshold,
+                                           plan.method)
+            if writer is None:
+                writer = ClipWriter(target, rate, (image.shape[1], image.shape[0]), names.guard.recorder(target))
+            writer.write(image)
+            return box
+
+        def encoded(wait: bool, stopping: bool = False) -> Iterator[dict]:
+            """The rows of the frames encoded (``wait``: all, waiting for them), in order; while
+            ``stopping``, up to the first frame whose encoding never started."""
+            while pending and (wait or pending[0][1].done()):
+                row, future = pending[0]
+                if stopping and (future.cancelled() or future.exception() is not None):
+                    return
+                box = future.result()
+                pending.popleft()
+                yield {**row, "box": box}
+
+        def mapped(chunk: list, pool: ThreadPoolExecutor) -> Iterator[dict]:
             for batch in model.batches([f.rgb for f in chunk], self.batch_size, 0, keep_images=True, cam_sizes=self.cam_sizes):
+                yield from encoded(wait=True)  # the batch before was encoded while this one was ranked
                 if batch.failures:
                     pos, why = batch.failures[0]
                     raise CamcliError(f"{path} frame {chunk[pos].index}: {why.split(': ', 1)[-1]}")
@@ -465,25 +495,35 @@ class OverlayJob:
                 for b, pos in enumerate(batch.positions):
                     c, frame = int(classes[b, 0]), chunk[pos]
                     shown = self._smoothed(recent, c, maps[b][0])
-                    (image,), box = overlay_images(batch.originals[b], shown[None], [c], probs[b], model.class_names, self,
-                                                   plan.threshold, plan.method)
-                    if writer is None:
-                        writer = ClipWriter(target, rate, (image.shape[1], image.shape[0]), names.guard.recorder(target))
-                    writer.write(image)
-                    yield {"path": str(path), "kind": "frame", "frame": frame.index, "time": round(frame.time, 6),
+                    row = {"path": str(path), "kind": "frame", "frame": frame.index, "time": round(frame.time, 6),
                            "predictions": ranked[b], **int8_key(model, batch, b), "box_label": model.class_names[c],
-                           "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize, "outputs": [],
-                           "box": box}
+                           "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize, "outputs": []}
+                    pending.append((row, pool.submit(encode, batch.originals[b], shown, c, probs[b])))
+                yield from encoded(wait=False)
 
         try:
-            try:
-                capture, info = open_clip(path, model.max_pixels if model.max_pixels is not None else 1 << 62)
-                capture.release()
-                rate = min(info.fps, self.sampling.fps) if self.sampling.fps else info.fps / self.sampling.every
-                for chunk in tally.chunks(path, self.sampling, self.batch_size, model):
-                    yield from rendered(chunk)
-            except CamcliError as exc:  # unreadable, or a frame the model cannot score: the clip's failure
-                tally.error = str(exc)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="camcli-encoder") as pool:
+                try:
+                    capture, info = open_clip(path, model.max_pixels if model.max_pixels is not None else 1 << 62)
+                    capture.release()
+                    rate = min(info.fps, self.sampling.fps) if self.sampling.fps else info.fps / self.sampling.every
+                    for chunk in tally.chunks(path, self.sampling, self.batch_size, model):
+                        yield from mapped(chunk, pool)
+                    yield from encoded(wait=True)
+                except CamcliError as exc:  # unreadable, a frame the model cannot score, or the encoder's failure
+                    tally.error = str(exc)
+                    for _, future in pending:
+                        future.cancel()
+                    yield from encoded(wait=True, stopping=True)  # the frames encoded before it keep their rows
+                except KeyboardInterrupt:
+                    for _, future in pending:
+                        future.cancel()
+                    with contextlib.suppress(Exception):
+                        yield from encoded(wait=True, stopping=True)
+                    raise
+                finally:
+                    for _, future in pending:
+                        future.cancel()  # the one running finishes before the pool closes
             outputs = [str(writer.finish())] if writer is not None else []  # a clip cut short keeps its frames
         except BaseException:
             if writer is not None:
@@ -1001,10 +1041,50 @@ class FeatureJob:
 
 # ---------------------------------------------------------------- the local engine
 
+class Interrupts:
+    """Where a Ctrl-C lands while a job's results are consumed.
+
+    As the SIGINT handler (the command line installs it, see ``camcli.cli.rows.held_interrupts``),
+    it raises KeyboardInterrupt at once while the job's own code runs (inside :meth:`guarded`).
+    Anywhere else (a row being written out, progress drawn) it is held, then thrown into the job
+    at its next step. So the job always sees it, and gives the rows of the work it finished (an
+    overlay's files written) before it stops: a Ctrl-C between two rows loses neither. A second
+    Ctrl-C while one is held raises at once (a consumer stuck on a blocked pipe still stops).
+    """
+
+    def __init__(self) -> None:
+        self.live = False  # the job's code is running
+        self.pending = False  # a Ctrl-C is held for the job's next step
+
+    def guarded(self, results: Iterator) -> Iterator:
+        while True:
+            self.live = True
+            try:
+                if self.pending:
+                    self.pending = False
+                    item = results.throw(KeyboardInterrupt())
+                else:
+                    item = next(results)
+            except StopIteration:
+                return
+            finally:
+                self.live = False
+            yield item
+
+    def handler(self, signum, frame) -> None:
+        if self.live or self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+        self.pending = True
+
+
 class LocalEngine:
     """Runs a bound job here, in this process, on the model given."""
 
     name = "local"
+
+    def __init__(self) -> None:
+        self.interrupts = Interrupts()
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -1015,7 +1095,7 @@ class LocalEngine:
     def run(self, job, model: Model, work: Iterable, progress: Progress | None = None) -> Iterator:
         """The job's results on all its work, in order; ``progress(stage, images done, total or None)``."""
         total = (job.total(work) if hasattr(job, "total") else len(work)) if isinstance(work, Sized) else None
-        return counted(job, job.run(model, work), total, progress)
+        return counted(job, self.interrupts.guarded(job.run(model, work)), total, progress)
 
 
 def counted(job, results: Iterable, total: int | None, progress: Progress | None) -> Iterator:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +219,53 @@ def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_95
         raise CamcliError(f"{path} ends after {index:,} frames of the {info.frames:,} it declares: cut short or damaged")
 
 
+def ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """``items`` produced in a thread of their own, at most ``depth`` ahead of the consumer (and one
+    being made): a clip is decoded while the model scores the frames before (OpenCV releases the GIL
+    while it decodes). The producer's exception is raised in the consumer, after the items before
+    it. Closing this generator (an error or Ctrl-C downstream) stops the producer and closes
+    ``items`` in its thread (a capture is released there) before it returns.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
+            put((end, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="camcli-clip-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = handoff.get()
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 # the codec each output container gets: OpenCV's wheel has no H.264 encoder (avc1 never opens), so
 # mp4/m4v/mov get MPEG-4 Part 2 (mp4v: plays in VLC and most players, not in browsers); webm gets VP8,
 # which browsers play; avi and mkv get Motion JPEG
@@ -268,8 +317,9 @@ class ClipWriter:
         """Append one RGB uint8 (H, W, 3) frame of the writer's size."""
         import cv2
 
-        if (rgb.shape[1], rgb.shape[0]) != self.size:
-            raise ValueError(f"a frame of {rgb.shape[1]}x{rgb.shape[0]} for a {self.size[0]}x{self.size[1]} clip")
+        if (rgb.shape[1], rgb.shape[0]) != self.size:  # a stream that changes its frame size midway
+            raise CamcliError(f"cannot write {self.path}: frame {self.frames} is {rgb.shape[1]}x{rgb.shape[0]}, the frames "
+                              f"before it {self.size[0]}x{self.size[1]}")
         self.writer.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
         self.frames += 1
 

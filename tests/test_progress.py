@@ -147,3 +147,34 @@ def test_the_first_int8_build_says_what_it_does_and_shows_its_stages(sample_run,
         assert re.search(rf"{stage} .* \d+/\d+", shown), stage
     times = [0.0] + [t for t, _ in chunks]
     assert max(b - a for a, b in zip(times, times[1:])) <= 3.0
+
+
+def test_a_ctrl_c_between_two_rows_is_thrown_into_the_job_which_gives_its_finished_rows():
+    from camcli.jobs import Interrupts
+
+    def job():
+        finished = []
+        try:
+            for i in range(100):
+                finished.append(i)
+                yield {"row": i}
+        except KeyboardInterrupt:
+            yield {"row": "drained"}  # what the job finished but had not given yet
+            raise
+
+    interrupts = Interrupts()
+    rows = interrupts.guarded(job())
+    assert next(rows) == {"row": 0}
+    interrupts.handler(2, None)  # while the row is written out: held, not raised here
+    assert interrupts.pending
+    assert next(rows) == {"row": "drained"}  # thrown into the job at its next step
+    with pytest.raises(KeyboardInterrupt):
+        next(rows)
+    live = Interrupts()
+    live.live = True
+    with pytest.raises(KeyboardInterrupt):  # inside the job's own code: at once
+        live.handler(2, None)
+    held = Interrupts()
+    held.handler(2, None)
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C while one is held: at once
+        held.handler(2, None)

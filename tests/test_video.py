@@ -465,3 +465,91 @@ def test_a_resumed_overlay_keeps_every_row_of_a_finished_clip(sample_run, tmp_pa
     assert again.exit_code == 0, again.output
     after = (tmp_path / "res.jsonl").read_text().splitlines()
     assert after[:5] == before and json.loads(after[5])["path"].endswith("b.jpg") and len(after) == 6
+
+
+def test_frames_decoded_ahead_come_in_order_with_the_producers_error_after_them():
+    from camcli.video import ahead
+
+    made = []
+
+    def items():
+        for i in range(5):
+            made.append(i)
+            yield i
+        raise CamcliError("cut short")
+
+    got = []
+    with pytest.raises(CamcliError, match="cut short"):
+        for item in ahead(items(), depth=2):
+            got.append(item)
+            assert len(made) <= item + 1 + 3  # never more than depth ahead, and one being made
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_closing_the_consumer_stops_the_reader_and_closes_its_source_in_its_thread():
+    from camcli.video import ahead
+
+    closed, threads = threading.Event(), []
+
+    def items():
+        try:
+            for i in range(10**9):
+                yield i
+        finally:
+            threads.append(threading.current_thread().name)
+            closed.set()
+
+    stream = ahead(items(), depth=1)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert closed.is_set() and threads == ["camcli-clip-reader"]
+    assert not [t for t in threading.enumerate() if t.name == "camcli-clip-reader"]  # joined, not left running
+
+
+def test_a_frame_size_change_midway_fails_the_clip_in_one_line_and_keeps_the_frames_before(sample_run, tmp_path, monkeypatch):
+    import json
+
+    import camcli.jobs as jobs
+    from camcli.video import Frame
+
+    clip = make_clip(tmp_path / "pan.avi", count=8)
+    real = jobs.frames
+
+    def changing(*args, **kwargs):  # what a stream whose frame size changes midway decodes to
+        for frame in real(*args, **kwargs):
+            yield frame if frame.index < 5 else Frame(frame.index, frame.time, cv2.resize(frame.rgb, (80, 60)))
+
+    monkeypatch.setattr(jobs, "frames", changing)
+    result = overlay(clip, "--checkpoint", sample_run / "best.safetensors", "--format", "jsonl", "--batch-size", "3")
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in rows[:-1]] == [0, 1, 2, 3, 4]
+    assert rows[-1]["kind"] == "clip" and "frame 5 is 80x60, the frames before it 160x120" in rows[-1]["error"]
+    assert len(list(frames(tmp_path / "pan_cam.avi"))) == 5  # the frames before the change, as a clip cut short keeps them
+    assert "Traceback" not in result.output and not [p for p in tmp_path.iterdir() if p.name.startswith(".camcli-video-")]
+
+
+def test_ctrl_c_mid_clip_keeps_the_rows_of_the_frames_encoded_and_no_video(sample_run, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = make_clip(tmp_path / "long.avi", count=900)
+    rows = tmp_path / "rows.jsonl"
+    child = subprocess.Popen([sys.executable, "-m", "camcli", "overlay", str(clip), "--checkpoint", str(sample_run / "best.safetensors"),
+                              "--batch-size", "4", "--output", str(rows)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".camcli-video-")] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first frames are encoded
+    time.sleep(1.0)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    kept = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert kept and [r["frame"] for r in kept] == list(range(len(kept))) and len(kept) < 900  # every frame in order, no gap
+    assert all(r["kind"] == "frame" for r in kept)  # the clip did not finish: no clip row
+    assert not (tmp_path / "long_cam.avi").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".camcli-video-")]  # the partial clip removed
+    assert "Traceback" not in stderr and "interrupted during overlay" in stderr

@@ -24,7 +24,7 @@ from camcli.cli.options import (
     say_scorecam_cost,
 )
 from camcli.cli.output import finish, probe_failure, progress_bar, say, say_int8
-from camcli.cli.rows import emit, guard_output, previous_rows_of, same_file
+from camcli.cli.rows import emit, guard_output, held_interrupts, previous_rows_of, same_file
 from camcli.defaults import ALPHA, COLORMAPS, NORMALIZATIONS
 from camcli.errors import CamcliError
 
@@ -67,7 +67,7 @@ def predict(
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
     if job.boxes:
         say_scorecam_cost(loaded, job, len(head) if len(head) < 1024 else None, run.quiet)  # a longer walk: not counted yet
-    with engine, progress_bar(run.quiet) as progress:
+    with engine, progress_bar(run.quiet) as progress, held_interrupts(engine):
         count, failed, in_fp32 = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard,
                                       video=any(is_video(i.path) for i in head))
     say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
@@ -151,7 +151,7 @@ def overlay(
                 kept.append(row)
             yield row
 
-    with engine, progress_bar(run.quiet) as progress:
+    with engine, progress_bar(run.quiet) as progress, held_interrupts(engine):
         # kept: every previous row (a clip's frames, a csv's ranks) of this run's inputs that it does not redo, in order (a
         # deleted input's row, or a row no input names, goes); paths compared as files, whatever their spelling
         redo, inputs = {same_file(i.path) for i in work}, {same_file(i.path) for i in images}

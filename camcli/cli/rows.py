@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -69,6 +72,25 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
     if interrupted:
         raise interrupted[0]
     return count - frames, failed, in_fp32
+
+
+@contextlib.contextmanager
+def held_interrupts(engine) -> Iterator[None]:
+    """While the engine's rows are written: a Ctrl-C lands in the job, never between a row's
+    production and its writing (see :class:`camcli.jobs.Interrupts`; an engine without one, Ray,
+    takes Ctrl-C as Python does). One that comes after the job's last step is raised on exit."""
+    interrupts = getattr(engine, "interrupts", None)
+    if interrupts is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, interrupts.handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupts.pending:
+        interrupts.pending = False
+        raise KeyboardInterrupt
 
 
 def same_file(path: str | Path) -> str:
