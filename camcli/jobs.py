@@ -17,6 +17,8 @@ every job.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import itertools
 import json
 import time
@@ -52,9 +54,9 @@ from camcli.errors import CamcliError
 from camcli.evaluate import LocalizationTally, calibrated, check_inside, choose_calibration, classification_metrics, labeled_images
 from camcli.faithfulness import FaithfulnessTally, require_scipy
 from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, remove_if_ours
-from camcli.outputs import FixedNames, RankedNames
+from camcli.outputs import FRAME_NAME, FixedNames, RankedNames, frame_folder, frame_path
 from camcli.render import overlay_images, plot_curves, write_image, write_overlays
-from camcli.results import json_safe
+from camcli.results import csv_cell, json_safe
 from camcli.video import ClipWriter, Sampling, ahead, frames, is_video, open_clip, sampled
 
 Progress = Callable[[str, int, int | None], None]
@@ -261,10 +263,10 @@ class ClipTally:
 
     def chunks(self, path: Path, sampling: Sampling, size: int, model: Model) -> Iterator[list]:
         """The clip's sampled frames, ``size`` at a time (fewer once a chunk holds
-        :data:`~camcli.engine.KEPT_PIXELS`), decoded up to a chunk ahead in a thread; a clip cut
-        short ends the chunks and sets :attr:`error` (its frames before the cut come first)."""
-        chunk, pixels = [], 0
+        :data:`~camcli.engine.KEPT_PIXELS`), decoded up to a chunk ahead in a reader thread; a clip
+        cut short ends the chunks and sets :attr:`error` (its frames before the cut come first)."""
         budget = model.max_pixels if model.max_pixels is not None else 1 << 62
+        chunk, pixels = [], 0
         try:
             capture, info = open_clip(path, budget)
             capture.release()
@@ -341,6 +343,11 @@ class OverlayJob:
         normalize: how the heatmaps are scaled for display (see :func:`camcli.cam.display_maps`).
         writers: threads that colour, blend, encode and write (OpenCV releases the GIL), so the
             next batch's forward pass overlaps them.
+        sampling, temporal_smooth: a clip's frames (see :class:`camcli.video.Sampling`), and
+            each frame's map averaged with the previous ``temporal_smooth - 1`` of its class.
+        frame_images: a clip's overlays as JPEG files in a folder ``<stem>_cam/``, one per frame
+            (``000123.jpg``: the frame's index in the clip), and ``index.csv`` (frame, time,
+            file, label, prob) written last; instead of one video.
     """
 
     class_names: Sequence[str] = ()
@@ -368,6 +375,7 @@ class OverlayJob:
     top_channels: int | None = None
     sampling: Sampling = Sampling()
     temporal_smooth: int = 1
+    frame_images: bool = False
     plan: OverlayPlan | None = None
     stage: ClassVar[str] = "overlay"
 
@@ -453,18 +461,25 @@ class OverlayJob:
         batch before, in order. A frame's row goes out once its frame is encoded."""
         plan, names = self.plan, self.plan.names
         (target,) = names.paths(k, [])
+        folder = frame_folder(target)  # frame_images: the frames' folder, ``target`` its index written last
         tally, writer = ClipTally(model.num_classes), None
         recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.temporal_smooth - 1)
         pending: deque[tuple[dict, Future]] = deque()  # frame rows in order, each with its frame's encoding
+        index: list[list] = []  # frame_images: index.csv's rows
 
-        def encode(original: np.ndarray, shown: np.ndarray, c: int, probs: np.ndarray) -> list[int] | None:
+        def encode(original: np.ndarray, shown: np.ndarray, c: int, probs: np.ndarray, frame) -> tuple[list[int] | None, list[str]]:
             nonlocal writer
             (image,), box = overlay_images(original, shown[None], [c], probs, model.class_names, self, plan.threshold,
                                            plan.method)
+            if folder is not None:
+                path = frame_path(folder, frame.index)
+                write_image(path, image, names.guard.recorder(path))
+                index.append([frame.index, f"{frame.time:.6f}", path.name, csv_cell(model.class_names[c]), f"{float(probs[c]):.6f}"])
+                return box, [str(path)]
             if writer is None:
                 writer = ClipWriter(target, rate, (image.shape[1], image.shape[0]), names.guard.recorder(target))
             writer.write(image)
-            return box
+            return box, []
 
         def encoded(wait: bool, stopping: bool = False) -> Iterator[dict]:
             """The rows of the frames encoded (``wait``: all, waiting for them), in order; while
@@ -473,9 +488,9 @@ class OverlayJob:
                 row, future = pending[0]
                 if stopping and (future.cancelled() or future.exception() is not None):
                     return
-                box = future.result()
+                box, outputs = future.result()
                 pending.popleft()
-                yield {**row, "box": box}
+                yield {**row, "outputs": outputs, "box": box}
 
         def mapped(chunk: list, pool: ThreadPoolExecutor) -> Iterator[dict]:
             for batch in model.batches([f.rgb for f in chunk], self.batch_size, 0, keep_images=True, cam_sizes=self.cam_sizes):
@@ -497,10 +512,13 @@ class OverlayJob:
                     shown = self._smoothed(recent, c, maps[b][0])
                     row = {"path": str(path), "kind": "frame", "frame": frame.index, "time": round(frame.time, 6),
                            "predictions": ranked[b], **int8_key(model, batch, b), "box_label": model.class_names[c],
-                           "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize, "outputs": []}
-                    pending.append((row, pool.submit(encode, batch.originals[b], shown, c, probs[b])))
+                           "box_threshold": plan.threshold, "method": plan.method, "normalize": self.normalize}
+                    pending.append((row, pool.submit(encode, batch.originals[b], shown, c, probs[b], frame)))
                 yield from encoded(wait=False)
 
+        if folder is not None:  # an earlier run's frames (camcli's, checked in bind): its index first, so it never lists them
+            for stale in [target, *sorted(p for p in folder.glob("*.jpg") if FRAME_NAME.fullmatch(p.name))]:
+                remove_if_ours(stale, names.guard)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="camcli-encoder") as pool:
                 try:
@@ -525,6 +543,11 @@ class OverlayJob:
                     for _, future in pending:
                         future.cancel()  # the one running finishes before the pool closes
             outputs = [str(writer.finish())] if writer is not None else []  # a clip cut short keeps its frames
+            if folder is not None and index:
+                table = io.StringIO()
+                csv.writer(table, lineterminator="\n").writerows([["frame", "time", "file", "label", "prob"], *index])
+                atomic_write(target, table.getvalue(), names.guard.recorder(target))
+                outputs = [str(target)]
         except BaseException:
             if writer is not None:
                 writer.abort()  # never half a video at the final name

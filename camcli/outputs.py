@@ -6,9 +6,11 @@ Planning takes the job's ``out_dir`` and ``save_raw`` (any object with those att
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from camcli.data import ImageInput
 from camcli.errors import CamcliError
 from camcli.files import OutputGuard, fit_name, real_path
+from camcli.video import is_video
 
 
 def safe_label(label: str) -> str:
@@ -61,13 +64,43 @@ def rank_tags(class_names: Sequence[str]) -> list[str]:
     return [f"_cam_{rank}_{safe_label(name)}" for rank, name in enumerate(class_names, start=1)]
 
 
+FRAME_INDEX = "index.csv"  # a frame folder's last file: each frame's time, file and top-1 (its presence: the clip is done)
+FRAME_NAME = re.compile(r"\d{6,}\.jpg")  # a frame folder's images, named by frame index
+
+
+def frame_folder(path: Path) -> Path | None:
+    """The frame folder a planned output belongs to (``frame_images``), or None."""
+    return path.parent if path.name == FRAME_INDEX else None
+
+
+def frame_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:06d}.jpg"
+
+
+def check_frame_folder(folder: Path, guard: OutputGuard) -> None:
+    """A clip's frame folder (``frame_images``): absent or a real folder (never a link, whose
+    target the frames would land in), and every frame image already in it camcli's."""
+    with contextlib.suppress(FileNotFoundError):
+        mode = folder.lstat().st_mode
+        if not stat.S_ISDIR(mode):
+            raise CamcliError(f"output folder {folder} is {'a link' if stat.S_ISLNK(mode) else 'not a folder'}; camcli writes a "
+                              "clip's frames only into a folder of its own")
+        for name in sorted(os.listdir(folder)):
+            if FRAME_NAME.fullmatch(name):
+                guard.check(folder / name)
+
+
 class FixedNames:
     """Outputs whose names are known before the model runs: ``<stem>_cam<ext>`` for one class
-    (top-1 or the one asked for), ``<stem>_cam_<label><ext>`` for several; then the ``.npy`` maps."""
+    (top-1 or the one asked for), ``<stem>_cam_<label><ext>`` for several; then the ``.npy`` maps.
+    With ``frame_images``, a clip's is its frame folder's ``<stem>_cam/index.csv``."""
 
     def __init__(self, images: Sequence[ImageInput], labels: Sequence[str], options, guard: OutputGuard):
         tags = ["_cam"] if len(labels) == 1 else [f"_cam_{safe_label(label)}" for label in labels]
         self.plans = [output_paths(base, tags, options.save_raw) for base in output_bases(images, options)]
+        if getattr(options, "frame_images", False):
+            self.plans = [[paths[0].with_name(fit_name(paths[0].stem)) / FRAME_INDEX] if is_video(image.path) else paths
+                          for paths, image in zip(self.plans, images)]
         self.guard = guard
 
     def check_all(self) -> None:
@@ -79,6 +112,8 @@ class FixedNames:
                                   "characters a file name cannot hold); map them in separate runs")
             raise CamcliError(f"two inputs would write the same output {duplicates[0]}; use `out_dir` or rename one")
         for path in planned:
+            if frame_folder(path) is not None:
+                check_frame_folder(frame_folder(path), self.guard)
             self.guard.check(path)
 
     def paths(self, k: int, class_names: Sequence[str]) -> list[Path]:

@@ -553,3 +553,50 @@ def test_ctrl_c_mid_clip_keeps_the_rows_of_the_frames_encoded_and_no_video(sampl
     assert not (tmp_path / "long_cam.avi").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".camcli-video-")]  # the partial clip removed
     assert "Traceback" not in stderr and "interrupted during overlay" in stderr
+
+
+def test_frame_images_writes_a_jpeg_per_sampled_frame_and_an_index_last(sample_run, tmp_path):
+    import csv
+    import json
+
+    clip = make_clip(tmp_path / "pan.avi", count=10)
+    ckpt = sample_run / "best.safetensors"
+    result = overlay(clip, "--checkpoint", ckpt, "--every", "3", "--frame-images", "--format", "jsonl", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "pan_cam"
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["outputs"] for r in rows[:-1]] == [[str(folder / f"{i:06d}.jpg")] for i in (0, 3, 6, 9)]
+    assert rows[-1]["kind"] == "clip" and rows[-1]["outputs"] == [str(folder / "index.csv")]
+    assert not (tmp_path / "pan_cam.avi").exists()
+    source = opencv_frames(clip)
+    for i in (0, 3, 6, 9):
+        written = cv2.imread(str(folder / f"{i:06d}.jpg"))
+        assert written.shape == (120, 160, 3)
+        assert np.abs(written.astype(int) - source[i][:, :, ::-1].astype(int)).mean() > 5  # a heatmap is blended in
+    index = list(csv.DictReader((folder / "index.csv").open()))
+    assert [(int(r["frame"]), float(r["time"]), r["file"]) for r in index] == [(i, pytest.approx(i / 30), f"{i:06d}.jpg")
+                                                                           for i in (0, 3, 6, 9)]
+    assert [r["label"] for r in index] == [r["box_label"] for r in rows[:-1]]
+    assert [float(r["prob"]) for r in index] == pytest.approx([r["predictions"][0]["prob"] for r in rows[:-1]], abs=1e-6)
+    assert "5 files written for 1 input" in result.stderr
+    again = overlay(clip, "--checkpoint", ckpt, "--every", "3", "--frame-images", "--skip-existing", "--format", "jsonl")
+    assert again.exit_code == 0 and again.stdout == "" and "1 inputs skipped" in again.stderr
+    other = overlay(clip, "--checkpoint", ckpt, "--every", "5", "--frame-images", "--format", "jsonl", "-q")  # a new sampling
+    assert other.exit_code == 0, other.output
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["000000.jpg", "000005.jpg", "index.csv"]
+
+
+def test_frame_images_never_writes_through_a_link_or_over_a_users_frame(sample_run, tmp_path):
+    clip = make_clip(tmp_path / "pan.avi", count=4)
+    ckpt = sample_run / "best.safetensors"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "pan_cam").symlink_to(elsewhere)
+    linked = overlay(clip, "--checkpoint", ckpt, "--frame-images")
+    assert linked.exit_code == 2 and "is a link" in linked.output and list(elsewhere.iterdir()) == []
+    (tmp_path / "pan_cam").unlink()
+    (tmp_path / "pan_cam").mkdir()
+    (tmp_path / "pan_cam" / "000002.jpg").write_bytes(b"the user's own")
+    mine = overlay(clip, "--checkpoint", ckpt, "--frame-images")
+    assert mine.exit_code == 2 and "was not written by camcli" in mine.output
+    assert (tmp_path / "pan_cam" / "000002.jpg").read_bytes() == b"the user's own"

@@ -108,6 +108,8 @@ def overlay(
     report_limit: Annotated[int, typer.Option(help="Images in the report at most; the rest are counted as left out.")] = 500,
     temporal_smooth: Annotated[int, typer.Option(metavar="K", help="Clips: average each frame's map with the previous K-1 "
         "maps of the same class (1: none).")] = 1,
+    frame_images: Annotated[bool, typer.Option("--frame-images", help="Clips: write each frame's overlay as a JPEG in a folder "
+        "<stem>_cam/ (000123.jpg: frame 123; index.csv, written last: frame, time, file, label, prob) instead of a video.")] = False,
     run: RunOptions = None,
     rows: RowOptions = None,
     video: VideoOptions = None,
@@ -128,7 +130,8 @@ def overlay(
                      box_threshold, draw_box, skip_existing, maps, [rows.output] if rows.output else [], mapping.one_method(), normalize,
                      rows.top_k, run.batch_size, run.threads(),
                      rows_kept=None if previous is None else frozenset(same_file(p) for p, _ in previous), smooth=mapping.smooth(),
-                     top_channels=mapping.top_channels, sampling=video.sampling(), temporal_smooth=temporal_smooth)
+                     top_channels=mapping.top_channels, sampling=video.sampling(), temporal_smooth=temporal_smooth,
+                     frame_images=frame_images)
     spec, engine = checked(model, job), run.make_engine()
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
