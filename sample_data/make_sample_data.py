@@ -81,5 +81,43 @@ def main(root: Path = Path(__file__).resolve().parent) -> None:
         (root / f"{split}_boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
 
 
+def moving_clip(path: Path, frames: int = 60, size: tuple[int, int] = (320, 240), fps: float = 15.0, per_object: int = 20,
+                noise: float = 6.0, seed: int = 0) -> list[tuple[str, list[int]]]:
+    """A clip of the validation textures with the objects crossing them, one object at a time
+    (``per_object`` frames each, in class order), written losslessly (FFV1; ``path`` ends in
+    .avi or .mkv), with camera-like noise (Gaussian, ``noise`` grey levels) drawn afresh each frame.
+
+    Returns:
+        per frame, the object's class and its box [x0, y0, x1, y1] (x1, y1 exclusive).
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    names = list(OBJECTS)
+    objects = [np.ascontiguousarray(OBJECTS[n][0]()[OBJECTS[n][1][0]:OBJECTS[n][1][1], OBJECTS[n][1][2]:OBJECTS[n][1][3]])
+               for n in names]
+    textures = [t() for t in TEXTURES]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, size)
+    truth = []
+    for i in range(frames):
+        k, t = divmod(i, per_object)
+        if t == 0:  # a new object crosses a new background
+            texture = textures[k % len(textures)]
+            crop = texture[256 : 256 + 200, 40 * k % 300 : 40 * k % 300 + 200].astype(np.float32)
+            background = np.clip(cv2.resize(crop, size)[..., None] * (0.8, 0.9, 1.0), 0, 255)
+            obj = objects[k % len(objects)]
+            scale = 0.6 * height / max(obj.shape[:2])
+            patch = cv2.resize(obj, (round(obj.shape[1] * scale), round(obj.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        oh, ow = patch.shape[:2]
+        left = round((width - ow) * t / max(per_object - 1, 1))  # left to right
+        top = round((height - oh) * (0.5 + 0.4 * np.sin(2 * np.pi * t / per_object)))
+        canvas = background.copy()
+        canvas[top : top + oh, left : left + ow] = patch
+        canvas = np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        truth.append((names[k % len(names)], [left, top, left + ow, top + oh]))
+    writer.release()
+    return truth
+
+
 if __name__ == "__main__":
     main()

@@ -600,3 +600,68 @@ def test_frame_images_never_writes_through_a_link_or_over_a_users_frame(sample_r
     mine = overlay(clip, "--checkpoint", ckpt, "--frame-images")
     assert mine.exit_code == 2 and "was not written by camcli" in mine.output
     assert (tmp_path / "pan_cam" / "000002.jpg").read_bytes() == b"the user's own"
+
+
+def moving_objects(path, frames: int):
+    """sample_data's objects crossing its validation textures, losslessly written: (clip, per frame (class, box))."""
+    import sys
+
+    sys.path.insert(0, str(SAMPLE_DATA))
+    try:
+        from make_sample_data import moving_clip
+    finally:
+        sys.path.remove(str(SAMPLE_DATA))
+    return path, moving_clip(path, frames=frames, per_object=10)
+
+
+def peak_in(cam_map, shape, box) -> bool:
+    """The pointing game: the map's maximum, upsampled to the frame, inside the box."""
+    up = cv2.resize(np.asarray(cam_map, np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    y, x = np.unravel_index(int(np.argmax(up)), up.shape)
+    return bool(box[0] <= x < box[2] and box[1] <= y < box[3])
+
+
+def test_moving_objects_rank_and_point_in_a_clip_as_its_frames_do_as_images(sample_run, tmp_path, monkeypatch):
+    import json
+
+    import camcli
+    import camcli.jobs as jobs
+    from camcli.data import find_images
+
+    clip, truth = moving_objects(tmp_path / "moving.avi", frames=50)
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i, rgb in enumerate(opencv_frames(clip)):
+        cv2.imwrite(str(pngs / f"{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ckpt = sample_run / "best.safetensors"
+
+    # predict: each frame's row is the row of the same frame decoded by OpenCV and written as PNG
+    rows = [json.loads(line) for line in predict(clip, "--checkpoint", ckpt, "--top-k", "5", "--format", "jsonl").stdout.splitlines()]
+    reference = [json.loads(line) for line in predict(pngs, "--checkpoint", ckpt, "--top-k", "5", "--format", "jsonl").stdout.splitlines()]
+    assert len(rows) == 51 and len(reference) == 50
+    for row, ref in zip(rows[:-1], reference, strict=True):
+        assert [p["label"] for p in row["predictions"]] == [p["label"] for p in ref["predictions"]]
+        np.testing.assert_allclose([p["prob"] for p in row["predictions"]], [p["prob"] for p in ref["predictions"]], atol=1e-5)
+
+    # overlay: the map each frame's overlay draws, through the clip's path and through the images' path
+    drawn, written = {}, {}
+    real_overlay, real_write = jobs.overlay_images, jobs.write_overlays
+
+    def overlay_images(image_rgb, maps, *args, **kwargs):
+        drawn[len(drawn)] = (image_rgb.shape[:2], np.array(maps[0]))
+        return real_overlay(image_rgb, maps, *args, **kwargs)
+
+    def write_overlays(image_rgb, maps, classes, probs, class_names, paths, *args, **kwargs):
+        written[int(paths[0].name[:3])] = (image_rgb.shape[:2], np.array(maps[0]))
+        return real_write(image_rgb, maps, classes, probs, class_names, paths, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "overlay_images", overlay_images)
+    monkeypatch.setattr(jobs, "write_overlays", write_overlays)
+    model = camcli.load(ckpt)
+    list(jobs.run_here(jobs.OverlayJob(out_dir=tmp_path / "clip_out"), model, find_images([str(clip)], videos=True)))
+    list(jobs.run_here(jobs.OverlayJob(out_dir=tmp_path / "png_out"), model, find_images([str(pngs)])))
+    assert sorted(drawn) == sorted(written) == list(range(50))
+    in_clip = [peak_in(m, shape, truth[i][1]) for i, (shape, m) in sorted(drawn.items())]
+    as_images = [peak_in(m, shape, truth[i][1]) for i, (shape, m) in sorted(written.items())]
+    assert in_clip == as_images  # frame by frame, so as often
+    assert sum(in_clip) >= 0.8 * 50  # and the maps find the moving objects (the centre: about half)
