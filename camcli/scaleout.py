@@ -23,11 +23,13 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.factory import ModelSpec, build_model
 from camcli.files import stderr_quiet
 from camcli.jobs import counted
+from camcli.video import is_video
 
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024  # bytes: batches of paths and rows are small
 
@@ -290,7 +292,7 @@ class RayEngine:
             raise ValueError("RayEngine.run needs the engine's session: use `with RayEngine(options) as engine:`")
         work = list(work)
         spec = tuple(map(_as_run, model)) if isinstance(model, tuple) else _as_run(model)  # compare's job: a pair
-        items = [{"payload": pickle.dumps(job.slice(work, i, i + job.batch_size))} for i in range(0, len(work), job.batch_size)]
+        items = [{"payload": pickle.dumps(job.slice(work, start, stop))} for start, stop in slice_bounds(work, job.batch_size)]
         return counted(job, self._results(spec, items), job.total(work) if hasattr(job, "total") else len(work), progress)
 
     def _results(self, spec: ModelSpec | tuple[ModelSpec, ...], items: list[dict]) -> Iterator:
@@ -332,6 +334,24 @@ class RayEngine:
         finally:
             with contextlib.suppress(Exception):
                 stream.close()  # stops Ray Data's executor before the instance goes (Ctrl-C, a refused output)
+
+
+def slice_bounds(work: list, size: int) -> list[tuple[int, int]]:
+    """Where the work is cut into tasks: ``size`` inputs a task, and each clip a task of its own
+    (a clip is many frames: a folder of clips spreads over every worker, one clip per task)."""
+    bounds, start = [], 0
+    for i, item in enumerate(work):
+        if is_video(Path(getattr(item, "path", ""))):
+            if start < i:
+                bounds.append((start, i))
+            bounds.append((i, i + 1))
+            start = i + 1
+        elif i + 1 - start == size:
+            bounds.append((start, i + 1))
+            start = i + 1
+    if start < len(work):
+        bounds.append((start, len(work)))
+    return bounds
 
 
 def _camcli_cause(exc: BaseException) -> CamcliError | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -439,13 +440,19 @@ def test_any_frame_rate_outside_0_to_1000_that_reaches_camcli_is_one_line(tmp_pa
         open_clip(tmp_path / "hostile.mp4", 10**8)
 
 
-def test_the_ray_engine_gives_a_clips_rows_as_the_local_engine(sample_run, tmp_path):
-    clip = make_clip(tmp_path / "pan.avi", count=8)
-    args = (clip, SCENE, "--checkpoint", sample_run / "best.safetensors", "--every", "3", "--format", "jsonl", "-q")
+def test_the_ray_engine_gives_clips_a_task_each_and_the_rows_of_the_local_engine(sample_run, tmp_path):
+    from camcli.data import ImageInput
+    from camcli.scaleout import slice_bounds
+
+    work = [ImageInput(tmp_path / name, Path(name)) for name in ["a.jpg", "b.png", "c.mp4", "d.jpg", "e.webm", "f.MKV", "g.jpg", "h.jpg",
+                                                                  "i.jpg"]]
+    assert slice_bounds(work, 2) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 8), (8, 9)]
+    first, second = make_clip(tmp_path / "pan.avi", count=8), make_clip(tmp_path / "pan2.avi", count=5)
+    args = (first, SCENE, second, "--checkpoint", sample_run / "best.safetensors", "--every", "3", "--format", "jsonl", "-q")
     local = predict(*args)
-    ray = predict(*args, "--engine", "ray", "--ray-workers", "1")
+    ray = predict(*args, "--engine", "ray", "--ray-workers", "2")
     assert local.exit_code == ray.exit_code == 0, ray.output
-    assert ray.stdout == local.stdout and len(local.stdout.splitlines()) == 5  # 3 frames, the clip, the image
+    assert ray.stdout == local.stdout and len(local.stdout.splitlines()) == 8  # 3 frames, the clip, the image, 2 frames, the clip
 
 
 def test_a_resumed_overlay_keeps_every_row_of_a_finished_clip(sample_run, tmp_path):
