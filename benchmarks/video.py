@@ -7,8 +7,9 @@ the same frames as JPEG files and against pytorch-grad-cam's frame loop, and its
 The clip: 640x480 at 30 frames/s, mp4v in mp4, made by panning and zooming across sample_data's
 photographs (the machine has no real clip to install), ``--seconds`` long. A head trained on
 sample_data (3 epochs). Each figure is one fresh process (``python -m camcli``, start-up
-included): wall time and peak resident memory (VmHWM), with a private cache; the INT8 run is
-timed after a first run has built and cached its model. The peer: OpenCV's VideoCapture, then
+included): wall time and peak resident memory (VmHWM), with a private cache, the best of two
+runs taken in turns with the other commands; the INT8 run is timed after a first run has built
+and cached its model. The peer: OpenCV's VideoCapture, then
 pytorch-grad-cam's GradCAM on the same classifier (the default backbone and the same head, in
 PyTorch) at the same 224x224 input, its ``show_cam_on_image`` and a VideoWriter, frame by frame,
 as its users write it (timed on the first 300 frames).
@@ -34,6 +35,7 @@ from readme_section import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (640, 480)
 FPS = 30
+ROUNDS = 2  # each command's best of this many runs
 
 
 def make_clip(path: Path, seconds: float) -> Path:
@@ -96,19 +98,6 @@ def main() -> None:
         ckpt = tmp / "run" / "best.safetensors"
         clip = make_clip(tmp / "pan.mp4", args.seconds)
 
-        def rate(label: str, *options: object, count: int = frames) -> float:
-            seconds, peak = measured(*options, env=env)
-            lines.append(f"| {label} | {seconds:.1f} s | **{count / seconds:.1f}** | {peak:,.0f} MB |")
-            print(lines[-1], flush=True)
-            return count / seconds
-
-        common = ("--checkpoint", ckpt, "--format", "jsonl", "-q")
-        fp32 = rate("`overlay pan.mp4` (fp32, CAM)", "overlay", clip, *common, "--out-dir", tmp / "o1")
-        measured("predict", clip, *common, "--precision", "int8", "--end", "1", env=env)  # builds and caches the INT8 model
-        rate("`overlay pan.mp4 --precision int8` (model cached)", "overlay", clip, *common, "--precision", "int8",
-             "--out-dir", tmp / "o2")
-        gradcam = rate("`overlay pan.mp4 --method gradcam` (fp32)", "overlay", clip, *common, "--method", "gradcam",
-                       "--out-dir", tmp / "o3")
         jpegs = tmp / "jpegs"
         jpegs.mkdir()
         capture, i = cv2.VideoCapture(str(clip)), 0
@@ -118,7 +107,23 @@ def main() -> None:
                 break
             cv2.imwrite(str(jpegs / f"f{i:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
             i += 1
-        images = rate("`overlay jpegs/` (the same frames as JPEG files)", "overlay", jpegs, *common, "--out-dir", tmp / "o4")
+        common = ("--checkpoint", ckpt, "--format", "jsonl", "-q")
+        measured("predict", clip, *common, "--precision", "int8", "--end", "1", env=env)  # builds and caches the INT8 model
+        commands = {
+            "`overlay pan.mp4` (fp32, CAM)": ("overlay", clip, *common),
+            "`overlay jpegs/` (the same frames as JPEG files)": ("overlay", jpegs, *common),
+            "`overlay pan.mp4 --precision int8` (model cached)": ("overlay", clip, *common, "--precision", "int8"),
+            "`overlay pan.mp4 --method gradcam` (fp32)": ("overlay", clip, *common, "--method", "gradcam"),
+        }
+        best: dict[str, tuple[float, float]] = {}
+        for round_ in range(ROUNDS):  # the commands take turns, so a slower minute of the machine hits them alike
+            for k, (label, options) in enumerate(commands.items()):
+                seconds, peak = measured(*options, "--out-dir", tmp / f"o{round_}{k}", env=env)
+                best[label] = (min(seconds, best.get(label, (seconds,))[0]), max(peak, best.get(label, (0, 0))[1]))
+                print(f"{label}: {frames / seconds:.1f} frames/s", flush=True)
+        for label, (seconds, peak) in best.items():
+            lines.append(f"| {label} | {seconds:.1f} s | **{frames / seconds:.1f}** | {peak:,.0f} MB |")
+        fp32, images, _, gradcam = (frames / seconds for seconds, _ in best.values())
         peer_frames = min(300, frames)
         peer = subprocess.run([sys.executable, "-c", PEER, ckpt, clip, tmp / "peer.mp4", str(peer_frames)], capture_output=True,
                               text=True, env=env)
@@ -128,15 +133,16 @@ def main() -> None:
         lines.append(f"| pytorch-grad-cam loop: VideoCapture, GradCAM, VideoWriter (first {peer_frames} frames, "
                      f"after its start-up) | | **{peer_rate:.1f}** | |")
         short, long = make_clip(tmp / "short.mp4", 10), make_clip(tmp / "long.mp4", 600)
-        # 5 frames/s: the 10-second clip's 50 frames fill a batch (32) as the long one's do; at 2 frames/s its 20 frames
-        # make one smaller batch, and ONNX Runtime's buffers for it are smaller: a difference of batch, not of length
-        memory = [measured("overlay", c, *common, "--fps", "5", "--out-dir", tmp / f"m{c.stem}", env=env) for c in (short, long)]
+        # 15 frames/s: the 10-second clip's 150 frames fill the pipeline as the long one's do (a batch decoded ahead, one
+        # ranked, one encoded); at 2 frames/s its 20 frames make one small batch: a difference of batch, not of length
+        memory = [measured("overlay", c, *common, "--fps", "15", "--out-dir", tmp / f"m{c.stem}", env=env) for c in (short, long)]
     table = [f"{date.today()}, {os.cpu_count()} cores, a {args.seconds:g} s 640x480 clip at 30 frames/s ({frames} frames, mp4v), "
-             "the default backbone, mp4v output; each figure the whole command, start-up included "
+             "the default backbone, mp4v output; each figure the whole command, start-up included, the best of "
+             f"{ROUNDS} runs taken in turns "
              f"(`python benchmarks/video.py --seconds {args.seconds:g}`):", "",
              "| command | time | frames/s | peak memory |", "|---|---|---|---|", *lines, "",
              f"fp32 against the JPEG frames: {fp32 / images:.2f}x; Grad-CAM against the pytorch-grad-cam loop: "
-             f"{gradcam / peer_rate:.1f}x. Memory, `overlay --fps 5`: a 10-second clip {memory[0][1]:,.0f} MB, a 10-minute clip "
+             f"{gradcam / peer_rate:.1f}x. Memory, `overlay --fps 15`: a 10-second clip {memory[0][1]:,.0f} MB, a 10-minute clip "
              f"{memory[1][1]:,.0f} MB ({memory[1][0]:.0f} s), {memory[1][1] / memory[0][1] - 1:+.1%}."]
     write_section("video", "\n".join(table))
 

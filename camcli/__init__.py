@@ -20,7 +20,7 @@ import os
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
-__version__ = "0.3.2"
+__version__ = "0.3.3"
 
 _API = {
     "Model": "camcli.engine",
