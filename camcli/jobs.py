@@ -21,6 +21,7 @@ import csv
 import io
 import itertools
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
@@ -270,10 +271,16 @@ class ClipTally:
         try:
             capture, info = open_clip(path, budget)
             capture.release()
-            for frame in ahead(frames(path, sampling, budget), depth=max(1, min(size, KEPT_PIXELS // (info.width * info.height)))):
+            stop = threading.Event()
+            depth = max(1, min(size, KEPT_PIXELS // (info.width * info.height)))
+            for frame in ahead(frames(path, sampling, budget, stop), depth, stop):
+                area = frame.rgb.shape[0] * frame.rgb.shape[1]
+                if chunk and pixels + area > KEPT_PIXELS:  # cut where Model.batches would: no batch of one frame after
+                    yield chunk
+                    chunk, pixels = [], 0
                 chunk.append(frame)
-                pixels += frame.rgb.shape[0] * frame.rgb.shape[1]
-                if len(chunk) == size or pixels >= KEPT_PIXELS:
+                pixels += area
+                if len(chunk) == size:
                     yield chunk
                     chunk, pixels = [], 0
         except CamcliError as exc:
@@ -516,12 +523,11 @@ class OverlayJob:
                     pending.append((row, pool.submit(encode, batch.originals[b], shown, c, probs[b], frame)))
                 yield from encoded(wait=False)
 
-        if folder is not None:  # an earlier run's frames (camcli's, checked in bind): its index first, so it never lists them
-            for stale in [target, *sorted(p for p in folder.glob("*.jpg") if FRAME_NAME.fullmatch(p.name))]:
-                remove_if_ours(stale, names.guard)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="camcli-encoder") as pool:
                 try:
+                    if folder is not None:
+                        self._clear(folder, target)
                     capture, info = open_clip(path, model.max_pixels if model.max_pixels is not None else 1 << 62)
                     capture.release()
                     rate = min(info.fps, self.sampling.fps) if self.sampling.fps else info.fps / self.sampling.every
@@ -553,6 +559,17 @@ class OverlayJob:
                 writer.abort()  # never half a video at the final name
             raise
         yield tally.row(path, self.top_k, model.class_names, outputs=outputs, box=None)
+
+    def _clear(self, folder: Path, target: Path) -> None:
+        """Remove an earlier run's frame images and index from ``folder`` (its index first, so it
+        never lists frames that are gone): camcli's files; with ``overwrite``, another file at a
+        frame's name stays until this run replaces it."""
+        for stale in [target, *sorted(p for p in folder.glob("*.jpg") if FRAME_NAME.fullmatch(p.name))]:
+            try:
+                remove_if_ours(stale, self.plan.names.guard)
+            except CamcliError:
+                if not self.overwrite:
+                    raise
 
     def _smoothed(self, recent: deque, c: int, cam_map: np.ndarray) -> np.ndarray:
         """``temporal_smooth``: the frame's map averaged with the previous maps of the same class

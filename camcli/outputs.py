@@ -65,7 +65,7 @@ def rank_tags(class_names: Sequence[str]) -> list[str]:
 
 
 FRAME_INDEX = "index.csv"  # a frame folder's last file: each frame's time, file and top-1 (its presence: the clip is done)
-FRAME_NAME = re.compile(r"\d{6,}\.jpg")  # a frame folder's images, named by frame index
+FRAME_NAME = re.compile(r"[0-9]{6,}\.jpg")  # a frame folder's images, named by frame index
 
 
 def frame_folder(path: Path) -> Path | None:

@@ -177,11 +177,14 @@ def _rate_steps(first: int, stop: int, fps: float, rate: float) -> Iterator[int]
             last = index
 
 
-def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_956_970) -> Iterator[Frame]:
+def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_956_970,
+           stop: threading.Event | None = None) -> Iterator[Frame]:
     """The sampled frames of a clip, decoded one at a time (skipped frames are only grabbed).
 
     A frame's time is its index over the declared frame rate. A clip that ends well before its
-    declared frame count gives the frames up to the cut, then raises.
+    declared frame count gives the frames up to the cut, then raises. ``stop``: once set, the
+    frames end at the next frame read, sampled or not (:func:`ahead` sets it when its consumer
+    stops: a Ctrl-C never waits for the next sampled frame).
 
     Raises:
         CamcliError: see :func:`open_clip`; the clip decodes to no frame in the sampled range; or
@@ -192,17 +195,22 @@ def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_95
     capture, info = open_clip(path, max_pixels)
     try:
         first = math.ceil(sampling.start * info.fps - 1e-9)
-        stop = None if sampling.end is None else math.ceil(sampling.end * info.fps - 1e-9)
-        wanted = _rate_steps(first, stop if stop is not None else 1 << 62, info.fps, sampling.fps) if sampling.fps else None
+        end = None if sampling.end is None else math.ceil(sampling.end * info.fps - 1e-9)
+        wanted = _rate_steps(first, end if end is not None else 1 << 62, info.fps, sampling.fps) if sampling.fps else None
         target = next(wanted, None) if wanted is not None else first
         index, taken = 0, 0
-        while target is not None and (stop is None or index < stop):
+        while target is not None and (end is None or index < end):
+            if stop is not None and stop.is_set():
+                return
             if not capture.grab():
                 break
             if index == target:
                 ok, bgr = capture.retrieve()
                 if not ok or bgr is None:
                     break
+                if bgr.shape[0] * bgr.shape[1] > max_pixels:  # a stream that grows past its header's size midway
+                    raise CamcliError(f"{path}: frame {index:,} is {bgr.shape[1]}x{bgr.shape[0]}, over the limit of "
+                                      f"{max_pixels:,} pixels (--max-pixels)")
                 if bgr.ndim == 2:
                     bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
                 yield Frame(index, index / info.fps, cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB))
@@ -211,7 +219,7 @@ def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_95
             index += 1
     finally:
         capture.release()
-    reached_stop = stop is not None and index >= stop
+    reached_stop = end is not None and index >= end
     if taken == 0:
         until = f"{sampling.end:g} s" if sampling.end is not None else f"its end ({index:,} frame{'s' * (index != 1)})"
         raise CamcliError(f"{path} decodes to no frame" + (f" between {sampling.start:g} s and {until}" if sampling.start else ""))
@@ -219,15 +227,16 @@ def frames(path: Path, sampling: Sampling = Sampling(), max_pixels: int = 178_95
         raise CamcliError(f"{path} ends after {index:,} frames of the {info.frames:,} it declares: cut short or damaged")
 
 
-def ahead(items: Iterator, depth: int = 1) -> Iterator:
+def ahead(items: Iterator, depth: int = 1, stop: threading.Event | None = None) -> Iterator:
     """``items`` produced in a thread of their own, at most ``depth`` ahead of the consumer (and one
     being made): a clip is decoded while the model scores the frames before (OpenCV releases the GIL
     while it decodes). The producer's exception is raised in the consumer, after the items before
-    it. Closing this generator (an error or Ctrl-C downstream) stops the producer and closes
-    ``items`` in its thread (a capture is released there) before it returns.
+    it. Closing this generator (an error or Ctrl-C downstream) sets ``stop`` (which ``items`` may
+    watch, as :func:`frames` does, to end without making its next item), stops the producer and
+    closes ``items`` in its thread (a capture is released there) before it returns.
     """
     handoff: queue.Queue = queue.Queue(maxsize=depth)
-    stop, end = threading.Event(), object()
+    stop, end = stop or threading.Event(), object()
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -306,8 +315,13 @@ class ClipWriter:
         except OSError as exc:
             raise CamcliError(f"cannot write to {self.path.parent}: {exc.strerror}") from None
         self.partial = self.folder / f"clip{self.path.suffix.lower()}"
+        # OpenCV takes the path as UTF-8 (a folder name that is not crashes it): on Linux it gets the private
+        # folder through a descriptor held open until the clip is closed, a path of ASCII whatever the folder's name
+        self.dirfd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        through = f"/proc/self/fd/{self.dirfd}"
+        target = f"{through}/{self.partial.name}" if os.path.isdir(through) else str(self.partial)
         with stderr_quiet():  # OpenCV prints FFmpeg's tag notes (VP8 in webm) itself, past its log level
-            self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*codec), fps, self.size)
+            self.writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*codec), fps, self.size)
         self.frames = 0
         if not self.writer.isOpened():
             self.abort()
@@ -323,9 +337,16 @@ class ClipWriter:
         self.writer.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
         self.frames += 1
 
+    def _close(self) -> None:
+        if hasattr(self, "writer"):
+            self.writer.release()
+        if getattr(self, "dirfd", None) is not None:
+            os.close(self.dirfd)
+            self.dirfd = None
+
     def finish(self) -> Path:
         """Close the clip and rename it to its final name; returns that name."""
-        self.writer.release()
+        self._close()
         try:
             if self.frames == 0 or not self.partial.is_file() or self.partial.stat().st_size == 0:
                 raise CamcliError(f"cannot write {self.path}: the encoder wrote nothing")
@@ -340,8 +361,7 @@ class ClipWriter:
 
     def abort(self) -> None:
         """Drop the partial clip and its folder."""
-        if hasattr(self, "writer"):
-            self.writer.release()
+        self._close()
         with contextlib.suppress(OSError):
             self.partial.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -178,3 +178,23 @@ def test_a_ctrl_c_between_two_rows_is_thrown_into_the_job_which_gives_its_finish
     held.handler(2, None)
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C while one is held: at once
         held.handler(2, None)
+
+
+def test_ctrl_c_held_only_where_python_would_raise_it():
+    from camcli.cli.rows import held_interrupts
+    from camcli.jobs import LocalEngine
+
+    engine = LocalEngine()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's ``trap '' INT``: Ctrl-C is not for this run
+    try:
+        with held_interrupts(engine):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with held_interrupts(engine):
+            assert signal.getsignal(signal.SIGINT) == engine.interrupts.handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt), held_interrupts(engine):  # held after the job's last step: raised on the way out
+            engine.interrupts.handler(signal.SIGINT, None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

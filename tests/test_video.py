@@ -355,6 +355,7 @@ def test_overlay_writes_a_video_of_the_sampled_stream_with_a_row_per_frame(sampl
     written = list(frames(target))
     assert len(written) == len(range(0, 12, every))
     assert "1 file written for 1 input" in result.stderr
+    assert f"overlay: {len(range(0, 12, every))}/{len(range(0, 12, every))} (100%) frames" in result.stderr  # progress counts frames
 
 
 def test_a_clip_and_options_it_cannot_take_and_skip_existing(sample_run, tmp_path):
@@ -672,3 +673,72 @@ def test_moving_objects_rank_and_point_in_a_clip_as_its_frames_do_as_images(samp
     as_images = [peak_in(m, shape, truth[i][1]) for i, (shape, m) in sorted(written.items())]
     assert in_clip == as_images  # frame by frame, so as often
     assert sum(in_clip) >= 0.8 * 50  # and the maps find the moving objects (the centre: about half)
+
+
+def test_a_clip_is_written_into_a_folder_whose_name_is_not_utf8(tmp_path):
+    from camcli.video import ClipWriter
+
+    folder = tmp_path / os.fsdecode(b"caf\xe9")  # Latin-1, not UTF-8: OpenCV itself would crash on the path
+    target = folder / "out.avi"
+    source = list(frames(make_clip(tmp_path / "pan.avi", count=4)))
+    with ClipWriter(target, 10, (160, 120)) as writer:
+        for frame in source:
+            writer.write(frame.rgb)
+    assert [p.name for p in folder.iterdir()] == ["out.avi"] and len(list(frames(target))) == 4
+
+
+def test_frames_end_when_stopped_and_a_frame_larger_than_its_header_is_one_line(tmp_path, monkeypatch):
+    import camcli.video as video
+
+    clip = make_clip(tmp_path / "pan.avi", count=30)
+    stop = threading.Event()
+    stream = frames(clip, Sampling(every=10), stop=stop)
+    assert next(stream).index == 0
+    stop.set()
+    assert list(stream) == []  # no waiting for frame 10, and no "cut short" either
+
+    class Growing:  # a header that declares 16x16 and frames that come out 160x120
+        def __init__(self):
+            self.real = cv2.VideoCapture(str(clip))
+
+        def get(self, prop):
+            return {cv2.CAP_PROP_FRAME_WIDTH: 16, cv2.CAP_PROP_FRAME_HEIGHT: 16}.get(prop, self.real.get(prop))
+
+        def grab(self):
+            return self.real.grab()
+
+        def retrieve(self):
+            return self.real.retrieve()
+
+        def release(self):
+            self.real.release()
+
+    monkeypatch.setattr(video, "_capture", lambda path: Growing())
+    with pytest.raises(CamcliError, match=r"frame 0 is 160x120, over the limit of 1,000 pixels") as caught:
+        list(frames(clip, max_pixels=1000))
+    assert "\n" not in str(caught.value)
+
+
+def test_chunks_are_cut_where_batches_are_so_no_batch_of_one_frame_follows(tmp_path, monkeypatch):
+    import camcli.jobs as jobs
+
+    clip = make_clip(tmp_path / "pan.avi", count=11)
+    monkeypatch.setattr(jobs, "KEPT_PIXELS", int(160 * 120 * 2.5))  # room for two frames, not three
+
+    class Model:
+        max_pixels = None
+
+    sizes = [len(chunk) for chunk in jobs.ClipTally(5).chunks(clip, Sampling(), 4, Model())]
+    assert sizes == [2, 2, 2, 2, 2, 1]
+
+
+def test_overwrite_replaces_a_users_index_and_frames_in_the_frame_folder(sample_run, tmp_path):
+    clip = make_clip(tmp_path / "pan.avi", count=4)
+    folder = tmp_path / "pan_cam"
+    folder.mkdir()
+    (folder / "index.csv").write_text("the user's own\n")
+    (folder / "000002.jpg").write_bytes(b"the user's own")
+    result = overlay(clip, "--checkpoint", sample_run / "best.safetensors", "--frame-images", "--overwrite", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert (folder / "index.csv").read_text().startswith("frame,time,file,label,prob")
+    assert cv2.imread(str(folder / "000002.jpg")).shape == (120, 160, 3)

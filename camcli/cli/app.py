@@ -113,7 +113,8 @@ def report_errors(command: Callable) -> Callable:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stage, done, total = LAST_PROGRESS.get("stage"), LAST_PROGRESS.get("done", 0), LAST_PROGRESS.get("total")
-            where = f" during {stage}: {done}" + (f" of {total}" if total else "") + " images done" if stage else ""
+            counting = LAST_PROGRESS.get("counting", "images")
+            where = f" during {stage}: {done}" + (f" of {total}" if total else "") + f" {counting} done" if stage else ""
             err.print(f"interrupted{where}{AFTER_INTERRUPT.get(command.__name__, '')}")
             raise typer.Exit(130) from None
 

@@ -67,7 +67,7 @@ def predict(
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
     if job.boxes:
         say_scorecam_cost(loaded, job, len(head) if len(head) < 1024 else None, run.quiet)  # a longer walk: not counted yet
-    with engine, progress_bar(run.quiet) as progress, held_interrupts(engine):
+    with engine, progress_bar(run.quiet, counting=counting(head)) as progress, held_interrupts(engine):
         count, failed, in_fp32 = emit(engine.run(job, loaded, work, progress), rows, overlay=False, guard=guard,
                                       video=any(is_video(i.path) for i in head))
     say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
@@ -154,7 +154,7 @@ def overlay(
                 kept.append(row)
             yield row
 
-    with engine, progress_bar(run.quiet) as progress, held_interrupts(engine):
+    with engine, progress_bar(run.quiet, counting=counting(images)) as progress, held_interrupts(engine):
         # kept: every previous row (a clip's frames, a csv's ranks) of this run's inputs that it does not redo, in order (a
         # deleted input's row, or a row no input names, goes); paths compared as files, whatever their spelling
         redo, inputs = {same_file(i.path) for i in work}, {same_file(i.path) for i in images}
@@ -174,3 +174,9 @@ def overlay(
     finish(count, failed, rows.allow_failures)
 
 
+def counting(inputs) -> str:
+    """What progress counts: frames of clips, images, or both."""
+    from camcli.video import is_video
+
+    clips = sum(is_video(i.path) for i in inputs)
+    return "images" if not clips else "frames" if clips == len(inputs) else "images and frames"

@@ -57,9 +57,9 @@ HEARTBEAT_S = 10.0  # off a terminal, a plain line at least this often while wor
 
 
 def unit(stage: str) -> str:
-    """What a stage counts: a job's stage counts images; the library's sub-stages name their unit
-    (``int8: rounding convolutions``)."""
-    return "" if ":" in stage else " images"
+    """What a stage counts: a job's stage counts images (or frames: see :func:`progress_bar`); the
+    library's sub-stages name their unit (``int8: rounding convolutions``)."""
+    return "" if ":" in stage else f" {LAST_PROGRESS.get('counting', 'images')}"
 
 
 def _rate(task) -> float | None:
@@ -138,7 +138,7 @@ class _Lines:
             if time.monotonic() - self.last_line >= HEARTBEAT_S:
                 elapsed = f"{time.monotonic() - self.began:.0f} s"
                 last = dict(LAST_PROGRESS)  # a copy: the main thread may clear it for the next stage
-                if last:
+                if "stage" in last:
                     done, total, stage = last["done"], last["total"], last["stage"]
                     self.line(f"{stage}: {done}" + (f"/{total}" if total else "") + f"{unit(stage)}, "
                               f"{progress.passes():,} forward passes so far, {elapsed}")
@@ -147,7 +147,8 @@ class _Lines:
 
 
 @contextmanager
-def progress_bar(quiet: bool, starting: str | None = None, announce: bool = True) -> Iterator[Callable[[str, int, int | None], None]]:
+def progress_bar(quiet: bool, starting: str | None = None, announce: bool = True,
+                 counting: str = "images") -> Iterator[Callable[[str, int, int | None], None]]:
     """A progress callback: it records how far the job got, and shows it on stderr unless quiet.
 
     On a terminal: a bar per stage (count, rate, forward passes, elapsed time, time left), drawn
@@ -155,8 +156,10 @@ def progress_bar(quiet: bool, starting: str | None = None, announce: bool = True
     :class:`_Lines`). ``starting``: what happens before the first report, shown until it comes
     (off a terminal: at once when ``announce``, else only in the lines every ten seconds).
     The library's own reports (:func:`camcli.progress.report`: building an INT8 model) go to the
-    same callback for the duration."""
+    same callback for the duration. ``counting``: what a job's count counts (``frames``, when
+    clips are among the inputs)."""
     LAST_PROGRESS.clear()
+    LAST_PROGRESS["counting"] = counting
     if quiet:
         with progress.listening(record):
             yield record

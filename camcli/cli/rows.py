@@ -80,7 +80,8 @@ def held_interrupts(engine) -> Iterator[None]:
     production and its writing (see :class:`camcli.jobs.Interrupts`; an engine without one, Ray,
     takes Ctrl-C as Python does). One that comes after the job's last step is raised on exit."""
     interrupts = getattr(engine, "interrupts", None)
-    if interrupts is None or threading.current_thread() is not threading.main_thread():
+    if (interrupts is None or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # Ctrl-C ignored (``trap '' INT``) or handled
         yield
         return
     previous = signal.signal(signal.SIGINT, interrupts.handler)
