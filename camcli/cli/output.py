@@ -42,7 +42,7 @@ FLAGS = {"class_names": "--class", "class_indices": "--class-index", "cam_sizes"
         "allow_failures", "alpha", "amp", "arch", "aug_smooth", "augment", "backend", "base", "base_precision", "batch_size",
         "box_threshold", "boxes", "calibrate", "calibration", "cam_scales", "cam_size", "candidate", "candidate_precision",
         "caption", "checkpoint", "class_index", "classes", "colormap", "config", "device", "draw_box", "eigen_smooth", "end",
-        "engine", "epochs", "every", "exclude", "exist_ok", "faithfulness", "fps", "img_size", "layer", "lr", "maps",
+        "engine", "epochs", "every", "exclude", "exist_ok", "faithfulness", "fps", "frame_images", "img_size", "layer", "lr", "maps",
         "max_pixels", "method", "normalize", "out", "out_dir", "output", "overwrite", "precision", "quiet", "ray_address",
         "ray_workers", "report", "report_limit", "require", "resize", "sanity", "sanity_images", "save_raw", "seed",
         "skip_existing", "start", "temporal_smooth", "top_channels", "top_k", "val_split", "weights", "workers")}
