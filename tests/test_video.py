@@ -355,7 +355,17 @@ def test_overlay_writes_a_video_of_the_sampled_stream_with_a_row_per_frame(sampl
     written = list(frames(target))
     assert len(written) == len(range(0, 12, every))
     assert "1 file written for 1 input" in result.stderr
-    assert f"overlay: {len(range(0, 12, every))}/{len(range(0, 12, every))} (100%) frames" in result.stderr  # progress counts frames
+    n = len(range(0, 12, every))
+    assert result.stderr.count(f"overlay: {n}/{n} (100%) frames") == 1  # progress counts frames, and says the end once
+
+
+def test_clip_options_without_a_clip_say_they_do_nothing(sample_run, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(SCENE.read_bytes())
+    ckpt = sample_run / "best.safetensors"
+    result = overlay(tmp_path / "a.jpg", "--checkpoint", ckpt, "--fps", "2", "--frame-images", "--format", "jsonl")
+    assert result.exit_code == 0 and "note: no clip among the inputs: --fps, --frame-images apply only to clips" in result.stderr
+    plain = predict(tmp_path / "a.jpg", "--checkpoint", ckpt, "--format", "jsonl")
+    assert plain.exit_code == 0 and "no clip" not in plain.stderr
 
 
 def test_a_clip_and_options_it_cannot_take_and_skip_existing(sample_run, tmp_path):

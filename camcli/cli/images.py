@@ -63,6 +63,8 @@ def predict(
     head = list(islice(walk, 1024))  # the rest of the walk streams while the first rows come out
     if not head:
         raise CamcliError(f"no images found in {', '.join(inputs)}")
+    if len(head) < 1024:  # the whole walk: a clip later in a longer one is not known yet
+        video.note_unused(head, run.quiet)
     loaded = load_model(spec, run.quiet)
     job, work = job.bind(loaded, head if len(head) < 1024 else chain(head, walk))  # a list when the walk is done: known total
     if job.boxes:
@@ -136,6 +138,7 @@ def overlay(
     if report_limit < 1:
         raise CamcliError(f"--report-limit must be at least 1, got {report_limit}")
     images = find_images(inputs, skip=[out_dir] if out_dir else (), exclude=run.exclude or (), videos=True)
+    video.note_unused(images, run.quiet, **{"--temporal-smooth": temporal_smooth != 1, "--frame-images": frame_images})
     guard = guard_output(rows.output, [*inputs, *(i.path for i in images), model.checkpoint, report], overwrite)
     # the report is an output like the others: replaced when camcli wrote it, or with --overwrite
     report_guard = guard_output(report, [*inputs, *(i.path for i in images), model.checkpoint, rows.output], overwrite, results=False)

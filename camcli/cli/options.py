@@ -212,6 +212,15 @@ class VideoOptions:
 
         return Sampling(self.every, self.fps, self.start, self.end)
 
+    def note_unused(self, inputs, quiet: bool, **others: bool) -> None:
+        """With no clip among ``inputs``, say which clip options (these, and ``others`` given) do nothing."""
+        from camcli.video import is_video
+
+        given = [name for name, on in {"--every": self.every != 1, "--fps": self.fps is not None, "--start": self.start != 0,
+                                       "--end": self.end is not None, **others}.items() if on]
+        if given and not quiet and not any(is_video(i.path) for i in inputs):
+            say(f"note: no clip among the inputs: {', '.join(given)} apply only to clips")
+
 
 def expand_groups(command: Callable) -> Callable:
     """Give typer each option group's fields as the command's options; call the command with the groups."""

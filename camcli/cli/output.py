@@ -116,7 +116,7 @@ class _Lines:
 
     def __init__(self, starting: str | None):
         self.starting, self.began = starting, time.monotonic()
-        self.last_line, self.shown = self.began, {}
+        self.last_line, self.shown, self.printed = self.began, {}, {}
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="camcli-progress", daemon=True)
 
@@ -129,8 +129,10 @@ class _Lines:
         if done == 0 or unit(stage) == "":  # a stage starting, or a library sub-stage (an INT8 build): the heartbeat says them
             return
         step = max(1, total // 10) if total else 1000
+        if self.printed.get(stage) == done:  # a result that counts nothing (a clip's own row after its frames)
+            return
         if stage not in self.shown or done // step > self.shown[stage] or done == total:
-            self.shown[stage] = done // step
+            self.shown[stage], self.printed[stage] = done // step, done
             self.line(f"{stage}: {done}" + (f"/{total} ({done / total:.0%})" if total else "") + unit(stage))
 
     def _beat(self) -> None:
@@ -268,7 +270,7 @@ def verdict_exit() -> None:
 def finish(count: int, failed: int, allow_failures: bool) -> None:
     """Exit 1 when some inputs failed (each was reported as it came), unless allowed."""
     if failed:
-        err.print(f"{failed} of {count} inputs failed")
+        err.print(f"{failed} of {count} input{'s' * (count != 1)} failed")
         if not allow_failures:
             raise typer.Exit(1)
 
