@@ -39,6 +39,15 @@ def measured(*args: object, env: dict) -> tuple[float, float]:
     return seconds, int(peak) / 1024
 
 
+def trained(tmp: Path) -> tuple[dict, Path]:
+    """(an environment with a private cache under ``tmp``, the checkpoint of a head trained there
+    on sample_data for 3 epochs)."""
+    env = {**os.environ, "CAMCLI_CACHE_DIR": str(tmp / "cache")}
+    subprocess.run([sys.executable, "-m", "camcli", "train", ROOT / "sample_data", "--epochs", "3", "--out", tmp / "run", "-q"],
+                   check=True, env=env, capture_output=True)
+    return env, tmp / "run" / "best.safetensors"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default="200,1000")
@@ -47,10 +56,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="camcli-compare-") as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "CAMCLI_CACHE_DIR": str(tmp / "cache")}
-        subprocess.run([sys.executable, "-m", "camcli", "train", ROOT / "sample_data", "--epochs", "3", "--out", tmp / "run", "-q"],
-                       check=True, env=env, capture_output=True)
-        ckpt = tmp / "run" / "best.safetensors"
+        env, ckpt = trained(tmp)
         for n in counts:
             folder = photographs(tmp / f"images{n}", n, 480, 640)
             overlay = measured("overlay", folder, "--checkpoint", ckpt, "--out-dir", tmp / f"o{n}", "--format", "jsonl", "-q", env=env)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compare import measured  # noqa: E402
+from compare import measured, trained  # noqa: E402
 from readme_section import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +92,7 @@ def main() -> None:
     lines = []
     with tempfile.TemporaryDirectory(prefix="camcli-video-") as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "CAMCLI_CACHE_DIR": str(tmp / "cache")}
-        subprocess.run([sys.executable, "-m", "camcli", "train", ROOT / "sample_data", "--epochs", "3", "--out", tmp / "run", "-q"],
-                       check=True, env=env, capture_output=True)
-        ckpt = tmp / "run" / "best.safetensors"
+        env, ckpt = trained(tmp)
         clip = make_clip(tmp / "pan.mp4", args.seconds)
 
         jpegs = tmp / "jpegs"

@@ -58,7 +58,7 @@ from camcli.files import OutputGuard, atomic_write, next_run_dir, real_path, rem
 from camcli.outputs import FRAME_NAME, FixedNames, RankedNames, frame_folder, frame_path
 from camcli.render import overlay_images, plot_curves, write_image, write_overlays
 from camcli.results import csv_cell, json_safe
-from camcli.video import ClipWriter, Sampling, ahead, frames, is_video, open_clip, sampled
+from camcli.video import ClipInfo, ClipWriter, Sampling, ahead, frames, is_video, open_clip, sampled
 
 Progress = Callable[[str, int, int | None], None]
 Notify = Callable[[str], None]
@@ -261,6 +261,7 @@ class ClipTally:
         self.firsts = np.zeros(num_classes, np.int64)
         self.frames = 0
         self.error: str | None = None
+        self.info: ClipInfo | None = None  # the clip's header, once :meth:`chunks` has opened it
 
     def chunks(self, path: Path, sampling: Sampling, size: int, model: Model) -> Iterator[list]:
         """The clip's sampled frames, ``size`` at a time (fewer once a chunk holds
@@ -269,10 +270,10 @@ class ClipTally:
         budget = model.max_pixels if model.max_pixels is not None else 1 << 62
         chunk, pixels = [], 0
         try:
-            capture, info = open_clip(path, budget)
+            capture, self.info = open_clip(path, budget)
             capture.release()
             stop = threading.Event()
-            depth = max(1, min(size, KEPT_PIXELS // (info.width * info.height)))
+            depth = max(1, min(size, KEPT_PIXELS // (self.info.width * self.info.height)))
             for frame in ahead(frames(path, sampling, budget, stop), depth, stop):
                 area = frame.rgb.shape[0] * frame.rgb.shape[1]
                 if chunk and pixels + area > KEPT_PIXELS:  # cut where Model.batches would: no batch of one frame after
@@ -483,10 +484,15 @@ class OverlayJob:
                 write_image(path, image, names.guard.recorder(path))
                 index.append([frame.index, f"{frame.time:.6f}", path.name, csv_cell(model.class_names[c]), f"{float(probs[c]):.6f}"])
                 return box, [str(path)]
-            if writer is None:
+            if writer is None:  # the sampled stream's rate
+                rate = min(tally.info.fps, self.sampling.fps) if self.sampling.fps else tally.info.fps / self.sampling.every
                 writer = ClipWriter(target, rate, (image.shape[1], image.shape[0]), names.guard.recorder(target))
             writer.write(image)
             return box, []
+
+        def cancel() -> None:
+            for _, future in pending:
+                future.cancel()  # the one running finishes before the pool closes
 
         def encoded(wait: bool, stopping: bool = False) -> Iterator[dict]:
             """The rows of the frames encoded (``wait``: all, waiting for them), in order; while
@@ -528,26 +534,20 @@ class OverlayJob:
                 try:
                     if folder is not None:
                         self._clear(folder, target)
-                    capture, info = open_clip(path, model.max_pixels if model.max_pixels is not None else 1 << 62)
-                    capture.release()
-                    rate = min(info.fps, self.sampling.fps) if self.sampling.fps else info.fps / self.sampling.every
                     for chunk in tally.chunks(path, self.sampling, self.batch_size, model):
                         yield from mapped(chunk, pool)
                     yield from encoded(wait=True)
                 except CamcliError as exc:  # unreadable, a frame the model cannot score, or the encoder's failure
                     tally.error = str(exc)
-                    for _, future in pending:
-                        future.cancel()
+                    cancel()
                     yield from encoded(wait=True, stopping=True)  # the frames encoded before it keep their rows
                 except KeyboardInterrupt:
-                    for _, future in pending:
-                        future.cancel()
+                    cancel()
                     with contextlib.suppress(Exception):
                         yield from encoded(wait=True, stopping=True)
                     raise
                 finally:
-                    for _, future in pending:
-                        future.cancel()  # the one running finishes before the pool closes
+                    cancel()
             outputs = [str(writer.finish())] if writer is not None else []  # a clip cut short keeps its frames
             if folder is not None and index:
                 table = io.StringIO()
