@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -318,22 +318,48 @@ class RayEngine:
             )
         stream = results.iter_rows()
         try:
-            for row in stream:
-                result = pickle.loads(row["result"])
-                if "error" in result:
-                    raise (EnvironmentProblem if result["kind"] == "EnvironmentProblem" else CamcliError)(result["error"])
-                self.nodes.add(result["node"])
-                yield from result["results"]
-        except CamcliError:
-            raise
-        except Exception as exc:
-            cause = _camcli_cause(exc)
-            if cause is not None:
-                raise cause from None
-            raise CamcliError(f"a Ray worker failed: {' '.join(str(exc).split())[:300]}") from exc
+            yield from unpacked(stream, self.nodes)
         finally:
             with contextlib.suppress(Exception):
                 stream.close()  # stops Ray Data's executor before the instance goes (Ctrl-C, a refused output)
+
+
+def unpacked(rows: Iterable[dict], nodes: set[str]) -> Iterator:
+    """The job's results from the workers' rows (``nodes``: the nodes that sent them). A worker's
+    CamcliError stops the run with its line; any other failure is one line too, and a failure
+    that Ray raised while it handled a Ctrl-C is that Ctrl-C (Ray Data shuts its executor down on
+    KeyboardInterrupt, and an error of that shutdown replaced it: exit 1 instead of 130)."""
+    try:
+        for row in rows:
+            result = pickle.loads(row["result"])
+            if "error" in result:
+                raise (EnvironmentProblem if result["kind"] == "EnvironmentProblem" else CamcliError)(result["error"])
+            nodes.add(result["node"])
+            yield from result["results"]
+    except CamcliError:
+        raise
+    except Exception as exc:
+        if _interrupted(exc):
+            raise KeyboardInterrupt from None
+        cause = _camcli_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise CamcliError(f"a Ray worker failed: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions ``exc`` was raised from or while handling."""
+    seen: set[int] = set()
+    todo: list = [exc]
+    while todo:
+        one = todo.pop()
+        if not isinstance(one, BaseException) or id(one) in seen or len(seen) > 50:
+            continue
+        seen.add(id(one))
+        if isinstance(one, KeyboardInterrupt):
+            return True
+        todo += [one.__context__, one.__cause__, getattr(one, "cause", None)]
+    return False
 
 
 def slice_bounds(work: list, size: int) -> list[tuple[int, int]]:

@@ -217,11 +217,11 @@ def test_ctrl_c_in_a_ray_run_exits_130_and_leaves_no_process_or_folder(tmp_path)
         session = next(temp.glob("camcli-ray-*"))
         assert _held_processes(str(session))
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on a terminal reaches the whole foreground group
-        proc.communicate(timeout=90)
+        _, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr
     time.sleep(1)
     assert not _held_processes(str(session))
     assert not list(temp.glob("camcli-ray-*"))
@@ -237,3 +237,37 @@ def test_a_long_temp_folder_still_starts_ray(tmp_path):
                              "--engine", "ray", "--format", "jsonl"], capture_output=True, text=True, timeout=180,
                             env={**os.environ, "TMPDIR": str(temp)})
     assert result.returncode == 0 and json.loads(result.stdout)["predictions"], result.stderr
+
+
+def _worker_rows(then: BaseException):
+    import pickle
+
+    yield {"result": pickle.dumps({"results": ["row 0", "row 1"], "node": "n1"})}
+    raise then
+
+
+def _shut_down_badly():
+    """Ray Data's iterator on Ctrl-C: it shuts its executor down, and an error of the shutdown replaces the interrupt."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise RuntimeError("ActorDiedError: the actor died unexpectedly") from None  # `from None` hides it: still its context
+
+
+def test_a_ray_failure_raised_while_handling_ctrl_c_is_the_ctrl_c_and_any_other_is_one_line():
+    import pytest
+
+    from camcli.errors import CamcliError
+    from camcli.scaleout import unpacked
+
+    try:
+        _shut_down_badly()
+    except RuntimeError as exc:
+        during_ctrl_c = exc
+    nodes: set[str] = set()
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        got.extend(unpacked(_worker_rows(during_ctrl_c), nodes))
+    assert got == ["row 0", "row 1"] and nodes == {"n1"}  # the rows before it were given first
+    with pytest.raises(CamcliError, match=r"^a Ray worker failed: ActorDiedError: the actor died unexpectedly$"):
+        list(unpacked(_worker_rows(RuntimeError("ActorDiedError: the actor died\n unexpectedly")), set()))
