@@ -544,6 +544,8 @@ def test_a_frame_size_change_midway_fails_the_clip_in_one_line_and_keeps_the_fra
     assert [r["frame"] for r in rows[:-1]] == [0, 1, 2, 3, 4]
     assert rows[-1]["kind"] == "clip" and "frame 5 is 80x60, the frames before it 160x120" in rows[-1]["error"]
     assert len(list(frames(tmp_path / "pan_cam.avi"))) == 5  # the frames before the change, as a clip cut short keeps them
+    assert "1 file written for 1 clip stopped partway next to the inputs" in result.stderr  # not "for 0 inputs"
+    assert "1 of 1 input failed" in result.stderr
     assert "Traceback" not in result.output and not [p for p in tmp_path.iterdir() if p.name.startswith(".camcli-video-")]
 
 

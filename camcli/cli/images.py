@@ -146,13 +146,14 @@ def overlay(
     job, work = job.bind(loaded, images, None if run.quiet else say)
     say_scorecam_cost(loaded, job, len(work), run.quiet)
     kept: list[dict] = []  # the rows of the report
-    written = clips = 0
+    written = clips = partial = 0
 
     def tallied(results: Iterator[dict]) -> Iterator[dict]:
-        nonlocal written, clips
+        nonlocal written, clips, partial
         for row in results:
             written += len(row.get("outputs", []))
             clips += row.get("kind") == "clip"
+            partial += "error" in row and bool(row.get("outputs"))  # a clip cut short: its video holds the frames before
             if report is not None and len(kept) < report_limit and "kind" not in row:  # images: the report shows no video
                 kept.append(row)
             yield row
@@ -171,7 +172,9 @@ def overlay(
     if not run.quiet:
         done = count - failed
         noun = "input" if any(is_video(i.path) for i in images) else "image"
-        say(f"{written} file{'s' * (written != 1)} written for {done} {noun}{'s' * (done != 1)}"
+        whom = [f"{done} {noun}{'s' * (done != 1)}"] if done or not partial else []
+        whom += [f"{partial} clip{'s' * (partial != 1)} stopped partway"] if partial else []
+        say(f"{written} file{'s' * (written != 1)} written for {' and '.join(whom)}"
              + (f" under {out_dir}" if out_dir else " next to the inputs"))
     say_int8(in_fp32, count - failed, run.quiet, probe_failure(loaded))
     finish(count, failed, rows.allow_failures)
