@@ -1095,6 +1095,7 @@ class Interrupts:
     def __init__(self) -> None:
         self.live = False  # the job's code is running
         self.pending = False  # a Ctrl-C is held for the job's next step
+        self.seen = False  # a Ctrl-C came (the Ray engine: a failure that follows it is the interruption)
 
     def guarded(self, results: Iterator) -> Iterator:
         while True:
@@ -1112,6 +1113,7 @@ class Interrupts:
             yield item
 
     def handler(self, signum, frame) -> None:
+        self.seen = True
         if self.live or self.pending:
             self.pending = False
             raise KeyboardInterrupt

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 from camcli.errors import CamcliError, EnvironmentProblem, first_line
 from camcli.factory import ModelSpec, build_model
 from camcli.files import stderr_quiet
-from camcli.jobs import counted
+from camcli.jobs import Interrupts, counted
 from camcli.video import is_video
 
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024  # bytes: batches of paths and rows are small
@@ -270,6 +271,7 @@ class RayEngine:
         self.nodes: set[str] = set()  # the nodes whose workers returned results
         self._session: contextlib.ExitStack | None = None
         self.workers = 0
+        self.interrupts = Interrupts()  # where a Ctrl-C lands, as in the local engine (see camcli.cli.rows.held_interrupts)
 
     def __enter__(self) -> RayEngine:
         self._session = contextlib.ExitStack()
@@ -293,7 +295,8 @@ class RayEngine:
         work = list(work)
         spec = tuple(map(_as_run, model)) if isinstance(model, tuple) else _as_run(model)  # compare's job: a pair
         items = [{"payload": pickle.dumps(job.slice(work, start, stop))} for start, stop in slice_bounds(work, job.batch_size)]
-        return counted(job, self._results(spec, items), job.total(work) if hasattr(job, "total") else len(work), progress)
+        return counted(job, self.interrupts.guarded(self._results(spec, items)),
+                       job.total(work) if hasattr(job, "total") else len(work), progress)
 
     def _results(self, spec: ModelSpec | tuple[ModelSpec, ...], items: list[dict]) -> Iterator:
         if not items:
@@ -318,28 +321,37 @@ class RayEngine:
             )
         stream = results.iter_rows()
         try:
-            yield from unpacked(stream, self.nodes)
+            yield from unpacked(stream, self.nodes, self.interrupts)
         finally:
             with contextlib.suppress(Exception):
                 stream.close()  # stops Ray Data's executor before the instance goes (Ctrl-C, a refused output)
 
 
-def unpacked(rows: Iterable[dict], nodes: set[str]) -> Iterator:
-    """The job's results from the workers' rows (``nodes``: the nodes that sent them). A worker's
-    CamcliError stops the run with its line; any other failure is one line too, and a failure
-    that Ray raised while it handled a Ctrl-C is that Ctrl-C (Ray Data shuts its executor down on
-    KeyboardInterrupt, and an error of that shutdown replaced it: exit 1 instead of 130)."""
+def unpacked(rows: Iterable[dict], nodes: set[str], interrupts: Interrupts | None = None) -> Iterator:
+    """The job's results from the workers' rows (``nodes``: the nodes that sent them).
+
+    A Ctrl-C thrown in (see :class:`camcli.jobs.Interrupts`) first gives the rest of the slice at
+    hand: its worker finished that work (an overlay's files are written). A worker's CamcliError
+    stops the run with its line; any other failure is one line too, but a failure that follows a
+    Ctrl-C is that Ctrl-C: Ray Data shuts its executor down when the interrupt reaches it, and an
+    error of that shutdown replaced the interrupt (exit 1 instead of 130)."""
     try:
         for row in rows:
             result = pickle.loads(row["result"])
             if "error" in result:
                 raise (EnvironmentProblem if result["kind"] == "EnvironmentProblem" else CamcliError)(result["error"])
             nodes.add(result["node"])
-            yield from result["results"]
+            finished = deque(result["results"])
+            try:
+                while finished:
+                    yield finished.popleft()
+            except KeyboardInterrupt:
+                yield from finished
+                raise
     except CamcliError:
         raise
     except Exception as exc:
-        if _interrupted(exc):
+        if _interrupted(exc) or (interrupts is not None and interrupts.seen):
             raise KeyboardInterrupt from None
         cause = _camcli_cause(exc)
         if cause is not None:

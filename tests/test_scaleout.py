@@ -255,9 +255,12 @@ def _shut_down_badly():
 
 
 def test_a_ray_failure_raised_while_handling_ctrl_c_is_the_ctrl_c_and_any_other_is_one_line():
+    import signal
+
     import pytest
 
     from camcli.errors import CamcliError
+    from camcli.jobs import Interrupts
     from camcli.scaleout import unpacked
 
     try:
@@ -271,3 +274,24 @@ def test_a_ray_failure_raised_while_handling_ctrl_c_is_the_ctrl_c_and_any_other_
     assert got == ["row 0", "row 1"] and nodes == {"n1"}  # the rows before it were given first
     with pytest.raises(CamcliError, match=r"^a Ray worker failed: ActorDiedError: the actor died unexpectedly$"):
         list(unpacked(_worker_rows(RuntimeError("ActorDiedError: the actor died\n unexpectedly")), set()))
+    interrupts = Interrupts()
+    interrupts.handler(signal.SIGINT, None)  # a Ctrl-C came (held: no job code was running)
+    with pytest.raises(KeyboardInterrupt):  # and then Ray's processes, in the terminal's group too, stopped
+        list(unpacked(_worker_rows(RuntimeError("ActorDiedError: the actor died")), set(), interrupts))
+
+
+def test_a_ctrl_c_thrown_into_a_ray_run_gives_the_rest_of_the_slice_at_hand_first():
+    import pickle
+
+    import pytest
+
+    from camcli.scaleout import unpacked
+
+    slices = iter([{"result": pickle.dumps({"results": [f"{s}.{i}" for i in range(3)], "node": "n"})} for s in "ab"])
+    rows = unpacked(slices, set())
+    assert next(rows) == "a.0"
+    assert rows.throw(KeyboardInterrupt()) == "a.1"  # its worker wrote this slice's files: their rows go out
+    assert next(rows) == "a.2"
+    with pytest.raises(KeyboardInterrupt):
+        next(rows)
+    assert next(slices)["result"]  # the next slice was never taken

@@ -77,8 +77,8 @@ def emit(rows: Iterator[dict], options: RowOptions, overlay: bool, guard=None, c
 @contextlib.contextmanager
 def held_interrupts(engine) -> Iterator[None]:
     """While the engine's rows are written: a Ctrl-C lands in the job, never between a row's
-    production and its writing (see :class:`camcli.jobs.Interrupts`; an engine without one, Ray,
-    takes Ctrl-C as Python does). One that comes after the job's last step is raised on exit."""
+    production and its writing (see :class:`camcli.jobs.Interrupts`; an engine without one takes
+    Ctrl-C as Python does). One that comes after the job's last step is raised on exit."""
     interrupts = getattr(engine, "interrupts", None)
     if (interrupts is None or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # Ctrl-C ignored (``trap '' INT``) or handled
