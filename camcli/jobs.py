@@ -1097,6 +1097,19 @@ class Interrupts:
         self.pending = False  # a Ctrl-C is held for the job's next step
         self.seen = False  # a Ctrl-C came (the Ray engine: a failure that follows it is the interruption)
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """The engine's own work before the job's first step (reading the work, clip headers for
+        the total): Ctrl-C raises at once there, as in the job's code."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+        live, self.live = self.live, True
+        try:
+            yield
+        finally:
+            self.live = live
+
     def guarded(self, results: Iterator) -> Iterator:
         while True:
             self.live = True
@@ -1136,7 +1149,8 @@ class LocalEngine:
 
     def run(self, job, model: Model, work: Iterable, progress: Progress | None = None) -> Iterator:
         """The job's results on all its work, in order; ``progress(stage, images done, total or None)``."""
-        total = (job.total(work) if hasattr(job, "total") else len(work)) if isinstance(work, Sized) else None
+        with self.interrupts.running():
+            total = (job.total(work) if hasattr(job, "total") else len(work)) if isinstance(work, Sized) else None
         return counted(job, self.interrupts.guarded(job.run(model, work)), total, progress)
 
 

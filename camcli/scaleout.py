@@ -292,11 +292,12 @@ class RayEngine:
         planned names, never pixels)."""
         if self._session is None:
             raise ValueError("RayEngine.run needs the engine's session: use `with RayEngine(options) as engine:`")
-        work = list(work)
-        spec = tuple(map(_as_run, model)) if isinstance(model, tuple) else _as_run(model)  # compare's job: a pair
-        items = [{"payload": pickle.dumps(job.slice(work, start, stop))} for start, stop in slice_bounds(work, job.batch_size)]
-        return counted(job, self.interrupts.guarded(self._results(spec, items)),
-                       job.total(work) if hasattr(job, "total") else len(work), progress)
+        with self.interrupts.running():  # a walk of a large tree, clip headers: Ctrl-C stops it at once
+            work = list(work)
+            spec = tuple(map(_as_run, model)) if isinstance(model, tuple) else _as_run(model)  # compare's job: a pair
+            items = [{"payload": pickle.dumps(job.slice(work, start, stop))} for start, stop in slice_bounds(work, job.batch_size)]
+            total = job.total(work) if hasattr(job, "total") else len(work)
+        return counted(job, self.interrupts.guarded(self._results(spec, items)), total, progress)
 
     def _results(self, spec: ModelSpec | tuple[ModelSpec, ...], items: list[dict]) -> Iterator:
         if not items:
@@ -319,7 +320,7 @@ class RayEngine:
                 fn_constructor_kwargs={"spec": spec, "cwd": os.getcwd(), "threads": max(1, round(share))},
                 max_restarts=0, **resources,
             )
-        stream = results.iter_rows()
+        stream = iter(results.iter_rows())
         try:
             yield from unpacked(stream, self.nodes, self.interrupts)
         finally:
@@ -360,7 +361,8 @@ def unpacked(rows: Iterable[dict], nodes: set[str], interrupts: Interrupts | Non
 
 
 def _interrupted(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among the exceptions ``exc`` was raised from or while handling."""
+    """Whether a KeyboardInterrupt is among the exceptions ``exc`` was raised from or while handling
+    (a Ray task error's ``cause`` too: a task interrupted in its worker)."""
     seen: set[int] = set()
     todo: list = [exc]
     while todo:

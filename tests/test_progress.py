@@ -198,3 +198,62 @@ def test_ctrl_c_held_only_where_python_would_raise_it():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _Counting:
+    """The least job an engine runs: it counts its work (and, for Ray, is cut into slices)."""
+
+    batch_size = 4
+
+    def total(self, work):
+        return len(work)
+
+    def slice(self, work, start, stop):
+        return self, work[start:stop]
+
+
+@pytest.mark.parametrize("engine_name", ["local", "ray"])
+def test_ctrl_c_while_an_engine_reads_its_work_stops_it_at_once(engine_name):
+    import contextlib
+
+    from camcli.cli.rows import held_interrupts
+    from camcli.jobs import LocalEngine
+    from camcli.scaleout import RayEngine, RayOptions
+
+    engine = LocalEngine() if engine_name == "local" else RayEngine(RayOptions())
+    if engine_name == "ray":
+        engine._session = contextlib.ExitStack()  # no Ray instance: the work is read before any task starts
+    read = []
+
+    class Work(list):  # the local engine reads its total eagerly; Ray lists the whole walk first
+        def __iter__(self):
+            for i, item in enumerate(super().__iter__()):
+                if i == 3:
+                    engine.interrupts.handler(signal.SIGINT, None)  # Ctrl-C while the work is read
+                read.append(item)
+                yield item
+
+        def __len__(self):
+            return len(list(iter(self)))
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), held_interrupts(engine):
+            engine.run(_Counting(), None, Work(range(100)))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert read == [0, 1, 2]  # stopped at once, not held until the whole work was read
+
+
+def test_a_ctrl_c_held_by_an_earlier_run_is_not_taken_for_one_of_this_run():
+    from camcli.cli.rows import held_interrupts
+    from camcli.jobs import LocalEngine
+
+    engine = LocalEngine()
+    engine.interrupts.seen = engine.interrupts.pending = True  # an API user's earlier run, outside any held_interrupts
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with held_interrupts(engine):
+            assert not engine.interrupts.pending and not engine.interrupts.seen
+    finally:
+        signal.signal(signal.SIGINT, previous)

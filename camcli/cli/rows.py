@@ -84,6 +84,7 @@ def held_interrupts(engine) -> Iterator[None]:
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # Ctrl-C ignored (``trap '' INT``) or handled
         yield
         return
+    interrupts.pending = interrupts.seen = False  # an engine that ran before starts afresh
     previous = signal.signal(signal.SIGINT, interrupts.handler)
     try:
         yield
